@@ -1,0 +1,76 @@
+"""pytest-deploy: turn "is this model deployable?" into ordinary tests.
+
+Public API: :func:`deployable`, :func:`tensor`, :func:`verify`, :class:`DeployFailure`, :class:`Result`,
+:class:`BackendUnavailable`, :func:`register_backend`, :class:`Backend`. Importing this package does
+not import torch or any backend library.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .backends import Backend, backend_names, register_backend
+from .errors import BackendUnavailable, DeployFailure, SpecError
+from .results import Result
+from .spec import TensorSpec, tensor
+
+__version__ = "0.1.0"
+
+#: attribute set on a test function decorated with @deployable: it is the model's factory
+FACTORY_ATTR = "__pytest_deploy_factory__"
+
+
+def deployable(backends=None, **kwargs: Any) -> Callable:
+    """Decorate a test that returns the model (or ``(model, example_inputs)``).
+
+    One test item is made per backend; each builds the backend's artifact, writes it to disk, loads
+    it back, runs it on hypothesis-generated inputs and compares with eager PyTorch. Arguments are
+    validated here, so a typo fails at import with the reason.
+    """
+    import pytest
+
+    from .options import validate_kwargs
+
+    if callable(backends) and not kwargs and not isinstance(backends, (str, list, tuple)):
+        raise SpecError("use @deployable(...) with parentheses, e.g. @deployable(backends=['trace'], inputs=[...])")
+    kw = validate_kwargs({"backends": backends, **kwargs}, where="@deployable")
+
+    def decorate(fn):
+        setattr(fn, FACTORY_ATTR, True)
+        fn = pytest.mark.usefixtures("deploy_backend")(fn)
+        return pytest.mark.deployable(**kw)(fn)
+
+    return decorate
+
+
+def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdir=None, **kwargs: Any) -> Result:
+    """Check ``model`` against one backend outside pytest.
+
+    Returns the :class:`Result`; raises :class:`DeployFailure` (with the message a failing test
+    shows) when the backend does not reproduce eager PyTorch, and :class:`BackendUnavailable`
+    when it cannot run here. Takes the marker's ``inputs``, ``dims``, ``examples``, ``atol``,
+    ``rtol``, ``tolerances`` and ``train``; ``factory`` (a zero-argument callable returning a fresh
+    model) is needed by ``state_dict`` and ``checkpoint``.
+    """
+    from .check import run_check
+    from .options import CALL_KWARGS, validate_kwargs
+
+    kw = validate_kwargs(kwargs, where="verify()", allowed=CALL_KWARGS)
+    train = kw.pop("train", None)
+    return run_check(model, backend, factory=factory, seed=seed, workdir=workdir, test_id="verify",
+                     reproduce=f"verify(..., seed={seed})", options={"train": train}, **kw)
+
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "DeployFailure",
+    "Result",
+    "SpecError",
+    "TensorSpec",
+    "backend_names",
+    "deployable",
+    "register_backend",
+    "tensor",
+    "verify",
+]

@@ -1,0 +1,143 @@
+"""The backend interface. A backend turns a model into an artifact on disk and loads it back.
+
+Heavy imports (torch, onnx, tvm, tensorrt) happen inside methods; availability is checked with
+``importlib.util.find_spec``, never by importing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import io
+import linecache
+import logging
+import os
+import sysconfig
+import warnings
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..check import CheckContext
+
+#: A loaded artifact: called with one example's positional args, returns outputs (nested, or Leaves).
+Runner = Callable[[tuple], Any]
+
+
+class Backend:
+    """Subclass, set ``name`` (and ``aliases``, ``requires``, ``extra``), implement :meth:`build`."""
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    #: importable module names the backend needs (checked with find_spec)
+    requires: tuple[str, ...] = ()
+    #: pip extra that installs ``requires``, for the install hint
+    extra: str | None = None
+    #: default forward mode: whether the artifact is built from the model in eval mode
+    description: str = ""
+
+    def unavailable_reason(self, ctx: "CheckContext | None" = None) -> str | None:
+        """None when the backend can run here; otherwise why not and what to install."""
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            hint = f"pip install 'pytest-deploy[{self.extra}]'" if self.extra else f"pip install {' '.join(missing)}"
+            return f"{self.name}: {', '.join(missing)} not installed; {hint}"
+        return None
+
+    def build(self, ctx: "CheckContext") -> Runner:
+        """Export the model, write it under ``ctx.workdir``, load it back; return a runner.
+
+        Wrap each step in ``with ctx.stage("export" | "save" | "load" | ...)`` so failures name it.
+        """
+        raise NotImplementedError
+
+    def verify(self, ctx: "CheckContext") -> None:
+        """The whole check. The default builds once and runs every generated example; backends whose
+        check is not 'run the artifact on inputs' (checkpoint) override this."""
+        runner = self.build(ctx)
+        ctx.run_examples(runner)
+
+
+# ------------------------------------------------------------------------ locating user code
+
+_LIBRARY_PACKAGES = ("torch", "functorch", "pytest_deploy", "_pytest", "pytest", "pluggy", "hypothesis", "onnx",
+                     "onnxscript", "onnxruntime", "onnxsim", "tvm", "tvm_ffi", "tensorrt", "numpy", "sympy")
+
+
+@functools.lru_cache(maxsize=None)
+def _library_dirs() -> tuple[str, ...]:
+    dirs = []
+    for name in _LIBRARY_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.submodule_search_locations:
+            dirs.extend(os.path.join(loc, "") for loc in spec.submodule_search_locations)
+    return tuple(dirs)
+
+
+def is_user_file(filename: str) -> bool:
+    """True for the user's own source files: not a library pytest-deploy knows, not the stdlib."""
+    if not filename or filename.startswith("<"):
+        return False
+    if filename.startswith(_library_dirs()):
+        return False
+    in_stdlib = filename.startswith(os.path.join(sysconfig.get_paths()["stdlib"], ""))
+    return not in_stdlib or "-packages" + os.sep in filename
+
+
+def user_frame(tb) -> tuple[str, int, str] | None:
+    """The innermost traceback frame in the user's code: (file, line, source text)."""
+    found = None
+    for frame, lineno in traceback.walk_tb(tb):
+        fname = frame.f_code.co_filename
+        if is_user_file(fname):
+            found = (fname, lineno, linecache.getline(fname, lineno).strip())
+    return found
+
+
+def short_path(filename: str) -> str:
+    """A path relative to the working directory when it lies below it."""
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith("..") else rel
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first meaningful line of an exception's message, capped."""
+    text = str(exc).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            text = line
+            break
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def quiet_torch_logs():
+    """Silence exporters' chatter (graph dumps on stderr, symbolic-shape log records) while they run;
+    failures reach the user through the stage's message instead."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("torch")]
+    states = [(lg, lg.disabled) for lg in loggers]
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    for lg in loggers:
+        lg.disabled = True
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, state in states:
+            lg.disabled = state
+        logging.disable(previous)
+
+
+__all__ = ["Backend", "Runner", "user_frame", "short_path", "first_line", "is_user_file", "quiet_torch_logs"]

@@ -1,0 +1,73 @@
+"""``torch.export``: the spec's named dims become ``Dim``s; saved and loaded as ``.pt2``."""
+
+from __future__ import annotations
+
+import re
+
+from .base import Backend, first_line, quiet_torch_logs, short_path, user_frame
+
+_COND_FIX = ("torch.export cannot follow Python control flow that depends on tensor values; rewrite the branch "
+             "with torch.cond (or torch.where when both sides are cheap)")
+
+
+def dynamic_shapes(space):
+    """``dynamic_shapes`` for ``torch.export.export``: one ``Dim`` per named dim whose bounds vary."""
+    import torch
+
+    if not space.specs:
+        return None
+    dims = {}
+    for name, (lo, hi) in space.dims.items():
+        if lo != hi:
+            dims[name] = torch.export.Dim(name, min=lo, max=hi)
+    if not dims:
+        return None
+    return tuple({axis: dims[d] for axis, d in enumerate(s.shape) if isinstance(d, str) and d in dims} or None
+                 for s in space.specs)
+
+
+def explain_export_error(exc: BaseException) -> str:
+    """A message that names the user's source line and the fix, instead of an exporter traceback."""
+    text = str(exc)
+    kind = type(exc).__name__
+    where = user_frame(exc.__traceback__)
+    if where is None:
+        m = re.search(r'File "([^"]+)", line (\d+), in \w+\n\s+(.+)', text)
+        if m:
+            where = (m.group(1), int(m.group(2)), m.group(3).strip())
+    at = f"\n  at {short_path(where[0])}:{where[1]}  `{where[2]}`" if where else ""
+    if "data-dependent" in text or "GuardOnDataDependent" in kind:
+        return f"torch.export refuses data-dependent control flow{at}\n  fix: {_COND_FIX}"
+    if "Constraints violated" in text or "ConstraintViolation" in kind:
+        fixes = re.findall(r"^\s*(\w+ = .+)$", text.split("Suggested fixes:")[-1], re.M) if "Suggested fixes" in text else []
+        reasons = [ln.strip("- ").strip() for ln in text.splitlines() if ln.strip().startswith("- ")][:3]
+        msg = "torch.export specialised a dim declared dynamic: " + ("; ".join(reasons) or first_line(exc))
+        if fixes:
+            msg += "\n  torch.export suggests: " + "; ".join(fixes[:3])
+        return msg + at + "\n  fix: make forward work for every size in dims=, or narrow dims= to the sizes it supports"
+    return f"torch.export failed: {first_line(exc)}{at}"
+
+
+class ExportBackend(Backend):
+    name = "export"
+    aliases = ("torch.export",)
+    description = "torch.export.export (named dims as Dim) → torch.export.save → torch.export.load"
+
+    def build(self, ctx):
+        import torch
+
+        from ..errors import StageError
+
+        args = ctx.canonical.clone_args()
+        dyn = dynamic_shapes(ctx.space)
+        with ctx.stage("export"), quiet_torch_logs():
+            try:
+                program = torch.export.export(ctx.model, args, dynamic_shapes=dyn)
+            except Exception as exc:
+                raise StageError("export", explain_export_error(exc), cause=exc) from None
+        path = ctx.path("model.pt2")
+        with ctx.stage("save"), quiet_torch_logs():
+            torch.export.save(program, path)
+        with ctx.stage("load"), quiet_torch_logs():
+            module = torch.export.load(path).module()
+        return lambda args: module(*args)

@@ -1,0 +1,70 @@
+"""TorchScript: ``torch.jit.trace`` and ``torch.jit.script``, each through ``jit.save``/``jit.load``."""
+
+from __future__ import annotations
+
+import warnings
+
+from .base import Backend, quiet_torch_logs, short_path
+
+_SCRIPT_HINT = (
+    "torch.jit.script compiles forward's Python source and rejects what TorchScript lacks; make forward "
+    "TorchScript-compatible (type annotations, no unsupported builtins), or deploy with trace or export"
+)
+
+
+def _load_runner(ctx, scripted):
+    import torch
+
+    path = ctx.path("model.pt")
+    with ctx.stage("save"), quiet_torch_logs():
+        torch.jit.save(scripted, path)
+    with ctx.stage("load"), quiet_torch_logs():
+        loaded = torch.jit.load(path, map_location="cpu")
+    return lambda args: loaded(*args)
+
+
+class TraceBackend(Backend):
+    name = "trace"
+    aliases = ("torchscript-trace",)
+    description = "torch.jit.trace → jit.save → jit.load"
+
+    def build(self, ctx):
+        import torch
+
+        args = ctx.canonical.clone_args()
+        with ctx.stage("export", "torch.jit.trace records the ops one input runs; use script or export if it cannot"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                traced = torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
+        tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+        ctx.note("tracer_warnings", [
+            {"file": short_path(w.filename), "line": w.lineno, "message": str(w.message).splitlines()[0]} for w in tracer
+        ])
+        return _load_runner(ctx, traced)
+
+
+class ScriptBackend(Backend):
+    name = "script"
+    aliases = ("torchscript-script",)
+    description = "torch.jit.script → jit.save → jit.load"
+
+    def build(self, ctx):
+        import torch
+
+        from ..errors import StageError
+
+        with quiet_torch_logs():
+            try:
+                scripted = torch.jit.script(ctx.model)
+            except Exception as exc:  # TorchScript's own message already points at the source
+                raise StageError("export", _script_error_text(exc)) from None
+        return _load_runner(ctx, scripted)
+
+
+def _script_error_text(exc: BaseException, max_lines: int = 14) -> str:
+    lines = [ln.rstrip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    head = f"torch.jit.script cannot compile the model: {type(exc).__name__}: " + (lines[0] if lines else "")
+    body = lines[1:max_lines]
+    if len(lines) > max_lines:
+        body.append("...")
+    return "\n".join([head, *("  " + ln for ln in body), f"  fix: {_SCRIPT_HINT}"])

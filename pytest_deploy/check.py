@@ -1,0 +1,378 @@
+"""One check: model + input space → backend artifact on disk → run on generated examples → compare.
+
+``run_check`` is what the ``@deployable`` items, the ``deploy`` fixture and ``verify`` all call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .compare import Comparison, Tolerance, compare_outputs, format_number, resolve_tolerance
+from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
+from .results import Result
+from .spec import Example, InputSpace
+
+#: Stage name → the timing bucket it counts towards in the report.
+_TIMING_BUCKET = {"export": "build", "check": "build", "simplify": "build", "compile": "build", "save": "build",
+                  "load": "load", "run": "run", "compare": "run", "branches": "run"}
+
+#: After the first failing example, at most this many further runs are spent shrinking it.
+SHRINK_BUDGET = 150
+
+DEFAULT_EXAMPLES = 20
+
+
+class _ExampleFailed(Exception):
+    """Raised inside the hypothesis loop; carries the example and what went wrong with it."""
+
+    def __init__(self, example: Example, stage: str, text: str, comparison: Comparison | None = None):
+        super().__init__(text)
+        self.example = example
+        self.stage = stage
+        self.text = text
+        self.comparison = comparison
+
+
+class CheckContext:
+    """What a backend sees while it builds and runs: the model, the inputs, a work directory, stages."""
+
+    def __init__(self, *, model, backend: str, space: InputSpace, tol: Tolerance, examples: int, seed: int,
+                 workdir: Path, factory: Callable[[], Any] | None, options: dict[str, Any], result: Result):
+        self.model = model
+        self.backend = backend
+        self.space = space
+        self.tol = tol
+        self.examples = examples
+        self.seed = seed
+        self.workdir = workdir
+        self.factory = factory
+        self.options = options
+        self.result = result
+        self._canonical: Example | None = None
+        #: callbacks run when the check ends (close worker processes, ...)
+        self.cleanup = contextlib.ExitStack()
+
+    # -- helpers for backends -------------------------------------------------------------------
+
+    @property
+    def canonical(self) -> Example:
+        """The example artifacts are built (traced, exported) from."""
+        if self._canonical is None:
+            self._canonical = self.space.canonical()
+        return self._canonical
+
+    def path(self, name: str) -> str:
+        return str(self.workdir / name)
+
+    def note(self, key: str, value: Any) -> None:
+        """Record a backend-specific fact in the report (``details``)."""
+        self.result.details[key] = value
+
+    @contextlib.contextmanager
+    def stage(self, name: str, hint: str | None = None) -> Iterator[None]:
+        """Time a stage; turn any exception inside it into a :class:`StageError` naming the stage."""
+        start = time.perf_counter()
+        try:
+            yield
+        except (StageError, _ExampleFailed, DeployFailure, BackendUnavailable, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            raise StageError(name, describe_exception(exc, hint), cause=exc) from exc
+        finally:
+            bucket = _TIMING_BUCKET.get(name, "build")
+            self.result.timings[bucket] = self.result.timings.get(bucket, 0.0) + time.perf_counter() - start
+
+    def fresh_model(self):
+        """A new instance from the factory (the decorated test, or ``factory=``), in the same mode."""
+        if self.factory is None:
+            raise StageError(
+                "load",
+                f"{self.backend} needs a fresh instance of the model to load into; pass factory=<zero-argument "
+                "callable returning a new model> to deploy()/verify()",
+            )
+        fresh = self.factory()
+        if isinstance(fresh, tuple):
+            fresh = fresh[0]
+        _require_module(fresh, "the factory")
+        fresh.train(self.model.training)
+        return fresh
+
+    def eager(self, args: tuple, model=None):
+        """Reference outputs: eager PyTorch on a copy of the inputs, without autograd."""
+        import torch
+
+        model = self.model if model is None else model
+        with torch.no_grad():
+            return model(*_clone(args))
+
+    # -- the example loop --------------------------------------------------------------------------
+
+    def run_examples(self, runner: Callable[[tuple], Any], *, reference: Callable[[tuple], Any] | None = None) -> None:
+        """Run ``runner`` on the canonical example and ``examples`` generated ones; compare each with eager.
+
+        Hypothesis generates the examples and shrinks the first failure; the artifact is built once
+        by the caller and reused for all.
+        """
+        from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+        from hypothesis import example as explicit_example
+        from hypothesis import seed as hypothesis_seed
+        from hypothesis.errors import Flaky
+
+        reference = reference or (lambda args: self.eager(args))
+        state = {"runs": 0, "failed_keys": set(), "after_failure": 0, "passed": 0}
+
+        def one(ex: Example) -> None:
+            key = _example_key(ex)
+            if state["failed_keys"]:
+                state["after_failure"] += 1
+                if state["after_failure"] > SHRINK_BUDGET and key not in state["failed_keys"]:
+                    return  # shrink budget spent: stop exploring, keep the smallest failure found
+            state["runs"] += 1
+            try:
+                self._run_one(ex, runner, reference)
+            except _ExampleFailed:
+                if key is not None:
+                    state["failed_keys"].add(key)
+                raise
+            if not state["failed_keys"]:
+                state["passed"] += 1
+
+        test = given(self.space.strategy())(one)
+        test = explicit_example(self.canonical)(test)
+        test = settings(
+            max_examples=max(1, self.examples),
+            deadline=None,
+            database=None,
+            derandomize=False,
+            suppress_health_check=list(HealthCheck),
+            phases=(Phase.explicit, Phase.generate, Phase.shrink),
+            report_multiple_bugs=False,
+            print_blob=False,
+            verbosity=Verbosity.quiet,
+        )(test)
+        test = hypothesis_seed(self.seed)(test)
+        try:
+            test()
+        except _ExampleFailed as failure:
+            self.result.examples = state["passed"] + 1
+            raise StageError(failure.stage, self._failure_text(failure, shrunk=state["runs"] > 1)) from None
+        except Flaky as exc:
+            inner = _first_example_failure(exc)
+            text = (
+                f"{self.backend}: a failure did not reproduce when hypothesis replayed the same input, so the model "
+                "or the backend is nondeterministic (dropout left on? randomness in forward?)"
+            )
+            if inner is not None:
+                text += "\n  first failure: " + inner.text.replace("\n", "\n  ")
+            raise StageError(inner.stage if inner else "run", text) from None
+        self.result.examples = state["passed"]
+
+    def _run_one(self, ex: Example, runner, reference) -> None:
+        try:
+            expected = reference(ex.args)
+        except StageError as err:
+            raise _ExampleFailed(ex, err.stage, err.message) from None
+        except Exception as exc:  # the reference itself fails: the spec does not fit forward
+            raise _ExampleFailed(ex, "run", "eager PyTorch (the reference) fails on this input: " + describe_exception(
+                exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")) from None
+        try:
+            with self.stage("run"):
+                got = runner(_clone(ex.args))
+        except StageError as err:
+            raise _ExampleFailed(ex, "run", err.message) from None
+        try:
+            with self.stage("compare"):
+                cmp = compare_outputs(expected, got, self.tol)
+        except StageError as err:
+            raise _ExampleFailed(ex, "compare", err.message) from None
+        self._update_errors(cmp)
+        if not cmp.ok:
+            raise _ExampleFailed(ex, "compare", "", cmp)
+
+    def _update_errors(self, cmp: Comparison) -> None:
+        r = self.result
+        r.max_abs_error = cmp.max_abs if r.max_abs_error is None else max(r.max_abs_error, cmp.max_abs)
+        r.max_rel_error = cmp.max_rel if r.max_rel_error is None else max(r.max_rel_error, cmp.max_rel)
+
+    def _failure_text(self, failure: _ExampleFailed, shrunk: bool) -> str:
+        which = "failing input" + (" (shrunk by hypothesis)" if shrunk else "")
+        lines = []
+        if failure.comparison is not None:
+            cmp = failure.comparison
+            lines.append("outputs differ from eager PyTorch")
+            for err in cmp.errors[:5]:
+                lines.append("  " + err.text)
+                if err.reason in ("values", "nan") and err.needed_atol is not None:
+                    atol, rtol = self.tol.for_dtype(err.dtype)
+                    lines.append(
+                        f"  max abs error {format_number(err.max_abs)}, max rel error {format_number(err.max_rel)}; "
+                        f"smallest tolerance that passes: atol={format_number(err.needed_atol)} (at rtol {rtol:g})"
+                        + (f" or rtol={format_number(err.needed_rtol)} (at atol {atol:g})" if err.needed_rtol is not None
+                           and not math.isinf(err.needed_rtol) else "")
+                    )
+            if len(cmp.errors) > 5:
+                lines.append(f"  ... and {len(cmp.errors) - 5} more outputs differ")
+        else:
+            lines.append(failure.text)
+        lines.append(f"  {which}:")
+        lines.extend("    " + ln for ln in failure.example.describe(self.space.names).splitlines())
+        lines.append(f"  reproduce: {self.options.get('reproduce', f'seed={self.seed}')}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ run_check
+
+
+def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | None = None, atol=None, rtol=None,
+              tolerances=None, factory=None, example_inputs=None, seed: int = 0, test_id: str = "verify",
+              workdir: str | os.PathLike | None = None, options: dict[str, Any] | None = None,
+              reproduce: str | None = None) -> Result:
+    """Check ``model`` against one backend. Returns the passing :class:`Result`.
+
+    Raises :class:`DeployFailure` when the backend does not reproduce eager PyTorch,
+    :class:`BackendUnavailable` when it cannot run here and :class:`SpecError` for bad declarations.
+    """
+    from .backends import canonical_name, get_backend
+
+    name = canonical_name(backend)
+    impl = get_backend(name)
+    result = Result(test=test_id, backend=name, seed=seed)
+    tol = resolve_tolerance(name, atol, rtol, tolerances)
+    result.atol, result.rtol = tol.float32
+    _require_module(model, "the test")
+    if examples is None:
+        examples = DEFAULT_EXAMPLES
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+        raise SpecError(f"examples={examples!r} must be a positive int")
+    space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model))
+    options = dict(options or {})
+    options.setdefault("reproduce", reproduce or f"seed={seed}")
+    reason = impl.unavailable_reason()
+    if reason:
+        raise BackendUnavailable(reason)
+
+    owned = workdir is None
+    path = Path(tempfile.mkdtemp(prefix=f"pytest-deploy-{name}-")) if owned else Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    result.artifact = None if owned else str(path)
+    ctx = CheckContext(model=model, backend=name, space=space, tol=tol, examples=examples, seed=seed, workdir=path,
+                       factory=factory, options=options, result=result)
+    try:
+        _check_reference(ctx)
+        impl.verify(ctx)
+    except StageError as err:
+        result.outcome = "failed"
+        result.stage = err.stage
+        result.message = f"{name}: stage {err.stage}: {err.message}"
+        raise DeployFailure(result.message, result) from None
+    finally:
+        ctx.cleanup.close()
+        if owned:
+            shutil.rmtree(path, ignore_errors=True)
+    return result
+
+
+def _check_reference(ctx: CheckContext) -> None:
+    """Eager PyTorch must run on the canonical example and give the same outputs twice."""
+    from .compare import UnsupportedOutput, flatten
+
+    args = ctx.canonical.args
+    if ctx.space.arity is not None:
+        _check_arity(ctx.model, ctx.space.arity)
+    try:
+        first = ctx.eager(args)
+        second = ctx.eager(args)
+    except Exception as exc:
+        raise StageError("run", "eager PyTorch (the reference) fails on the first example: " + describe_exception(
+            exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")) from None
+    try:
+        flatten(first)
+    except UnsupportedOutput as exc:
+        raise StageError("run", f"eager PyTorch returns an output pytest-deploy cannot compare: {exc}") from None
+    cmp = compare_outputs(first, second, Tolerance({}))
+    if not cmp.ok:
+        hint = "call model.eval() to turn dropout off" if ctx.model.training else "seed or remove randomness in forward"
+        raise StageError(
+            "run",
+            "eager PyTorch is nondeterministic: two runs on the same input differ "
+            f"({cmp.errors[0].text}); no backend can be compared against it. Fix: {hint}",
+        )
+
+
+def _check_arity(model, arity: int) -> None:
+    import inspect
+
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return
+    required = [p for p in positional if p.default is p.empty]
+    if arity > len(positional) or arity < len(required):
+        names = ", ".join(p.name for p in positional) or "(none)"
+        raise StageError(
+            "run",
+            f"inputs= declares {arity} input(s) but {type(model).__name__}.forward takes {len(required)}"
+            + (f" to {len(positional)}" if len(positional) != len(required) else "")
+            + f" positional argument(s) ({names}); make inputs= match forward",
+        )
+
+
+def _forward_arg_names(model) -> list[str]:
+    import inspect
+
+    try:
+        return [p.name for p in inspect.signature(model.forward).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError, AttributeError):
+        return []
+
+
+def _require_module(obj, who: str) -> None:
+    import torch
+
+    if not isinstance(obj, torch.nn.Module):
+        raise SpecError(
+            f"{who} returned {type(obj).__module__}.{type(obj).__qualname__}, not a torch.nn.Module; return the model "
+            "(or (model, example_inputs)) from a @deployable test"
+        )
+
+
+def _clone(args: tuple) -> tuple:
+    return tuple(a.clone() if hasattr(a, "clone") else a for a in args)
+
+
+def _example_key(ex: Example):
+    if ex.recipes is None:
+        return None
+    return (tuple(sorted(ex.dims.items())), ex.recipes)
+
+
+def _first_example_failure(exc: BaseException) -> _ExampleFailed | None:
+    for sub in getattr(exc, "exceptions", ()) or ():
+        if isinstance(sub, _ExampleFailed):
+            return sub
+    return exc.__cause__ if isinstance(exc.__cause__, _ExampleFailed) else None
+
+
+def describe_exception(exc: BaseException, hint: str | None = None) -> str:
+    """``ValueError: bad thing`` + the user's source line, if any + the hint."""
+    from .backends.base import first_line, short_path, user_frame
+
+    text = first_line(exc)
+    where = user_frame(exc.__traceback__)
+    if where:
+        text += f"\n  at {short_path(where[0])}:{where[1]}  `{where[2]}`"
+    if hint:
+        text += f"\n  fix: {hint}"
+    return text

@@ -1,0 +1,298 @@
+"""Output comparison: flatten nested outputs, apply per-dtype tolerances, keep error statistics.
+
+Integer and bool outputs must match exactly; float outputs pass where
+``|got - expected| <= atol + rtol * |expected|`` (NaN matches NaN). A mismatch reports the output's
+path, the worst element, the max abs and rel errors, and the smallest tolerance that would pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import SpecError
+
+#: Default (atol, rtol) per backend family and output dtype. Serialization round trips run the same
+#: kernels on the same weights, so they must be bit-exact; compilers reorder float arithmetic.
+_EXACT = {"float64": (0.0, 0.0), "float32": (0.0, 0.0), "float16": (0.0, 0.0), "bfloat16": (0.0, 0.0)}
+_JIT = {"float64": (1e-10, 1e-8), "float32": (1e-5, 1e-4), "float16": (1e-3, 1e-3), "bfloat16": (1e-2, 1e-2)}
+_COMPILED = {"float64": (1e-8, 1e-6), "float32": (1e-4, 1e-3), "float16": (2e-3, 2e-3), "bfloat16": (2e-2, 2e-2)}
+DEFAULT_TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {
+    "state_dict": _EXACT,
+    "pickle": _EXACT,
+    "checkpoint": _EXACT,
+    "trace": _JIT,
+    "script": _JIT,
+    "export": _JIT,
+    "aoti": _COMPILED,
+    "onnx": _COMPILED,
+    "tvm": _COMPILED,
+    "tensorrt": {"float64": (1e-5, 1e-4), "float32": (1e-3, 1e-3), "float16": (1e-2, 1e-2), "bfloat16": (2e-2, 2e-2)},
+}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Tolerances for one backend: per output dtype (atol, rtol); user overrides apply to every float dtype."""
+
+    per_dtype: Mapping[str, tuple[float, float]]
+
+    def for_dtype(self, dtype_name: str) -> tuple[float, float]:
+        return self.per_dtype.get(dtype_name, self.per_dtype.get("float32", (0.0, 0.0)))
+
+    @property
+    def float32(self) -> tuple[float, float]:
+        return self.for_dtype("float32")
+
+
+def resolve_tolerance(backend: str, atol: Any = None, rtol: Any = None, tolerances: Any = None) -> Tolerance:
+    """Effective tolerance for ``backend``.
+
+    ``atol``/``rtol`` are a number for every backend or a ``{backend: number}`` dict; ``tolerances``
+    is ``{backend: (atol, rtol)}``. A user value replaces the default for every float dtype.
+    """
+    base = dict(DEFAULT_TOLERANCES.get(backend, _COMPILED))
+    user_atol = _pick(atol, backend, "atol")
+    user_rtol = _pick(rtol, backend, "rtol")
+    if tolerances is not None:
+        if not isinstance(tolerances, Mapping):
+            raise SpecError(f"tolerances={tolerances!r} must be a dict {{backend: (atol, rtol)}}")
+        from .backends import canonical_name
+
+        for key, pair in tolerances.items():
+            if canonical_name(key) != backend:
+                continue
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise SpecError(f"tolerances[{key!r}]={pair!r} must be an (atol, rtol) pair")
+            user_atol, user_rtol = _number(pair[0], f"tolerances[{key!r}] atol"), _number(pair[1], f"tolerances[{key!r}] rtol")
+    if user_atol is None and user_rtol is None:
+        return Tolerance(base)
+    out = {}
+    for dtype, (a, r) in base.items():
+        out[dtype] = (a if user_atol is None else user_atol, r if user_rtol is None else user_rtol)
+    return Tolerance(out)
+
+
+def _pick(value: Any, backend: str, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        from .backends import canonical_name
+
+        for key, v in value.items():
+            if canonical_name(key) == backend:
+                if isinstance(v, (tuple, list)) and len(v) == 2:
+                    # {"tensorrt": (atol, rtol)} given as atol=: take the matching half
+                    return _number(v[0] if what == "atol" else v[1], f"{what}[{key!r}]")
+                return _number(v, f"{what}[{key!r}]")
+        return None
+    return _number(value, what)
+
+
+def _number(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
+        raise SpecError(f"{what}={v!r} must be a non-negative number")
+    return float(v)
+
+
+# ------------------------------------------------------------------------------- flattening
+
+
+class UnsupportedOutput(Exception):
+    pass
+
+
+def flatten(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
+    """Leaves of a nested output with their paths: ``output.logits``, ``output[1]['mask']``.
+
+    Tensors, Python scalars, strings and None are leaves; tuples, lists, dicts, namedtuples and
+    dataclasses are walked. Anything else raises :class:`UnsupportedOutput`.
+    """
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return [(path, obj)]
+    if _is_tensor(obj):
+        return [(path, obj)]
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return [leaf for f in obj._fields for leaf in flatten(getattr(obj, f), f"{path}.{f}")]
+    if isinstance(obj, (tuple, list)):
+        return [leaf for i, v in enumerate(obj) for leaf in flatten(v, f"{path}[{i}]")]
+    if isinstance(obj, Mapping):
+        return [leaf for k, v in obj.items() for leaf in flatten(v, f"{path}[{k!r}]")]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [leaf for f in dataclasses.fields(obj) for leaf in flatten(getattr(obj, f.name), f"{path}.{f.name}")]
+    raise UnsupportedOutput(
+        f"{path} is a {type(obj).__module__}.{type(obj).__qualname__}; outputs must be tensors, Python numbers, "
+        "or tuples, lists, dicts, namedtuples or dataclasses of them"
+    )
+
+
+def _is_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape")
+
+
+# -------------------------------------------------------------------------------- comparison
+
+
+@dataclass
+class LeafError:
+    """Why one output leaf differs, with the numbers a user needs to judge it."""
+
+    path: str
+    reason: str  # "values" | "dtype" | "shape" | "type" | "nan"
+    text: str
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    needed_atol: float | None = None
+    needed_rtol: float | None = None
+    dtype: str = ""
+
+
+@dataclass
+class Comparison:
+    """Comparison of one example's outputs."""
+
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    errors: list[LeafError] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class Leaves(list):
+    """Outputs already flattened to ``[(path, leaf), ...]`` (e.g. by a worker process)."""
+
+
+def compare_outputs(expected: Any, got: Any, tol: Tolerance) -> Comparison:
+    """Compare a backend's outputs with eager outputs (either nested, or already :class:`Leaves`)."""
+    exp = expected if isinstance(expected, Leaves) else flatten(expected)
+    act = got if isinstance(got, Leaves) else flatten(got)
+    result = Comparison()
+    if len(exp) != len(act):
+        result.errors.append(
+            LeafError(
+                "output",
+                "structure",
+                f"eager returns {len(exp)} output leaves ({_paths(exp)}) but the backend returns {len(act)} ({_paths(act)})",
+                math.inf,
+                math.inf,
+            )
+        )
+        return result
+    for (path, e), (_, a) in zip(exp, act):
+        err = compare_leaf(path, e, a, tol)
+        if err is None:
+            continue
+        if isinstance(err, tuple):  # statistics of a passing float leaf
+            result.max_abs = max(result.max_abs, err[0])
+            result.max_rel = max(result.max_rel, err[1])
+            continue
+        result.max_abs = max(result.max_abs, err.max_abs)
+        result.max_rel = max(result.max_rel, err.max_rel)
+        result.errors.append(err)
+    return result
+
+
+def _paths(leaves) -> str:
+    names = [p for p, _ in leaves]
+    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+
+
+def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance):
+    """None or ``(max_abs, max_rel)`` when the leaf matches; a :class:`LeafError` when it does not."""
+    import torch
+
+    if not _is_tensor(expected):
+        if _is_tensor(got) and got.numel() == 1 and isinstance(expected, (int, float, bool)):
+            got = got.item()
+        if isinstance(expected, float) and isinstance(got, (int, float)):
+            expected, got = torch.tensor(expected, dtype=torch.float64), torch.tensor(float(got), dtype=torch.float64)
+        elif expected == got and type(expected) is type(got):
+            return None
+        else:
+            return LeafError(path, "type", f"{path}: eager gives {expected!r}, the backend gives {got!r}", math.inf, math.inf)
+    if not _is_tensor(got):
+        if isinstance(got, (int, float, bool)) and expected.numel() == 1:
+            got = torch.tensor(got, dtype=expected.dtype)
+        else:
+            return LeafError(path, "type", f"{path}: eager gives a tensor, the backend gives {type(got).__name__} {got!r:.80}", math.inf, math.inf)
+    dtype = str(expected.dtype).replace("torch.", "")
+    if expected.dtype != got.dtype:
+        return LeafError(path, "dtype", f"{path}: dtype {dtype} in eager, {str(got.dtype).replace('torch.', '')} from the backend", math.inf, math.inf)
+    if tuple(expected.shape) != tuple(got.shape):
+        return LeafError(
+            path, "shape", f"{path}: shape {tuple(expected.shape)} in eager, {tuple(got.shape)} from the backend", math.inf, math.inf
+        )
+    e = expected.detach().cpu()
+    g = got.detach().cpu()
+    if e.numel() == 0:
+        return None
+    if not (e.is_floating_point() or e.is_complex()):
+        bad = e != g
+        if not bad.any():
+            return None
+        idx = _index(bad.nonzero()[0])
+        n = int(bad.sum())
+        diff = (e.to(torch.float64) - g.to(torch.float64)).abs().max().item() if e.dtype != torch.bool else 1.0
+        return LeafError(
+            path,
+            "values",
+            f"{path} [{dtype}, shape {tuple(e.shape)}]: {n} of {e.numel()} elements differ (integer and bool outputs "
+            f"must match exactly); first at index {idx}: expected {e[idx].item()}, got {g[idx].item()}",
+            diff,
+            math.inf,
+        )
+    atol, rtol = tol.for_dtype(dtype)
+    e64, g64 = e.to(torch.float64), g.to(torch.float64)
+    nan_e, nan_g = torch.isnan(e64), torch.isnan(g64)
+    same_inf = torch.isinf(e64) & (e64 == g64)
+    diff = (e64 - g64).abs()
+    diff = torch.where(nan_e & nan_g, torch.zeros_like(diff), diff)
+    diff = torch.where(nan_e ^ nan_g, torch.full_like(diff, math.inf), diff)
+    diff = torch.where(same_inf, torch.zeros_like(diff), diff)
+    mag = e64.abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    allowed = atol + rtol * mag
+    bad = diff > allowed
+    max_abs = diff.max().item()
+    with torch.no_grad():
+        rel = torch.where(mag > 0, diff / mag.clamp_min(1e-300), torch.where(diff > 0, torch.full_like(diff, math.inf), diff))
+    max_rel = rel.max().item()
+    if not bad.any():
+        return (max_abs, max_rel)
+    worst = (diff - allowed).flatten().argmax().item()
+    idx = _index(torch.tensor(_unravel(worst, tuple(e.shape))))
+    needed_atol = (diff - rtol * mag).clamp_min(0).max().item()
+    over = diff > atol
+    needed_rtol = ((diff - atol) / mag.clamp_min(1e-300))[over].max().item() if bool((mag[over] > 0).all()) else math.inf
+    n = int(bad.sum())
+    text = (
+        f"{path} [{dtype}, shape {tuple(e.shape)}]: {n} of {e.numel()} elements exceed atol {atol:g} + rtol {rtol:g}*|expected|; "
+        f"worst at index {idx}: expected {e64[idx].item():.6g}, got {g64[idx].item():.6g}"
+    )
+    reason = "nan" if bool((nan_e ^ nan_g).any()) else "values"
+    if reason == "nan":
+        text += " (NaN in only one of eager and backend)"
+    return LeafError(path, reason, text, max_abs, max_rel, needed_atol, needed_rtol, dtype)
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> list[int]:
+    out = []
+    for s in reversed(shape):
+        out.append(flat % s if s else 0)
+        flat //= s if s else 1
+    return list(reversed(out))
+
+
+def _index(t) -> tuple[int, ...]:
+    return tuple(int(i) for i in t.tolist()) if hasattr(t, "tolist") else tuple(t)
+
+
+def format_number(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.3g}" if x != 0 else "0"

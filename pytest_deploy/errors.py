@@ -1,0 +1,42 @@
+"""Exceptions that carry a user-facing message.
+
+Every message says what failed, where (backend, stage, source line) and what to do about it.
+"""
+
+from __future__ import annotations
+
+#: Stages of one check, in the order they run. Failures name one of them.
+STAGES = ("export", "check", "simplify", "compile", "save", "load", "run", "compare", "branches")
+
+
+class SpecError(ValueError):
+    """The model test declared something that cannot work: bad inputs, dims, tolerances, backends."""
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot run on this machine; the message says why and how to fix it."""
+
+
+class StageError(Exception):
+    """A backend stage raised. Carries the stage and a message written for the user."""
+
+    def __init__(self, stage: str, message: str, *, cause: BaseException | None = None):
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+        self.cause = cause
+
+
+class DeployFailure(AssertionError):
+    """A backend did not reproduce eager PyTorch. ``str(exc)`` is the message a failing test shows.
+
+    ``result`` is the :class:`pytest_deploy.Result` with outcome ``"failed"``.
+    """
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.message = message
+        self.result = result
+
+    def __str__(self) -> str:  # AssertionError would otherwise add nothing; keep it explicit
+        return self.message

@@ -1,0 +1,151 @@
+"""Option names, help texts, parsing and precedence (marker > command line > ini).
+
+Help texts are constants shared by the command-line option and its ini twin. Everything here
+imports only the standard library and pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import SpecError
+
+HELP_BACKENDS = "comma-separated backend names or aliases to check (or 'all'); narrows each model's declared backends"
+HELP_EXAMPLES = "hypothesis examples per backend (a marker's examples= wins); default 20"
+HELP_STRICT = "fail, instead of skip, when a backend cannot run here"
+HELP_REPORT = "write the JSON report of every deployability check to this path"
+HELP_SEED = "seed for the generated examples (an int, or 'random'); default 0, so runs repeat"
+
+#: Keyword arguments the ``deployable`` marker and decorator accept, with what each must be.
+MARKER_KWARGS = {
+    "backends": "list of backend names (default: every registered backend)",
+    "inputs": "list of tensor(...) specs or example tensors, or one hypothesis strategy",
+    "dims": "dict name -> (min, max) for the named dims in inputs",
+    "examples": "hypothesis examples per backend",
+    "atol": "absolute tolerance: a number, or {backend: number}",
+    "rtol": "relative tolerance: a number, or {backend: number}",
+    "tolerances": "{backend: (atol, rtol)}",
+    "xfail": "{backend: reason}: strict expected failures",
+    "train": "checkpoint recipe: {optimizer, scheduler, loss, steps, save}",
+}
+#: The subset ``deploy(...)`` and ``verify(...)`` accept besides the model.
+CALL_KWARGS = ("inputs", "dims", "examples", "atol", "rtol", "tolerances", "train")
+
+MARKER_DOC = (
+    "deployable(backends=None, inputs=None, dims=None, examples=None, atol=None, rtol=None, tolerances=None, "
+    "xfail=None, train=None): check that the model survives each backend's export, save, load and run; one test "
+    "item per backend (pytest-deploy)"
+)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def seed_value(text: str) -> int:
+    if str(text).strip().lower() == "random":
+        return random.SystemRandom().randrange(2**31)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer or 'random'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def add_options(parser) -> None:
+    group = parser.getgroup("deploy", "pytest-deploy: is this model deployable?")
+    group.addoption("--deploy-backends", dest="deploy_backends", default=None, metavar="LIST", help=HELP_BACKENDS)
+    group.addoption("--deploy-examples", dest="deploy_examples", type=positive_int, default=None, metavar="N",
+                    help=HELP_EXAMPLES)
+    group.addoption("--deploy-strict", dest="deploy_strict", action="store_true", default=None, help=HELP_STRICT)
+    group.addoption("--deploy-report", dest="deploy_report", default=None, metavar="PATH", help=HELP_REPORT)
+    group.addoption("--deploy-seed", dest="deploy_seed", type=seed_value, default=None, metavar="SEED", help=HELP_SEED)
+    parser.addini("deploy_backends", HELP_BACKENDS, default=None)
+    parser.addini("deploy_examples", HELP_EXAMPLES, default=None)
+    parser.addini("deploy_strict", HELP_STRICT, type="bool", default=False)
+    parser.addini("deploy_report", HELP_REPORT, default=None)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Session-wide settings after precedence: command line over ini."""
+
+    backends: tuple[str, ...] | None
+    examples: int | None
+    strict: bool
+    report: str | None
+    seed: int
+
+
+def read_settings(config) -> Settings:
+    """Parse and validate; raises ``SpecError`` with the option's name in the message."""
+    from .backends import parse_backends
+
+    raw = config.getoption("deploy_backends") or config.getini("deploy_backends") or None
+    where = "--deploy-backends" if config.getoption("deploy_backends") else "ini deploy_backends"
+    backends = parse_backends(raw, where=where) if raw else None
+
+    examples = config.getoption("deploy_examples")
+    if examples is None:
+        ini = config.getini("deploy_examples")
+        if ini:
+            try:
+                examples = positive_int(str(ini).strip())
+            except argparse.ArgumentTypeError as exc:
+                raise SpecError(f"ini deploy_examples: {exc}") from None
+    strict = config.getoption("deploy_strict")
+    if strict is None:
+        strict = bool(config.getini("deploy_strict"))
+    report = config.getoption("deploy_report") or config.getini("deploy_report") or None
+    seed = config.getoption("deploy_seed")
+    return Settings(tuple(backends) if backends else None, examples, strict, report, 0 if seed is None else seed)
+
+
+def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARKER_KWARGS)) -> dict[str, Any]:
+    """Check a marker's or a call's keyword arguments; normalise backends and xfail to canonical names."""
+    from .backends import parse_backends
+
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        known = ", ".join(allowed)
+        raise SpecError(f"{where}: unknown argument(s) {', '.join(unknown)}; known: {known}")
+    out = dict(kwargs)
+    if "backends" in out and out["backends"] is not None:
+        value = out["backends"]
+        if isinstance(value, (list, tuple)) and not value:
+            raise SpecError(f"{where}: backends=[] names no backend; list at least one, or omit it for all")
+        out["backends"] = parse_backends(value, where=f"{where} backends=")
+    if out.get("xfail") is not None:
+        xfail = out["xfail"]
+        if not isinstance(xfail, Mapping):
+            raise SpecError(f"{where}: xfail={xfail!r} must be a dict {{backend: reason}}")
+        norm = {}
+        for key, reason in xfail.items():
+            (name,) = parse_backends([key], where=f"{where} xfail=")
+            if not isinstance(reason, str) or not reason.strip():
+                raise SpecError(f"{where}: xfail[{key!r}] must be a non-empty reason string")
+            norm[name] = reason
+        if out.get("backends"):
+            extra = sorted(set(norm) - set(out["backends"]))
+            if extra:
+                raise SpecError(f"{where}: xfail names {extra} which backends= does not list")
+        out["xfail"] = norm
+    examples = out.get("examples")
+    if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
+        raise SpecError(f"{where}: examples={examples!r} must be a positive int")
+    if out.get("dims") is not None:
+        from .spec import normalize_dims
+
+        normalize_dims(out["dims"])
+    return out

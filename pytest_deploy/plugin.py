@@ -1,0 +1,311 @@
+"""The pytest plugin: options, marker, one item per backend, the ``deploy`` fixture, reports.
+
+Loading this module imports only the standard library, pytest and pytest-deploy's light modules;
+torch and the backends are imported when a deployable test runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import zlib
+from typing import Any
+
+import pytest
+
+from . import FACTORY_ATTR
+from .errors import BackendUnavailable, DeployFailure, SpecError
+from .options import CALL_KWARGS, MARKER_DOC, Settings, add_options, read_settings, validate_kwargs
+from .results import Result
+
+PARAM = "deploy_backend"
+
+
+class DeploySession:
+    """State of one pytest session: settings, and the result of every deployability check."""
+
+    def __init__(self, config, settings: Settings):
+        self.config = config
+        self.settings = settings
+        self.results: dict[str, Result] = {}  # nodeid -> Result
+        self._workroot = None
+
+    # -- running one check --------------------------------------------------------------------
+
+    def workdir(self, item) -> str:
+        if self._workroot is None:
+            factory = getattr(self.config, "_tmp_path_factory", None)
+            if factory is not None:
+                self._workroot = factory.mktemp("deploy", numbered=True)
+            else:  # pragma: no cover - tmpdir plugin disabled
+                import tempfile
+
+                self._workroot = tempfile.mkdtemp(prefix="pytest-deploy-")
+        name = re.sub(r"[^\w.-]+", "_", item.nodeid)[-120:]
+        return os.path.join(str(self._workroot), name)
+
+    def seed_for(self, item) -> int:
+        """Same examples for every backend of one model test; changes with --deploy-seed."""
+        return zlib.crc32(f"{self.settings.seed}:{row_id(item)}".encode()) & 0x7FFFFFFF
+
+    def run(self, item, model, *, factory=None, example_inputs=None, overrides: dict[str, Any] | None = None) -> Result:
+        from .check import run_check
+
+        backend = item.callspec.params[PARAM]
+        marker = validated_marker(item)
+        kw = {k: v for k, v in marker.items() if k in CALL_KWARGS}
+        kw.update(overrides or {})
+        if kw.get("examples") is None:
+            kw["examples"] = self.settings.examples
+        train = kw.pop("train", None)
+        test = row_id(item)
+        try:
+            result = run_check(
+                model, backend, factory=factory, example_inputs=example_inputs, seed=self.seed_for(item),
+                test_id=test, workdir=self.workdir(item), options={"train": train},
+                reproduce=f"pytest '{item.nodeid}' --deploy-seed={self.settings.seed}", **kw,
+            )
+        except DeployFailure as failure:
+            self.results[item.nodeid] = failure.result
+            raise
+        except BackendUnavailable as exc:
+            self.results[item.nodeid] = Result(test=test, backend=backend, outcome="skipped", message=str(exc))
+            if self.settings.strict:
+                self.results[item.nodeid].outcome = "failed"
+                pytest.fail(f"{exc} (failing because of --deploy-strict)", pytrace=False)
+            pytest.skip(str(exc))
+        except SpecError as exc:
+            self.results[item.nodeid] = Result(test=test, backend=backend, outcome="failed", message=str(exc))
+            pytest.fail(f"{backend}: {exc}", pytrace=False)
+        self.results[item.nodeid] = result
+        return result
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def record_report(self, item, report) -> None:
+        """Fold pytest's final outcome (xfail, skips, user assertions) into the item's result."""
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            result = self.results.get(item.nodeid)
+            if result is None:
+                result = Result(test=row_id(item), backend=item.callspec.params[PARAM])
+                self.results[item.nodeid] = result
+            wasxfail = getattr(report, "wasxfail", None)
+            if wasxfail is not None:
+                result.outcome = "xfailed" if report.skipped else "xpassed"
+                result.details.setdefault("xfail_reason", wasxfail)
+            elif report.skipped:
+                result.outcome = "skipped"
+                if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+                    result.message = result.message or str(report.longrepr[2]).removeprefix("Skipped: ")
+            elif report.failed:
+                result.outcome = "failed"
+                if result.message is None:
+                    result.message = report.longreprtext.strip().splitlines()[-1][:500] if report.longreprtext else None
+            else:
+                result.outcome = "passed"
+
+    def merge(self, data: list[dict]) -> None:
+        for entry in data:
+            entry = dict(entry)
+            nodeid = entry.pop("nodeid")
+            self.results[nodeid] = Result(**entry)
+
+
+SESSION_KEY = pytest.StashKey[DeploySession]()
+
+
+def row_id(item) -> str:
+    """The model test's id without the backend: ``tests/test_m.py::test_cnn`` or ``...::test_cnn[small]``."""
+    backend = item.callspec.params.get(PARAM, "")
+    nodeid = item.nodeid
+    for pattern in (f"[{backend}]", f"-{backend}]", f"[{backend}-"):
+        if pattern in nodeid:
+            return nodeid.replace(pattern, "]" if pattern.startswith("-") else ("[" if pattern.endswith("-") else ""), 1)
+    return nodeid
+
+
+def validated_marker(item_or_definition) -> dict[str, Any]:
+    marker = item_or_definition.get_closest_marker("deployable")
+    if marker is None:
+        return {}
+    if marker.args:
+        raise SpecError(f"deployable() takes keyword arguments only, got positional {marker.args!r}")
+    return validate_kwargs(marker.kwargs, where=f"deployable marker on {item_or_definition.nodeid}")
+
+
+# ------------------------------------------------------------------------------------------ hooks
+
+
+def pytest_addoption(parser) -> None:
+    add_options(parser)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", MARKER_DOC)
+    try:
+        settings = read_settings(config)
+    except SpecError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    session = DeploySession(config, settings)
+    config.stash[SESSION_KEY] = session
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_XdistController(session), "pytest-deploy-xdist")
+
+
+def pytest_report_header(config) -> str:
+    s = config.stash[SESSION_KEY].settings
+    backends = ",".join(s.backends) if s.backends else "as declared"
+    return f"deploy: backends {backends}, examples {s.examples or 'per marker (default 20)'}, seed {s.seed}"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_generate_tests(metafunc) -> None:
+    if metafunc.definition.get_closest_marker("deployable") is None:
+        return
+    where = metafunc.definition.nodeid
+    try:
+        kw = validated_marker(metafunc.definition)
+    except SpecError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    if PARAM not in metafunc.fixturenames:
+        pytest.fail(
+            f"{where} is marked deployable but neither returns its model through @deployable(...) nor uses the "
+            "deploy fixture; decorate it with pytest_deploy.deployable or take `deploy` as an argument",
+            pytrace=False,
+        )
+    from .backends import backend_names
+
+    backends = kw.get("backends") or backend_names()
+    xfail = kw.get("xfail") or {}
+    params = [
+        pytest.param(b, id=b, marks=[pytest.mark.xfail(strict=True, reason=xfail[b], raises=DeployFailure)] if b in xfail else [])
+        for b in backends
+    ]
+    metafunc.parametrize(PARAM, params)
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    selected = config.stash[SESSION_KEY].settings.backends
+    if not selected:
+        return
+    keep, drop = [], []
+    for item in items:
+        backend = getattr(item, "callspec", None) and item.callspec.params.get(PARAM)
+        (drop if backend and backend not in selected else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def deploy_backend(request) -> str:
+    """The canonical name of the backend this item checks."""
+    if not hasattr(request, "param"):
+        pytest.fail("deploy_backend is set by the deployable marker; mark the test with @pytest.mark.deployable",
+                    pytrace=False)
+    return request.param
+
+
+@pytest.fixture
+def deploy(request, deploy_backend):
+    """Form 2: ``deploy(model, inputs=..., dims=..., factory=...)`` checks ``model`` against this item's backend
+    and returns the :class:`pytest_deploy.Result`; a mismatch fails the test with the check's message."""
+    session = request.config.stash[SESSION_KEY]
+
+    def check(model, *, factory=None, example_inputs=None, **kwargs):
+        try:
+            overrides = validate_kwargs(kwargs, where="deploy()", allowed=CALL_KWARGS)
+        except SpecError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        return session.run(request.node, model, factory=factory, example_inputs=example_inputs, overrides=overrides)
+
+    return check
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Form 1: call the decorated test to get the model; it is called again whenever a fresh instance is needed."""
+    fn = pyfuncitem.obj
+    if not getattr(fn, FACTORY_ATTR, False):
+        return None
+    if inspect.iscoroutinefunction(fn):
+        pytest.fail("@deployable tests must be plain functions returning the model, not coroutines", pytrace=False)
+    argnames = getattr(getattr(pyfuncitem, "_fixtureinfo", None), "argnames", None)
+    if argnames is None:
+        argnames = [p for p in inspect.signature(fn).parameters]
+    funcargs = {name: pyfuncitem.funcargs[name] for name in argnames}
+
+    def factory():
+        return fn(**funcargs)
+
+    returned = factory()
+    model, example_inputs = returned, None
+    if isinstance(returned, tuple):
+        if len(returned) != 2:
+            pytest.fail(
+                f"{pyfuncitem.name} returned a tuple of {len(returned)} items; return the model, or (model, example_inputs)",
+                pytrace=False,
+            )
+        model, example_inputs = returned
+    if returned is None:
+        pytest.fail(f"{pyfuncitem.name} returned None; a @deployable test must return the model "
+                    "(or (model, example_inputs))", pytrace=False)
+    pyfuncitem.config.stash[SESSION_KEY].run(pyfuncitem, model, factory=factory, example_inputs=example_inputs)
+    return True
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or PARAM not in callspec.params:
+        return report
+    excinfo = call.excinfo
+    if report.failed and excinfo is not None and isinstance(excinfo.value, DeployFailure):
+        report.longrepr = excinfo.value.message
+    item.config.stash[SESSION_KEY].record_report(item, report)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or not session.results:
+        return
+    from .report import summary_lines
+
+    terminalreporter.write_sep("=", "pytest-deploy summary")
+    for line in summary_lines(list(session.results.values())):
+        terminalreporter.write_line(line)
+    if session.settings.report:
+        terminalreporter.write_line(f"JSON report: {session.settings.report}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus) -> None:
+    config = session.config
+    deploy = config.stash.get(SESSION_KEY, None)
+    if deploy is None:
+        return
+    if hasattr(config, "workerinput"):  # xdist worker: hand results to the controller
+        config.workeroutput["pytest_deploy_results"] = [
+            {"nodeid": nodeid, **r.to_json()} for nodeid, r in deploy.results.items()
+        ]
+        return
+    if deploy.settings.report and deploy.results:
+        from .report import write_json
+
+        write_json(deploy.settings.report, list(deploy.results.values()), interrupted=exitstatus == 2)
+
+
+class _XdistController:
+    """Registered on the xdist controller only: merge each worker's results."""
+
+    def __init__(self, session: DeploySession):
+        self.session = session
+
+    def pytest_testnodedown(self, node, error) -> None:
+        data = getattr(node, "workeroutput", {}).get("pytest_deploy_results")
+        if data:
+            self.session.merge(data)

@@ -1,0 +1,202 @@
+"""A fresh Python process that loads an artifact and runs it on request.
+
+The parent talks to it over two dedicated pipes (the worker's stdout and stderr stay free for user
+prints and go to a log). Each message is a length-prefixed ``torch.save`` payload of plain data
+(tensors, numbers, strings, lists, dicts) and is read back with ``weights_only=True``.
+
+If the worker dies (segfault, abort, out-of-memory kill), the parent sees the pipe close and
+reports the signal instead of hanging or crashing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import traceback
+from typing import Any
+
+_HEADER = struct.Struct("<Q")
+
+
+def _send(fd: int, obj: Any) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    _write_all(fd, _HEADER.pack(len(data)) + data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _recv(fd: int) -> Any:
+    import torch
+
+    head = _read_exact(fd, _HEADER.size)
+    if head is None:
+        raise EOFError
+    (size,) = _HEADER.unpack(head)
+    data = _read_exact(fd, size)
+    if data is None:
+        raise EOFError
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+class WorkerDied(RuntimeError):
+    def __init__(self, description: str, log: str):
+        super().__init__(description)
+        self.description = description
+        self.log = log
+
+
+class WorkerError(RuntimeError):
+    """The request raised inside the worker; ``reply`` holds its error text and user source line."""
+
+    def __init__(self, reply: dict):
+        super().__init__(reply.get("error", "worker error"))
+        self.reply = reply
+
+
+class Worker:
+    """Parent side: start ``python -m pytest_deploy.worker`` with the test session's ``sys.path``."""
+
+    def __init__(self) -> None:
+        req_r, self._req_w = os.pipe()
+        self._rep_r, rep_w = os.pipe()
+        self._log = tempfile.TemporaryFile()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.exists(p))
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest_deploy.worker", str(req_r), str(rep_w)],
+            pass_fds=(req_r, rep_w),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        os.close(req_r)
+        os.close(rep_w)
+
+    def call(self, request: dict) -> dict:
+        try:
+            _send(self._req_w, request)
+            reply = _recv(self._rep_r)
+        except (EOFError, BrokenPipeError, OSError):
+            raise WorkerDied(self._death(), self.log_tail()) from None
+        if not reply.get("ok"):
+            raise WorkerError(reply)
+        return reply
+
+    def _death(self) -> str:
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"worker died with {name}"
+        return f"worker exited with status {code}"
+
+    def log_tail(self, limit: int = 2000) -> str:
+        try:
+            self._log.seek(0)
+            text = self._log.read().decode(errors="replace")
+        except (OSError, ValueError):
+            return ""
+        return text[-limit:]
+
+    def close(self) -> None:
+        for fd in (self._req_w, self._rep_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+# ------------------------------------------------------------------------------ worker side
+
+
+def _error_reply(exc: BaseException) -> dict:
+    from .backends.base import first_line, short_path, user_frame
+
+    where = user_frame(exc.__traceback__)
+    return {
+        "ok": False,
+        "error": first_line(exc, 600),
+        "type": type(exc).__name__,
+        "where": f"{short_path(where[0])}:{where[1]}  `{where[2]}`" if where else "",
+        "traceback": "".join(traceback.format_exception(exc))[-4000:],
+    }
+
+
+def _serve(req_fd: int, rep_fd: int) -> None:
+    import torch
+
+    from .compare import flatten
+
+    model = None
+    while True:
+        try:
+            request = _recv(req_fd)
+        except EOFError:
+            return
+        try:
+            op = request["op"]
+            if op == "load_pickle":
+                path = request["path"]
+                reply = {"ok": True, "weights_only": True, "weights_only_error": ""}
+                try:
+                    torch.load(path, weights_only=True)
+                except Exception as exc:  # the expected outcome for a whole pickled module
+                    reply["weights_only"] = False
+                    reply["weights_only_error"] = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+                # Our own file, written moments ago by the parent: the unpickling is deliberate.
+                model = torch.load(path, weights_only=False)
+                reply["type"] = f"{type(model).__module__}.{type(model).__qualname__}"
+            elif op == "run":
+                if model is None:
+                    raise RuntimeError("no model loaded")
+                with torch.no_grad():
+                    out = model(*request["args"])
+                reply = {"ok": True, "leaves": [[p, v] for p, v in flatten(out)]}
+            else:
+                raise ValueError(f"unknown op {op!r}")
+        except Exception as exc:
+            reply = _error_reply(exc)
+        _send(rep_fd, reply)
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), int(sys.argv[2]))
