@@ -115,7 +115,7 @@ class CheckContext:
     # -- the example loop --------------------------------------------------------------------------
 
     def run_examples(self, runner: Callable[[tuple], Any], *, reference: Callable[[tuple], Any] | None = None) -> None:
-        """Run ``runner`` on the canonical example and ``examples`` generated ones; compare each with eager.
+        """Run ``runner`` on the canonical example and ``examples - 1`` generated ones; compare each with eager.
 
         Hypothesis generates the examples and shrinks the first failure; the artifact is built once
         by the caller and reused for all.
@@ -146,13 +146,15 @@ class CheckContext:
 
         test = given(self.space.strategy())(one)
         test = explicit_example(self.canonical)(test)
+        # ``examples`` counts every example run: the canonical one (explicit) plus examples - 1 generated.
+        generate = (Phase.generate, Phase.shrink) if self.examples > 1 else (Phase.shrink,)
         test = settings(
-            max_examples=max(1, self.examples),
+            max_examples=max(1, self.examples - 1),
             deadline=None,
             database=None,
             derandomize=False,
             suppress_health_check=list(HealthCheck),
-            phases=(Phase.explicit, Phase.generate, Phase.shrink),
+            phases=(Phase.explicit, *generate),
             report_multiple_bugs=False,
             print_blob=False,
             verbosity=Verbosity.quiet,
@@ -211,10 +213,13 @@ class CheckContext:
                 lines.append("  " + err.text)
                 if err.reason in ("values", "nan") and err.needed_atol is not None:
                     atol, rtol = self.tol.for_dtype(err.dtype)
+                    # rounded up: a tolerance copied from the message must pass
+                    need_atol = format_number(err.needed_atol, round_up=True)
+                    need_rtol = format_number(err.needed_rtol, round_up=True)
                     lines.append(
                         f"  max abs error {format_number(err.max_abs)}, max rel error {format_number(err.max_rel)}; "
-                        f"smallest tolerance that passes: atol={format_number(err.needed_atol)} (at rtol {rtol:g})"
-                        + (f" or rtol={format_number(err.needed_rtol)} (at atol {atol:g})" if err.needed_rtol is not None
+                        f"smallest tolerance that passes: atol={need_atol} (at rtol {rtol:g})"
+                        + (f" or rtol={need_rtol} (at atol {atol:g})" if err.needed_rtol is not None
                            and not math.isinf(err.needed_rtol) else "")
                     )
             if len(cmp.errors) > 5:

@@ -15,8 +15,10 @@ from typing import Any, Mapping
 from .errors import SpecError
 
 #: Default (atol, rtol) per backend family and output dtype. Serialization round trips run the same
-#: kernels on the same weights, so they must be bit-exact; compilers reorder float arithmetic.
-_EXACT = {"float64": (0.0, 0.0), "float32": (0.0, 0.0), "float16": (0.0, 0.0), "bfloat16": (0.0, 0.0)}
+#: kernels on the same weights, but a reloaded tensor's memory alignment can steer CPU kernels onto
+#: another vector path, so the last bit may differ: a few ulps are allowed. Compilers reorder float
+#: arithmetic and get more. (The checkpoint backend also requires the trained weights to be identical.)
+_EXACT = {"float64": (1e-12, 1e-10), "float32": (1e-6, 1e-5), "float16": (1e-3, 1e-3), "bfloat16": (1e-2, 1e-2)}
 _JIT = {"float64": (1e-10, 1e-8), "float32": (1e-5, 1e-4), "float16": (1e-3, 1e-3), "bfloat16": (1e-2, 1e-2)}
 _COMPILED = {"float64": (1e-8, 1e-6), "float32": (1e-4, 1e-3), "float16": (2e-3, 2e-3), "bfloat16": (2e-2, 2e-2)}
 DEFAULT_TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {
@@ -56,6 +58,9 @@ def resolve_tolerance(backend: str, atol: Any = None, rtol: Any = None, toleranc
     base = dict(DEFAULT_TOLERANCES.get(backend, _COMPILED))
     user_atol = _pick(atol, backend, "atol")
     user_rtol = _pick(rtol, backend, "rtol")
+    if user_rtol is None and isinstance(atol, Mapping):
+        # {"tensorrt": (atol, rtol)} given as atol= alone: its rtol half applies too
+        user_rtol = _pick({k: v for k, v in atol.items() if isinstance(v, (tuple, list))}, backend, "rtol")
     if tolerances is not None:
         if not isinstance(tolerances, Mapping):
             raise SpecError(f"tolerances={tolerances!r} must be a dict {{backend: (atol, rtol)}}")
@@ -264,9 +269,15 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance):
         return (max_abs, max_rel)
     worst = (diff - allowed).flatten().argmax().item()
     idx = _index(torch.tensor(_unravel(worst, tuple(e.shape))))
-    needed_atol = (diff - rtol * mag).clamp_min(0).max().item()
+    needed_atol = _passing(
+        (diff - rtol * mag).clamp_min(0).max().item(), lambda a: not bool((diff > a + rtol * mag).any())
+    )
     over = diff > atol
-    needed_rtol = ((diff - atol) / mag.clamp_min(1e-300))[over].max().item() if bool((mag[over] > 0).all()) else math.inf
+    needed_rtol = (
+        _passing(((diff - atol) / mag.clamp_min(1e-300))[over].max().item(), lambda r: not bool((diff > atol + r * mag).any()))
+        if bool((mag[over] > 0).all())
+        else math.inf
+    )
     n = int(bad.sum())
     text = (
         f"{path} [{dtype}, shape {tuple(e.shape)}]: {n} of {e.numel()} elements exceed atol {atol:g} + rtol {rtol:g}*|expected|; "
@@ -276,6 +287,16 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance):
     if reason == "nan":
         text += " (NaN in only one of eager and backend)"
     return LeafError(path, reason, text, max_abs, max_rel, needed_atol, needed_rtol, dtype)
+
+
+def _passing(value: float, passes) -> float:
+    """``value`` computed as the smallest passing tolerance, stepped up past the last bits of round-off
+    (``(diff - atol) / |expected|`` times ``|expected|`` can fall an ulp short of ``diff``)."""
+    for _ in range(64):
+        if passes(value):
+            break
+        value = math.nextafter(value, math.inf)
+    return value
 
 
 def _unravel(flat: int, shape: tuple[int, ...]) -> list[int]:
@@ -290,9 +311,15 @@ def _index(t) -> tuple[int, ...]:
     return tuple(int(i) for i in t.tolist()) if hasattr(t, "tolist") else tuple(t)
 
 
-def format_number(x: float | None) -> str:
+def format_number(x: float | None, *, round_up: bool = False) -> str:
+    """Three significant digits; ``round_up`` for tolerances a user copies, which must not end up below ``x``."""
     if x is None:
         return "-"
     if math.isinf(x):
         return "inf"
-    return f"{x:.3g}" if x != 0 else "0"
+    if x == 0:
+        return "0"
+    text = f"{x:.3g}"
+    if round_up and float(text) < x:
+        text = f"{float(text) + 10 ** (math.floor(math.log10(abs(float(text)))) - 2):.3g}"
+    return text

@@ -132,7 +132,10 @@ def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARK
             raise SpecError(f"{where}: xfail={xfail!r} must be a dict {{backend: reason}}")
         norm = {}
         for key, reason in xfail.items():
-            (name,) = parse_backends([key], where=f"{where} xfail=")
+            names = parse_backends([key], where=f"{where} xfail=")
+            if len(names) != 1:
+                raise SpecError(f"{where}: xfail={{{key!r}: ...}} must name one backend; list each one that fails")
+            (name,) = names
             if not isinstance(reason, str) or not reason.strip():
                 raise SpecError(f"{where}: xfail[{key!r}] must be a non-empty reason string")
             norm[name] = reason

@@ -60,6 +60,8 @@ class DeploySession:
             kw["examples"] = self.settings.examples
         train = kw.pop("train", None)
         test = row_id(item)
+        # pytest.skip/fail are called outside the except clauses, so the report does not show the caught
+        # exception again ("During handling of the above exception, another exception occurred").
         try:
             result = run_check(
                 model, backend, factory=factory, example_inputs=example_inputs, seed=self.seed_for(item),
@@ -70,15 +72,17 @@ class DeploySession:
             self.results[item.nodeid] = failure.result
             raise
         except BackendUnavailable as exc:
-            self.results[item.nodeid] = Result(test=test, backend=backend, outcome="skipped", message=str(exc))
-            if self.settings.strict:
-                self.results[item.nodeid].outcome = "failed"
-                pytest.fail(f"{exc} (failing because of --deploy-strict)", pytrace=False)
-            pytest.skip(str(exc))
+            result = Result(test=test, backend=backend, outcome="skipped", message=str(exc))
         except SpecError as exc:
-            self.results[item.nodeid] = Result(test=test, backend=backend, outcome="failed", message=str(exc))
-            pytest.fail(f"{backend}: {exc}", pytrace=False)
+            result = Result(test=test, backend=backend, outcome="failed", message=str(exc))
         self.results[item.nodeid] = result
+        if result.outcome == "skipped":
+            if self.settings.strict:
+                result.outcome = "failed"
+                pytest.fail(f"{result.message} (failing because of --deploy-strict)", pytrace=False)
+            pytest.skip(result.message)
+        if result.outcome == "failed":
+            pytest.fail(f"{backend}: {result.message}", pytrace=False)
         return result
 
     # -- outcomes ------------------------------------------------------------------------------
@@ -166,9 +170,11 @@ def pytest_generate_tests(metafunc) -> None:
         return
     where = metafunc.definition.nodeid
     try:
-        kw = validated_marker(metafunc.definition)
+        kw, error = validated_marker(metafunc.definition), None
     except SpecError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        kw, error = {}, str(exc)
+    if error:  # failed outside the except clause: the message is shown once
+        pytest.fail(error, pytrace=False)
     if PARAM not in metafunc.fixturenames:
         pytest.fail(
             f"{where} is marked deployable but neither returns its model through @deployable(...) nor uses the "
@@ -216,9 +222,11 @@ def deploy(request, deploy_backend):
 
     def check(model, *, factory=None, example_inputs=None, **kwargs):
         try:
-            overrides = validate_kwargs(kwargs, where="deploy()", allowed=CALL_KWARGS)
+            overrides, error = validate_kwargs(kwargs, where="deploy()", allowed=CALL_KWARGS), None
         except SpecError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            overrides, error = {}, str(exc)
+        if error:  # failed outside the except clause: the message is shown once
+            pytest.fail(error, pytrace=False)
         return session.run(request.node, model, factory=factory, example_inputs=example_inputs, overrides=overrides)
 
     return check

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import platform
 import sys
@@ -92,8 +94,21 @@ def report_dict(results: list[Result], *, interrupted: bool = False) -> dict:
         "version": 1,
         "interrupted": interrupted,
         "environment": environment(),
-        "results": [r.to_json() for r in results],
+        "results": [_finite(r.to_json()) for r in results],
     }
+
+
+def _finite(obj):
+    """JSON has no inf or NaN (``allow_nan=False`` keeps the file strict JSON): write them as strings.
+
+    A max rel error is inf where eager gives exactly 0 and the backend does not, even in a passing check."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def write_json(path: str, results: list[Result], *, interrupted: bool = False) -> None:
@@ -102,10 +117,15 @@ def write_json(path: str, results: list[Result], *, interrupted: bool = False) -
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, default=_json_default, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=_json_default, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def _json_default(obj):

@@ -112,7 +112,7 @@ def tensor(*shape: int | str, dtype: Any = None, low: float | None = None, high:
         if dtype.is_complex:
             raise SpecError(f"tensor(): dtype={dtype} is complex; pytest-deploy generates real, integer and bool inputs")
     for name, value in (("low", low), ("high", high)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise SpecError(f"tensor(): {name}={value!r} must be a finite number")
     spec = TensorSpec(tuple(shape), dtype, low, high)
     if not _is_bool(spec.torch_dtype):

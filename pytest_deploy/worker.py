@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -161,6 +162,16 @@ def _error_reply(exc: BaseException) -> dict:
     }
 
 
+def _weights_only_reason(exc: BaseException) -> str:
+    """The line of torch's refusal that names the global it will not load."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln]
+    for ln in lines:
+        if "Unsupported global" in ln or "not an allowed global" in ln:
+            return ln[:400]
+    return (lines[0] if lines else type(exc).__name__)[:400]
+
+
 def _serve(req_fd: int, rep_fd: int) -> None:
     import torch
 
@@ -181,7 +192,7 @@ def _serve(req_fd: int, rep_fd: int) -> None:
                     torch.load(path, weights_only=True)
                 except Exception as exc:  # the expected outcome for a whole pickled module
                     reply["weights_only"] = False
-                    reply["weights_only_error"] = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+                    reply["weights_only_error"] = _weights_only_reason(exc)
                 # Our own file, written moments ago by the parent: the unpickling is deliberate.
                 model = torch.load(path, weights_only=False)
                 reply["type"] = f"{type(model).__module__}.{type(model).__qualname__}"

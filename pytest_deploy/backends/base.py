@@ -10,6 +10,7 @@ import contextlib
 import functools
 import importlib.util
 import io
+import itertools
 import linecache
 import logging
 import os
@@ -108,12 +109,18 @@ def short_path(filename: str) -> str:
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first meaningful line of an exception's message, capped."""
+    """The first meaningful line of an exception's message, capped. A line ending in ':' announces its
+    detail on the lines below (``Error(s) in loading state_dict for Net:``), so the rest of its paragraph
+    is kept too."""
     text = str(exc).strip()
-    for line in text.splitlines():
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
         line = line.strip()
         if line:
             text = line
+            if line.endswith(":"):
+                detail = [d.strip() for d in itertools.takewhile(str.strip, lines[i + 1:])]
+                text = " ".join([line, *detail])
             break
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -132,7 +139,7 @@ def quiet_torch_logs():
     sink = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
-            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore")
             yield
     finally:
         for lg, state in states:

@@ -284,7 +284,8 @@ class CheckpointBackend(Backend):
                 for step in range(start, 2 * k):
                     self._step(resumed, res_opt, res_sched, batches[step], step, recipe)
 
-        differing = _state_differences(reference, resumed)
+        differing = _state_differences(reference, resumed) + _training_state_differences(ref_opt, ref_sched, res_opt,
+                                                                                          res_sched)
         fix = "save and restore what is listed: " + ", ".join(sorted({_part(d) for d in not_restored})) if not_restored else \
             "make the resumed run start from the saved epoch with the same optimizer and scheduler"
         if differing:
@@ -374,6 +375,25 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b
+
+
+def _training_state_differences(opt, sched, res_opt, res_sched) -> list[str]:
+    """Where the optimizer and LR scheduler of the two runs end up differently. A scheduler that was not
+    restored can leave the learning rates right for a few steps (they live in the optimizer's param
+    groups) while its own position in the schedule is wrong."""
+    out = []
+    a, b = opt.state_dict(), res_opt.state_dict()
+    groups = [[{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]] for sd in (a, b)]
+    if not (_same(a["state"], b["state"]) and _same(*groups)):
+        out.append(f"optimizer state ({type(opt).__name__})")
+    if sched is not None:
+        sa, sb = sched.state_dict(), res_sched.state_dict()
+        keys = [k for k in sa if not _same(sa[k], sb.get(k))]
+        keys = [k for k in keys if not k.startswith("_")] or keys
+        if keys:
+            out.append(f"LR scheduler {type(sched).__name__} state ("
+                       + ", ".join(f"{k}: {sa[k]!r} uninterrupted, {sb.get(k)!r} resumed" for k in keys[:3]) + ")")
+    return out
 
 
 def _state_differences(a, b) -> list[str]:

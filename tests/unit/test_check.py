@@ -1,0 +1,87 @@
+"""Unit tests for pytest_deploy.check: the arity check and the reference (eager determinism) check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pytest_deploy
+from pytest_deploy import DeployFailure, tensor
+from pytest_deploy.check import _check_arity
+from pytest_deploy.errors import StageError
+
+
+class TwoArgs(torch.nn.Module):
+    def forward(self, x, mask):
+        return x * mask
+
+
+class OptionalArg(torch.nn.Module):
+    def forward(self, x, scale=None):
+        return x if scale is None else x * scale
+
+
+class VarArgs(torch.nn.Module):
+    def forward(self, *xs):
+        return sum(xs)
+
+
+class NoArgs(torch.nn.Module):
+    def forward(self):
+        return torch.zeros(1)
+
+
+def test_check_arity_names_forwards_arguments():
+    with pytest.raises(StageError) as info:
+        _check_arity(TwoArgs(), 1)
+    assert info.value.stage == "run"
+    assert str(info.value) == (
+        "inputs= declares 1 input(s) but TwoArgs.forward takes 2 positional argument(s) (x, mask); "
+        "make inputs= match forward"
+    )
+
+
+def test_check_arity_with_optional_arguments_gives_the_range():
+    _check_arity(OptionalArg(), 1)
+    _check_arity(OptionalArg(), 2)
+    with pytest.raises(StageError, match=r"declares 3 input\(s\) but OptionalArg.forward takes 1 to 2 positional "
+                                         r"argument\(s\) \(x, scale\)"):
+        _check_arity(OptionalArg(), 3)
+
+
+def test_check_arity_no_arguments():
+    with pytest.raises(StageError, match=r"takes 0 positional argument\(s\) \(\(none\)\)"):
+        _check_arity(NoArgs(), 1)
+
+
+def test_check_arity_accepts_var_positional():
+    _check_arity(VarArgs(), 5)  # no exception: *args takes any count
+    assert VarArgs()(torch.ones(1), torch.ones(1)).item() == 2.0
+
+
+def test_verify_reports_arity_mismatch_as_failure():
+    with pytest.raises(DeployFailure) as info:
+        pytest_deploy.verify(TwoArgs().eval(), backend="trace", inputs=[tensor(2)], examples=1)
+    assert "trace: stage run: inputs= declares 1 input(s)" in str(info.value)
+    assert info.value.result.outcome == "failed" and info.value.result.stage == "run"
+
+
+def test_nondeterministic_model_fails_the_reference_check():
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Dropout(0.5))
+    model.train()
+    with pytest.raises(DeployFailure) as info:
+        pytest_deploy.verify(model, backend="trace", inputs=[tensor(4, 16)], examples=1)
+    msg = str(info.value)
+    assert msg.startswith("trace: stage run: ")
+    assert "nondeterministic" in msg
+    assert "model.eval()" in msg
+    assert info.value.result.stage == "run"
+
+
+def test_deterministic_model_in_eval_mode_passes_trace():
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Dropout(0.5)).eval()
+    result = pytest_deploy.verify(model, backend="trace", inputs=[tensor("batch", 16)], dims={"batch": (1, 3)},
+                                  examples=3)
+    assert result.passed and result.backend == "trace"
+    assert result.examples >= 1
+    assert result.max_abs_error is not None and result.max_abs_error < 1e-3

@@ -1,0 +1,214 @@
+"""Unit tests for the backend registry: canonical names, aliases, parse_backends, register_backend."""
+
+from __future__ import annotations
+
+import pytest
+
+import pytest_deploy
+from pytest_deploy import backends as registry
+from pytest_deploy.backends import (
+    Backend,
+    backend_names,
+    canonical_name,
+    get_backend,
+    parse_backends,
+    register_backend,
+)
+from pytest_deploy.backends.base import first_line
+from pytest_deploy.errors import SpecError
+
+BUILTINS = ["state_dict", "pickle", "checkpoint", "trace", "script", "export"]
+
+
+@pytest.fixture
+def clean_registry():
+    """Registrations made by a test are removed afterwards, whatever happens."""
+    saved_registry = dict(registry._REGISTRY)
+    saved_aliases = dict(registry._ALIASES)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved_registry)
+    registry._ALIASES.clear()
+    registry._ALIASES.update(saved_aliases)
+
+
+class EchoBackend(Backend):
+    name = "echo_backend"
+    aliases = ("echo", "Echo-Test")
+    description = "returns the model itself"
+
+    def build(self, ctx):
+        return lambda args: ctx.model(*args)
+
+
+# ---------------------------------------------------------------------------- canonical_name
+
+
+def test_builtins_are_registered_in_order():
+    names = backend_names()
+    assert names[: len(BUILTINS)] == BUILTINS
+
+
+@pytest.mark.parametrize(
+    "alias, name",
+    [
+        ("trace", "trace"),
+        ("torchscript-trace", "trace"),
+        ("TorchScript-Trace", "trace"),
+        (" SCRIPT ", "script"),
+        ("torchscript-script", "script"),
+        ("torch.export", "export"),
+        ("Torch.Export", "export"),
+        ("State_Dict", "state_dict"),
+    ],
+)
+def test_canonical_name_aliases_case_insensitive(alias, name):
+    assert canonical_name(alias) == name
+
+
+@pytest.mark.parametrize("name, alias", [(n, a) for n in backend_names() for a in get_backend(n).aliases])
+def test_every_registered_alias_resolves(name, alias):
+    assert canonical_name(alias) == name
+    assert canonical_name(alias.upper()) == name
+    assert get_backend(alias) is get_backend(name)
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(SpecError) as info:
+        canonical_name("torchscript")
+    msg = str(info.value)
+    assert msg.startswith("unknown backend 'torchscript'; known backends: ")
+    for name in backend_names():
+        assert name in msg
+    assert "trace [torchscript-trace]" in msg
+    assert msg.endswith(", all")
+
+
+def test_non_string_name():
+    with pytest.raises(SpecError, match="backend 3 must be a string; known backends: state_dict"):
+        canonical_name(3)
+
+
+# ---------------------------------------------------------------------------- parse_backends
+
+
+def test_parse_backends_none_means_no_restriction():
+    assert parse_backends(None, where="w") is None
+
+
+def test_parse_backends_all():
+    assert parse_backends("all", where="w") == backend_names()
+    assert parse_backends(["ALL"], where="w") == backend_names()
+
+
+def test_parse_backends_all_keeps_names_given_first():
+    out = parse_backends("export, all", where="w")
+    assert out[0] == "export"
+    assert sorted(out) == sorted(backend_names())
+
+
+def test_parse_backends_canonical_and_deduplicated_in_order():
+    assert parse_backends("script,torchscript-trace, trace,TRACE,script", where="w") == ["script", "trace"]
+    assert parse_backends(["torch.export", "export", "state_dict"], where="w") == ["export", "state_dict"]
+    assert parse_backends("trace,", where="w") == ["trace"]  # a trailing comma is harmless
+
+
+@pytest.mark.parametrize("empty", ["", " , ", [], [" ", ""]])
+def test_parse_backends_empty_list(empty):
+    with pytest.raises(SpecError) as info:
+        parse_backends(empty, where="--deploy-backends")
+    msg = str(info.value)
+    assert msg.startswith("--deploy-backends: empty backend list; name at least one of: ")
+    assert "trace" in msg
+
+
+def test_parse_backends_unknown_names_the_source():
+    with pytest.raises(SpecError) as info:
+        parse_backends("trace,onnxx", where="--deploy-backends")
+    assert str(info.value).startswith("--deploy-backends: unknown backend 'onnxx'; known backends: ")
+
+
+# -------------------------------------------------------------------------- register_backend
+
+
+def test_register_backend_class(clean_registry):
+    backend = register_backend(EchoBackend)
+    assert isinstance(backend, EchoBackend)
+    assert backend_names()[-1] == "echo_backend"
+    assert get_backend("echo_backend") is backend
+    assert canonical_name("ECHO") == "echo_backend"
+    assert canonical_name("echo-test") == "echo_backend"
+    assert "echo_backend [echo, Echo-Test]" in registry.known_names_text()
+    assert parse_backends("all", where="w")[-1] == "echo_backend"
+
+
+def test_register_backend_instance_via_public_api(clean_registry):
+    instance = EchoBackend()
+    assert pytest_deploy.register_backend(instance) is instance
+    assert "echo_backend" in pytest_deploy.backend_names()
+
+
+def test_registration_is_removed_by_the_fixture():
+    assert "echo_backend" not in backend_names()
+    with pytest.raises(SpecError):
+        canonical_name("echo")
+
+
+def test_register_duplicate_refused_without_replace(clean_registry):
+    first = register_backend(EchoBackend)
+    with pytest.raises(ValueError) as info:
+        register_backend(EchoBackend)
+    assert "already registered; pass replace=True to override" in str(info.value)
+    assert "echo_backend" in str(info.value)
+    assert get_backend("echo") is first
+    second = register_backend(EchoBackend, replace=True)
+    assert second is not first
+    assert get_backend("echo") is second
+    assert backend_names().count("echo_backend") == 1
+
+
+def test_register_alias_clashing_with_builtin_refused(clean_registry):
+    class Clash(Backend):
+        name = "clash"
+        aliases = ("TRT_CLASH", "Torchscript-Trace")
+
+    with pytest.raises(ValueError, match=r"\['Torchscript-Trace'\] already registered"):
+        register_backend(Clash)
+    assert "clash" not in backend_names()
+    assert canonical_name("torchscript-trace") == "trace"
+
+
+@pytest.mark.parametrize("name", ["", "my-backend", "a b", "x.y"])
+def test_register_bad_name(clean_registry, name):
+    bad = type("Bad", (Backend,), {"name": name})
+    with pytest.raises(ValueError, match="must be alphanumeric"):
+        register_backend(bad)
+    assert name not in backend_names()
+
+
+def test_unavailable_reason_names_the_missing_module_and_the_fix():
+    class NeedsExtra(Backend):
+        name = "needs_extra"
+        requires = ("json", "pytest_deploy_no_such_module")
+        extra = "fancy"
+
+    class NeedsModule(Backend):
+        name = "needs_module"
+        requires = ("pytest_deploy_no_such_module",)
+
+    assert NeedsExtra().unavailable_reason() == (
+        "needs_extra: pytest_deploy_no_such_module not installed; pip install 'pytest-deploy[fancy]'"
+    )
+    assert NeedsModule().unavailable_reason().endswith("; pip install pytest_deploy_no_such_module")
+    assert EchoBackend().unavailable_reason() is None
+
+
+def test_builtin_backends_run_here():
+    for name in BUILTINS:
+        assert get_backend(name).unavailable_reason() is None, name
+
+
+def test_first_line_of_an_exception():
+    assert first_line(ValueError("\n\n  bad thing  \nmore")) == "ValueError: bad thing"
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line(RuntimeError("x" * 500), limit=20) == "RuntimeError: xxx..."
