@@ -61,3 +61,25 @@ class GRUTagger(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out, last = self.rnn(x)
         return self.tag(out), last
+
+
+class EarlyExitClassifier(nn.Module):
+    """An early-exit network: a cheap head answers when it is confident, the deep path otherwise.
+
+    The ``if`` on a tensor value is exactly what ``torch.jit.trace`` freezes: the traced model always
+    takes the path the tracing input took. ``torch.jit.script`` keeps the branch.
+    """
+
+    def __init__(self, features: int = 16, classes: int = 4, threshold: float = 0.3):
+        super().__init__()
+        self.stem = nn.Linear(features, 32)
+        self.quick = nn.Linear(32, classes)
+        self.deep = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, classes))
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        quick = self.quick(h)
+        if quick.softmax(-1).max(-1).values.min() > self.threshold:
+            return quick
+        return self.deep(h)

@@ -43,7 +43,8 @@ def deployable(backends=None, **kwargs: Any) -> Callable:
     return decorate
 
 
-def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdir=None, **kwargs: Any) -> Result:
+def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdir=None,
+           backend_options: dict[str, Any] | None = None, **kwargs: Any) -> Result:
     """Check ``model`` against one backend outside pytest.
 
     Returns the :class:`Result`; raises :class:`DeployFailure` (with the message a failing test
@@ -58,7 +59,7 @@ def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdi
     kw = validate_kwargs(kwargs, where="verify()", allowed=CALL_KWARGS)
     train = kw.pop("train", None)
     return run_check(model, backend, factory=factory, seed=seed, workdir=workdir, test_id="verify",
-                     reproduce=f"verify(..., seed={seed})", options={"train": train}, **kw)
+                     reproduce=f"verify(..., seed={seed})", options={"train": train, **(backend_options or {})}, **kw)
 
 
 __all__ = [

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .backends.base import add_model_files, short_path
 from .compare import Comparison, Tolerance, compare_outputs, format_number, resolve_tolerance
+from .decisions import BranchAnalysis, Recorder, describe_divergence, record
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
 from .results import Result
 from .spec import Example, InputSpace
@@ -25,6 +27,13 @@ _TIMING_BUCKET = {"export": "build", "check": "build", "simplify": "build", "com
 
 #: After the first failing example, at most this many further runs are spent shrinking it.
 SHRINK_BUDGET = 150
+
+#: Targeted search for the other outcome of each recorded decision: at most this many eager runs
+#: and this many seconds per check.
+EXPLORE_RUNS = 48
+EXPLORE_SECONDS = 5.0
+
+LOST_BRANCH_FIX = "torch.jit.script, or torch.cond for export"
 
 DEFAULT_EXAMPLES = 20
 
@@ -58,6 +67,9 @@ class CheckContext:
         self._canonical: Example | None = None
         #: callbacks run when the check ends (close worker processes, ...)
         self.cleanup = contextlib.ExitStack()
+        #: data-dependent decisions seen while eager PyTorch ran (and, for tracing backends, while tracing)
+        self.analysis = BranchAnalysis()
+        self.freezes_decisions = False
 
     # -- helpers for backends -------------------------------------------------------------------
 
@@ -89,6 +101,60 @@ class CheckContext:
             bucket = _TIMING_BUCKET.get(name, "build")
             self.result.timings[bucket] = self.result.timings.get(bucket, 0.0) + time.perf_counter() - start
 
+    def traced_decisions(self) -> None:
+        """Called by a backend whose artifact follows the path of the input it was built from
+        (torch.jit.trace): decisions whose outcome differs from that path's are trace-lost, and a
+        mismatch on such an example fails at stage branches.
+
+        The path is recorded from eager PyTorch on the same input, not while tracing: under the tracer
+        shape reads are tensors (``len(x)`` and ``range(x.shape[1])`` convert them) and library modules
+        take their tracing branches, decisions no eager run makes."""
+        _, run = record(self.eager, self.canonical.args)
+        self.analysis = BranchAnalysis(run)
+        self.freezes_decisions = True
+
+    def recorded_eager(self, args: tuple):
+        """Eager reference outputs, with the decisions taken on the way counted into the analysis."""
+        with Recorder() as rec:
+            out = self.eager(args)
+        self.analysis.observe(rec.run)
+        self.result.details["branch_recording"] = (
+            "tensor conversions and if/while outcomes" if rec.line_tracing
+            else "tensor conversions only (another tracer, e.g. coverage or a debugger, owns sys.settrace)")
+        return out
+
+    def explore(self) -> list[Example]:
+        """Search for inputs reaching the outcomes no input has reached yet; return those that did.
+
+        Only eager PyTorch runs here (it is cheap); the examples found are then run through the
+        backend like any other. Stops when every recorded branch has both outcomes, or the budget ends.
+        """
+        if self.space.strategy_override is not None or not self.analysis.sites:
+            return []
+        found: list[Example] = []
+        start = time.perf_counter()
+        candidates = self.space.exploration()
+        # the search starts at each corner of the dims: there, an if/while that read no tensor (a branch
+        # on a shape) is given its chance to go the other way and so become a decision
+        corners = len(self.space.dim_corners()) if any(lo != hi for lo, hi in self.space.dims.values()) else 0
+        for i in range(EXPLORE_RUNS):
+            missing = self.analysis.missing_outcomes(candidates=i < corners)
+            if not missing or time.perf_counter() - start > EXPLORE_SECONDS:
+                break
+            ex = next(candidates)
+            seen = self.analysis.seen()
+            try:
+                _, run = record(self.eager, ex.args)
+            except Exception:  # a failing input is for the example loop to report, not the search
+                continue
+            new = {(site, outcome) for (site, _), (_, outcome) in run.decisions().items()} - seen
+            if new:
+                self.analysis.observe(run)
+                ex.label = "found by the branch search"
+                found.append(ex)
+        self.result.details["branch_search_runs"] = len(found)
+        return found
+
     def fresh_model(self):
         """A new instance from the factory (the decorated test, or ``factory=``), in the same mode."""
         if self.factory is None:
@@ -114,18 +180,24 @@ class CheckContext:
 
     # -- the example loop --------------------------------------------------------------------------
 
-    def run_examples(self, runner: Callable[[tuple], Any], *, reference: Callable[[tuple], Any] | None = None) -> None:
+    def run_examples(self, runner: Callable[[tuple], Any], *, reference: Callable[[tuple], Any] | None = None,
+                     record: bool = True) -> None:
         """Run ``runner`` on the canonical example and ``examples - 1`` generated ones; compare each with eager.
 
         Hypothesis generates the examples and shrinks the first failure; the artifact is built once
-        by the caller and reused for all.
+        by the caller and reused for all. ``reference`` defaults to :meth:`recorded_eager`; with
+        ``record`` the branch search runs first and its finds are examples too.
         """
         from hypothesis import HealthCheck, Phase, Verbosity, given, settings
         from hypothesis import example as explicit_example
         from hypothesis import seed as hypothesis_seed
         from hypothesis.errors import Flaky
 
-        reference = reference or (lambda args: self.eager(args))
+        reference = reference or self.recorded_eager
+        found: list[Example] = []
+        if record:
+            self.recorded_eager(self.canonical.args)  # the sites to search from
+            found = self.explore()
         state = {"runs": 0, "failed_keys": set(), "after_failure": 0, "passed": 0}
 
         def one(ex: Example) -> None:
@@ -145,6 +217,8 @@ class CheckContext:
                 state["passed"] += 1
 
         test = given(self.space.strategy())(one)
+        for ex in reversed(found):
+            test = explicit_example(ex)(test)
         test = explicit_example(self.canonical)(test)
         # ``examples`` counts every example run: the canonical one (explicit) plus examples - 1 generated.
         generate = (Phase.generate, Phase.shrink) if self.examples > 1 else (Phase.shrink,)
@@ -164,7 +238,11 @@ class CheckContext:
             test()
         except _ExampleFailed as failure:
             self.result.examples = state["passed"] + 1
-            raise StageError(failure.stage, self._failure_text(failure, shrunk=state["runs"] > 1)) from None
+            stage, text = failure.stage, self._failure_text(failure, shrunk=state["runs"] > 1)
+            lost = self._lost_branch_text(failure) if failure.comparison is not None else None
+            if lost:
+                stage, text = "branches", lost + "\n" + text
+            raise StageError(stage, text, comparison=failure.comparison) from None
         except Flaky as exc:
             inner = _first_example_failure(exc)
             text = (
@@ -174,7 +252,34 @@ class CheckContext:
             if inner is not None:
                 text += "\n  first failure: " + inner.text.replace("\n", "\n  ")
             raise StageError(inner.stage if inner else "run", text) from None
+        finally:
+            self.result.branches = self.analysis.to_json()
+            if self.result.branches:
+                self.result.details["branch_summary"] = self.analysis.summary()
         self.result.examples = state["passed"]
+
+    def _lost_branch_text(self, failure: "_ExampleFailed") -> str | None:
+        """When a tracing backend's mismatch comes with a trace-lost decision, say where it is."""
+        if not self.freezes_decisions:
+            return None
+        try:
+            _, run = record(self.eager, failure.example.args)
+        except Exception:
+            return None
+        divergences = self.analysis.divergences(run)
+        if not divergences:
+            return None
+        first = divergences[0]
+        self.analysis.mark_diverged(first.site)
+        worst = max(failure.comparison.errors, key=lambda e: e.max_abs)
+        atol, _ = self.tol.for_dtype(worst.dtype)
+        text = describe_divergence(first, "the failing input")
+        text += f"; max abs error {format_number(worst.max_abs)} > atol {atol:g}\n  fix: {LOST_BRANCH_FIX}"
+        others = list(dict.fromkeys(d.site for d in divergences[1:] if d.site != first.site))
+        if others:
+            text += "\n  the failing input also leaves the traced path at: " + ", ".join(
+                f"{short_path(s.file)}:{s.line}" for s in others[:5])
+        return text
 
     def _run_one(self, ex: Example, runner, reference) -> None:
         try:
@@ -204,7 +309,9 @@ class CheckContext:
         r.max_rel_error = cmp.max_rel if r.max_rel_error is None else max(r.max_rel_error, cmp.max_rel)
 
     def _failure_text(self, failure: _ExampleFailed, shrunk: bool) -> str:
-        which = "failing input" + (" (shrunk by hypothesis)" if shrunk else "")
+        label = failure.example.label
+        which = "failing input" + (" (shrunk by hypothesis)" if shrunk and label == "generated"
+                                   else f" ({label})" if label != "generated" else "")
         lines = []
         if failure.comparison is not None:
             cmp = failure.comparison
@@ -269,6 +376,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     result.artifact = None if owned else str(path)
     ctx = CheckContext(model=model, backend=name, space=space, tol=tol, examples=examples, seed=seed, workdir=path,
                        factory=factory, options=options, result=result)
+    add_model_files(model)
     try:
         _check_reference(ctx)
         impl.verify(ctx)

@@ -20,11 +20,13 @@ class BackendUnavailable(Exception):
 class StageError(Exception):
     """A backend stage raised. Carries the stage and a message written for the user."""
 
-    def __init__(self, stage: str, message: str, *, cause: BaseException | None = None):
+    def __init__(self, stage: str, message: str, *, cause: BaseException | None = None, comparison=None):
         super().__init__(message)
         self.stage = stage
         self.message = message
         self.cause = cause
+        #: for output mismatches: the failing example's :class:`~pytest_deploy.compare.Comparison`
+        self.comparison = comparison
 
 
 class DeployFailure(AssertionError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import SpecError
@@ -18,6 +18,9 @@ HELP_EXAMPLES = "hypothesis examples per backend (a marker's examples= wins); de
 HELP_STRICT = "fail, instead of skip, when a backend cannot run here"
 HELP_REPORT = "write the JSON report of every deployability check to this path"
 HELP_SEED = "seed for the generated examples (an int, or 'random'); default 0, so runs repeat"
+HELP_ONNX_EXPORTER = ("ONNX exporter: 'dynamo' (torch.export-based, the default) or 'torchscript' (the older "
+                      "tracing exporter; its frozen branches are analysed as for trace)")
+HELP_ONNX_OPSET = "ONNX opset version to export (default: the exporter's)"
 
 #: Keyword arguments the ``deployable`` marker and decorator accept, with what each must be.
 MARKER_KWARGS = {
@@ -71,6 +74,10 @@ def add_options(parser) -> None:
     group.addoption("--deploy-strict", dest="deploy_strict", action="store_true", default=None, help=HELP_STRICT)
     group.addoption("--deploy-report", dest="deploy_report", default=None, metavar="PATH", help=HELP_REPORT)
     group.addoption("--deploy-seed", dest="deploy_seed", type=seed_value, default=None, metavar="SEED", help=HELP_SEED)
+    group.addoption("--deploy-onnx-exporter", dest="deploy_onnx_exporter", choices=("dynamo", "torchscript"),
+                    default=None, help=HELP_ONNX_EXPORTER)
+    group.addoption("--deploy-onnx-opset", dest="deploy_onnx_opset", type=positive_int, default=None, metavar="N",
+                    help=HELP_ONNX_OPSET)
     parser.addini("deploy_backends", HELP_BACKENDS, default=None)
     parser.addini("deploy_examples", HELP_EXAMPLES, default=None)
     parser.addini("deploy_strict", HELP_STRICT, type="bool", default=False)
@@ -86,6 +93,8 @@ class Settings:
     strict: bool
     report: str | None
     seed: int
+    #: options handed to backends (``ctx.options``): onnx_exporter, onnx_opset, ...
+    backend_options: dict = field(default_factory=dict)
 
 
 def read_settings(config) -> Settings:
@@ -109,7 +118,10 @@ def read_settings(config) -> Settings:
         strict = bool(config.getini("deploy_strict"))
     report = config.getoption("deploy_report") or config.getini("deploy_report") or None
     seed = config.getoption("deploy_seed")
-    return Settings(tuple(backends) if backends else None, examples, strict, report, 0 if seed is None else seed)
+    backend_options = {"onnx_exporter": config.getoption("deploy_onnx_exporter"),
+                       "onnx_opset": config.getoption("deploy_onnx_opset")}
+    return Settings(tuple(backends) if backends else None, examples, strict, report, 0 if seed is None else seed,
+                    {k: v for k, v in backend_options.items() if v is not None})
 
 
 def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARKER_KWARGS)) -> dict[str, Any]:

@@ -65,7 +65,7 @@ class DeploySession:
         try:
             result = run_check(
                 model, backend, factory=factory, example_inputs=example_inputs, seed=self.seed_for(item),
-                test_id=test, workdir=self.workdir(item), options={"train": train},
+                test_id=test, workdir=self.workdir(item), options={"train": train, **self.settings.backend_options},
                 reproduce=f"pytest '{item.nodeid}' --deploy-seed={self.settings.seed}", **kw,
             )
         except DeployFailure as failure:

@@ -44,9 +44,16 @@ def summary_lines(results: list[Result]) -> list[str]:
         rows.setdefault(r.test, {})[r.backend] = r
     backends.sort(key=lambda b: order.get(b, len(order)))
     header = ["model test", *backends]
+    branch_rows = {test: _branch_source(by_backend) for test, by_backend in rows.items()}
+    with_branches = any(r is not None for r in branch_rows.values())
+    if with_branches:
+        header.append("branches")
     table = [header]
     for test, by_backend in rows.items():
-        table.append([test, *(cell(by_backend[b]) if b in by_backend else "-" for b in backends)])
+        row = [test, *(cell(by_backend[b]) if b in by_backend else "-" for b in backends)]
+        if with_branches:
+            row.append(_branch_cell(branch_rows[test]))
+        table.append(row)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(val.ljust(w) for val, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -57,7 +64,46 @@ def summary_lines(results: list[Result]) -> list[str]:
     tally = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
     lines.append(f"{len(results)} checks: {tally}; build time {total_build:.1f}s "
                  "(cells: status, max abs error, build time)")
+    lines.extend(_branch_lines(branch_rows))
     return lines
+
+
+def _branch_source(by_backend: dict[str, Result]) -> Result | None:
+    """The result whose branch record represents the row: trace's (it knows what was lost), else the largest."""
+    candidates = [r for r in by_backend.values() if r.branches]
+    if not candidates:
+        return None
+    return next((r for r in candidates if r.backend == "trace"), max(candidates, key=lambda r: len(r.branches)))
+
+
+def _branch_cell(result: Result | None) -> str:
+    if result is None:
+        return "-"
+    lost = sum(bool(b.get("lost")) for b in result.branches)
+    uncovered = sum(bool(b.get("uncovered")) for b in result.branches)
+    return f"{len(result.branches)} sites, lost {lost}, uncovered {uncovered}"
+
+
+def _branch_lines(branch_rows: dict[str, Result | None]) -> list[str]:
+    """Every lost or uncovered decision, with its site: what a user has to look at."""
+    out = []
+    for test, result in branch_rows.items():
+        notable = [b for b in (result.branches if result else []) if b.get("lost") or b.get("uncovered")]
+        if not notable:
+            continue
+        out.append(f"{test} ({result.backend}):")
+        for b in notable:
+            outcomes = ", ".join(f"{k} x{v}" for k, v in b["outcomes"].items())
+            status = []
+            if b.get("lost"):
+                status.append("LOST, outputs diverge" if b.get("diverged") else "lost, outputs unaffected")
+            if b.get("uncovered"):
+                status.append("never reached: " + "/".join(b["uncovered"]))
+            traced = f"; traced {b['traced']}" if b.get("traced") is not None else ""
+            out.append(f"  {b['file']}:{b['line']}  `{b['source']}`  seen {outcomes}{traced}; {'; '.join(status)}")
+    if out:
+        out.insert(0, "data-dependent decisions (lost: the traced artifact took another path; never reached: no input found it):")
+    return out
 
 
 def _version(dist: str) -> str | None:

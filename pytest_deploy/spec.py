@@ -11,17 +11,19 @@ tensors and keeps failing inputs small and describable.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import SpecError
 
 #: Value patterns for generated tensors. Index 0 is what shrinking converges to.
-FLOAT_PATTERNS = ("uniform", "extremes", "zeros", "low", "high", "sparse")
+FLOAT_PATTERNS = ("uniform", "extremes", "zeros", "low", "high", "sparse", "mirrored")
 INT_PATTERNS = ("uniform", "low", "high")
 BOOL_PATTERNS = ("uniform", "false", "true")
 # Weights (out of 100) with which generation picks each pattern: mostly uniform values.
-_PATTERN_WEIGHTS = {"uniform": 70, "extremes": 10, "zeros": 5, "low": 5, "high": 5, "sparse": 5, "false": 15, "true": 15}
+_PATTERN_WEIGHTS = {"uniform": 65, "extremes": 10, "zeros": 5, "low": 5, "high": 5, "sparse": 5, "mirrored": 5,
+                    "false": 15, "true": 15}
 
 #: Refuse to allocate examples larger than this many bytes (per example, all inputs together).
 MAX_EXAMPLE_BYTES = 1 << 30
@@ -248,6 +250,8 @@ def make_tensor(spec: TensorSpec, dims: Mapping[str, int], recipe: InputRecipe):
         t = torch.where(torch.rand(shape, generator=gen) < 0.5, torch.tensor(lo, dtype=work), torch.tensor(hi, dtype=work))
     else:
         t = torch.rand(shape, generator=gen, dtype=work) * (hi - lo) + lo
+        if p == "mirrored":  # the uniform example of the same seed reflected in its range: a sign flip for [-a, a]
+            t = (lo + hi) - t
         if p == "sparse":
             t = torch.where(torch.rand(shape, generator=gen) < 0.9, torch.zeros((), dtype=work).clamp(lo, hi), t)
     return t.to(dtype)
@@ -367,7 +371,9 @@ class InputSpace:
 
             args = find(self.strategy_override, lambda _: True)
             return Example(_as_args(args), label="minimal example of the inputs strategy")
-        return self.build(self.opt_dims(), tuple(InputRecipe(0, "uniform") for _ in self.specs))
+        ex = self.build(self.opt_dims(), tuple(InputRecipe(0, "uniform") for _ in self.specs))
+        ex.label = "the input the artifact was built from"
+        return ex
 
     def build(self, dims: Mapping[str, int], recipes: Sequence[InputRecipe]) -> Example:
         args = tuple(make_tensor(s, dims, r) for s, r in zip(self.specs, recipes))
@@ -388,6 +394,29 @@ class InputSpace:
             recipe_sts.append(st.builds(InputRecipe, st.integers(0, 2**31 - 1), _weighted(patterns)))
         return st.builds(self.build, dim_st, st.tuples(*recipe_sts))
 
+    def dim_corners(self) -> list[dict[str, int]]:
+        """The opt dims, every dim at its lower bound, every dim at its upper bound; duplicates removed."""
+        corners = [self.opt_dims(), {n: lo for n, (lo, _) in self.dims.items()}, {n: hi for n, (_, hi) in self.dims.items()}]
+        return [dict(c) for c in dict.fromkeys(tuple(sorted(c.items())) for c in corners)]
+
+    def exploration(self) -> Iterator[Example]:
+        """Examples meant to push data-dependent decisions to their other outcome: each dim at its
+        bounds, sign flips (``mirrored``), zeros, the range's ends, extremes; then random recipes."""
+        if not self.specs:
+            return
+        unique = self.dim_corners()
+        plan = [("uniform", 0), ("mirrored", 0), ("uniform", 1), ("mirrored", 1), ("zeros", 0), ("low", 0),
+                ("high", 0), ("extremes", 0), ("sparse", 0)]
+        for pattern, seed in plan:
+            for dims in unique:
+                yield self.build(dims, [InputRecipe(seed + 7919 * i, _pattern_for(s, pattern))
+                                        for i, s in enumerate(self.specs)])
+        rng = random.Random(0)
+        while True:
+            dims = {n: rng.randint(lo, hi) for n, (lo, hi) in self.dims.items()}
+            pattern = rng.choice(FLOAT_PATTERNS)
+            yield self.build(dims, [InputRecipe(rng.randrange(2**31), _pattern_for(s, pattern)) for s in self.specs])
+
     def describe(self) -> str:
         if self.strategy_override is not None:
             return f"strategy {self.strategy_override!r}"
@@ -395,6 +424,17 @@ class InputSpace:
         if self.dims:
             text += " with " + ", ".join(f"{k} in [{lo}, {hi}]" for k, (lo, hi) in self.dims.items())
         return text
+
+
+def _pattern_for(spec: TensorSpec, pattern: str) -> str:
+    """The closest pattern a spec's dtype has: floats take any; ints and bools map low/high/zeros."""
+    dtype = spec.torch_dtype
+    allowed = BOOL_PATTERNS if _is_bool(dtype) else FLOAT_PATTERNS if _is_float(dtype) else INT_PATTERNS
+    if pattern in allowed:
+        return pattern
+    if _is_bool(dtype):
+        return {"low": "false", "zeros": "false", "high": "true"}.get(pattern, "uniform")
+    return {"zeros": "low"}.get(pattern, "uniform")
 
 
 def _weighted(patterns: Sequence[str]):

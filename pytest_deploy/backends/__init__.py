@@ -84,10 +84,12 @@ def get_backend(name: str) -> Backend:
 
 def _register_builtins() -> None:
     from .export import ExportBackend
+    from .onnx import OnnxBackend
     from .serialization import CheckpointBackend, PickleBackend, StateDictBackend
     from .torchscript import ScriptBackend, TraceBackend
 
-    for cls in (StateDictBackend, PickleBackend, CheckpointBackend, TraceBackend, ScriptBackend, ExportBackend):
+    for cls in (StateDictBackend, PickleBackend, CheckpointBackend, TraceBackend, ScriptBackend, ExportBackend,
+                OnnxBackend):
         register_backend(cls)
 
 

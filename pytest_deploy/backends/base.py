@@ -14,6 +14,7 @@ import itertools
 import linecache
 import logging
 import os
+import sys
 import sysconfig
 import warnings
 import traceback
@@ -79,14 +80,32 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(dirs)
 
 
+#: Files that hold the model's own classes: user code even when installed under site-packages.
+_MODEL_FILES: set[str] = set()
+
+
+def add_model_files(model) -> None:
+    """Count the source files of ``model``'s module classes as user code."""
+    for module in model.modules():
+        filename = getattr(sys.modules.get(type(module).__module__), "__file__", None)
+        if filename and not filename.startswith(_library_dirs()) and filename not in _MODEL_FILES:
+            _MODEL_FILES.add(filename)
+            is_user_file.cache_clear()
+
+
+@functools.lru_cache(maxsize=4096)
 def is_user_file(filename: str) -> bool:
-    """True for the user's own source files: not a library pytest-deploy knows, not the stdlib."""
+    """True for the user's own source files: not the stdlib, not an installed package (unless it holds
+    the model's classes), not a library pytest-deploy knows."""
     if not filename or filename.startswith("<"):
         return False
+    if filename in _MODEL_FILES:
+        return True
     if filename.startswith(_library_dirs()):
         return False
-    in_stdlib = filename.startswith(os.path.join(sysconfig.get_paths()["stdlib"], ""))
-    return not in_stdlib or "-packages" + os.sep in filename
+    if f"{os.sep}site-packages{os.sep}" in filename or f"{os.sep}dist-packages{os.sep}" in filename:
+        return False
+    return not filename.startswith(os.path.join(sysconfig.get_paths()["stdlib"], ""))
 
 
 def user_frame(tb) -> tuple[str, int, str] | None:

@@ -297,7 +297,8 @@ class CheckpointBackend(Backend):
         ctx.note("train_steps", 2 * k)
         reference.train(ctx.model.training)
         resumed.train(ctx.model.training)
-        _with_diagnosis(lambda: ctx.run_examples(lambda args: resumed(*args), reference=lambda a: ctx.eager(a, reference)),
+        _with_diagnosis(lambda: ctx.run_examples(lambda args: resumed(*args), reference=lambda a: ctx.eager(a, reference),
+                                                 record=False),
                         not_restored, fix)
 
     # -- pieces ---------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class TraceBackend(Backend):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 traced = torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
+        ctx.traced_decisions()
         tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
         ctx.note("tracer_warnings", [
             {"file": short_path(w.filename), "line": w.lineno, "message": str(w.message).splitlines()[0]} for w in tracer

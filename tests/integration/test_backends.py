@@ -311,7 +311,7 @@ def test_trace_passes_for_a_cnn_with_a_dynamic_batch(pytester):
     assert entry["max_abs_error"] <= entry["atol"] + 1e-3
 
 
-def test_trace_fails_at_compare_for_a_data_dependent_branch(pytester):
+def test_trace_fails_at_branches_for_a_data_dependent_branch(pytester):
     result = run(pytester, """
         class Branchy(nn.Module):
             def __init__(self):
@@ -330,14 +330,17 @@ def test_trace_fails_at_compare_for_a_data_dependent_branch(pytester):
     """)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "*trace: stage compare: outputs differ from eager PyTorch*",
+        "*trace: stage branches: trace-lost branch at test_trace_fails*.py:*  `if x.sum() > 0:`",
+        "*traced with outcome *; the failing input takes *; max abs error * > atol 1e-05",
+        "*fix: torch.jit.script, or torch.cond for export",
+        "*outputs differ from eager PyTorch*",
         "*output [[]float32, shape *]: * elements exceed atol 1e-05 + rtol 0.0001*|expected|*",
         "*max abs error *, max rel error *; smallest tolerance that passes: atol=*",
         "*failing input*",
         "*x: float32[[]*",
         "*reproduce: pytest '*test_branchy[[]trace[]]' --deploy-seed=0*",
     ])
-    result.stdout.fnmatch_lines(["*test_branchy*FAIL(compare)*"])
+    result.stdout.fnmatch_lines(["*test_branchy*FAIL(branches)*1 sites, lost 1, uncovered 0*"])
 
 
 # ---------------------------------------------------------------------------------------- script

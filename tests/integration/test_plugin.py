@@ -8,8 +8,10 @@ cheap backends (state_dict, trace, script) run, with ``examples=3``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -81,6 +83,32 @@ def read_report(pytester, name="out.json") -> dict:
 
 def by_backend(report: dict) -> dict[str, dict]:
     return {(r["test"].split("::")[-1], r["backend"]): r for r in report["results"]}
+
+
+LEAKY_SOURCE = "return x + float(x.sum())"
+
+
+def leaky_site(path) -> str:
+    """``file.py:LINE  `source``` of Leaky's float() in a user test file: where a trace-lost decision is reported."""
+    lines = path.read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.strip() == LEAKY_SOURCE)
+    return f"{path.name}:{line}  `{LEAKY_SOURCE}`"
+
+
+def lost_message_head(path) -> str:
+    """How a trace failure of Leaky starts: the lost float() decision, at stage branches."""
+    return f"trace: stage branches: trace-lost value at {leaky_site(path)}\n  traced with outcome "
+
+
+def assert_leaky_lost(branches: list[dict], path) -> None:
+    """The JSON branch record of a traced Leaky: its one float() site, lost and diverging."""
+    assert len(branches) == 1, branches
+    site = branches[0]
+    assert f"{site['file']}:{site['line']}  `{site['source']}`" == leaky_site(path)
+    assert site["kind"] == "float" and site["uncovered"] == []
+    assert site["lost"] is True and site["diverged"] is True
+    assert site["traced"] is not None and site["traced"] in site["outcomes"]
+    assert len(site["outcomes"]) >= 2  # the traced value and the failing input's
 
 
 @pytest.fixture
@@ -242,7 +270,7 @@ def test_a_registered_backend_joins_the_default_set(pytester, fake_backend):
 
 
 def test_xfail_is_a_strict_expected_failure(pytester):
-    pytester.makepyfile(user_tests("""
+    path = pytester.makepyfile(user_tests("""
         @deployable(backends=["trace", "script"], xfail={"torchscript-trace": "float() is a constant"}, **INPUTS)
         def test_leaky():
             return Leaky()
@@ -262,7 +290,8 @@ def test_xfail_is_a_strict_expected_failure(pytester):
     result.stdout.fnmatch_lines(["XFAIL *::test_leaky[[]trace[]] - float() is a constant"])
     report = by_backend(read_report(pytester))
     assert report["test_leaky", "trace"]["outcome"] == "xfailed"
-    assert report["test_leaky", "trace"]["stage"] == "compare"
+    assert report["test_leaky", "trace"]["stage"] == "branches"
+    assert report["test_leaky", "trace"]["message"].startswith(lost_message_head(path))
     assert report["test_fine", "trace"]["outcome"] == "failed"
     assert "XPASS(strict)" in report["test_fine", "trace"]["message"]
 
@@ -379,7 +408,7 @@ def test_form2_deploy_fixture_returns_the_result(pytester):
 
 
 def test_form2_failure_shows_the_check_message(pytester):
-    pytester.makepyfile(user_tests("""
+    path = pytester.makepyfile(user_tests("""
         @pytest.mark.deployable(backends=["trace"])
         def test_leaky(deploy):
             deploy(Leaky(), **INPUTS)
@@ -390,7 +419,13 @@ def test_form2_failure_shows_the_check_message(pytester):
     """))
     result = run(pytester)
     result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines(["*trace: stage compare: outputs differ from eager PyTorch*", "*failing input*"])
+    result.stdout.fnmatch_lines([
+        f"trace: stage branches: trace-lost value at {leaky_site(path)}",
+        "  traced with outcome *; the failing input takes *; max abs error * > atol 1e-05",
+        "  fix: torch.jit.script, or torch.cond for export",
+        "outputs differ from eager PyTorch",
+    ], consecutive=True)
+    result.stdout.fnmatch_lines(["outputs differ from eager PyTorch", "*failing input*"])
     result.stdout.fnmatch_lines(["deploy(): unknown argument(s) exampels; known: inputs, dims, examples*"])
     assert "During handling of the above exception" not in result.stdout.str()
 
@@ -439,9 +474,19 @@ def test_form3_verify_raises_deploy_failure_naming_backend_and_stage():
     with pytest.raises(DeployFailure) as excinfo:
         verify(LeakyModel(), backend="trace", inputs=[tensor(2, 3)], examples=3)
     failure = excinfo.value
-    assert str(failure).startswith("trace: stage compare: outputs differ from eager PyTorch")
+    lines, first = inspect.getsourcelines(LeakyModel.forward)
+    line = first + next(i for i, text in enumerate(lines) if text.strip() == LEAKY_SOURCE)
+    head, *rest = str(failure).splitlines()
+    assert re.fullmatch(rf"trace: stage branches: trace-lost value at \S*test_plugin\.py:{line}  "
+                        rf"`{re.escape(LEAKY_SOURCE)}`", head), head
+    assert re.fullmatch(r"  traced with outcome \S+; the failing input takes \S+; max abs error \S+ > atol \S+",
+                        rest[0]), rest[0]
+    assert rest[1] == "  fix: torch.jit.script, or torch.cond for export"
+    assert rest[2] == "outputs differ from eager PyTorch"
     assert "max abs error" in str(failure) and "failing input" in str(failure)
-    assert failure.result.outcome == "failed" and failure.result.stage == "compare"
+    assert failure.result.outcome == "failed" and failure.result.stage == "branches"
+    assert len(failure.result.branches) == 1 and failure.result.branches[0]["line"] == line
+    assert failure.result.branches[0]["lost"] is True and failure.result.branches[0]["diverged"] is True
     assert isinstance(failure, AssertionError)
 
 
@@ -531,7 +576,7 @@ SUMMARY_TESTS = """
 
 
 def test_terminal_summary_table(pytester, fake_backend):
-    pytester.makepyfile(user_tests(SUMMARY_TESTS))
+    path = pytester.makepyfile(user_tests(SUMMARY_TESTS))
     result = run(pytester)
     result.assert_outcomes(passed=3, failed=1, skipped=1, xfailed=1)
     lines = result.stdout.lines
@@ -539,7 +584,8 @@ def test_terminal_summary_table(pytester, fake_backend):
     assert lines[title].startswith("=")
     header = lines[title + 1].split()
     assert header[:2] == ["model", "test"]
-    assert header[2:] == ["state_dict", "trace", "script", "fake"]
+    # a trailing branches column, since some results recorded data-dependent decisions
+    assert header[2:] == ["state_dict", "trace", "script", "fake", "branches"]
     rows = {line.split()[0].split("::")[-1]: line for line in lines[title + 3:title + 6]}
     assert set(rows) == {"test_good", "test_leaky", "test_expected"}
     columns = [lines[title + 1].index(name) for name in header[2:]]
@@ -548,11 +594,21 @@ def test_terminal_summary_table(pytester, fake_backend):
         return [row[start:end].strip() for start, end in zip(columns, columns[1:] + [None])]
 
     good, leaky, expected = cells(rows["test_good"]), cells(rows["test_leaky"]), cells(rows["test_expected"])
-    # columns: state_dict, trace, script, fake
+    # columns: state_dict, trace, script, fake, branches
     assert good[0].startswith("PASS ") and good[1].startswith("PASS ") and good[2] == "-" and good[3] == "SKIP"
-    assert leaky[0] == "-" and leaky[1].startswith("FAIL(compare) 0.") and leaky[2].startswith("PASS ")
+    assert leaky[0] == "-" and leaky[1].startswith("FAIL(branches) 0.") and leaky[2].startswith("PASS ")
     assert expected[1].startswith("XFAIL 0.") and expected[0] == expected[2] == expected[3] == "-"
+    assert good[4] == "-"  # Linear takes no data-dependent decision
+    assert leaky[4] == expected[4] == "1 sites, lost 1, uncovered 0"
     assert "6 checks: " in lines[title + 6]
+    # under the table: each lost decision, with its site, per model test
+    assert lines[title + 7].startswith("data-dependent decisions (lost: ")
+    site = leaky_site(path)
+    for offset, name in ((8, "test_leaky"), (10, "test_expected")):
+        assert lines[title + offset] == f"{path.name}::{name} (trace):"
+        assert re.fullmatch(rf"  {re.escape(site)}  seen .+ x\d+, .+ x\d+; traced \S+; LOST, outputs diverge",
+                            lines[title + offset + 1]), lines[title + offset + 1]
+    assert "test_good" not in "\n".join(lines[title + 7:title + 12])
 
 
 def test_no_summary_without_deployable_tests(pytester):
@@ -568,7 +624,7 @@ RESULT_KEYS = {"test", "backend", "outcome", "stage", "message", "examples", "ma
 
 
 def test_json_report(pytester, fake_backend):
-    pytester.makepyfile(user_tests(SUMMARY_TESTS))
+    path = pytester.makepyfile(user_tests(SUMMARY_TESTS))
     result = run(pytester, "--deploy-report=reports/out.json")
     result.assert_outcomes(passed=3, failed=1, skipped=1, xfailed=1)
     result.stdout.fnmatch_lines(["JSON report: reports/out.json"])
@@ -591,12 +647,16 @@ def test_json_report(pytester, fake_backend):
     assert good["outcome"] == "passed" and good["stage"] is None and good["message"] is None
     assert good["examples"] == 3 and good["max_abs_error"] <= good["atol"]
     assert good["cached"] is False and good["timings"]["build"] > 0
+    assert good["branches"] == []
 
     leaky = results["test_leaky", "trace"]
-    assert leaky["outcome"] == "failed" and leaky["stage"] == "compare"
-    assert leaky["message"].startswith("trace: stage compare:") and leaky["max_abs_error"] > leaky["atol"]
+    assert leaky["outcome"] == "failed" and leaky["stage"] == "branches"
+    assert leaky["message"].startswith(lost_message_head(path)) and leaky["max_abs_error"] > leaky["atol"]
+    assert "\noutputs differ from eager PyTorch\n" in leaky["message"]
+    assert_leaky_lost(leaky["branches"], path)
 
     assert results["test_expected", "trace"]["outcome"] == "xfailed"
+    assert_leaky_lost(results["test_expected", "trace"]["branches"], path)
     assert results["test_leaky", "script"]["outcome"] == "passed"
 
     skipped = results["test_good", "fake"]
@@ -646,7 +706,7 @@ def _clean_env():
 
 def test_xdist_gives_the_same_outcomes_and_a_complete_report(pytester):
     # slower than the rest: starts a pytest process and two xdist workers, each importing torch
-    pytester.makepyfile(user_tests("""
+    path = pytester.makepyfile(user_tests("""
         @deployable(backends=["trace", "script"], **INPUTS)
         def test_linear():
             return Linear().eval()
@@ -659,7 +719,8 @@ def test_xdist_gives_the_same_outcomes_and_a_complete_report(pytester):
     serial.assert_outcomes(passed=3, failed=1)
     result = pytester.runpytest_subprocess(*NO_CACHE, "-n", "2", "--deploy-report=xdist.json")
     result.assert_outcomes(passed=3, failed=1)
-    result.stdout.fnmatch_lines(["*2 workers*", "*pytest-deploy summary*"])
+    result.stdout.fnmatch_lines(["*2 workers*", "*pytest-deploy summary*",
+                                 "*::test_leaky *FAIL(branches) *1 sites, lost 1, uncovered 0"])
 
     def outcomes(name):
         return {key: r["outcome"] for key, r in by_backend(read_report(pytester, name)).items()}
@@ -669,4 +730,6 @@ def test_xdist_gives_the_same_outcomes_and_a_complete_report(pytester):
         ("test_leaky", "trace"): "failed", ("test_leaky", "script"): "passed",
     }
     failed = by_backend(read_report(pytester, "xdist.json"))["test_leaky", "trace"]
-    assert failed["stage"] == "compare" and failed["message"].startswith("trace: stage compare:")
+    assert failed["stage"] == "branches" and failed["message"].startswith(lost_message_head(path))
+    assert_leaky_lost(failed["branches"], path)
+    assert failed["branches"] == by_backend(read_report(pytester, "serial.json"))["test_leaky", "trace"]["branches"]

@@ -160,7 +160,7 @@ class FakeConfig:
                     "deploy_report": None, **(ini or {})}
 
     def getoption(self, name):
-        return self.options[name]
+        return self.options.get(name)  # options not given default to None, as in pytest
 
     def getini(self, name):
         return self.ini[name]
@@ -177,6 +177,12 @@ def test_read_settings_command_line_wins_over_ini():
         ini={"deploy_backends": "export", "deploy_examples": "7", "deploy_strict": True, "deploy_report": "b.json"},
     )
     assert read_settings(config) == Settings(backends=("trace",), examples=3, strict=True, report="a.json", seed=9)
+
+
+def test_read_settings_collects_backend_options():
+    settings = read_settings(FakeConfig(options={"deploy_onnx_exporter": "torchscript", "deploy_onnx_opset": 18}))
+    assert settings.backend_options == {"onnx_exporter": "torchscript", "onnx_opset": 18}
+    assert read_settings(FakeConfig()).backend_options == {}
 
 
 def test_read_settings_from_ini():

@@ -1,0 +1,423 @@
+"""Data-dependent decisions: record them while eager PyTorch runs, find the ones a trace lost.
+
+A *decision* is a point where a tensor's value (or a varying shape) steers Python: ``bool(t)``,
+``t.item()``, ``int(t)``, ``float(t)``, ``t.tolist()``, ``t.__index__()``, ``len(t)``, and the
+outcome of an ``if``/``while`` statement in the user's code. ``torch.jit.trace`` records only the
+path its one input took, so any decision whose outcome differs for another input is *lost*: the
+deployed model silently does what the traced input did.
+
+Recording:
+
+* Tensor → Python conversions are caught by wrapping those few ``torch.Tensor`` methods for the
+  duration of a run (cheap: nothing else is intercepted).
+* ``if``/``while`` outcomes come from a line tracer active only in the user's own files (frames
+  in torch, the stdlib and pytest-deploy are never traced), which sees which line runs after the
+  statement's test. This also catches branches on shapes (``if x.shape[0] > 2:``).
+
+Each decision is keyed by its site (file, line) and its occurrence within the run, so every loop
+iteration is a decision of its own.
+
+An ``if``/``while`` is reported only when it is data-dependent: a tensor was converted while its test
+ran, or its path (outcomes in order) differed between inputs. One that goes the same way every time
+without reading a tensor (``if self.training:``, ``while i < 3:``) is configuration, not a decision.
+Likewise ``len(t)``, a shape read, only when its value changed between inputs.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import linecache
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .backends.base import is_user_file, short_path
+
+_CONVERSIONS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__len__")
+
+
+@dataclass(frozen=True)
+class Site:
+    file: str
+    line: int
+
+    @property
+    def source(self) -> str:
+        return linecache.getline(self.file, self.line).strip()
+
+    def describe(self) -> str:
+        return f"{short_path(self.file)}:{self.line}  `{self.source}`"
+
+
+@dataclass
+class Run:
+    """Decisions of one forward run, in execution order: ``(site, occurrence, kind, outcome)``."""
+
+    events: list[tuple[Site, int, str, str]] = field(default_factory=list)
+    #: if/while sites whose test converted no tensor, any time it ran (filled by a line-tracing Recorder)
+    plain_tests: set[Site] = field(default_factory=set)
+
+    def decisions(self) -> dict[tuple[Site, int], tuple[str, str]]:
+        """One outcome per (site, occurrence). A branch outcome wins over the conversions on its line."""
+        out: dict[tuple[Site, int], tuple[str, str]] = {}
+        branch_lines = {s for s, _, k, _ in self.events if k == "branch"}
+        counts: dict[tuple[Site, str], int] = {}
+        for site, _, kind, outcome in self.events:
+            if kind != "branch" and site in branch_lines:
+                continue
+            group = "branch" if kind == "branch" else "value"
+            n = counts.get((site, group), 0)
+            counts[(site, group)] = n + 1
+            out[(site, n)] = (kind, outcome)
+        return out
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class Recorder:
+    """Context manager recording the decisions of the code run inside it (main thread only)."""
+
+    def __init__(self) -> None:
+        self.run = Run()
+        self._occurrence: dict[Site, int] = {}
+        self._saved: dict[str, Any] = {}
+        self._previous_trace = None
+        self.line_tracing = True
+        self._files: dict[str, dict[int, _Branch] | None] = {}  # file → its if/while lines; None: not traced
+        self._steered: set[Site] = set()  # if/while sites whose test converted a tensor
+
+    # -- conversions ---------------------------------------------------------------------------
+
+    def _user_site(self) -> Site | None:
+        frame = sys._getframe(2)
+        while frame is not None:
+            if _is_user(frame.f_code.co_filename):
+                return Site(frame.f_code.co_filename, frame.f_lineno)
+            frame = frame.f_back
+        return None
+
+    def _record(self, site: Site, kind: str, outcome: str) -> None:
+        n = self._occurrence.get(site, 0)
+        self._occurrence[site] = n + 1
+        self.run.events.append((site, n, kind, outcome))
+
+    def _wrap(self, name: str, original):
+        recorder = self
+        kind = name.strip("_")
+
+        def wrapper(tensor, *args, **kwargs):
+            value = original(tensor, *args, **kwargs)
+            site = recorder._user_site()
+            if site is not None:
+                recorder._record(site, kind, str(bool(value)) if kind == "bool" else _format_value(value))
+            return value
+
+        # not functools.wraps: on a builtin method it raises and catches AttributeErrors (no __module__,
+        # no __dict__), a noticeable cost at 7 wrappers per recorded example
+        wrapper.__name__ = name
+        wrapper.__qualname__ = f"Tensor.{name}"
+        wrapper.__wrapped__ = original
+        return wrapper
+
+    # -- branches ------------------------------------------------------------------------------
+
+    def _global_trace(self, frame, event, arg):
+        # Called on every Python call while recording (the event is always "call"), torch.nn's own
+        # included: keep the common case, a file that is not traced, to one dict lookup (and no closure
+        # cells to allocate: those are _local_trace's).
+        filename = frame.f_code.co_filename
+        try:
+            branches = self._files[filename]
+        except KeyError:
+            branches = self._files[filename] = _branch_lines(filename) if _is_user(filename) else None
+        if branches:
+            return self._local_trace(branches)
+        frame.f_trace_lines = False  # its lines are never traced: spare the interpreter their line events
+        return None
+
+    def _local_trace(self, branches: dict[int, _Branch]):
+        """The trace function of one frame in a user file with ``if``/``while`` statements."""
+        state = {"pending": None, "taken": False, "mark": 0}
+        recorder = self
+        events = self.run.events
+
+        def local(frame, event, arg):
+            pending = state["pending"]
+            line = frame.f_lineno
+            if pending is not None:
+                info = branches[pending]
+                if event == "opcode":  # a body on the test's line (`if c: y = x`) makes no line event of its own
+                    state["taken"] = state["taken"] or _in_inline_body(frame, info)
+                    return local
+                if event == "line" and info.test_start <= line <= info.test_end:
+                    return local  # still evaluating a multi-line condition
+                if event in ("line", "return"):
+                    taken = state["taken"] or (event == "line" and info.body_start <= line <= info.body_end)
+                    site = Site(frame.f_code.co_filename, pending)
+                    if any(e[2] != "branch" for e in events[state["mark"]:]):
+                        recorder._steered.add(site)  # the test converted a tensor
+                    recorder._record(site, "branch", str(taken))
+                    state["pending"] = None
+                    frame.f_trace_opcodes = False
+            if event == "line" and line in branches:
+                state["pending"], state["taken"], state["mark"] = line, False, len(events)
+                frame.f_trace_opcodes = branches[line].inline_col is not None
+            return local
+
+        return local
+
+    # -- context -------------------------------------------------------------------------------
+
+    def __enter__(self) -> "Recorder":
+        import torch
+
+        for name in _CONVERSIONS:
+            original = getattr(torch.Tensor, name)
+            self._saved[name] = torch.Tensor.__dict__.get(name, _MISSING)
+            setattr(torch.Tensor, name, self._wrap(name, original))
+        self._previous_trace = sys.gettrace()
+        if self._previous_trace is None:
+            sys.settrace(self._global_trace)
+        else:  # a debugger or coverage owns the tracer: record conversions only
+            self.line_tracing = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.line_tracing:
+            sys.settrace(None)
+            self.run.plain_tests = {s for s, _, k, _ in self.run.events if k == "branch"} - self._steered
+        for name, saved in self._saved.items():
+            if saved is _MISSING:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, saved)
+
+
+_MISSING = object()
+
+
+_is_user = is_user_file  # cached there; the cache is cleared when a model's files are added
+
+
+@dataclass(frozen=True)
+class _Branch:
+    test_start: int
+    test_end: int
+    body_start: int
+    body_end: int
+    #: the column of a body that starts on the test's last line (``if c: y = x``), else None
+    inline_col: int | None = None
+
+
+#: instruction positions (Python 3.11+) tell whether a one-line body ran; line events cannot
+_POSITIONS = hasattr(types.CodeType, "co_positions")
+
+
+@functools.lru_cache(maxsize=256)
+def _branch_lines(filename: str) -> dict[int, _Branch]:
+    """Line of each ``if``/``while`` statement in a file → where its test and body lie."""
+    try:
+        source = "".join(linecache.getlines(filename))
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return {}
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.While)) and node.body:
+            test_end = node.test.end_lineno or node.test.lineno
+            first, last = node.body[0], node.body[-1]
+            inline_col = first.col_offset if first.lineno == test_end else None
+            if inline_col is not None and not _POSITIONS:
+                continue  # its outcome cannot be told; a conversion in its test is still recorded
+            out[node.lineno] = _Branch(node.test.lineno, test_end, first.lineno, last.end_lineno or last.lineno,
+                                       inline_col)
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _positions(code: types.CodeType) -> list:
+    return list(code.co_positions())
+
+
+def _in_inline_body(frame, info: _Branch) -> bool:
+    """Whether the instruction about to run belongs to the one-line body of ``info``."""
+    lineno, _, col, _ = _positions(frame.f_code)[frame.f_lasti // 2]
+    return (lineno or 0, col or 0) >= (info.body_start, info.inline_col)
+
+
+# ------------------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class SiteStats:
+    site: Site
+    kind: str
+    outcomes: dict[str, int] = field(default_factory=dict)
+    traced: str | None = None
+    traced_outcomes: set[str] = field(default_factory=set)
+    lost: bool = False
+    diverged: bool = False
+    #: an if/while whose test never converted a tensor / any site whose path differed between runs
+    plain: bool = True
+    varied: bool = False
+    path: tuple[str, ...] | None = None
+
+    @property
+    def is_branch(self) -> bool:
+        return self.kind in ("branch", "bool")
+
+    @property
+    def is_decision(self) -> bool:
+        """Value conversions always are. An if/while is when a tensor steered its test or another input
+        took another path; ``len(t)`` (a shape read) when another input gave another length."""
+        if self.kind == "branch":
+            return not self.plain or self.varied or self.lost
+        return self.kind != "len" or self.varied or self.lost
+
+    def note_path(self, path: tuple[str, ...]) -> None:
+        if self.path is None:
+            self.path = path
+        elif path != self.path:
+            self.varied = True
+
+    @property
+    def uncovered(self) -> list[str]:
+        """Outcomes of a branch that neither the traced input nor any example reached."""
+        if not self.is_branch:
+            return []
+        return [o for o in ("True", "False") if o not in self.outcomes and o not in self.traced_outcomes]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": short_path(self.site.file),
+            "line": self.site.line,
+            "source": self.site.source,
+            "kind": self.kind,
+            "outcomes": dict(self.outcomes),
+            "traced": self.traced,
+            "lost": self.lost,
+            "diverged": self.diverged,
+            "uncovered": self.uncovered,
+        }
+
+
+@dataclass
+class Divergence:
+    """The first decision where an example left the traced path."""
+
+    site: Site
+    occurrence: int
+    kind: str
+    traced: str | None  # None: the trace never reached it
+    example: str | None  # None: the example never reached it
+
+
+class BranchAnalysis:
+    """Compares each example's decisions with those recorded when the artifact was traced."""
+
+    def __init__(self, traced: Run | None = None) -> None:
+        self.traced = traced.decisions() if traced is not None else {}
+        #: sites eager PyTorch reached. Decisions seen only while tracing are left out: tracing itself
+        #: makes some (shape reads become tensors, modules take their tracing paths).
+        self.sites: dict[Site, SiteStats] = {}
+        self._traced_sites: dict[Site, list[str]] = {}
+        for (site, _), (_, outcome) in self.traced.items():
+            self._traced_sites.setdefault(site, []).append(outcome)
+
+    def _stats(self, site: Site, kind: str) -> SiteStats:
+        stats = self.sites.get(site)
+        if stats is None:
+            stats = self.sites[site] = SiteStats(site, kind)
+            traced = self._traced_sites.get(site)
+            if traced:
+                stats.traced = traced[0]
+                stats.traced_outcomes.update(traced)
+                stats.path = tuple(traced)
+        return stats
+
+    def observe(self, run: Run) -> list[Divergence]:
+        """Count the run's outcomes; return where it left the traced path (first divergence first)."""
+        paths: dict[Site, list[str]] = {}
+        for (site, _), (kind, outcome) in run.decisions().items():  # in execution order
+            stats = self._stats(site, kind)
+            stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
+            paths.setdefault(site, []).append(outcome)
+        for site, path in paths.items():
+            stats = self.sites[site]
+            stats.note_path(tuple(path))
+            stats.plain = stats.plain and site in run.plain_tests
+        divergences = self.divergences(run)
+        for d in divergences:
+            self._stats(d.site, d.kind).lost = True
+        return divergences
+
+    def divergences(self, run: Run) -> list[Divergence]:
+        """Decisions of ``run`` whose outcome differs from the traced one, in execution order."""
+        if not self.traced:
+            return []
+        decisions = run.decisions()
+        reached = {site for site, _ in decisions}
+        out = []
+        # traced decisions the run never made count only at sites the run reached (a loop that ran
+        # fewer times); a site eager never reaches is the other side of a divergence already listed
+        for key in list(decisions) + [k for k in self.traced if k not in decisions and k[0] in reached]:
+            mine = decisions.get(key)
+            theirs = self.traced.get(key)
+            if (mine and mine[1]) != (theirs and theirs[1]):
+                out.append(Divergence(key[0], key[1], (mine or theirs)[0], theirs and theirs[1], mine and mine[1]))
+        return out
+
+    def seen(self) -> set[tuple[Site, str]]:
+        return {(s.site, o) for s in self.sites.values() for o in (*s.outcomes, *s.traced_outcomes)}
+
+    def mark_diverged(self, site: Site) -> None:
+        if site in self.sites:
+            self.sites[site].diverged = True
+
+    def reported(self) -> list[SiteStats]:
+        """The decisions, by file and line: if/while statements that no tensor steered are left out."""
+        return sorted((s for s in self.sites.values() if s.is_decision), key=lambda s: (s.site.file, s.site.line))
+
+    def summary(self) -> dict[str, int]:
+        sites = self.reported()
+        return {
+            "branches": len(sites),
+            "lost": sum(s.lost for s in sites),
+            "uncovered": sum(bool(s.uncovered) for s in sites),
+        }
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.reported()]
+
+    def missing_outcomes(self, candidates: bool = False) -> set[tuple[Site, str]]:
+        """Outcomes no run reached, of the decisions; ``candidates``: of every if/while seen (shape
+        branches read no tensor: they become decisions once some input size takes the other way)."""
+        return {(s.site, o) for s in self.sites.values() if candidates or s.is_decision for o in s.uncovered}
+
+
+def record(fn, *args) -> tuple[Any, Run]:
+    """Run ``fn(*args)`` under a :class:`Recorder`; return its result and the decisions."""
+    with Recorder() as rec:
+        value = fn(*args)
+    return value, rec.run
+
+
+def describe_divergence(d: Divergence, example_label: str) -> str:
+    what = "branch" if d.kind in ("branch", "bool") else "value"
+    traced = "not reached when tracing" if d.traced is None else f"traced with outcome {d.traced}"
+    took = "does not reach it" if d.example is None else f"takes {d.example}"
+    loop = f" (occurrence {d.occurrence + 1})" if d.occurrence else ""
+    return f"trace-lost {what} at {d.site.describe()}{loop}\n  {traced}; {example_label} {took}"
+
+
+def iter_sites(analysis: BranchAnalysis) -> Iterable[SiteStats]:
+    return analysis.reported()
