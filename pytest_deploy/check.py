@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 from .backends.base import add_model_files, short_path
 from .compare import Comparison, Tolerance, compare_outputs, format_number, resolve_tolerance
-from .decisions import BranchAnalysis, Recorder, describe_divergence, record
+from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
 from .results import Result
 from .spec import Example, InputSpace
@@ -70,6 +70,7 @@ class CheckContext:
         #: data-dependent decisions seen while eager PyTorch ran (and, for tracing backends, while tracing)
         self.analysis = BranchAnalysis()
         self.freezes_decisions = False
+        self.line_tracing = needs_line_tracing(model)
 
     # -- helpers for backends -------------------------------------------------------------------
 
@@ -109,17 +110,18 @@ class CheckContext:
         The path is recorded from eager PyTorch on the same input, not while tracing: under the tracer
         shape reads are tensors (``len(x)`` and ``range(x.shape[1])`` convert them) and library modules
         take their tracing branches, decisions no eager run makes."""
-        _, run = record(self.eager, self.canonical.args)
+        _, run = record(self.eager, self.canonical.args, lines=self.line_tracing)
         self.analysis = BranchAnalysis(run)
         self.freezes_decisions = True
 
     def recorded_eager(self, args: tuple):
         """Eager reference outputs, with the decisions taken on the way counted into the analysis."""
-        with Recorder() as rec:
+        with Recorder(self.line_tracing) as rec:
             out = self.eager(args)
         self.analysis.observe(rec.run)
         self.result.details["branch_recording"] = (
             "tensor conversions and if/while outcomes" if rec.line_tracing
+            else "tensor conversions only (the model's code has no if/while)" if not self.line_tracing
             else "tensor conversions only (another tracer, e.g. coverage or a debugger, owns sys.settrace)")
         return out
 
@@ -144,7 +146,7 @@ class CheckContext:
             ex = next(candidates)
             seen = self.analysis.seen()
             try:
-                _, run = record(self.eager, ex.args)
+                _, run = record(self.eager, ex.args, lines=self.line_tracing)
             except Exception:  # a failing input is for the example loop to report, not the search
                 continue
             new = {(site, outcome) for (site, _), (_, outcome) in run.decisions().items()} - seen
@@ -263,7 +265,7 @@ class CheckContext:
         if not self.freezes_decisions:
             return None
         try:
-            _, run = record(self.eager, failure.example.args)
+            _, run = record(self.eager, failure.example.args, lines=self.line_tracing)
         except Exception:
             return None
         divergences = self.analysis.divergences(run)

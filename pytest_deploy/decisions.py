@@ -84,8 +84,10 @@ def _format_value(value: Any) -> str:
 class Recorder:
     """Context manager recording the decisions of the code run inside it (main thread only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lines: bool = True) -> None:
+        """``lines=False`` records tensor conversions only (no line tracer: no cost in Python calls)."""
         self.run = Run()
+        self._lines = lines
         self._occurrence: dict[Site, int] = {}
         self._saved: dict[str, Any] = {}
         self._previous_trace = None
@@ -183,9 +185,9 @@ class Recorder:
             self._saved[name] = torch.Tensor.__dict__.get(name, _MISSING)
             setattr(torch.Tensor, name, self._wrap(name, original))
         self._previous_trace = sys.gettrace()
-        if self._previous_trace is None:
+        if self._previous_trace is None and self._lines:
             sys.settrace(self._global_trace)
-        else:  # a debugger or coverage owns the tracer: record conversions only
+        else:  # not wanted, or a debugger or coverage owns the tracer: record conversions only
             self.line_tracing = False
         return self
 
@@ -404,9 +406,9 @@ class BranchAnalysis:
         return {(s.site, o) for s in self.sites.values() if candidates or s.is_decision for o in s.uncovered}
 
 
-def record(fn, *args) -> tuple[Any, Run]:
+def record(fn, *args, lines: bool = True) -> tuple[Any, Run]:
     """Run ``fn(*args)`` under a :class:`Recorder`; return its result and the decisions."""
-    with Recorder() as rec:
+    with Recorder(lines) as rec:
         value = fn(*args)
     return value, rec.run
 
@@ -421,3 +423,49 @@ def describe_divergence(d: Divergence, example_label: str) -> str:
 
 def iter_sites(analysis: BranchAnalysis) -> Iterable[SiteStats]:
     return analysis.reported()
+
+
+# ------------------------------------------------------------------------ does tracing lines pay?
+
+
+def needs_line_tracing(model) -> bool:
+    """Whether the model's own code has ``if``/``while`` statements (in its classes' methods, or in
+    module-level functions they call by name). Without any, every decision is a tensor conversion,
+    which the cheap method wrappers catch: the line tracer, the costly part, stays off."""
+    return any(_class_has_branches(cls) for module in model.modules() for cls in type(module).__mro__
+               if cls.__module__ in sys.modules and _is_user(getattr(sys.modules[cls.__module__], "__file__", "") or ""))
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_has_branches(cls) -> bool:
+    import inspect
+
+    try:
+        filename = inspect.getsourcefile(cls)
+        tree = ast.parse("".join(linecache.getlines(filename)))
+    except (TypeError, OSError, SyntaxError, ValueError):
+        return True  # cannot tell: trace lines
+    functions = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    node = next((n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls.__name__
+                 and n.lineno == _first_line(cls)), None)
+    if node is None:
+        return True
+    todo, seen = [node], set()
+    while todo:
+        current = todo.pop()
+        for sub in ast.walk(current):
+            if isinstance(sub, (ast.If, ast.While)):
+                return True
+            if isinstance(sub, ast.Name) and sub.id in functions and sub.id not in seen:
+                seen.add(sub.id)
+                todo.append(functions[sub.id])
+    return False
+
+
+def _first_line(cls) -> int | None:
+    import inspect
+
+    try:
+        return inspect.getsourcelines(cls)[1]
+    except (TypeError, OSError):
+        return None

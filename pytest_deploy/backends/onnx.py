@@ -37,7 +37,8 @@ class OnnxBackend(Backend):
         if exporter not in EXPORTERS:
             raise StageError("export", f"unknown ONNX exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
         opset = ctx.options.get("onnx_opset")
-        threshold = ctx.options.get("onnx_external_data_threshold") or EXTERNAL_DATA_THRESHOLD
+        threshold = ctx.options.get("onnx_external_data_threshold")
+        threshold = EXTERNAL_DATA_THRESHOLD if threshold is None else threshold
         raw_path = ctx.path("model.onnx")
         external = _weight_bytes(ctx.model) > threshold
         ctx.note("onnx_exporter", exporter)
@@ -103,8 +104,39 @@ def _export_dynamo(ctx, path: str, opset: int | None, external: bool) -> None:
             onnx_program = torch.onnx.export(program, args, dynamo=True, opset_version=opset, verbose=False)
         except Exception as exc:
             raise StageError("export", explain_conversion_error(exc, program), cause=exc) from None
+        written = onnx_program.model.opset_imports.get("")
+        if opset is not None and written != opset:
+            # the exporter writes its own opset and converts to the requested one where it can, else keeps its own
+            import onnx
+
+            if opset < written:
+                fix = f"ask for opset {written} or newer, or --deploy-onnx-exporter=torchscript (older opsets)"
+            else:
+                fix = f"ask for an opset onnx knows (at most {onnx.defs.onnx_opset_version()})"
+            raise StageError("export", f"torch.onnx did not produce opset {opset}: the exported graph is opset "
+                                       f"{written} (the version converter could not convert it)\n  fix: {fix}")
+        _name_dynamic_axes(onnx_program, ctx.space)
     with ctx.stage("save"), quiet_torch_logs():
         onnx_program.save(path, external_data=external)
+
+
+def _name_dynamic_axes(onnx_program, space) -> None:
+    """Give the graph's dynamic dims the spec's names (``batch``, not torch.export's ``s77``), as the
+    TorchScript exporter does."""
+    if not hasattr(onnx_program, "rename_axes"):  # torch < 2.8
+        return
+    names = input_names(space, len(space.specs))
+    mapping: dict[str, str] = {}
+    for graph_input in onnx_program.model.graph.inputs:
+        if graph_input.name not in names or graph_input.shape is None:
+            continue
+        spec = space.specs[names.index(graph_input.name)]
+        for axis, d in enumerate(spec.shape):
+            symbol = getattr(graph_input.shape[axis], "value", None) if axis < len(graph_input.shape) else None
+            if isinstance(d, str) and isinstance(symbol, str):
+                mapping.setdefault(symbol, d)
+    if mapping:
+        onnx_program.rename_axes(mapping)
 
 
 def _export_torchscript(ctx, path: str, opset: int | None, external: bool) -> None:
@@ -118,7 +150,7 @@ def _export_torchscript(ctx, path: str, opset: int | None, external: bool) -> No
             torch.onnx.export(ctx.model, args, path, dynamo=False, input_names=names,
                               dynamic_axes=axes or None, opset_version=opset or 17)
         except Exception as exc:
-            raise StageError("export", explain_conversion_error(exc, None), cause=exc) from None
+            raise StageError("export", explain_conversion_error(exc, None, "torchscript"), cause=exc) from None
     # the TorchScript exporter traces: the decisions it froze are checked like the trace backend's
     ctx.traced_decisions()
     if external and not os.path.exists(path + ".data"):
@@ -144,7 +176,7 @@ def dynamic_axes(space, names: list[str]) -> dict[str, dict[int, str]]:
     return out
 
 
-def explain_conversion_error(exc: BaseException, program) -> str:
+def explain_conversion_error(exc: BaseException, program, exporter: str = "dynamo") -> str:
     """Name the op the exporter could not convert and, where the graph knows it, the user's line."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     op = None
@@ -163,11 +195,12 @@ def explain_conversion_error(exc: BaseException, program) -> str:
             break
     reason = reason or first_line(exc)
     where = _op_source(program, op) if program is not None and op else None
-    where = where or user_frame(exc.__traceback__)
+    where = where or user_frame(exc.__traceback__) or _traced_node_source(exc)
     at = f"\n  at {short_path(where[0])}:{where[1]}  `{where[2]}`" if where else ""
     what = f"torch.onnx cannot convert {op.replace('::', '.') if op else 'the model'}"
+    other = "torchscript" if exporter == "dynamo" else "dynamo"
     return (f"{what}: {reason}{at}\n  fix: rewrite that call with ops ONNX supports, register a translation "
-            "(torch.onnx.export(custom_translation_table=...)), or try --deploy-onnx-exporter=torchscript")
+            f"(torch.onnx.export(custom_translation_table=...)), or try --deploy-onnx-exporter={other}")
 
 
 def _op_source(program, op: str):
@@ -180,6 +213,27 @@ def _op_source(program, op: str):
             if where:
                 return where
     return None
+
+
+def _traced_node_source(exc: BaseException):
+    """The user's line for the TorchScript node the TorchScript exporter failed on: its symbolic-function
+    frames hold the node (``node``), whose source range is the stack it was traced at, innermost first."""
+    import linecache
+    import traceback
+
+    from .base import is_user_file
+
+    found = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        node = frame.f_locals.get("node")
+        source = getattr(node, "sourceRange", None)
+        if not callable(source):
+            continue
+        for m in re.finditer(r"^(.+)\((\d+)\): \S+$", source(), re.M):
+            if is_user_file(m.group(1)):
+                found = (m.group(1), int(m.group(2)), linecache.getline(m.group(1), int(m.group(2))).strip())
+                break
+    return found
 
 
 def _frame_from_stack(stack: str):
@@ -211,6 +265,7 @@ def _check(ctx, path: str) -> None:
         model = onnx.load(path, load_external_data=False)
     names = input_names(ctx.space, len(ctx.space.specs))
     ctx.note("onnx_inputs", [_shape_text(i) for i in model.graph.input])
+    ctx.note("onnx_opset", next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None))
     for graph_input in model.graph.input:
         if graph_input.name not in names or not ctx.space.specs:
             continue
@@ -308,7 +363,8 @@ def _run(ctx, session, path: str, args: tuple) -> list:
 def explain_runtime_error(exc: BaseException, path: str) -> str:
     """onnxruntime's error with the failing node, its op type and the user's line it came from."""
     text = str(exc)
-    m = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
+    m = (re.search(r"running (\w+) node\. Name:'([^']*)'", text)  # run
+         or re.search(r"implementation for (\w+)\(\d+\) node with name '([^']*)'", text))  # load: no kernel
     status = text.split("Status Message:", 1)[-1].strip().splitlines()[0] if "Status Message:" in text else first_line(exc)
     if not m:
         return f"onnxruntime: {first_line(exc)}"
