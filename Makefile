@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/python -m pytest examples -p no:cacheprovider -rfEsx --deploy-report=deploy-report.json
+	$(BIN)/python -m pytest examples -rfEsx --deploy-report=deploy-report.json
 
 test: setup
 	$(BIN)/python -m pytest tests

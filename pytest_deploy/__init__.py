@@ -44,7 +44,7 @@ def deployable(backends=None, **kwargs: Any) -> Callable:
 
 
 def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdir=None,
-           backend_options: dict[str, Any] | None = None, **kwargs: Any) -> Result:
+           backend_options: dict[str, Any] | None = None, cache_dir=None, **kwargs: Any) -> Result:
     """Check ``model`` against one backend outside pytest.
 
     Returns the :class:`Result`; raises :class:`DeployFailure` (with the message a failing test
@@ -53,13 +53,15 @@ def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdi
     ``rtol``, ``tolerances`` and ``train``; ``factory`` (a zero-argument callable returning a fresh
     model) is needed by ``state_dict`` and ``checkpoint``.
     """
+    from .cache import ArtifactCache
     from .check import run_check
     from .options import CALL_KWARGS, validate_kwargs
 
     kw = validate_kwargs(kwargs, where="verify()", allowed=CALL_KWARGS)
     train = kw.pop("train", None)
     return run_check(model, backend, factory=factory, seed=seed, workdir=workdir, test_id="verify",
-                     reproduce=f"verify(..., seed={seed})", options={"train": train, **(backend_options or {})}, **kw)
+                     reproduce=f"verify(..., seed={seed})", options={"train": train, **(backend_options or {})},
+                     cache=ArtifactCache(cache_dir), **kw)
 
 
 __all__ = [

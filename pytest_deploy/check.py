@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .backends.base import add_model_files, short_path
+from .cache import ArtifactCache
 from .compare import Comparison, Tolerance, compare_outputs, format_number, resolve_tolerance
 from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
@@ -67,6 +68,8 @@ class CheckContext:
         self._canonical: Example | None = None
         #: callbacks run when the check ends (close worker processes, ...)
         self.cleanup = contextlib.ExitStack()
+        #: where built artifacts are kept between runs (a disabled cache unless one is given)
+        self.cache = ArtifactCache(None)
         #: data-dependent decisions seen while eager PyTorch ran (and, for tracing backends, while tracing)
         self.analysis = BranchAnalysis()
         self.freezes_decisions = False
@@ -347,7 +350,7 @@ class CheckContext:
 def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | None = None, atol=None, rtol=None,
               tolerances=None, factory=None, example_inputs=None, seed: int = 0, test_id: str = "verify",
               workdir: str | os.PathLike | None = None, options: dict[str, Any] | None = None,
-              reproduce: str | None = None) -> Result:
+              reproduce: str | None = None, cache=None) -> Result:
     """Check ``model`` against one backend. Returns the passing :class:`Result`.
 
     Raises :class:`DeployFailure` when the backend does not reproduce eager PyTorch,
@@ -368,7 +371,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model))
     options = dict(options or {})
     options.setdefault("reproduce", reproduce or f"seed={seed}")
-    reason = impl.unavailable_reason()
+    reason = impl.unavailable_reason(options)
     if reason:
         raise BackendUnavailable(reason)
 
@@ -378,6 +381,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     result.artifact = None if owned else str(path)
     ctx = CheckContext(model=model, backend=name, space=space, tol=tol, examples=examples, seed=seed, workdir=path,
                        factory=factory, options=options, result=result)
+    ctx.cache = cache if cache is not None else ArtifactCache(None)
     add_model_files(model)
     try:
         _check_reference(ctx)

@@ -21,6 +21,12 @@ HELP_SEED = "seed for the generated examples (an int, or 'random'); default 0, s
 HELP_ONNX_EXPORTER = ("ONNX exporter: 'dynamo' (torch.export-based, the default) or 'torchscript' (the older "
                       "tracing exporter; its frozen branches are analysed as for trace)")
 HELP_ONNX_OPSET = "ONNX opset version to export (default: the exporter's)"
+HELP_CACHE_DIR = ("where built artifacts (compiled packages, libraries) are cached between runs; default "
+                  "pytest's cache dir (.pytest_cache/d/pytest-deploy)")
+HELP_NO_CACHE = "build every artifact afresh: neither read nor write the artifact cache"
+HELP_TVM_TARGET = "TVM target: a kind such as llvm (default) or cuda, or a JSON target dict"
+HELP_TVM_TUNE = ("tune TVM kernels with MetaSchedule, TRIALS trials in all; the tuning database is kept in the "
+                 "artifact cache and reused by the next run")
 
 #: Keyword arguments the ``deployable`` marker and decorator accept, with what each must be.
 MARKER_KWARGS = {
@@ -78,10 +84,17 @@ def add_options(parser) -> None:
                     default=None, help=HELP_ONNX_EXPORTER)
     group.addoption("--deploy-onnx-opset", dest="deploy_onnx_opset", type=positive_int, default=None, metavar="N",
                     help=HELP_ONNX_OPSET)
+    group.addoption("--deploy-cache-dir", dest="deploy_cache_dir", default=None, metavar="DIR", help=HELP_CACHE_DIR)
+    group.addoption("--deploy-no-cache", dest="deploy_no_cache", action="store_true", default=False, help=HELP_NO_CACHE)
+    group.addoption("--deploy-tvm-target", dest="deploy_tvm_target", default=None, metavar="T", help=HELP_TVM_TARGET)
+    group.addoption("--deploy-tvm-tune", dest="deploy_tvm_tune", type=positive_int, default=None, metavar="TRIALS",
+                    help=HELP_TVM_TUNE)
     parser.addini("deploy_backends", HELP_BACKENDS, default=None)
     parser.addini("deploy_examples", HELP_EXAMPLES, default=None)
     parser.addini("deploy_strict", HELP_STRICT, type="bool", default=False)
     parser.addini("deploy_report", HELP_REPORT, default=None)
+    parser.addini("deploy_tvm_target", HELP_TVM_TARGET, default=None)
+    parser.addini("deploy_cache_dir", HELP_CACHE_DIR, default=None)
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,9 @@ class Settings:
     seed: int
     #: options handed to backends (``ctx.options``): onnx_exporter, onnx_opset, ...
     backend_options: dict = field(default_factory=dict)
+    #: artifact cache directory (None: pytest's cache dir); no_cache disables the cache
+    cache_dir: str | None = None
+    no_cache: bool = False
 
 
 def read_settings(config) -> Settings:
@@ -119,9 +135,13 @@ def read_settings(config) -> Settings:
     report = config.getoption("deploy_report") or config.getini("deploy_report") or None
     seed = config.getoption("deploy_seed")
     backend_options = {"onnx_exporter": config.getoption("deploy_onnx_exporter"),
-                       "onnx_opset": config.getoption("deploy_onnx_opset")}
+                       "onnx_opset": config.getoption("deploy_onnx_opset"),
+                       "tvm_target": config.getoption("deploy_tvm_target") or config.getini("deploy_tvm_target") or None,
+                       "tvm_tune": config.getoption("deploy_tvm_tune")}
     return Settings(tuple(backends) if backends else None, examples, strict, report, 0 if seed is None else seed,
-                    {k: v for k, v in backend_options.items() if v is not None})
+                    {k: v for k, v in backend_options.items() if v is not None},
+                    config.getoption("deploy_cache_dir") or config.getini("deploy_cache_dir") or None,
+                    bool(config.getoption("deploy_no_cache")))
 
 
 def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARKER_KWARGS)) -> dict[str, Any]:

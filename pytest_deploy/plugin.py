@@ -30,6 +30,21 @@ class DeploySession:
         self.settings = settings
         self.results: dict[str, Result] = {}  # nodeid -> Result
         self._workroot = None
+        self._cache = None
+
+    @property
+    def cache(self):
+        """The artifact cache: --deploy-cache-dir, else pytest's cache dir; disabled by --deploy-no-cache."""
+        if self._cache is None:
+            from .cache import ArtifactCache
+
+            root = None
+            if not self.settings.no_cache:
+                root = self.settings.cache_dir
+                if root is None and getattr(self.config, "cache", None) is not None:
+                    root = str(self.config.cache.mkdir("pytest-deploy"))
+            self._cache = ArtifactCache(root)
+        return self._cache
 
     # -- running one check --------------------------------------------------------------------
 
@@ -66,7 +81,7 @@ class DeploySession:
             result = run_check(
                 model, backend, factory=factory, example_inputs=example_inputs, seed=self.seed_for(item),
                 test_id=test, workdir=self.workdir(item), options={"train": train, **self.settings.backend_options},
-                reproduce=f"pytest '{item.nodeid}' --deploy-seed={self.settings.seed}", **kw,
+                reproduce=f"pytest '{item.nodeid}' --deploy-seed={self.settings.seed}", cache=self.cache, **kw,
             )
         except DeployFailure as failure:
             self.results[item.nodeid] = failure.result

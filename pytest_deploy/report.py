@@ -28,6 +28,8 @@ def cell(result: Result) -> str:
     build = result.timings.get("build", 0.0)
     if build:
         parts.append(f"{build:.2f}s" if build < 10 else f"{build:.0f}s")
+    if result.cached:
+        parts.append("cached")
     return " ".join(parts)
 
 
@@ -63,7 +65,7 @@ def summary_lines(results: list[Result]) -> list[str]:
     total_build = sum(r.timings.get("build", 0.0) for r in results)
     tally = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
     lines.append(f"{len(results)} checks: {tally}; build time {total_build:.1f}s "
-                 "(cells: status, max abs error, build time)")
+                 "(cells: status, max abs error, build time; cached: the artifact came from the cache)")
     lines.extend(_branch_lines(branch_rows))
     return lines
 

@@ -83,13 +83,15 @@ def get_backend(name: str) -> Backend:
 
 
 def _register_builtins() -> None:
+    from .aoti import AotiBackend
     from .export import ExportBackend
     from .onnx import OnnxBackend
+    from .tvm import TvmBackend
     from .serialization import CheckpointBackend, PickleBackend, StateDictBackend
     from .torchscript import ScriptBackend, TraceBackend
 
     for cls in (StateDictBackend, PickleBackend, CheckpointBackend, TraceBackend, ScriptBackend, ExportBackend,
-                OnnxBackend):
+                AotiBackend, OnnxBackend, TvmBackend):
         register_backend(cls)
 
 

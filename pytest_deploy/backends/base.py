@@ -39,8 +39,9 @@ class Backend:
     #: default forward mode: whether the artifact is built from the model in eval mode
     description: str = ""
 
-    def unavailable_reason(self, ctx: "CheckContext | None" = None) -> str | None:
-        """None when the backend can run here; otherwise why not and what to install."""
+    def unavailable_reason(self, options: dict | None = None) -> str | None:
+        """None when the backend can run here; otherwise why not and what to install. ``options`` are the
+        backend options of the check (a target, a precision), which can decide it."""
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
         if missing:
             hint = f"pip install 'pytest-deploy[{self.extra}]'" if self.extra else f"pip install {' '.join(missing)}"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import linecache
 import re
 
-from .base import Backend, first_line, quiet_torch_logs, short_path, user_frame
+from .base import Backend, first_line, is_user_file, quiet_torch_logs, short_path, user_frame
 
 _COND_FIX = ("torch.export cannot follow Python control flow that depends on tensor values; rewrite the branch "
              "with torch.cond (or torch.where when both sides are cheap)")
@@ -71,3 +72,25 @@ class ExportBackend(Backend):
         with ctx.stage("load"), quiet_torch_logs():
             module = torch.export.load(path).module()
         return lambda args: module(*args)
+
+
+def op_source(program, op: str):
+    """The user's line for the first node in ``program`` calling ``op`` (from the node's stack trace)."""
+    key = op.replace("::", ".").split(".default")[0]
+    for node in program.graph.nodes:
+        target = str(getattr(node, "target", ""))
+        if node.op == "call_function" and (target == op or target.startswith(key)):
+            where = frame_from_stack(node.meta.get("stack_trace") or "")
+            if where:
+                return where
+    return None
+
+
+def frame_from_stack(stack: str):
+    """The innermost user frame in a formatted stack trace (``File "x.py", line 3, in f`` + code)."""
+    found = None
+    for m in re.finditer(r'File "([^"]+)", line (\d+), in [^\n]+\n\s*([^\n]*)', stack):
+        fname, line = m.group(1), int(m.group(2))
+        if is_user_file(fname):
+            found = (fname, line, m.group(3).strip() or linecache.getline(fname, line).strip())
+    return found

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import StageError
 from .base import Backend, first_line, quiet_torch_logs, short_path, user_frame
+from .export import frame_from_stack, op_source
 
 #: Above this many bytes of weights the graph is saved with its tensors in a separate ``.data`` file
 #: (protobuf cannot hold a message over 2 GB). Overridable per check (``onnx_external_data_threshold``).
@@ -194,25 +195,13 @@ def explain_conversion_error(exc: BaseException, program, exporter: str = "dynam
             reason = m.group(1).strip()
             break
     reason = reason or first_line(exc)
-    where = _op_source(program, op) if program is not None and op else None
+    where = op_source(program, op) if program is not None and op else None
     where = where or user_frame(exc.__traceback__) or _traced_node_source(exc)
     at = f"\n  at {short_path(where[0])}:{where[1]}  `{where[2]}`" if where else ""
     what = f"torch.onnx cannot convert {op.replace('::', '.') if op else 'the model'}"
     other = "torchscript" if exporter == "dynamo" else "dynamo"
     return (f"{what}: {reason}{at}\n  fix: rewrite that call with ops ONNX supports, register a translation "
             f"(torch.onnx.export(custom_translation_table=...)), or try --deploy-onnx-exporter={other}")
-
-
-def _op_source(program, op: str):
-    """The user's line for the first node in ``program`` calling ``op`` (from the node's stack trace)."""
-    key = op.replace("::", ".").split(".default")[0]
-    for node in program.graph.nodes:
-        target = str(getattr(node, "target", ""))
-        if node.op == "call_function" and (target == op or target.startswith(key)):
-            where = _frame_from_stack(node.meta.get("stack_trace") or "")
-            if where:
-                return where
-    return None
 
 
 def _traced_node_source(exc: BaseException):
@@ -233,20 +222,6 @@ def _traced_node_source(exc: BaseException):
             if is_user_file(m.group(1)):
                 found = (m.group(1), int(m.group(2)), linecache.getline(m.group(1), int(m.group(2))).strip())
                 break
-    return found
-
-
-def _frame_from_stack(stack: str):
-    """The innermost user frame in a formatted stack trace (``File "x.py", line 3, in f`` + code)."""
-    import linecache
-
-    found = None
-    for m in re.finditer(r'File "([^"]+)", line (\d+), in [^\n]+\n\s*([^\n]*)', stack):
-        fname, line = m.group(1), int(m.group(2))
-        from .base import is_user_file
-
-        if is_user_file(fname):
-            found = (fname, line, m.group(3).strip() or linecache.getline(fname, line).strip())
     return found
 
 
@@ -385,7 +360,7 @@ def _node_source(path: str, node_name: str):
         if node.name == node_name:
             for prop in node.metadata_props:
                 if prop.key == "pkg.torch.onnx.stack_trace":
-                    return _frame_from_stack(prop.value)
+                    return frame_from_stack(prop.value)
     return None
 
 

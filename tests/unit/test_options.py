@@ -163,7 +163,7 @@ class FakeConfig:
         return self.options.get(name)  # options not given default to None, as in pytest
 
     def getini(self, name):
-        return self.ini[name]
+        return self.ini.get(name)  # ini keys not set default to None
 
 
 def test_read_settings_defaults():

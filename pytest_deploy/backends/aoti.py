@@ -1,0 +1,62 @@
+"""AOTInductor: ``torch.export`` with the dims → compiled C++ package (``.pt2``) → load → run.
+
+Compiling takes tens of seconds even for a tiny model, so the package is kept in the artifact cache,
+keyed by the exported program's content, the torch version and the machine: the next run loads it.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from ..errors import StageError
+from .base import Backend, first_line, quiet_torch_logs
+from .export import dynamic_shapes, explain_export_error
+
+PACKAGE = "model.pt2"
+
+
+class AotiBackend(Backend):
+    name = "aoti"
+    aliases = ("aotinductor",)
+    description = "torch.export (dims as Dim) → AOTInductor package (.pt2, cached) → aoti_load_package → run"
+
+    def unavailable_reason(self, options=None) -> str | None:
+        reason = super().unavailable_reason(options)
+        if reason:
+            return reason
+        if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+            return "aoti: AOTInductor compiles C++ and no C++ compiler (g++, c++, clang++) is on PATH; install one"
+        return None
+
+    def build(self, ctx):
+        import torch
+
+        from ..cache import library_versions, machine, make_key, program_fingerprint
+
+        args = ctx.canonical.clone_args()
+        with ctx.stage("export"), quiet_torch_logs():
+            try:
+                program = torch.export.export(ctx.model, args, dynamic_shapes=dynamic_shapes(ctx.space))
+            except Exception as exc:
+                raise StageError("export", explain_export_error(exc), cause=exc) from None
+        key = make_key("aoti", program_fingerprint(program), library_versions(["torch"]), machine())
+        ctx.note("cache_key", key[:16])
+        with ctx.cache.lock(key):
+            entry = ctx.cache.lookup(key)
+            if entry is not None:
+                path = str(entry / PACKAGE)
+                ctx.result.cached = True
+            else:
+                path = ctx.path(PACKAGE)
+                with ctx.stage("compile"), quiet_torch_logs():
+                    try:
+                        torch._inductor.aoti_compile_and_package(program, package_path=path)
+                    except Exception as exc:
+                        raise StageError("compile", f"AOTInductor fails to compile the exported program: "
+                                                    f"{first_line(exc, 600)}") from None
+                ctx.cache.store(key, {PACKAGE: path})
+        if ctx.cache.events:
+            ctx.note("cache_events", list(ctx.cache.events))
+        with ctx.stage("load"), quiet_torch_logs():
+            runner = torch._inductor.aoti_load_package(path)
+        return lambda args: runner(*args)

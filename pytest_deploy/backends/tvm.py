@@ -1,0 +1,259 @@
+"""Apache TVM (Relax): import → ``tvm.compile`` → ``export_library`` → load → Relax VM.
+
+The model is imported from its ``torch.export`` program (named dims become symbolic shapes); when that
+importer refuses it, the ONNX frontend is tried instead and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from ..errors import StageError
+from .base import Backend, first_line, quiet_torch_logs, short_path
+from .export import dynamic_shapes, explain_export_error, op_source
+
+DEFAULT_TARGET = "llvm"
+
+
+def parse_target(text: str):
+    """``llvm``, ``cuda`` or a JSON target dict (TVM 0.27 no longer parses ``llvm -mcpu=...`` strings)."""
+    import tvm
+
+    text = (text or DEFAULT_TARGET).strip()
+    try:
+        return tvm.target.Target(json.loads(text) if text.startswith("{") else text)
+    except Exception as exc:
+        raise StageError("compile", f"TVM cannot parse target {text!r}: {first_line(exc)}\n  fix: pass a target kind "
+                                    "such as llvm or cuda, or a JSON dict like '{\"kind\": \"llvm\", \"mcpu\": \"native\"}'"
+                         ) from None
+
+
+def device_for(target):
+    """The device the target's code runs on (cpu for llvm and c, cuda:0 for cuda, rocm:0 for rocm, ...)."""
+    import tvm
+
+    if hasattr(target, "get_target_device_type"):
+        return tvm.device(target.get_target_device_type(), 0)
+    return tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu(0)
+
+
+def _missing_device(text: str) -> str | None:
+    """Why the target's device is not usable here, or None when it is (or the target does not parse: the
+    check then fails at stage compile with the parse error)."""
+    import tvm
+
+    try:
+        target = parse_target(text)
+    except StageError:
+        return None
+    device = device_for(target)
+    if device.exist:
+        return None
+    kind = target.kind.name
+    label = {"cuda": "CUDA", "rocm": "ROCm", "opencl": "OpenCL", "vulkan": "Vulkan", "metal": "Metal"}.get(kind, kind)
+    built = str(tvm.support.libinfo().get(f"USE_{kind.upper()}", "")).upper()
+    if built in ("OFF", "0", "FALSE", "NOTFOUND"):
+        why = f"this TVM is built without {label} (USE_{kind.upper()}={built}); install a TVM built with it"
+    else:
+        why = f"no {label} device is visible here ({device} does not exist); run on a machine with one"
+    return f"tvm: target {text!r} needs a {label} device, but {why}, or choose a CPU target (--deploy-tvm-target=llvm)"
+
+
+class TvmBackend(Backend):
+    name = "tvm"
+    requires = ("tvm", "numpy")
+    extra = "tvm"
+    description = "Relax import (exported program; ONNX fallback) → tvm.compile → export_library → load → Relax VM"
+
+    def unavailable_reason(self, options=None) -> str | None:
+        reason = super().unavailable_reason(options)
+        if reason:
+            return reason
+        return _missing_device((options or {}).get("tvm_target") or DEFAULT_TARGET)
+
+    def build(self, ctx):
+        import torch
+        import tvm
+        from tvm import relax
+
+        target = parse_target(ctx.options.get("tvm_target") or DEFAULT_TARGET)
+        ctx.note("tvm_target", str(target.kind.name))
+        module = self._import(ctx)
+        with ctx.stage("compile"), quiet_torch_logs():
+            try:
+                executable = tvm.compile(module, target=target)
+            except Exception as exc:
+                text = f"tvm.compile fails for target {target.kind.name}: {first_line(exc, 600)}"
+                left, first = _unlowered_ops(module, ctx.space)
+                if left:
+                    text += "\n  Relax operators left unlowered (no TIR for these shapes): " + ", ".join(left)
+                    if first:
+                        text += f"\n  the first, whose output shape TVM could not infer: {first}"
+                    if first and "T.min(" in first:
+                        text += ("\n  a dim clamped by T.min(...) comes from slicing a fixed-size tensor to a dynamic "
+                                 "length (table[:seq]): TVM cannot prove it equals seq; gather the rows instead "
+                                 "(table[torch.arange(seq)]), which keeps the shape seq")
+                    text += "\n  fix: try static dims (min == max) for this model, or another TVM version"
+                raise StageError("compile", text) from None
+        path = ctx.path("model.so")
+        with ctx.stage("save"):
+            executable.export_library(path)
+        device = device_for(target)
+        with ctx.stage("load"):
+            vm = relax.VirtualMachine(tvm.runtime.load_module(path), device)
+        make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
+
+        def run(args):
+            from ..compare import Leaves
+
+            inputs = [make(a.detach().cpu().numpy(), device) for a in args]
+            try:
+                out = vm["main"](*inputs)
+            except Exception as exc:
+                raise StageError("run", f"the TVM module fails: {first_line(exc, 600)}") from None
+            return Leaves((f"output[{i}]", torch.from_numpy(t.numpy())) for i, t in enumerate(_leaves(out)))
+
+        return run
+
+    def verify(self, ctx) -> None:
+        from ..compare import Leaves, flatten
+
+        runner = self.build(ctx)
+        ctx.run_examples(runner, reference=lambda args: Leaves(
+            (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
+
+    # -- import --------------------------------------------------------------------------------
+
+    def _import(self, ctx):
+        import torch
+        from tvm.relax.frontend.torch import from_exported_program
+
+        args = ctx.canonical.clone_args()
+        with ctx.stage("export"), quiet_torch_logs():
+            try:
+                program = torch.export.export(ctx.model, args, dynamic_shapes=dynamic_shapes(ctx.space))
+            except Exception as exc:
+                raise StageError("export", explain_export_error(exc), cause=exc) from None
+            try:
+                module = from_exported_program(program)
+                ctx.note("tvm_importer", "exported_program")
+                return module
+            except Exception as exc:
+                refusal = _explain_import_error(exc, program)
+        ctx.note("tvm_importer_refusal", refusal)
+        module = self._import_onnx(ctx, program, refusal)
+        ctx.note("tvm_importer", "onnx (fallback: the exported-program importer refused the model)")
+        return module
+
+    @staticmethod
+    def _import_onnx(ctx, program, refusal: str):
+        import torch
+
+        with ctx.stage("export"), quiet_torch_logs():
+            try:
+                import onnx  # noqa: F401
+                from tvm.relax.frontend.onnx import from_onnx
+            except ImportError:
+                raise StageError("export", f"{refusal}\n  (the ONNX fallback needs pip install 'pytest-deploy[onnx]')"
+                                 ) from None
+            try:
+                proto = torch.onnx.export(program, ctx.canonical.clone_args(), dynamo=True, verbose=False).model_proto
+            except Exception as exc:
+                from .onnx import explain_conversion_error
+
+                # its first line names the op torch.onnx cannot convert; the user's line is in the refusal above
+                why = explain_conversion_error(exc, program).splitlines()[0]
+                raise StageError("export", f"{refusal}\n  the ONNX fallback fails too: {why}") from None
+            try:
+                return from_onnx(proto, keep_params_in_input=False)
+            except Exception as exc:
+                raise StageError("export", f"{refusal}\n  the ONNX fallback fails too: TVM's ONNX frontend: "
+                                           f"{first_line(exc)}") from None
+
+
+def _explain_import_error(exc: BaseException, program) -> str:
+    text = str(exc)
+    m = re.search(r"Unsupported function types \[([^\]]*)\]", text)
+    if not m:
+        return f"TVM's exported-program importer fails: {first_line(exc)}"
+    ops = [o.strip().strip("'\"") for o in m.group(1).split(",") if o.strip()]
+    # the importer names ops of the program it decomposed first (linalg_eigvals → linalg_eig, view_as_real)
+    try:
+        with quiet_torch_logs():
+            decomposed = program.run_decompositions()
+    except Exception:
+        decomposed = program
+    # it lists them from a set: put them in program order
+    order: dict[str, int] = {}
+    for i, node in enumerate(decomposed.graph.nodes):
+        order.setdefault(str(getattr(node, "target", "")), i)
+    ops.sort(key=lambda o: (order.get("aten." + o, len(order)), o))
+    lines = [f"TVM's exported-program importer has no conversion for {', '.join('aten.' + o for o in ops)}"]
+    for op in ops:
+        where = op_source(decomposed, "aten." + op) or op_source(program, "aten." + op)
+        if where:
+            lines.append(f"  aten.{op} at {short_path(where[0])}:{where[1]}  `{where[2]}`")
+    lines.append("  fix: rewrite those calls with supported ops, or register a custom_convert_map for them")
+    return "\n".join(lines)
+
+
+_LOWERED = ("relax.call_tir", "relax.builtin", "relax.vm", "relax.memory", "relax.call_packed", "relax.call_dps_packed",
+            "relax.null_value", "relax.shape_of", "relax.call_pure_packed", "relax.tensor_to_shape", "prim.")
+
+
+def _unlowered_ops(module, space=None) -> tuple[list[str], str | None]:
+    """Relax operators that ``LegalizeOps`` leaves in place (what the VM codegen cannot emit), in program
+    order, and the first of them with its operands' types: the one whose shapes broke inference (those after
+    it only inherit its unknown shape). Symbolic dims of the inputs are given the spec's names."""
+    try:
+        import tvm
+        from tvm import relax
+
+        legal = relax.transform.LegalizeOps()(module)
+        calls: list = []
+
+        def visit(expr):
+            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and not expr.op.name.startswith(_LOWERED):
+                calls.append(expr)
+
+        for func in legal.functions.values():
+            if isinstance(func, relax.Function):
+                relax.analysis.post_order_visit(func.body, visit)
+        if not calls:
+            return [], None
+        names = _dim_names(legal, space)
+
+        def typed(arg) -> str:
+            text = str(getattr(arg, "ty", None) or getattr(arg, "struct_info", ""))
+            return re.sub(r"\b\w+\b", lambda m: names.get(m.group(0), m.group(0)), text)
+
+        first = calls[0]
+        return (list(dict.fromkeys(c.op.name for c in calls)),
+                f"{first.op.name}({', '.join(typed(a) for a in first.args)})")
+    except Exception:  # diagnosis only: never mask the compile error
+        return [], None
+
+
+def _dim_names(module, space) -> dict[str, str]:
+    """TVM's symbolic dims (``s77``) → the spec's dim names (``batch``), read off ``main``'s inputs."""
+    if space is None or "main" not in [g.name_hint for g in module.functions]:
+        return {}
+    names: dict[str, str] = {}
+    for param, spec in zip(module["main"].params, space.specs):
+        info = getattr(param, "ty", None) or getattr(param, "struct_info", None)
+        shape = getattr(getattr(info, "shape", None), "values", None) or ()
+        for value, dim in zip(shape, spec.shape):
+            if isinstance(dim, str) and not isinstance(value, int) and not hasattr(value, "value"):
+                names.setdefault(str(value), dim)
+    return names
+
+
+def _leaves(out) -> list:
+    """The VM returns a tensor or (nested) arrays of tensors: flatten to tensors in order."""
+    if hasattr(out, "numpy"):
+        return [out]
+    items = []
+    for item in out:
+        items.extend(_leaves(item))
+    return items
