@@ -38,6 +38,9 @@ def device_for(target):
     return tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu(0)
 
 
+_DEVICE_LABELS = {"cuda": "CUDA", "rocm": "ROCm", "opencl": "OpenCL", "vulkan": "Vulkan", "metal": "Metal"}
+
+
 def _missing_device(text: str) -> str | None:
     """Why the target's device is not usable here, or None when it is (or the target does not parse: the
     check then fails at stage compile with the parse error)."""
@@ -51,7 +54,7 @@ def _missing_device(text: str) -> str | None:
     if device.exist:
         return None
     kind = target.kind.name
-    label = {"cuda": "CUDA", "rocm": "ROCm", "opencl": "OpenCL", "vulkan": "Vulkan", "metal": "Metal"}.get(kind, kind)
+    label = _DEVICE_LABELS.get(kind, kind)
     built = str(tvm.support.libinfo().get(f"USE_{kind.upper()}", "")).upper()
     if built in ("OFF", "0", "FALSE", "NOTFOUND"):
         why = f"this TVM is built without {label} (USE_{kind.upper()}={built}); install a TVM built with it"
@@ -80,9 +83,10 @@ class TvmBackend(Backend):
         target = parse_target(ctx.options.get("tvm_target") or DEFAULT_TARGET)
         ctx.note("tvm_target", str(target.kind.name))
         module = self._import(ctx)
+        executable = self._tuned(ctx, module, target) if ctx.options.get("tvm_tune") else None
         with ctx.stage("compile"), quiet_torch_logs():
             try:
-                executable = tvm.compile(module, target=target)
+                executable = executable or tvm.compile(module, target=target)
             except Exception as exc:
                 text = f"tvm.compile fails for target {target.kind.name}: {first_line(exc, 600)}"
                 left, first = _unlowered_ops(module, ctx.space)
@@ -122,6 +126,19 @@ class TvmBackend(Backend):
         runner = self.build(ctx)
         ctx.run_examples(runner, reference=lambda args: Leaves(
             (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
+
+    @staticmethod
+    def _tuned(ctx, module, target):
+        """The executable compiled with a MetaSchedule database (cached), or None when nothing is tunable."""
+        import hashlib
+
+        from ..cache import library_versions, machine, make_key
+        from .tvm_tuning import tuned_executable
+
+        trials = int(ctx.options["tvm_tune"])
+        program = hashlib.sha256(module.script().encode()).hexdigest()
+        key = make_key("tvm-tune", program, str(target), trials, library_versions(["apache-tvm"]), machine())
+        return tuned_executable(ctx, module, target, trials, key)
 
     # -- import --------------------------------------------------------------------------------
 
