@@ -10,7 +10,7 @@ import shutil
 
 from ..errors import StageError
 from .base import Backend, first_line, quiet_torch_logs
-from .export import dynamic_shapes, explain_export_error
+from .export import export_program
 
 PACKAGE = "model.pt2"
 
@@ -33,12 +33,7 @@ class AotiBackend(Backend):
 
         from ..cache import library_versions, machine, make_key, program_fingerprint
 
-        args = ctx.canonical.clone_args()
-        with ctx.stage("export"), quiet_torch_logs():
-            try:
-                program = torch.export.export(ctx.model, args, dynamic_shapes=dynamic_shapes(ctx.space))
-            except Exception as exc:
-                raise StageError("export", explain_export_error(exc), cause=exc) from None
+        program = export_program(ctx)
         key = make_key("aoti", program_fingerprint(program), library_versions(["torch"]), machine())
         ctx.note("cache_key", key[:16])
         with ctx.cache.lock(key):

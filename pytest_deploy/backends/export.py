@@ -5,6 +5,7 @@ from __future__ import annotations
 import linecache
 import re
 
+from ..errors import StageError
 from .base import Backend, first_line, is_user_file, quiet_torch_logs, short_path, user_frame
 
 _COND_FIX = ("torch.export cannot follow Python control flow that depends on tensor values; rewrite the branch "
@@ -49,6 +50,19 @@ def explain_export_error(exc: BaseException) -> str:
     return f"torch.export failed: {first_line(exc)}{at}"
 
 
+def export_program(ctx):
+    """``torch.export`` of the model on the canonical example, the spec's varying dims as ``Dim``s;
+    a refusal fails at stage export with the user's line and the fix. Shared by every backend that
+    starts from the exported program (export, aoti, onnx, tvm)."""
+    import torch
+
+    with ctx.stage("export"), quiet_torch_logs():
+        try:
+            return torch.export.export(ctx.model, ctx.canonical.clone_args(), dynamic_shapes=dynamic_shapes(ctx.space))
+        except Exception as exc:
+            raise StageError("export", explain_export_error(exc), cause=exc) from None
+
+
 class ExportBackend(Backend):
     name = "export"
     aliases = ("torch.export",)
@@ -57,15 +71,7 @@ class ExportBackend(Backend):
     def build(self, ctx):
         import torch
 
-        from ..errors import StageError
-
-        args = ctx.canonical.clone_args()
-        dyn = dynamic_shapes(ctx.space)
-        with ctx.stage("export"), quiet_torch_logs():
-            try:
-                program = torch.export.export(ctx.model, args, dynamic_shapes=dyn)
-            except Exception as exc:
-                raise StageError("export", explain_export_error(exc), cause=exc) from None
+        program = export_program(ctx)
         path = ctx.path("model.pt2")
         with ctx.stage("save"), quiet_torch_logs():
             torch.export.save(program, path)

@@ -93,14 +93,11 @@ def _weight_bytes(model) -> int:
 def _export_dynamo(ctx, path: str, opset: int | None, external: bool) -> None:
     import torch
 
-    from .export import dynamic_shapes, explain_export_error
+    from .export import export_program
 
+    program = export_program(ctx)
     args = ctx.canonical.clone_args()
     with ctx.stage("export"), quiet_torch_logs():
-        try:
-            program = torch.export.export(ctx.model, args, dynamic_shapes=dynamic_shapes(ctx.space))
-        except Exception as exc:
-            raise StageError("export", explain_export_error(exc), cause=exc) from None
         try:
             onnx_program = torch.onnx.export(program, args, dynamo=True, opset_version=opset, verbose=False)
         except Exception as exc:

@@ -11,7 +11,7 @@ import re
 
 from ..errors import StageError
 from .base import Backend, first_line, quiet_torch_logs, short_path
-from .export import dynamic_shapes, explain_export_error, op_source
+from .export import export_program, op_source
 
 DEFAULT_TARGET = "llvm"
 
@@ -143,15 +143,10 @@ class TvmBackend(Backend):
     # -- import --------------------------------------------------------------------------------
 
     def _import(self, ctx):
-        import torch
         from tvm.relax.frontend.torch import from_exported_program
 
-        args = ctx.canonical.clone_args()
+        program = export_program(ctx)
         with ctx.stage("export"), quiet_torch_logs():
-            try:
-                program = torch.export.export(ctx.model, args, dynamic_shapes=dynamic_shapes(ctx.space))
-            except Exception as exc:
-                raise StageError("export", explain_export_error(exc), cause=exc) from None
             try:
                 module = from_exported_program(program)
                 ctx.note("tvm_importer", "exported_program")
