@@ -27,6 +27,9 @@ HELP_NO_CACHE = "build every artifact afresh: neither read nor write the artifac
 HELP_TVM_TARGET = "TVM target: a kind such as llvm (default) or cuda, or a JSON target dict"
 HELP_TVM_TUNE = ("tune TVM kernels with MetaSchedule, TRIALS trials in all; the tuning database is kept in the "
                  "artifact cache and reused by the next run")
+HELP_TRT_FP16 = "build TensorRT engines with fp16 enabled (default tolerances widen to fp16's unless tolerances are given)"
+HELP_TRT_BUILDER = ("how TensorRT engines are built: 'python' (the tensorrt module's Builder, the default) or "
+                    "'trtexec' (the trtexec binary on PATH)")
 
 #: Keyword arguments the ``deployable`` marker and decorator accept, with what each must be.
 MARKER_KWARGS = {
@@ -89,6 +92,9 @@ def add_options(parser) -> None:
     group.addoption("--deploy-tvm-target", dest="deploy_tvm_target", default=None, metavar="T", help=HELP_TVM_TARGET)
     group.addoption("--deploy-tvm-tune", dest="deploy_tvm_tune", type=positive_int, default=None, metavar="TRIALS",
                     help=HELP_TVM_TUNE)
+    group.addoption("--deploy-trt-fp16", dest="deploy_trt_fp16", action="store_true", default=None, help=HELP_TRT_FP16)
+    group.addoption("--deploy-trt-builder", dest="deploy_trt_builder", choices=("python", "trtexec"), default=None,
+                    help=HELP_TRT_BUILDER)
     parser.addini("deploy_backends", HELP_BACKENDS, default=None)
     parser.addini("deploy_examples", HELP_EXAMPLES, default=None)
     parser.addini("deploy_strict", HELP_STRICT, type="bool", default=False)
@@ -137,7 +143,9 @@ def read_settings(config) -> Settings:
     backend_options = {"onnx_exporter": config.getoption("deploy_onnx_exporter"),
                        "onnx_opset": config.getoption("deploy_onnx_opset"),
                        "tvm_target": config.getoption("deploy_tvm_target") or config.getini("deploy_tvm_target") or None,
-                       "tvm_tune": config.getoption("deploy_tvm_tune")}
+                       "tvm_tune": config.getoption("deploy_tvm_tune"),
+                       "trt_fp16": config.getoption("deploy_trt_fp16"),
+                       "trt_builder": config.getoption("deploy_trt_builder")}
     return Settings(tuple(backends) if backends else None, examples, strict, report, 0 if seed is None else seed,
                     {k: v for k, v in backend_options.items() if v is not None},
                     config.getoption("deploy_cache_dir") or config.getini("deploy_cache_dir") or None,

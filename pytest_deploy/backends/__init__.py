@@ -86,12 +86,13 @@ def _register_builtins() -> None:
     from .aoti import AotiBackend
     from .export import ExportBackend
     from .onnx import OnnxBackend
+    from .tensorrt import TensorRTBackend
     from .tvm import TvmBackend
     from .serialization import CheckpointBackend, PickleBackend, StateDictBackend
     from .torchscript import ScriptBackend, TraceBackend
 
     for cls in (StateDictBackend, PickleBackend, CheckpointBackend, TraceBackend, ScriptBackend, ExportBackend,
-                AotiBackend, OnnxBackend, TvmBackend):
+                AotiBackend, OnnxBackend, TvmBackend, TensorRTBackend):
         register_backend(cls)
 
 

@@ -1,0 +1,121 @@
+"""The ``tensorrt`` backend end to end: ONNX export → TensorRT engine → serialize → deserialize → execute on CUDA.
+
+The end-to-end tests need the tensorrt module and a CUDA device (and trtexec on PATH for its route); elsewhere
+they are skipped with the exact reason. The pytester tests run everywhere: without TensorRT or CUDA a
+deployable test's ``[tensorrt]`` item is skipped with the install reason, and fails under ``--deploy-strict``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_deploy import tensor, verify
+from pytest_deploy.backends.tensorrt import unavailable_reason
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+HAS_CUDA = torch.cuda.is_available()
+needs_trt = pytest.mark.skipif(
+    not (HAS_TRT and HAS_CUDA),
+    reason="needs TensorRT and a CUDA device: " + ", ".join(
+        why for why, missing in (("no tensorrt module (pip install tensorrt)", not HAS_TRT),
+                                 ("no CUDA device (torch.cuda.is_available() is False)", not HAS_CUDA)) if missing)
+    or "present")
+needs_trtexec = pytest.mark.skipif(shutil.which("trtexec") is None, reason="no trtexec binary on PATH")
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return SmallCNN().eval()
+
+
+INPUTS = [tensor("batch", 3, 16, 16)]
+DIMS = {"batch": (1, 4)}
+
+
+@needs_trt
+def test_cnn_fp32(tmp_path):
+    result = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=5, cache_dir=tmp_path)
+    assert result.outcome == "passed" and (result.atol, result.rtol) == (1e-3, 1e-3)
+    assert result.max_abs_error <= 1e-3
+    again = verify(cnn(), "trt", inputs=INPUTS, dims=DIMS, examples=2, cache_dir=tmp_path)
+    assert again.cached  # the engine came from the artifact cache
+
+
+@needs_trt
+def test_cnn_fp16_uses_fp16_tolerances(tmp_path):
+    result = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=5, cache_dir=tmp_path,
+                    backend_options={"trt_fp16": True})
+    assert result.outcome == "passed" and (result.atol, result.rtol) == (1e-2, 1e-2)
+    user = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=2, atol=5e-2, rtol=5e-2,
+                  backend_options={"trt_fp16": True})
+    assert (user.atol, user.rtol) == (5e-2, 5e-2)
+
+
+@needs_trt
+def test_dynamic_batch_runs_every_generated_shape(monkeypatch):
+    import tensorrt as trt
+
+    seen = []
+    real = trt.IExecutionContext.set_input_shape
+
+    def spy(self, name, shape):
+        seen.append(tuple(shape))
+        return real(self, name, shape)
+
+    monkeypatch.setattr(trt.IExecutionContext, "set_input_shape", spy)
+    model = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.Linear(12, 3)).eval()
+    result = verify(model, "tensorrt", inputs=[tensor("batch", 6)], dims={"batch": (1, 16)}, examples=10)
+    assert result.outcome == "passed"
+    assert {1, 16} <= {s[0] for s in seen} and len({s[0] for s in seen}) >= 3
+
+
+@needs_trt
+@needs_trtexec
+def test_trtexec_route(tmp_path):
+    result = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=3, cache_dir=tmp_path,
+                    backend_options={"trt_builder": "trtexec", "trt_fp16": True})
+    assert result.outcome == "passed"
+
+
+# ------------------------------------------------------------------------------ here: skipped
+
+
+TEST_FILE = """
+    import torch
+    from pytest_deploy import deployable, tensor
+
+    @deployable(backends=["trt"], inputs=[tensor("batch", 4)], dims={"batch": (1, 3)}, examples=2)
+    def test_linear():
+        return torch.nn.Linear(4, 2).eval()
+"""
+
+
+@pytest.mark.skipif(unavailable_reason({}) is None, reason="TensorRT and a CUDA device are present: nothing skips")
+def test_pytest_item_skips_with_the_install_reason_and_fails_under_strict(pytester):
+    reason = unavailable_reason({})
+    pytester.makepyfile(textwrap.dedent(TEST_FILE))
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs", "-v")
+    result.assert_outcomes(skipped=1)
+    assert "test_linear[tensorrt] SKIPPED" in result.stdout.str()
+    result.stdout.fnmatch_lines([f"SKIPPED *{reason}"])
+    assert "pip install" in reason
+    result = pytester.runpytest("-p", "no:cacheprovider", "--deploy-strict")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*{reason} (failing because of --deploy-strict)"])

@@ -1,0 +1,255 @@
+"""The ``tensorrt`` backend's pure parts: optimization profiles from dims, the trtexec command line, cache keys,
+fp16 tolerances, parser error messages and the reasons it is unavailable. None of this needs TensorRT or CUDA;
+the end-to-end checks are in ``tests/integration/test_tensorrt.py``."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import types
+
+import pytest
+
+from pytest_deploy import tensor
+from pytest_deploy.backends import canonical_name, get_backend
+from pytest_deploy.backends import tensorrt as trt_backend
+from pytest_deploy.backends.tensorrt import (
+    describe_parser_errors, engine_cache_key, fp16_tolerance, profile_shapes, timing_cache_key, trtexec_command,
+    unavailable_reason,
+)
+from pytest_deploy.compare import resolve_tolerance
+from pytest_deploy.spec import InputSpace
+
+
+def space(inputs, dims, names=None) -> InputSpace:
+    return InputSpace.resolve(inputs, dims, names=names)
+
+
+# ------------------------------------------------------------------------------ registry, options
+
+
+def test_registered_under_its_name_and_alias():
+    assert canonical_name("trt") == "tensorrt"
+    assert get_backend("TRT").name == "tensorrt"
+
+
+def test_options_become_backend_options(pytester):
+    pytester.makeconftest("""
+        def pytest_configure(config):
+            from pytest_deploy.options import read_settings
+            config._trt = read_settings(config).backend_options
+    """)
+    pytester.makepyfile("def test_x(request):\n    print('OPTS', request.config._trt)\n")
+    result = pytester.runpytest("-s", "--deploy-trt-fp16", "--deploy-trt-builder=trtexec")
+    result.stdout.fnmatch_lines(["*OPTS*'trt_fp16': True*'trt_builder': 'trtexec'*"])
+    result = pytester.runpytest("-s")
+    assert "trt_" not in result.stdout.str()
+
+
+# ------------------------------------------------------------------------------------ profiles
+
+
+def test_profile_spans_the_dims_with_opt_inside():
+    shapes = profile_shapes(space([tensor("batch", 3, 32, 32)], {"batch": (1, 8)}, names=["x"]))
+    assert shapes == {"x": ((1, 3, 32, 32), (2, 3, 32, 32), (8, 3, 32, 32))}
+
+
+def test_a_dim_with_a_single_value_gives_min_opt_max_equal():
+    shapes = profile_shapes(space([tensor("batch", 4)], {"batch": (5, 5)}, names=["x"]))
+    assert shapes == {"x": ((5, 4), (5, 4), (5, 4))}
+    assert trt_backend.dynamic_profiles(shapes) == {}
+
+
+def test_opt_is_clamped_into_the_bounds():
+    s = space([tensor("n", 4)], {"n": (1, 8)}, names=["x"])
+    s.opt_dims = lambda: {"n": 99}
+    assert profile_shapes(s)["x"][1] == (8, 4)
+    s.opt_dims = lambda: {"n": 0}
+    assert profile_shapes(s)["x"][1] == (1, 4)
+
+
+def test_inputs_sharing_a_dim_get_the_same_sizes():
+    s = space([tensor("batch", "seq"), tensor("batch", "seq", 8)], {"batch": (1, 4), "seq": (3, 16)},
+              names=["ids", "emb"])
+    shapes = profile_shapes(s)
+    (lo_a, opt_a, hi_a), (lo_b, opt_b, hi_b) = shapes["ids"], shapes["emb"]
+    assert (lo_a, hi_a) == ((1, 3), (4, 16)) and (lo_b, hi_b) == ((1, 3, 8), (4, 16, 8))
+    assert opt_a == opt_b[:2] and all(lo <= o <= hi for lo, o, hi in zip(lo_a, opt_a, hi_a))
+
+
+def test_unnamed_inputs_are_named_as_the_onnx_export_names_them():
+    shapes = profile_shapes(space([tensor("b", 2), tensor(3)], {"b": (1, 2)}))
+    assert list(shapes) == ["input_0", "input_1"]
+    assert shapes["input_1"] == ((3,), (3,), (3,))
+
+
+# ------------------------------------------------------------------------------------- trtexec
+
+
+SHAPES = {"x": ((1, 3, 32, 32), (2, 3, 32, 32), (8, 3, 32, 32)), "scale": ((4,), (4,), (4,))}
+
+
+def test_trtexec_command_line():
+    cmd = trtexec_command("m.onnx", "m.engine", SHAPES, fp16=True, timing_cache="t.cache")
+    assert cmd == ["trtexec", "--onnx=m.onnx", "--saveEngine=m.engine", "--minShapes=x:1x3x32x32",
+                   "--optShapes=x:2x3x32x32", "--maxShapes=x:8x3x32x32", "--fp16", "--timingCacheFile=t.cache",
+                   "--memPoolSize=workspace:1024", "--skipInference"]
+
+
+def test_trtexec_command_for_a_static_model_has_no_shapes_and_fp32_by_default():
+    cmd = trtexec_command("m.onnx", "m.engine", {"x": ((2, 4), (2, 4), (2, 4))})
+    assert not any(a.startswith(("--minShapes", "--optShapes", "--maxShapes", "--fp16", "--timingCache")) for a in cmd)
+
+
+def test_trtexec_shapes_list_several_inputs_and_quote_names_with_colons():
+    shapes = {"a": ((1, 2), (2, 2), (4, 2)), "in:0": ((1,), (2,), (4,))}
+    cmd = trtexec_command("m.onnx", "e", shapes, trtexec="/opt/trt/bin/trtexec")
+    assert cmd[0] == "/opt/trt/bin/trtexec"
+    assert "--minShapes=a:1x2,'in:0':1" in cmd and "--maxShapes=a:4x2,'in:0':4" in cmd
+
+
+# ----------------------------------------------------------------------------------- cache keys
+
+
+def test_engine_cache_key_changes_with_every_part():
+    flags = {"builder": "python", "fp16": False, "shapes": {"x": [[1, 4], [2, 4], [8, 4]]}, "workspace": 1 << 30}
+    base = engine_cache_key("abc", "10.3.0", "NVIDIA H100", flags)
+    assert base == engine_cache_key("abc", "10.3.0", "NVIDIA H100", dict(flags))
+    variants = [
+        engine_cache_key("abd", "10.3.0", "NVIDIA H100", flags),
+        engine_cache_key("abc", "10.4.0", "NVIDIA H100", flags),
+        engine_cache_key("abc", "10.3.0", "NVIDIA A100", flags),
+        engine_cache_key("abc", "10.3.0", "NVIDIA H100", {**flags, "fp16": True}),
+        engine_cache_key("abc", "10.3.0", "NVIDIA H100", {**flags, "builder": "trtexec"}),
+        engine_cache_key("abc", "10.3.0", "NVIDIA H100", {**flags, "shapes": {"x": [[1, 4], [2, 4], [16, 4]]}}),
+    ]
+    assert len({base, *variants}) == len(variants) + 1
+
+
+def test_timing_cache_key_is_per_tensorrt_version_and_gpu():
+    assert timing_cache_key("10.3.0", "H100") == timing_cache_key("10.3.0", "H100")
+    assert len({timing_cache_key("10.3.0", "H100"), timing_cache_key("10.4.0", "H100"),
+                timing_cache_key("10.3.0", "A100")}) == 3
+
+
+# ----------------------------------------------------------------------------------- tolerances
+
+
+def test_fp16_widens_the_default_tolerances():
+    default = resolve_tolerance("tensorrt")
+    assert default.float32 == (1e-3, 1e-3)
+    wide = fp16_tolerance(default, default)
+    assert wide.float32 == (1e-2, 1e-2)
+    assert wide.for_dtype("float16") == (1e-2, 1e-2)
+    assert wide.for_dtype("float64") == (1e-2, 1e-2)
+    assert wide.for_dtype("bfloat16") == default.for_dtype("bfloat16")  # already wider
+
+
+@pytest.mark.parametrize("kwargs", [{"atol": 1e-4}, {"rtol": 5e-2}, {"atol": {"trt": 3e-3}},
+                                    {"tolerances": {"tensorrt": (2e-3, 2e-3)}}])
+def test_fp16_keeps_tolerances_the_user_gave(kwargs):
+    user = resolve_tolerance("tensorrt", **kwargs)
+    assert fp16_tolerance(user, resolve_tolerance("tensorrt")) is user
+
+
+# ------------------------------------------------------------------------------- parser errors
+
+
+class FakeError:
+    def __init__(self, node, op, desc, index=3):
+        self._node, self._op, self._desc, self._index = node, op, desc, index
+
+    def node_name(self):
+        return self._node
+
+    def node_operator(self):
+        return self._op
+
+    def desc(self):
+        return self._desc
+
+    def node(self):
+        return self._index
+
+
+def test_parser_errors_name_node_op_and_user_line():
+    text = describe_parser_errors([FakeError("node_Det_3", "Det", "no importer registered for op: Det")],
+                                  where=lambda node: ("models.py", 12, "return torch.det(x)"))
+    assert text == ("node 'node_Det_3' (op Det): no importer registered for op: Det\n"
+                    "  from models.py:12  `return torch.det(x)`")
+
+
+def test_parser_error_without_a_node_name_uses_its_index():
+    assert describe_parser_errors([FakeError("", "", "bad graph", index=7)]) == "node #7 (op ?): bad graph"
+
+
+# -------------------------------------------------------------------------------- availability
+
+
+@pytest.fixture
+def env(monkeypatch):
+    """Pretend which modules exist, whether CUDA is visible and whether trtexec is on PATH."""
+    state = types.SimpleNamespace(modules={"tensorrt", "onnx", "onnxscript"}, cuda=True, trtexec=True)
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name in ("tensorrt", "onnx", "onnxscript"):
+            return object() if name in state.modules else None
+        return real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(trt_backend, "_cuda_device", lambda: state.cuda)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/trtexec" if state.trtexec and name == "trtexec" else None)
+    return state
+
+
+def test_available_with_tensorrt_and_cuda(env):
+    assert unavailable_reason({}) is None
+    assert unavailable_reason({"trt_builder": "trtexec"}) is None
+    assert get_backend("tensorrt").unavailable_reason({}) is None
+
+
+def test_reason_without_the_tensorrt_module(env):
+    env.modules.discard("tensorrt")
+    assert unavailable_reason({}) == ("tensorrt: the tensorrt module is not installed; pip install tensorrt on a "
+                                      "machine with an NVIDIA GPU and CUDA")
+
+
+def test_reason_without_the_onnx_exporter(env):
+    env.modules.discard("onnxscript")
+    assert unavailable_reason({}) == ("tensorrt: builds from the ONNX export, which needs onnxscript; "
+                                      "pip install 'pytest-deploy[onnx]'")
+
+
+def test_reason_without_a_cuda_device(env):
+    env.cuda = False
+    assert unavailable_reason({}) == (
+        "tensorrt: no CUDA device is visible (torch.cuda.is_available() is False); TensorRT runs on NVIDIA GPUs only: "
+        "run on a machine with one and a CUDA build of torch (pip install tensorrt on a machine with an NVIDIA GPU "
+        "and CUDA)")
+
+
+def test_reason_for_the_trtexec_builder_without_trtexec(env):
+    env.trtexec = False
+    assert unavailable_reason({}) is None  # the python builder does not need it
+    assert unavailable_reason({"trt_builder": "trtexec"}) == (
+        "tensorrt: --deploy-trt-builder=trtexec needs the trtexec binary on PATH (it ships in the bin/ directory of "
+        "TensorRT's tar or deb packages); add it to PATH, or use --deploy-trt-builder=python")
+
+
+def test_cuda_check_asks_torch():
+    import torch
+
+    assert trt_backend._cuda_device() is torch.cuda.is_available()
+
+
+def test_verify_outside_pytest_raises_backend_unavailable_here():
+    import torch
+
+    from pytest_deploy import BackendUnavailable, verify
+
+    reason = unavailable_reason({})
+    if reason is None:
+        pytest.skip("TensorRT and a CUDA device are present here")
+    with pytest.raises(BackendUnavailable, match="^tensorrt: "):
+        verify(torch.nn.Linear(4, 2).eval(), "trt", inputs=[tensor("batch", 4)], dims={"batch": (1, 2)})
