@@ -8,7 +8,7 @@ import torch
 from models import EarlyExitClassifier, GRUTagger, SmallCNN, TextEncoder
 from pytest_deploy import deployable, tensor
 
-ALL = ["state_dict", "pickle", "checkpoint", "trace", "script", "export", "aoti", "onnx", "tvm"]
+ALL = ["state_dict", "pickle", "checkpoint", "trace", "script", "export", "aoti", "onnx", "tvm", "tensorrt"]
 
 
 @deployable(
