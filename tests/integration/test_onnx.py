@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -32,27 +31,20 @@ import torch
 import torch.onnx  # noqa: F401  (pytester's inline runs drop every module they imported: import once, here)
 from torch import nn
 
+import helpers  # tests/integration/helpers.py
 from pytest_deploy import DeployFailure, Result, tensor, verify
 from pytest_deploy.backends import onnx as onnx_backend
-from pytest_deploy.backends.base import short_path
 
 TORCHSCRIPT = {"onnx_exporter": "torchscript"}
-SOURCE_LINES = Path(__file__).read_text().splitlines()
 
 
 def site(source: str) -> str:
-    """``file:line  `source``` for the first line of this file that reads ``source`` (in the models below;
-    the sources of the pytest runs at the end repeat some), as messages cite it."""
-    line = next(n for n, text in enumerate(SOURCE_LINES, 1) if text.strip() == source)
-    return f"{short_path(__file__)}:{line}  `{source}`"
+    return helpers.site(__file__, source)
 
 
-def check(model: nn.Module, inputs, dims, *, examples: int = 5, **kwargs) -> tuple[Result, str | None]:
+def check(model: nn.Module, inputs, dims, **kwargs) -> tuple[Result, str | None]:
     """verify() on the onnx backend; the result, and the failure message (None when it passed)."""
-    try:
-        return verify(model.eval(), "onnx", inputs=inputs, dims=dims, examples=examples, **kwargs), None
-    except DeployFailure as exc:
-        return exc.result, str(exc)
+    return helpers.check("onnx", model, inputs, dims, **kwargs)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -31,25 +30,19 @@ from torch import nn  # noqa: E402
 from tvm.runtime.vm import VirtualMachine  # noqa: E402
 
 from pytest_deploy import BackendUnavailable, DeployFailure, Result, tensor, verify  # noqa: E402
-from pytest_deploy.backends.base import short_path  # noqa: E402
+import helpers  # tests/integration/helpers.py  # noqa: E402
 
-SOURCE_LINES = Path(__file__).read_text().splitlines()
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the ONNX fallback needs onnx and onnxscript")
 
 
 def site(source: str) -> str:
-    """``file:line  `source``` for the first line of this file that reads ``source``, as messages cite it."""
-    line = next(n for n, text in enumerate(SOURCE_LINES, 1) if text.strip() == source)
-    return f"{short_path(__file__)}:{line}  `{source}`"
+    return helpers.site(__file__, source)
 
 
-def check(model: nn.Module, inputs, dims, *, examples: int = 5, **kwargs) -> tuple[Result, str | None]:
+def check(model: nn.Module, inputs, dims, **kwargs) -> tuple[Result, str | None]:
     """verify() on the tvm backend; the result, and the failure message (None when it passed)."""
-    try:
-        return verify(model.eval(), "tvm", inputs=inputs, dims=dims, examples=examples, **kwargs), None
-    except DeployFailure as exc:
-        return exc.result, str(exc)
+    return helpers.check("tvm", model, inputs, dims, **kwargs)
 
 
 @pytest.fixture(scope="module", autouse=True)

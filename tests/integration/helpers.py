@@ -1,0 +1,23 @@
+"""Helpers shared by the backend test files that drive ``verify()`` directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pytest_deploy import DeployFailure, Result, verify
+from pytest_deploy.backends.base import short_path
+
+
+def site(test_file: str, source: str) -> str:
+    """``file:line  `source``` for the first line of ``test_file`` that reads ``source``, as messages cite it."""
+    lines = Path(test_file).read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text.strip() == source)
+    return f"{short_path(test_file)}:{line}  `{source}`"
+
+
+def check(backend: str, model, inputs, dims, *, examples: int = 5, **kwargs) -> tuple[Result, str | None]:
+    """verify() on ``backend``; the result, and the failure message (None when it passed)."""
+    try:
+        return verify(model.eval(), backend, inputs=inputs, dims=dims, examples=examples, **kwargs), None
+    except DeployFailure as exc:
+        return exc.result, str(exc)
