@@ -31,7 +31,7 @@ import linecache
 import sys
 import types
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .backends.base import is_user_file, short_path
 
@@ -90,7 +90,6 @@ class Recorder:
         self._lines = lines
         self._occurrence: dict[Site, int] = {}
         self._saved: dict[str, Any] = {}
-        self._previous_trace = None
         self.line_tracing = True
         self._files: dict[str, dict[int, _Branch] | None] = {}  # file → its if/while lines; None: not traced
         self._steered: set[Site] = set()  # if/while sites whose test converted a tensor
@@ -184,8 +183,7 @@ class Recorder:
             original = getattr(torch.Tensor, name)
             self._saved[name] = torch.Tensor.__dict__.get(name, _MISSING)
             setattr(torch.Tensor, name, self._wrap(name, original))
-        self._previous_trace = sys.gettrace()
-        if self._previous_trace is None and self._lines:
+        if sys.gettrace() is None and self._lines:
             sys.settrace(self._global_trace)
         else:  # not wanted, or a debugger or coverage owns the tracer: record conversions only
             self.line_tracing = False
@@ -419,10 +417,6 @@ def describe_divergence(d: Divergence, example_label: str) -> str:
     took = "does not reach it" if d.example is None else f"takes {d.example}"
     loop = f" (occurrence {d.occurrence + 1})" if d.occurrence else ""
     return f"trace-lost {what} at {d.site.describe()}{loop}\n  {traced}; {example_label} {took}"
-
-
-def iter_sites(analysis: BranchAnalysis) -> Iterable[SiteStats]:
-    return analysis.reported()
 
 
 # ------------------------------------------------------------------------ does tracing lines pay?
