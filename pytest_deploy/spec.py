@@ -25,7 +25,8 @@ BOOL_PATTERNS = ("uniform", "false", "true")
 _PATTERN_WEIGHTS = {"uniform": 65, "extremes": 10, "zeros": 5, "low": 5, "high": 5, "sparse": 5, "mirrored": 5,
                     "false": 15, "true": 15}
 
-#: Refuse to allocate examples larger than this many bytes (per example, all inputs together).
+#: Refuse to allocate examples larger than this many bytes (per example, all inputs together), or than
+#: half the memory available (validate.check_example_size).
 MAX_EXAMPLE_BYTES = 1 << 30
 
 
@@ -257,14 +258,6 @@ def make_tensor(spec: TensorSpec, dims: Mapping[str, int], recipe: InputRecipe):
     return t.to(dtype)
 
 
-def _example_nbytes(specs: Sequence[TensorSpec], dims: Mapping[str, int]) -> int:
-    total = 0
-    for s in specs:
-        n = math.prod(s.concrete_shape(dims)) if s.shape else 1
-        total += n * s.torch_dtype.itemsize
-    return total
-
-
 class InputSpace:
     """The set of examples one model accepts: from ``tensor()`` specs, concrete tensors or a strategy."""
 
@@ -323,12 +316,9 @@ class InputSpace:
             raise SpecError(f"dims {', '.join(map(repr, unused))} are not used by any input; remove them or use them in tensor(...)")
         explicit = tuple(item for item in items if _is_tensor(item))
         space = cls(specs, bounds, given=given or (explicit if len(explicit) == len(items) else None), names=names)
-        nbytes = _example_nbytes(specs, {k: hi for k, (lo, hi) in bounds.items()})
-        if nbytes > MAX_EXAMPLE_BYTES:
-            raise SpecError(
-                f"the largest example these inputs allow takes {nbytes / 2**30:.1f} GiB "
-                f"(more than {MAX_EXAMPLE_BYTES / 2**30:.0f} GiB); lower the dims' upper bounds"
-            )
+        from .validate import check_example_size
+
+        check_example_size(specs, bounds, names or [], cap=MAX_EXAMPLE_BYTES)
         if given is not None:
             space._check_given_matches(given)
         return space

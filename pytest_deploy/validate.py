@@ -1,0 +1,233 @@
+"""Checks of what the user hands over (the model, its forward, the input spec), run before any backend.
+
+Each refusal says what is wrong, where (the input, buffer or output by name) and what to do. Reference
+problems raise :class:`StageError` at stage ``run``; declaration problems raise :class:`SpecError`.
+Importing this module imports neither torch nor any backend; the functions import torch when called.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from .errors import SpecError, StageError
+
+#: Backends whose artifact is a graph of tensor ops: a string output cannot be part of it.
+TENSOR_GRAPH_BACKENDS = frozenset({"trace", "export", "aoti", "onnx", "tvm", "tensorrt"})
+
+_GIB = 2**30
+
+
+def _is_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape")
+
+
+def _arg_name(names: Sequence[str], i: int) -> str:
+    return f"'{names[i]}'" if i < len(names) else f"{i}"
+
+
+# ------------------------------------------------------------------------------------- the model
+
+
+def require_materialised(model, who: str) -> None:
+    """A model whose parameters or buffers live on the meta device has no values to run or save."""
+    meta = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
+    if meta:
+        shown = ", ".join(meta[:3]) + (f" and {len(meta) - 3} more" if len(meta) > 3 else "")
+        raise SpecError(
+            f"{who} returned a {type(model).__name__} on the meta device ({shown}): its tensors have shapes but no "
+            "values, so nothing can run or be saved; fix: materialise it with model.to_empty(device='cpu') and load "
+            "its weights (load_state_dict) before returning it"
+        )
+
+
+def check_keyword_arguments(model, params: Sequence[Any], arity: int | None) -> None:
+    """pytest-deploy passes inputs positionally: a required keyword-only argument is never filled, and a
+    forward taking only ``**kwargs`` receives none of them."""
+    cls = type(model).__name__
+    keyword_only = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    if keyword_only:
+        raise StageError(
+            "run",
+            f"{cls}.forward has keyword-only argument(s) {', '.join(keyword_only)} (after * in its signature); "
+            "pytest-deploy passes inputs= positionally, and deployed artifacts take positional inputs too; fix: make "
+            "them positional (drop the *), or wrap the model in a module whose forward takes them positionally",
+        )
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var_keyword = next((p.name for p in params if p.kind == p.VAR_KEYWORD), None)
+    takes_varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    if var_keyword and not takes_varargs and arity is not None and arity > len(positional):
+        raise StageError(
+            "run",
+            f"{cls}.forward takes its inputs as **{var_keyword}, but pytest-deploy passes inputs= positionally "
+            f"({arity} input(s) for {len(positional)} positional parameter(s)); fix: name the inputs as positional "
+            "parameters of forward, or wrap the model in a module whose forward takes them positionally",
+        )
+
+
+# ------------------------------------------------------------------------------- the eager run
+
+
+def run_watching_inputs(model, args: tuple) -> tuple[Any, list[int]]:
+    """Eager outputs of ``model`` on a copy of ``args`` (without autograd), and the positions of the
+    tensor arguments forward wrote to."""
+    import torch
+
+    copies = tuple(a.clone() if hasattr(a, "clone") else a for a in args)
+    with torch.no_grad():
+        out = model(*copies)
+    written = [i for i, (a, c) in enumerate(zip(args, copies)) if _is_tensor(a) and not _same(a, c)]
+    return out, written
+
+
+def check_inputs_unchanged(written: Sequence[int], args: tuple, names: Sequence[str]) -> None:
+    if not written:
+        return
+    which = ", ".join(f"input {_arg_name(names, i)} ({_describe(args[i])})" for i in written)
+    raise StageError(
+        "run",
+        f"forward writes to its {which} in place: eager PyTorch changes the caller's tensor, a deployed runtime "
+        "does not write back to its inputs, so callers would see different results; fix: use out-of-place ops "
+        "(x = x + 1 instead of x += 1 or x.add_(1)), or clone the input first",
+    )
+
+
+def buffer_snapshot(model) -> dict[str, Any]:
+    """Copies of the model's buffers (uninitialised lazy buffers are skipped)."""
+    from torch.nn.parameter import is_lazy
+
+    return {name: b.detach().clone() for name, b in model.named_buffers() if not is_lazy(b)}
+
+
+def check_buffers_unchanged(model, before: Mapping[str, Any], backend: str) -> None:
+    """Eager runs for the reference must leave the model's buffers as they were: a buffer that forward
+    updates makes each run see another model. The checkpoint backend trains on purpose, so a model in
+    train mode (BatchNorm statistics) is left to it."""
+    if backend == "checkpoint" and model.training:
+        return
+    after = dict(model.named_buffers())
+    changed = [name for name, old in before.items() if name in after and not _same(old, after[name])]
+    if not changed:
+        return
+    shown = ", ".join(f"'{n}'" for n in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    modules = dict(model.named_modules())
+    batchnorm = any(_is_batchnorm(modules.get(n.rpartition(".")[0])) for n in changed)
+    if model.training and batchnorm:
+        fix = "call model.eval() before returning the model (BatchNorm in train mode updates its running statistics)"
+    else:
+        fix = "keep state out of forward (update the buffer in a separate method), or return a fresh value instead"
+    raise StageError(
+        "run",
+        f"forward changes the model's buffer(s) {shown} on every call ({type(model).__name__} in "
+        f"{'train' if model.training else 'eval'} mode): each eager run sees another model, and a deployed "
+        f"artifact keeps the buffer's value from when it was built; fix: {fix}",
+    )
+
+
+def _is_batchnorm(module) -> bool:
+    from torch.nn.modules.batchnorm import _NormBase
+
+    return isinstance(module, _NormBase)
+
+
+def check_output_leaves(leaves: Sequence[tuple[str, Any]], backend: str) -> None:
+    """Something to compare, and nothing a tensor graph cannot return."""
+    if not any(_is_tensor(v) or isinstance(v, (int, float)) for _, v in leaves):
+        what = ", ".join(f"{p} is {v!r:.40}" for p, v in leaves[:4]) or "output is empty"
+        raise StageError(
+            "run",
+            f"forward returns no tensor ({what}), so there is nothing to compare and every backend would pass "
+            "without checking anything; fix: return the tensors the deployed model computes",
+        )
+    if backend in TENSOR_GRAPH_BACKENDS:
+        strings = [(p, v) for p, v in leaves if isinstance(v, str)]
+        if strings:
+            path, value = strings[0]
+            raise StageError(
+                "run",
+                f"{path} is a str ({value!r:.40}): the {backend} artifact computes tensors only and cannot return "
+                "it; fix: return tensors (e.g. class indices, mapped to names outside the model), or check this "
+                "model with state_dict, pickle or script",
+            )
+
+
+def check_finite(leaves: Sequence[tuple[str, Any]], example: str) -> None:
+    """NaN or Inf in eager outputs: a backend's NaN cannot be told apart from eager's, so the check proves
+    nothing for those elements."""
+    import torch
+
+    for path, value in leaves:
+        if _is_tensor(value) and value.is_floating_point():
+            v = value.detach()
+            nan, inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+        elif isinstance(value, float):
+            nan, inf = int(value != value), int(value in (float("inf"), float("-inf")))
+        else:
+            continue
+        if nan or inf:
+            total = value.numel() if _is_tensor(value) else 1
+            counts = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n)
+            raise StageError(
+                "run",
+                f"eager PyTorch returns non-finite values on the first example: {path} has {counts} of {total} "
+                "elements, which no comparison can check; fix: restrict the inputs' value range with "
+                "tensor(..., low=, high=) (e.g. positive values for log, sqrt or division), or make the model "
+                f"finite (clamp, an eps)\n  first example:\n    " + example.replace("\n", "\n    "),
+            )
+
+
+def _same(a, b) -> bool:
+    """Equal shape, dtype and values (NaN equal to NaN)."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+
+
+def _describe(t) -> str:
+    return f"{str(t.dtype).replace('torch.', '')}[{', '.join(str(s) for s in t.shape)}]"
+
+
+# --------------------------------------------------------------------------------- example size
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux, psutil elsewhere), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def check_example_size(specs: Sequence[Any], bounds: Mapping[str, tuple[int, int]], names: Sequence[str],
+                       cap: int) -> None:
+    """Refuse, before anything is allocated, inputs whose largest example (every dim at its upper bound)
+    takes more than ``cap`` bytes or half the memory available."""
+    import math
+
+    top = {k: hi for k, (_, hi) in bounds.items()}
+    sizes = [(math.prod(s.concrete_shape(top)) if s.shape else 1) * s.torch_dtype.itemsize for s in specs]
+    total = sum(sizes)
+    available = available_memory()
+    limit = cap if available is None else min(cap, available // 2)
+    if total <= limit:
+        return
+    i = max(range(len(sizes)), key=sizes.__getitem__)
+    used = list(dict.fromkeys(d for d in specs[i].dim_names() if d in top))
+    at = f" at {', '.join(f'{d}={top[d]}' for d in used)}" if used else ""
+    why = f"the smaller of {cap / _GIB:g} GiB and half the {available / _GIB:.1f} GiB of memory available" \
+        if available is not None else "memory available unknown"
+    raise SpecError(
+        f"the largest example these inputs allow takes {total / _GIB:.1f} GiB, more than the limit of "
+        f"{limit / _GIB:.1f} GiB ({why}); input {_arg_name(names, i)} "
+        f"{specs[i].describe()} alone takes {sizes[i] / _GIB:.1f} GiB{at}; refused before anything was "
+        "allocated; fix: lower the dims' upper bounds" + (f" ({', '.join(map(repr, used))})" if used else "")
+    )
