@@ -44,14 +44,18 @@ def deployable(backends=None, **kwargs: Any) -> Callable:
 
 
 def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdir=None,
-           backend_options: dict[str, Any] | None = None, cache_dir=None, **kwargs: Any) -> Result:
+           backend_options: dict[str, Any] | None = None, cache_dir=None, isolate: str = "native",
+           timeout: float | None = None, keep_artifacts=None, recheck: bool = False, **kwargs: Any) -> Result:
     """Check ``model`` against one backend outside pytest.
 
     Returns the :class:`Result`; raises :class:`DeployFailure` (with the message a failing test
     shows) when the backend does not reproduce eager PyTorch, and :class:`BackendUnavailable`
     when it cannot run here. Takes the marker's ``inputs``, ``dims``, ``examples``, ``atol``,
     ``rtol``, ``tolerances`` and ``train``; ``factory`` (a zero-argument callable returning a fresh
-    model) is needed by ``state_dict`` and ``checkpoint``.
+    model) is needed by ``state_dict`` and ``checkpoint``. ``cache_dir`` keeps artifacts and passing
+    results (a check that passed with the same key is not rerun unless ``recheck``); ``isolate``,
+    ``timeout`` and ``keep_artifacts`` are the ``--deploy-isolate``, ``--deploy-timeout`` and
+    ``--deploy-keep-artifacts`` options.
     """
     from .cache import ArtifactCache
     from .check import run_check
@@ -61,7 +65,8 @@ def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdi
     train = kw.pop("train", None)
     return run_check(model, backend, factory=factory, seed=seed, workdir=workdir, test_id="verify",
                      reproduce=f"verify(..., seed={seed})", options={"train": train, **(backend_options or {})},
-                     cache=ArtifactCache(cache_dir), **kw)
+                     cache=ArtifactCache(cache_dir), isolate=isolate, timeout=timeout, keep_artifacts=keep_artifacts,
+                     recheck=recheck, **kw)
 
 
 __all__ = [

@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 #: Bump when the layout of entries or what keys cover changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+
+#: A result-cache entry's one file.
+RESULT_FILE = "result.json"
 
 
 class ArtifactCache:
@@ -79,6 +82,32 @@ class ArtifactCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return entry
+
+    def store_result(self, key: str, result) -> None:
+        """Keep a passing check's result (its JSON), so the same check is not run again."""
+        if self.root is None:
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="pytest-deploy-result-") as tmp:
+            path = os.path.join(tmp, RESULT_FILE)
+            with open(path, "w") as fh:
+                json.dump(result.to_json(), fh)
+            self.store(key, {RESULT_FILE: path})
+
+    def load_result(self, key: str):
+        """The :class:`~pytest_deploy.Result` kept for ``key`` (hash-verified JSON, never a pickle), or None."""
+        from .results import Result
+
+        entry = self.lookup(key)
+        if entry is None:
+            return None
+        try:
+            data = json.loads((entry / RESULT_FILE).read_text())
+            return Result(**data)
+        except (OSError, ValueError, TypeError):
+            self._discard(entry, "unreadable result")
+            return None
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import isolation
 from .backends.base import add_model_files, short_path
 from .cache import ArtifactCache
 from .compare import Comparison, Tolerance, compare_outputs, format_number, resolve_tolerance
@@ -24,7 +25,7 @@ from .spec import Example, InputSpace
 
 #: Stage name → the timing bucket it counts towards in the report.
 _TIMING_BUCKET = {"export": "build", "check": "build", "simplify": "build", "compile": "build", "save": "build",
-                  "load": "load", "run": "run", "compare": "run", "branches": "run"}
+                  "load": "load", "run": "run", "compare": "run", "branches": "run", "reference": "run"}
 
 #: After the first failing example, at most this many further runs are spent shrinking it.
 SHRINK_BUDGET = 150
@@ -74,6 +75,16 @@ class CheckContext:
         self.analysis = BranchAnalysis()
         self.freezes_decisions = False
         self.line_tracing = needs_line_tracing(model)
+        #: seconds one stage may take (--deploy-timeout), or None
+        self.timeout: float | None = None
+        #: the artifact's files by name, for --deploy-keep-artifacts (backends register files kept elsewhere,
+        #: such as cache entries; the work directory is kept whole)
+        self.artifacts: dict[str, str] = {}
+        #: source files the model's construction depends on besides its classes' (the test file)
+        self.source_files: tuple[str, ...] = ()
+        #: set by run_examples: the runner and, after a failure, the failing example
+        self.runner: Callable[[tuple], Any] | None = None
+        self.failed_example: Example | None = None
 
     # -- helpers for backends -------------------------------------------------------------------
 
@@ -91,12 +102,49 @@ class CheckContext:
         """Record a backend-specific fact in the report (``details``)."""
         self.result.details[key] = value
 
+    def cached_files(self, kind: str, parts: Any, names: list[str], build: Callable[[], None]) -> Path:
+        """The directory holding the artifact files ``names``: a cache entry when one exists for this model
+        and ``parts``, else the work directory after ``build()`` wrote them there (then stored in the cache).
+
+        The key covers ``kind``, ``parts`` (the backend's options, its target), the model's code, structure
+        and weights, the input space, library versions and the machine. One process builds a key at a
+        time (a file lock): a second pytest-xdist worker waits and then loads what the first built.
+        """
+        from .cache import make_key
+        from .fingerprint import environment, files_digest, model_digest, reachable_files, stable
+
+        files: set[str] = set(self.source_files)
+        space = stable({"specs": self.space.specs, "dims": self.space.dims, "strategy": self.space.strategy_override,
+                        "canonical": list(self.canonical.args)}, files)
+        key = make_key("artifact", kind, stable(parts, files), space, model_digest(self.model),
+                       files_digest(reachable_files(self.model, files)), environment())
+        self.note("cache_key", key[:16])
+        with self.cache.lock(key):
+            entry = self.cache.lookup(key)
+            if entry is not None:
+                self.result.cached = True
+                for name in names:
+                    self.artifact(name, str(entry / name))
+                return entry
+            build()
+            self.cache.store(key, {name: self.path(name) for name in names})
+        if self.cache.events:
+            self.note("cache_events", list(self.cache.events))
+        return self.workdir
+
+    def artifact(self, name: str, path: str) -> None:
+        """Register a file the backend built outside the work directory (a cache entry's) for --deploy-keep-artifacts."""
+        self.artifacts[name] = str(path)
+
     @contextlib.contextmanager
     def stage(self, name: str, hint: str | None = None) -> Iterator[None]:
-        """Time a stage; turn any exception inside it into a :class:`StageError` naming the stage."""
+        """Time a stage; turn any exception inside it into a :class:`StageError` naming the stage.
+
+        Under ``--deploy-timeout`` a stage that runs too long fails with ``timed out``."""
         start = time.perf_counter()
         try:
-            yield
+            with isolation.guard(name, self.timeout):
+                yield
         except (StageError, _ExampleFailed, DeployFailure, BackendUnavailable, KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
@@ -119,7 +167,7 @@ class CheckContext:
 
     def recorded_eager(self, args: tuple):
         """Eager reference outputs, with the decisions taken on the way counted into the analysis."""
-        with Recorder(self.line_tracing) as rec:
+        with isolation.guard("reference", self.timeout), Recorder(self.line_tracing) as rec:
             out = self.eager(args)
         self.analysis.observe(rec.run)
         self.result.details["branch_recording"] = (
@@ -199,10 +247,12 @@ class CheckContext:
         from hypothesis.errors import Flaky
 
         reference = reference or self.recorded_eager
+        self.runner = runner
         found: list[Example] = []
         if record:
             self.recorded_eager(self.canonical.args)  # the sites to search from
-            found = self.explore()
+            with isolation.guard("reference", self.timeout):
+                found = self.explore()
         state = {"runs": 0, "failed_keys": set(), "after_failure": 0, "passed": 0}
 
         def one(ex: Example) -> None:
@@ -242,6 +292,7 @@ class CheckContext:
         try:
             test()
         except _ExampleFailed as failure:
+            self.failed_example = failure.example
             self.result.examples = state["passed"] + 1
             stage, text = failure.stage, self._failure_text(failure, shrunk=state["runs"] > 1)
             lost = self._lost_branch_text(failure) if failure.comparison is not None else None
@@ -255,6 +306,7 @@ class CheckContext:
                 "or the backend is nondeterministic (dropout left on? randomness in forward?)"
             )
             if inner is not None:
+                self.failed_example = inner.example
                 text += "\n  first failure: " + inner.text.replace("\n", "\n  ")
             raise StageError(inner.stage if inner else "run", text) from None
         finally:
@@ -350,11 +402,19 @@ class CheckContext:
 def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | None = None, atol=None, rtol=None,
               tolerances=None, factory=None, example_inputs=None, seed: int = 0, test_id: str = "verify",
               workdir: str | os.PathLike | None = None, options: dict[str, Any] | None = None,
-              reproduce: str | None = None, cache=None) -> Result:
+              reproduce: str | None = None, cache=None, isolate: str = isolation.DEFAULT_MODE,
+              timeout: float | None = None, keep_artifacts: str | os.PathLike | None = None, recheck: bool = False,
+              source_files: tuple[str, ...] = ()) -> Result:
     """Check ``model`` against one backend. Returns the passing :class:`Result`.
 
     Raises :class:`DeployFailure` when the backend does not reproduce eager PyTorch,
     :class:`BackendUnavailable` when it cannot run here and :class:`SpecError` for bad declarations.
+
+    ``cache`` (an :class:`ArtifactCache`) keeps built artifacts and passing results: a check whose key
+    (see :mod:`pytest_deploy.fingerprint`) passed before is not run again unless ``recheck``.
+    ``isolate`` (none, native, all) decides whether the check runs in a worker process; ``timeout``
+    bounds each stage; ``keep_artifacts`` is where a failing check leaves its artifact, inputs and a
+    repro script. ``source_files`` are source files the model's construction depends on (the test file).
     """
     from .backends import canonical_name, get_backend
 
@@ -368,53 +428,114 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         examples = DEFAULT_EXAMPLES
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         raise SpecError(f"examples={examples!r} must be a positive int")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise SpecError(f"timeout={timeout!r} must be a positive number of seconds")
+    in_worker = isolation.isolated(isolate, getattr(impl, "native", False))
     space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model))
     options = dict(options or {})
-    options.setdefault("reproduce", reproduce or f"seed={seed}")
     reason = impl.unavailable_reason(options)
     if reason:
         raise BackendUnavailable(reason)
+    cache = cache if cache is not None else ArtifactCache(None)
 
+    key = None
+    if cache.enabled:
+        from .fingerprint import check_key
+
+        declared = {"inputs": inputs, "dims": dims, "example_inputs": example_inputs, "examples": examples,
+                    "seed": seed, "atol": atol, "rtol": rtol, "tolerances": tolerances}
+        key = check_key(model, name, declared=declared, options=options, files=source_files)
+    options.setdefault("reproduce", reproduce or f"seed={seed}")
+
+    def execute() -> tuple[str, Result]:
+        return _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed, workdir=workdir,
+                        factory=factory, options=options, cache=cache, timeout=timeout, keep_artifacts=keep_artifacts,
+                        source_files=source_files)
+
+    # one check at a time per key: a second pytest-xdist worker with the same check waits, then reuses the result
+    with cache.lock(key) if key is not None else contextlib.nullcontext():
+        if key is not None and not recheck:
+            reused = cache.load_result(key)
+            if reused is not None:
+                reused.test, reused.cached = test_id, True
+                reused.details["reused"] = ("this check passed before with the same model code, weights, inputs, "
+                                            "options and library versions; --deploy-recheck runs it again")
+                return reused
+        if in_worker:
+            result.details["isolated"] = "worker process"
+            impl.prepare()
+            try:
+                outcome, result = isolation.run_in_worker(execute, label=name, timeout=timeout)
+            except isolation.WorkerCrash as crash:
+                result.outcome, result.stage = "failed", crash.stage
+                result.message = f"{name}: stage {crash.stage}: {crash.message}"
+                raise DeployFailure(result.message, result) from None
+        else:
+            outcome, result = execute()
+        if outcome == "failed":
+            raise DeployFailure(result.message, result)
+        if key is not None:
+            cache.store_result(key, result)
+    return result
+
+
+def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
+             keep_artifacts, source_files=()) -> tuple[str, Result]:
+    """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result)."""
     owned = workdir is None
-    path = Path(tempfile.mkdtemp(prefix=f"pytest-deploy-{name}-")) if owned else Path(workdir)
+    path = Path(tempfile.mkdtemp(prefix=f"pytest-deploy-{impl.name}-")) if owned else Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
     result.artifact = None if owned else str(path)
-    ctx = CheckContext(model=model, backend=name, space=space, tol=tol, examples=examples, seed=seed, workdir=path,
-                       factory=factory, options=options, result=result)
-    ctx.cache = cache if cache is not None else ArtifactCache(None)
+    ctx = CheckContext(model=model, backend=impl.name, space=space, tol=tol, examples=examples, seed=seed,
+                       workdir=path, factory=factory, options=options, result=result)
+    ctx.cache = cache
+    ctx.timeout = timeout
+    ctx.source_files = tuple(source_files)
     add_model_files(model)
     try:
-        _check_reference(ctx)
+        with isolation.guard("reference", timeout):
+            _check_reference(ctx)
         impl.verify(ctx)
     except StageError as err:
         result.outcome = "failed"
         result.stage = err.stage
-        result.message = f"{name}: stage {err.stage}: {err.message}"
-        raise DeployFailure(result.message, result) from None
+        result.message = f"{impl.name}: stage {err.stage}: {err.message}"
+        if keep_artifacts:
+            from .keep import keep_failure
+
+            result.message += keep_failure(ctx, err, keep_artifacts)
+        return "failed", result
     finally:
         ctx.cleanup.close()
         if owned:
             shutil.rmtree(path, ignore_errors=True)
-    return result
+    return "passed", result
 
 
 def _check_reference(ctx: CheckContext) -> None:
     """Eager PyTorch must run on the canonical example and give the same outputs twice."""
     from .compare import UnsupportedOutput, flatten
+    from .validate import (buffer_snapshot, check_buffers_unchanged, check_finite, check_inputs_unchanged,
+                           check_output_leaves, run_watching_inputs)
 
     args = ctx.canonical.args
-    if ctx.space.arity is not None:
-        _check_arity(ctx.model, ctx.space.arity)
+    example = ctx.canonical.describe(ctx.space.names)
+    _check_arity(ctx.model, ctx.space.arity)
+    buffers = buffer_snapshot(ctx.model)
     try:
-        first = ctx.eager(args)
+        first, written = run_watching_inputs(ctx.model, args)
         second = ctx.eager(args)
     except Exception as exc:
         raise StageError("run", "eager PyTorch (the reference) fails on the first example: " + describe_exception(
-            exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")) from None
+            exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")
+            + "\n  first example:\n    " + example.replace("\n", "\n    ")) from None
+    check_inputs_unchanged(written, args, ctx.space.names)
+    check_buffers_unchanged(ctx.model, buffers, ctx.backend)
     try:
-        flatten(first)
+        leaves = flatten(first)
     except UnsupportedOutput as exc:
         raise StageError("run", f"eager PyTorch returns an output pytest-deploy cannot compare: {exc}") from None
+    check_output_leaves(leaves, ctx.backend)
     cmp = compare_outputs(first, second, Tolerance({}))
     if not cmp.ok:
         hint = "call model.eval() to turn dropout off" if ctx.model.training else "seed or remove randomness in forward"
@@ -423,18 +544,23 @@ def _check_reference(ctx: CheckContext) -> None:
             "eager PyTorch is nondeterministic: two runs on the same input differ "
             f"({cmp.errors[0].text}); no backend can be compared against it. Fix: {hint}",
         )
+    check_finite(leaves, example)
 
 
-def _check_arity(model, arity: int) -> None:
+def _check_arity(model, arity: int | None) -> None:
+    """forward must take the declared inputs positionally (``arity`` None: a strategy, count unknown)."""
     import inspect
+
+    from .validate import check_keyword_arguments
 
     try:
         sig = inspect.signature(model.forward)
     except (TypeError, ValueError):
         return
     params = list(sig.parameters.values())
+    check_keyword_arguments(model, params, arity)
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if any(p.kind == p.VAR_POSITIONAL for p in params):
+    if arity is None or any(p.kind == p.VAR_POSITIONAL for p in params):
         return
     required = [p for p in positional if p.default is p.empty]
     if arity > len(positional) or arity < len(required):
@@ -465,6 +591,9 @@ def _require_module(obj, who: str) -> None:
             f"{who} returned {type(obj).__module__}.{type(obj).__qualname__}, not a torch.nn.Module; return the model "
             "(or (model, example_inputs)) from a @deployable test"
         )
+    from .validate import require_materialised
+
+    require_materialised(obj, who)
 
 
 def _clone(args: tuple) -> tuple:

@@ -28,6 +28,9 @@ class StageError(Exception):
         #: for output mismatches: the failing example's :class:`~pytest_deploy.compare.Comparison`
         self.comparison = comparison
 
+    def __reduce__(self):  # crosses the pipe from a worker process intact (the cause stays behind)
+        return (_rebuild_stage_error, (type(self), self.stage, self.message, self.comparison))
+
 
 class DeployFailure(AssertionError):
     """A backend did not reproduce eager PyTorch. ``str(exc)`` is the message a failing test shows.
@@ -42,3 +45,10 @@ class DeployFailure(AssertionError):
 
     def __str__(self) -> str:  # AssertionError would otherwise add nothing; keep it explicit
         return self.message
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.result))
+
+
+def _rebuild_stage_error(cls, stage, message, comparison):
+    return cls(stage, message, comparison=comparison)

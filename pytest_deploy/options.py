@@ -24,6 +24,13 @@ HELP_ONNX_OPSET = "ONNX opset version to export (default: the exporter's)"
 HELP_CACHE_DIR = ("where built artifacts (compiled packages, libraries) are cached between runs; default "
                   "pytest's cache dir (.pytest_cache/d/pytest-deploy)")
 HELP_NO_CACHE = "build every artifact afresh: neither read nor write the artifact cache"
+HELP_RECHECK = ("run every check even when the same check (same model code, weights, inputs, options and library "
+                "versions) passed before; artifacts still come from the cache")
+HELP_ISOLATE = ("which checks run in a worker process, so a crash fails only that check: 'native' (the default: "
+                "tvm, tensorrt, aoti, onnx), 'all', or 'none'")
+HELP_TIMEOUT = "fail a check whose stage (export, compile, run, ...) runs longer than SECONDS; default: no limit"
+HELP_KEEP = ("keep the artifacts of failing checks in DIR, with the failing inputs, eager outputs and a "
+             "standalone repro.py")
 HELP_TVM_TARGET = "TVM target: a kind such as llvm (default) or cuda, or a JSON target dict"
 HELP_TVM_TUNE = ("tune TVM kernels with MetaSchedule, TRIALS trials in all; the tuning database is kept in the "
                  "artifact cache and reused by the next run")
@@ -63,6 +70,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
+    return value
+
+
 def seed_value(text: str) -> int:
     if str(text).strip().lower() == "random":
         return random.SystemRandom().randrange(2**31)
@@ -89,6 +106,13 @@ def add_options(parser) -> None:
                     help=HELP_ONNX_OPSET)
     group.addoption("--deploy-cache-dir", dest="deploy_cache_dir", default=None, metavar="DIR", help=HELP_CACHE_DIR)
     group.addoption("--deploy-no-cache", dest="deploy_no_cache", action="store_true", default=False, help=HELP_NO_CACHE)
+    group.addoption("--deploy-recheck", dest="deploy_recheck", action="store_true", default=False, help=HELP_RECHECK)
+    group.addoption("--deploy-isolate", dest="deploy_isolate", choices=("none", "native", "all"), default=None,
+                    help=HELP_ISOLATE)
+    group.addoption("--deploy-timeout", dest="deploy_timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                    help=HELP_TIMEOUT)
+    group.addoption("--deploy-keep-artifacts", dest="deploy_keep_artifacts", default=None, metavar="DIR",
+                    help=HELP_KEEP)
     group.addoption("--deploy-tvm-target", dest="deploy_tvm_target", default=None, metavar="T", help=HELP_TVM_TARGET)
     group.addoption("--deploy-tvm-tune", dest="deploy_tvm_tune", type=positive_int, default=None, metavar="TRIALS",
                     help=HELP_TVM_TUNE)
@@ -101,6 +125,8 @@ def add_options(parser) -> None:
     parser.addini("deploy_report", HELP_REPORT, default=None)
     parser.addini("deploy_tvm_target", HELP_TVM_TARGET, default=None)
     parser.addini("deploy_cache_dir", HELP_CACHE_DIR, default=None)
+    parser.addini("deploy_isolate", HELP_ISOLATE, default=None)
+    parser.addini("deploy_timeout", HELP_TIMEOUT, default=None)
 
 
 @dataclass(frozen=True)
@@ -117,6 +143,14 @@ class Settings:
     #: artifact cache directory (None: pytest's cache dir); no_cache disables the cache
     cache_dir: str | None = None
     no_cache: bool = False
+    #: rerun checks that passed before with the same key
+    recheck: bool = False
+    #: none | native | all: which checks run in a worker process
+    isolate: str = "native"
+    #: seconds one stage may run, or None
+    timeout: float | None = None
+    #: where failing checks leave their artifacts, inputs and repro script
+    keep_artifacts: str | None = None
 
 
 def read_settings(config) -> Settings:
@@ -146,10 +180,20 @@ def read_settings(config) -> Settings:
                        "tvm_tune": config.getoption("deploy_tvm_tune"),
                        "trt_fp16": config.getoption("deploy_trt_fp16"),
                        "trt_builder": config.getoption("deploy_trt_builder")}
+    isolate = config.getoption("deploy_isolate") or (config.getini("deploy_isolate") or "").strip() or "native"
+    if isolate not in ("none", "native", "all"):
+        raise SpecError(f"ini deploy_isolate: {isolate!r} is not one of none, native, all")
+    timeout = config.getoption("deploy_timeout")
+    if timeout is None and config.getini("deploy_timeout"):
+        try:
+            timeout = positive_seconds(str(config.getini("deploy_timeout")).strip())
+        except argparse.ArgumentTypeError as exc:
+            raise SpecError(f"ini deploy_timeout: {exc}") from None
     return Settings(tuple(backends) if backends else None, examples, strict, report, 0 if seed is None else seed,
                     {k: v for k, v in backend_options.items() if v is not None},
                     config.getoption("deploy_cache_dir") or config.getini("deploy_cache_dir") or None,
-                    bool(config.getoption("deploy_no_cache")))
+                    bool(config.getoption("deploy_no_cache")), bool(config.getoption("deploy_recheck")),
+                    isolate, timeout, config.getoption("deploy_keep_artifacts"))
 
 
 def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARKER_KWARGS)) -> dict[str, Any]:

@@ -7,6 +7,7 @@ torch and the backends are imported when a deployable test runs.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 import zlib
@@ -20,6 +21,8 @@ from .options import CALL_KWARGS, MARKER_DOC, Settings, add_options, read_settin
 from .results import Result
 
 PARAM = "deploy_backend"
+#: report attribute that carries a check's result from an xdist worker to the controller
+RESULT_PROPERTY = "pytest_deploy_result"
 
 
 class DeploySession:
@@ -81,7 +84,9 @@ class DeploySession:
             result = run_check(
                 model, backend, factory=factory, example_inputs=example_inputs, seed=self.seed_for(item),
                 test_id=test, workdir=self.workdir(item), options={"train": train, **self.settings.backend_options},
-                reproduce=f"pytest '{item.nodeid}' --deploy-seed={self.settings.seed}", cache=self.cache, **kw,
+                reproduce=f"pytest '{item.nodeid}' --deploy-seed={self.settings.seed}", cache=self.cache,
+                isolate=self.settings.isolate, timeout=self.settings.timeout, recheck=self.settings.recheck,
+                keep_artifacts=self.settings.keep_artifacts, source_files=(str(item.path),), **kw,
             )
         except DeployFailure as failure:
             self.results[item.nodeid] = failure.result
@@ -288,7 +293,13 @@ def pytest_runtest_makereport(item, call):
     excinfo = call.excinfo
     if report.failed and excinfo is not None and isinstance(excinfo.value, DeployFailure):
         report.longrepr = excinfo.value.message
-    item.config.stash[SESSION_KEY].record_report(item, report)
+    session = item.config.stash[SESSION_KEY]
+    session.record_report(item, report)
+    result = session.results.get(item.nodeid)
+    if result is not None and hasattr(item.config, "workerinput"):
+        # xdist: the result travels with the report, so the controller has it even if this worker dies later
+        # (pytest serialises a report's extra attributes for xdist and restores them on the controller)
+        setattr(report, RESULT_PROPERTY, json.loads(json.dumps(result.to_json(), default=str)))
     return report
 
 
@@ -311,10 +322,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     deploy = config.stash.get(SESSION_KEY, None)
     if deploy is None:
         return
-    if hasattr(config, "workerinput"):  # xdist worker: hand results to the controller
-        config.workeroutput["pytest_deploy_results"] = [
-            {"nodeid": nodeid, **r.to_json()} for nodeid, r in deploy.results.items()
-        ]
+    if hasattr(config, "workerinput"):  # xdist worker: results went to the controller with each report
         return
     if deploy.settings.report and deploy.results:
         from .report import write_json
@@ -323,12 +331,28 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 
 class _XdistController:
-    """Registered on the xdist controller only: merge each worker's results."""
+    """Registered on the xdist controller only: collect the results that workers attach to their reports,
+    and record a check whose worker died as failed."""
 
     def __init__(self, session: DeploySession):
         self.session = session
 
-    def pytest_testnodedown(self, node, error) -> None:
-        data = getattr(node, "workeroutput", {}).get("pytest_deploy_results")
-        if data:
-            self.session.merge(data)
+    def pytest_runtest_logreport(self, report) -> None:
+        value = getattr(report, RESULT_PROPERTY, None)
+        if value:
+            self.session.merge([{"nodeid": report.nodeid, **value}])
+        if report.failed and report.when == "???" and report.nodeid not in self.session.results:
+            # xdist's report for the item a crashed worker was running ("worker 'gw0' crashed while running")
+            backend = _backend_from_nodeid(report.nodeid)
+            if backend is not None:
+                self.session.results[report.nodeid] = Result(
+                    test=report.nodeid, backend=backend, outcome="failed", stage=None,
+                    message=f"{backend}: the pytest-xdist worker running this check died "
+                            "(run with --deploy-isolate=all to fail only the check that crashes)")
+
+
+def _backend_from_nodeid(nodeid: str) -> str | None:
+    from .backends import backend_names
+
+    params = nodeid.rsplit("[", 1)[-1].rstrip("]").split("-") if nodeid.endswith("]") else []
+    return next((p for p in params if p in backend_names()), None)

@@ -17,6 +17,8 @@ PACKAGE = "model.pt2"
 
 class AotiBackend(Backend):
     name = "aoti"
+    native = True
+    preload = ("torch.export", "torch._inductor")
     aliases = ("aotinductor",)
     description = "torch.export (dims as Dim) → AOTInductor package (.pt2, cached) → aoti_load_package → run"
 
@@ -52,6 +54,7 @@ class AotiBackend(Backend):
                 ctx.cache.store(key, {PACKAGE: path})
         if ctx.cache.events:
             ctx.note("cache_events", list(ctx.cache.events))
+        ctx.artifact(PACKAGE, path)
         with ctx.stage("load"), quiet_torch_logs():
             runner = torch._inductor.aoti_load_package(path)
         return lambda args: runner(*args)

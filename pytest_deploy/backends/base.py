@@ -36,8 +36,13 @@ class Backend:
     requires: tuple[str, ...] = ()
     #: pip extra that installs ``requires``, for the install hint
     extra: str | None = None
-    #: default forward mode: whether the artifact is built from the model in eval mode
     description: str = ""
+    #: loads native code (a shared library, a runtime with its own threads): under the default
+    #: ``--deploy-isolate=native`` the check runs in a worker process, so a crash fails only that check
+    native: bool = False
+    #: source of ``load(artifact: Path)`` returning ``run(args) -> outputs`` for the standalone repro script
+    #: of ``--deploy-keep-artifacts`` (None: pytest_deploy.keep's loader for the backend, if any)
+    repro_loader: str | None = None
 
     def unavailable_reason(self, options: dict | None = None) -> str | None:
         """None when the backend can run here; otherwise why not and what to install. ``options`` are the
@@ -47,6 +52,19 @@ class Backend:
             hint = f"pip install 'pytest-deploy[{self.extra}]'" if self.extra else f"pip install {' '.join(missing)}"
             return f"{self.name}: {', '.join(missing)} not installed; {hint}"
         return None
+
+    #: modules imported by :meth:`prepare`: what the check imports anyway, loaded once in pytest's process so
+    #: that each worker process inherits them instead of importing them again
+    preload: tuple[str, ...] = ()
+
+    def prepare(self) -> None:
+        """Import what the backend needs, before a worker process is forked for a check (imports only: no
+        native thread pool or device is started here, so the fork stays safe)."""
+        for name in (*self.requires, *self.preload):
+            if importlib.util.find_spec(name.split(".")[0]) is not None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    importlib.import_module(name)
 
     def build(self, ctx: "CheckContext") -> Runner:
         """Export the model, write it under ``ctx.workdir``, load it back; return a runner.

@@ -8,6 +8,8 @@ import re
 from ..errors import StageError
 from .base import Backend, first_line, is_user_file, quiet_torch_logs, short_path, user_frame
 
+PROGRAM = "model.pt2"
+
 _COND_FIX = ("torch.export cannot follow Python control flow that depends on tensor values; rewrite the branch "
              "with torch.cond (or torch.where when both sides are cheap)")
 
@@ -71,12 +73,14 @@ class ExportBackend(Backend):
     def build(self, ctx):
         import torch
 
-        program = export_program(ctx)
-        path = ctx.path("model.pt2")
-        with ctx.stage("save"), quiet_torch_logs():
-            torch.export.save(program, path)
+        def save() -> None:
+            program = export_program(ctx)
+            with ctx.stage("save"), quiet_torch_logs():
+                torch.export.save(program, ctx.path(PROGRAM))
+
+        path = ctx.cached_files("export", {}, [PROGRAM], save) / PROGRAM
         with ctx.stage("load"), quiet_torch_logs():
-            module = torch.export.load(path).module()
+            module = torch.export.load(str(path)).module()
         return lambda args: module(*args)
 
 

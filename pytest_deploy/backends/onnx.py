@@ -28,6 +28,8 @@ EXPORTERS = ("dynamo", "torchscript")
 
 class OnnxBackend(Backend):
     name = "onnx"
+    native = True
+    preload = ("torch.export", "torch.onnx")
     aliases = ("ort", "onnxruntime")
     requires = ("onnx", "onnxruntime", "onnxsim", "onnxscript", "numpy")
     extra = "onnx"

@@ -171,6 +171,7 @@ def unavailable_reason(options: Mapping[str, Any] | None = None) -> str | None:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    native = True
     aliases = ("trt",)
     requires = ("tensorrt",)
     description = ("ONNX export → TensorRT parser → engine (profiles from dims, fp16 when asked; cached) → "

@@ -12,14 +12,21 @@ _SCRIPT_HINT = (
 )
 
 
-def _load_runner(ctx, scripted):
+ARCHIVE = "model.pt"
+
+
+def _save(ctx, scripted) -> None:
     import torch
 
-    path = ctx.path("model.pt")
     with ctx.stage("save"), quiet_torch_logs():
-        torch.jit.save(scripted, path)
+        torch.jit.save(scripted, ctx.path(ARCHIVE))
+
+
+def _load_runner(ctx, path):
+    import torch
+
     with ctx.stage("load"), quiet_torch_logs():
-        loaded = torch.jit.load(path, map_location="cpu")
+        loaded = torch.jit.load(str(path), map_location="cpu")
     return lambda args: loaded(*args)
 
 
@@ -41,7 +48,8 @@ class TraceBackend(Backend):
         ctx.note("tracer_warnings", [
             {"file": short_path(w.filename), "line": w.lineno, "message": str(w.message).splitlines()[0]} for w in tracer
         ])
-        return _load_runner(ctx, traced)
+        _save(ctx, traced)
+        return _load_runner(ctx, ctx.path(ARCHIVE))
 
 
 class ScriptBackend(Backend):
@@ -54,12 +62,15 @@ class ScriptBackend(Backend):
 
         from ..errors import StageError
 
-        with quiet_torch_logs():
-            try:
-                scripted = torch.jit.script(ctx.model)
-            except Exception as exc:  # TorchScript's own message already points at the source
-                raise StageError("export", _script_error_text(exc)) from None
-        return _load_runner(ctx, scripted)
+        def script() -> None:
+            with quiet_torch_logs():
+                try:
+                    scripted = torch.jit.script(ctx.model)
+                except Exception as exc:  # TorchScript's own message already points at the source
+                    raise StageError("export", _script_error_text(exc)) from None
+            _save(ctx, scripted)
+
+        return _load_runner(ctx, ctx.cached_files("script", {}, [ARCHIVE], script) / ARCHIVE)
 
 
 def _script_error_text(exc: BaseException, max_lines: int = 14) -> str:

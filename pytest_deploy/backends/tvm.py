@@ -14,6 +14,7 @@ from .base import Backend, first_line, quiet_torch_logs, short_path
 from .export import export_program, op_source
 
 DEFAULT_TARGET = "llvm"
+LIBRARY = "model.so"
 
 
 def parse_target(text: str):
@@ -65,6 +66,8 @@ def _missing_device(text: str) -> str | None:
 
 class TvmBackend(Backend):
     name = "tvm"
+    native = True
+    preload = ("torch.export", "tvm.relax", "tvm.relax.frontend.torch")
     requires = ("tvm", "numpy")
     extra = "tvm"
     description = "Relax import (exported program; ONNX fallback) → tvm.compile → export_library → load → Relax VM"
@@ -82,27 +85,12 @@ class TvmBackend(Backend):
 
         target = parse_target(ctx.options.get("tvm_target") or DEFAULT_TARGET)
         ctx.note("tvm_target", str(target.kind.name))
-        module = self._import(ctx)
-        executable = self._tuned(ctx, module, target) if ctx.options.get("tvm_tune") else None
-        with ctx.stage("compile"), quiet_torch_logs():
-            try:
-                executable = executable or tvm.compile(module, target=target)
-            except Exception as exc:
-                text = f"tvm.compile fails for target {target.kind.name}: {first_line(exc, 600)}"
-                left, first = _unlowered_ops(module, ctx.space)
-                if left:
-                    text += "\n  Relax operators left unlowered (no TIR for these shapes): " + ", ".join(left)
-                    if first:
-                        text += f"\n  the first, whose output shape TVM could not infer: {first}"
-                    if first and "T.min(" in first:
-                        text += ("\n  a dim clamped by T.min(...) comes from slicing a fixed-size tensor to a dynamic "
-                                 "length (table[:seq]): TVM cannot prove it equals seq; gather the rows instead "
-                                 "(table[torch.arange(seq)]), which keeps the shape seq")
-                    text += "\n  fix: try static dims (min == max) for this model, or another TVM version"
-                raise StageError("compile", text) from None
-        path = ctx.path("model.so")
-        with ctx.stage("save"):
-            executable.export_library(path)
+        if ctx.options.get("tvm_tune"):  # tuned builds are cached by their tuning database (tvm_tuning)
+            self._compile(ctx, target)
+            path = ctx.path(LIBRARY)
+        else:
+            built = ctx.cached_files("tvm", {"target": str(target)}, [LIBRARY], lambda: self._compile(ctx, target))
+            path = str(built / LIBRARY)
         device = device_for(target)
         with ctx.stage("load"):
             vm = relax.VirtualMachine(tvm.runtime.load_module(path), device)
@@ -126,6 +114,31 @@ class TvmBackend(Backend):
         runner = self.build(ctx)
         ctx.run_examples(runner, reference=lambda args: Leaves(
             (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
+
+    def _compile(self, ctx, target) -> None:
+        """Import, compile for ``target`` and write the library to the work directory."""
+        import tvm
+
+        module = self._import(ctx)
+        executable = self._tuned(ctx, module, target) if ctx.options.get("tvm_tune") else None
+        with ctx.stage("compile"), quiet_torch_logs():
+            try:
+                executable = executable or tvm.compile(module, target=target)
+            except Exception as exc:
+                text = f"tvm.compile fails for target {target.kind.name}: {first_line(exc, 600)}"
+                left, first = _unlowered_ops(module, ctx.space)
+                if left:
+                    text += "\n  Relax operators left unlowered (no TIR for these shapes): " + ", ".join(left)
+                    if first:
+                        text += f"\n  the first, whose output shape TVM could not infer: {first}"
+                    if first and "T.min(" in first:
+                        text += ("\n  a dim clamped by T.min(...) comes from slicing a fixed-size tensor to a dynamic "
+                                 "length (table[:seq]): TVM cannot prove it equals seq; gather the rows instead "
+                                 "(table[torch.arange(seq)]), which keeps the shape seq")
+                    text += "\n  fix: try static dims (min == max) for this model, or another TVM version"
+                raise StageError("compile", text) from None
+        with ctx.stage("save"):
+            executable.export_library(ctx.path(LIBRARY))
 
     @staticmethod
     def _tuned(ctx, module, target):

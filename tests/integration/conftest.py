@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def torch_fully_imported():
-    """Run each in-process backend once before any ``pytester`` run.
+    """Run each in-process backend once, and import the native ones' libraries, before any ``pytester`` run.
 
     ``pytester`` removes from ``sys.modules``, after each run, every module the run imported. Parts of
     torch that load lazily (``torch._dynamo``, ``torch._inductor``, what ``torch.export`` and the
@@ -26,3 +26,10 @@ def torch_fully_imported():
     for backend in ("state_dict", "checkpoint", "trace", "script", "export"):
         verify(make(), backend, factory=make, inputs=[tensor("batch", 4)], dims={"batch": (1, 3)}, examples=1,
                train=train)
+    # the same for the native backends' libraries, which pytest-deploy imports before forking a worker:
+    # onnx's C++ extension aborts the process when it is imported a second time
+    from pytest_deploy.backends import get_backend
+
+    for backend in ("onnx", "tvm"):
+        if get_backend(backend).unavailable_reason() is None:
+            get_backend(backend).prepare()

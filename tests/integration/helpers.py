@@ -16,7 +16,11 @@ def site(test_file: str, source: str) -> str:
 
 
 def check(backend: str, model, inputs, dims, *, examples: int = 5, **kwargs) -> tuple[Result, str | None]:
-    """verify() on ``backend``; the result, and the failure message (None when it passed)."""
+    """verify() on ``backend``; the result, and the failure message (None when it passed).
+
+    Runs in this process (``isolate="none"``) so that tests can watch the model through forward hooks
+    and patched functions; isolation has its own tests (test_isolation.py)."""
+    kwargs.setdefault("isolate", "none")
     try:
         return verify(model.eval(), backend, inputs=inputs, dims=dims, examples=examples, **kwargs), None
     except DeployFailure as exc:

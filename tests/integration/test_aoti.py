@@ -44,7 +44,7 @@ def cold(cache_dir):
             sizes.append(args[0].shape[0])
 
     model.register_forward_hook(hook)
-    return verify(model, "aoti", cache_dir=cache_dir, **SPEC), sizes
+    return verify(model, "aoti", cache_dir=cache_dir, isolate="none", **SPEC), sizes
 
 
 def test_aoti_compiles_runs_and_matches_eager_across_batch_sizes(cold):
@@ -57,7 +57,8 @@ def test_aoti_compiles_runs_and_matches_eager_across_batch_sizes(cold):
 
 def test_second_run_loads_the_package_from_the_cache(cold, cache_dir):
     first, _ = cold
-    again = verify(MLP().eval(), "aoti", cache_dir=cache_dir, **SPEC)
+    # recheck: run the check again (not reuse its passing result), so the package is loaded from the cache
+    again = verify(MLP().eval(), "aoti", cache_dir=cache_dir, recheck=True, **SPEC)
     assert again.outcome == "passed" and again.cached is True
     assert again.details["cache_key"] == first.details["cache_key"]
     # changed weights are another program: a miss, compiled afresh (not run here: it costs a compile)
@@ -79,7 +80,7 @@ def test_a_corrupt_cache_entry_is_rebuilt_not_loaded(cold, cache_dir, tmp_path):
     shutil.copytree(cache_dir, copy)
     (package,) = list(copy.rglob(aoti_backend.PACKAGE))
     package.write_bytes(package.read_bytes()[:100])
-    result = verify(MLP().eval(), "aoti", cache_dir=copy, **SPEC)
+    result = verify(MLP().eval(), "aoti", cache_dir=copy, recheck=True, **SPEC)
     assert result.outcome == "passed" and result.cached is False
     assert any("does not match its recorded hash" in e for e in result.details["cache_events"])
     (rebuilt,) = list(copy.rglob(aoti_backend.PACKAGE))

@@ -1,0 +1,142 @@
+"""What a check's outcome depends on, hashed: the key of the result cache.
+
+A check is a deterministic function of the model (its code, structure, parameters and buffers), the
+input space, the example count and seed, the tolerances, the backend and its options, the libraries
+and the machine. When all of these hash to a key that passed before, the check need not run again.
+
+"The model's code" is every source file of the user's own that the model can reach: the files of its
+module classes (and their base classes), the test file that builds it, and, transitively, every user
+module those files refer to through their globals (helpers, constants, submodules). A change to any
+of these files misses the cache; a change to an unrelated file does not. pytest-deploy's own source
+is part of the key too, so upgrading the plugin reruns every check.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import os
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any, Iterable
+
+#: Libraries whose version changes an outcome.
+LIBRARIES = ("torch", "numpy", "hypothesis", "onnx", "onnxscript", "onnxruntime", "onnxsim", "apache-tvm",
+             "apache-tvm-ffi", "tensorrt")
+
+#: A reachable-files walk stops after this many files (a huge monorepo): the key then covers those found.
+MAX_FILES = 400
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def model_digest(model) -> str:
+    """Structure (module tree, training flags) and the bytes of every parameter and buffer."""
+    import torch
+
+    from .cache import _tensor_bytes
+
+    h = hashlib.sha256()
+    h.update(_ADDRESS.sub("", repr(model)).encode())
+    h.update(bytes(m.training for m in model.modules()))
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{tensor.device.type}".encode())
+        if tensor.device.type != "meta":
+            h.update(_tensor_bytes(tensor) if isinstance(tensor, torch.Tensor) else repr(tensor).encode())
+    return h.hexdigest()
+
+
+def reachable_files(model, extra: Iterable[str | os.PathLike] = ()) -> list[str]:
+    """The user's source files the model can reach (see the module docstring), sorted."""
+    from .backends.base import is_user_file
+
+    by_module = {}
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        if path:
+            by_module[name] = path
+    seen: set[str] = set()
+    todo: list[str] = []
+
+    def add(path: str | None) -> None:
+        if path and path not in seen and len(seen) < MAX_FILES and is_user_file(path) and os.path.isfile(path):
+            seen.add(path)
+            todo.append(path)
+
+    for m in model.modules():
+        for cls in type(m).__mro__:
+            add(by_module.get(cls.__module__))
+    for path in extra:
+        add(os.path.abspath(path))
+    modules_by_file = {path: name for name, path in by_module.items()}
+    while todo:
+        module = sys.modules.get(modules_by_file.get(todo.pop(), ""))
+        for value in list(vars(module).values()) if module is not None else ():
+            if isinstance(value, types.ModuleType):
+                add(getattr(value, "__file__", None))
+            elif isinstance(value, (type, types.FunctionType)):
+                add(by_module.get(getattr(value, "__module__", None) or ""))
+    return sorted(seen)
+
+
+def files_digest(paths: Iterable[str]) -> str:
+    from .cache import file_digest
+
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.encode())
+        h.update(file_digest(path).encode())
+    return h.hexdigest()
+
+
+def stable(obj: Any, files: set[str] | None = None) -> Any:
+    """A JSON-able form of ``obj`` that is the same in every process: tensors by content, functions and
+    classes by qualified name (their source files are added to ``files``), reprs without addresses."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): stable(v, files) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [stable(v, files) for v in obj]
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        from .cache import _tensor_bytes
+
+        return {"tensor": [str(obj.dtype), list(obj.shape), hashlib.sha256(_tensor_bytes(obj)).hexdigest()]}
+    if isinstance(obj, (types.FunctionType, types.MethodType, type)) or inspect.isbuiltin(obj):
+        if files is not None:
+            with_file = getattr(sys.modules.get(getattr(obj, "__module__", "") or ""), "__file__", None)
+            if with_file:
+                files.add(with_file)
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+    return _ADDRESS.sub("", repr(obj))
+
+
+@functools.lru_cache(maxsize=1)
+def plugin_digest() -> str:
+    """pytest-deploy's own source: a new version of the checks is a new key."""
+    root = Path(__file__).parent
+    return files_digest(sorted(str(p) for p in root.rglob("*.py")))
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+    from .cache import library_versions, machine
+
+    return {"libraries": library_versions(LIBRARIES), "machine": machine(), "python": sys.version.split()[0]}
+
+
+def check_key(model, backend: str, *, declared: dict[str, Any], options: dict[str, Any],
+              files: Iterable[str | os.PathLike] = ()) -> str:
+    """The result-cache key of one check. ``declared`` holds what the test declared (inputs, dims, examples,
+    seed, tolerances, example inputs); ``options`` the backend options; ``files`` extra source files (the test's)."""
+    from .cache import make_key
+
+    extra = set(str(f) for f in files)
+    parts = {"declared": stable(declared, extra), "options": stable(options, extra)}
+    sources = reachable_files(model, extra)
+    return make_key("result", backend, model_digest(model), files_digest(sources), parts, plugin_digest(),
+                    environment())
