@@ -9,10 +9,22 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .backends import Backend, backend_names, register_backend
 from .errors import BackendUnavailable, DeployFailure, SpecError
 from .results import Result
-from .spec import TensorSpec, tensor
+
+#: Public names whose modules load on first use, so that pytest loading the plugin stays cheap.
+_LAZY = {"Backend": "backends.base", "backend_names": "backends", "register_backend": "backends",
+         "TensorSpec": "spec", "tensor": "spec"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

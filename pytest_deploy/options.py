@@ -7,7 +7,6 @@ imports only the standard library and pytest.
 from __future__ import annotations
 
 import argparse
-import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -82,6 +81,8 @@ def positive_seconds(text: str) -> float:
 
 def seed_value(text: str) -> int:
     if str(text).strip().lower() == "random":
+        import random
+
         return random.SystemRandom().randrange(2**31)
     try:
         value = int(text)
@@ -155,11 +156,13 @@ class Settings:
 
 def read_settings(config) -> Settings:
     """Parse and validate; raises ``SpecError`` with the option's name in the message."""
-    from .backends import parse_backends
-
     raw = config.getoption("deploy_backends") or config.getini("deploy_backends") or None
     where = "--deploy-backends" if config.getoption("deploy_backends") else "ini deploy_backends"
-    backends = parse_backends(raw, where=where) if raw else None
+    backends = None
+    if raw:
+        from .backends import parse_backends
+
+        backends = parse_backends(raw, where=where)
 
     examples = config.getoption("deploy_examples")
     if examples is None:

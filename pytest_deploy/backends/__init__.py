@@ -79,23 +79,45 @@ def parse_backends(value: str | Iterable[str] | None, *, where: str) -> list[str
 
 
 def get_backend(name: str) -> Backend:
-    return _REGISTRY[canonical_name(name)]
+    name = canonical_name(name)
+    backend = _REGISTRY[name]
+    if isinstance(backend, _Builtin):
+        backend = _REGISTRY[name] = backend.load()
+    return backend
 
 
-def _register_builtins() -> None:
-    from .aoti import AotiBackend
-    from .export import ExportBackend
-    from .onnx import OnnxBackend
-    from .tensorrt import TensorRTBackend
-    from .tvm import TvmBackend
-    from .serialization import CheckpointBackend, PickleBackend, StateDictBackend
-    from .torchscript import ScriptBackend, TraceBackend
+#: The built-in backends, in registration order: (module, class, name, aliases). Their modules are imported
+#: when a check first asks for the backend, not when pytest loads the plugin. A unit test checks that each
+#: row matches its class.
+BUILTINS = (
+    ("serialization", "StateDictBackend", "state_dict", ()),
+    ("serialization", "PickleBackend", "pickle", ()),
+    ("serialization", "CheckpointBackend", "checkpoint", ()),
+    ("torchscript", "TraceBackend", "trace", ("torchscript-trace",)),
+    ("torchscript", "ScriptBackend", "script", ("torchscript-script",)),
+    ("export", "ExportBackend", "export", ("torch.export",)),
+    ("aoti", "AotiBackend", "aoti", ("aotinductor",)),
+    ("onnx", "OnnxBackend", "onnx", ("ort", "onnxruntime")),
+    ("tvm", "TvmBackend", "tvm", ()),
+    ("tensorrt", "TensorRTBackend", "tensorrt", ("trt",)),
+)
 
-    for cls in (StateDictBackend, PickleBackend, CheckpointBackend, TraceBackend, ScriptBackend, ExportBackend,
-                AotiBackend, OnnxBackend, TvmBackend, TensorRTBackend):
-        register_backend(cls)
+
+class _Builtin:
+    """A built-in backend not imported yet: its name and aliases, and where its class lives."""
+
+    def __init__(self, module: str, cls: str, name: str, aliases: tuple[str, ...]):
+        self.module, self.cls, self.name, self.aliases = module, cls, name, aliases
+
+    def load(self) -> Backend:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.cls)()
 
 
-_register_builtins()
+for _row in BUILTINS:
+    _REGISTRY[_row[2]] = _Builtin(*_row)  # type: ignore[assignment]
+    for _alias in (_row[2], *_row[3]):
+        _ALIASES[_alias.lower()] = _row[2]
 
 __all__ = ["Backend", "register_backend", "backend_names", "canonical_name", "parse_backends", "get_backend"]

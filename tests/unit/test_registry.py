@@ -212,3 +212,12 @@ def test_first_line_of_an_exception():
     assert first_line(ValueError("\n\n  bad thing  \nmore")) == "ValueError: bad thing"
     assert first_line(KeyError()) == "KeyError"
     assert first_line(RuntimeError("x" * 500), limit=20) == "RuntimeError: xxx..."
+
+
+def test_the_builtin_table_matches_each_backend_class():
+    import importlib
+
+    for module, cls, name, aliases in registry.BUILTINS:
+        backend = getattr(importlib.import_module(f"pytest_deploy.backends.{module}"), cls)
+        assert (backend.name, tuple(backend.aliases)) == (name, aliases)
+    assert registry.backend_names()[: len(registry.BUILTINS)] == [row[2] for row in registry.BUILTINS]
