@@ -52,3 +52,7 @@ class DeployFailure(AssertionError):
 
 def _rebuild_stage_error(cls, stage, message, comparison):
     return cls(stage, message, comparison=comparison)
+
+
+class UnsafeLoadWarning(UserWarning):
+    """A saved model loads only with ``torch.load(weights_only=False)``, which can run code from the file."""

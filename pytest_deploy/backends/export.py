@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import linecache
 import re
+from collections import OrderedDict
+from typing import Any
 
 from ..errors import StageError
 from .base import Backend, first_line, is_user_file, quiet_torch_logs, short_path, user_frame
@@ -52,17 +54,44 @@ def explain_export_error(exc: BaseException) -> str:
     return f"torch.export failed: {first_line(exc)}{at}"
 
 
+#: Exported programs of this process by model content and inputs, newest last: the backends that start from
+#: torch.export (export, aoti, onnx, tvm) export a model test's model once. Forked check workers inherit it.
+_PROGRAMS: "OrderedDict[str, Any]" = OrderedDict()
+_PROGRAMS_KEPT = 4
+
+
 def export_program(ctx):
     """``torch.export`` of the model on the canonical example, the spec's varying dims as ``Dim``s;
     a refusal fails at stage export with the user's line and the fix. Shared by every backend that
-    starts from the exported program (export, aoti, onnx, tvm)."""
+    starts from the exported program (export, aoti, onnx, tvm); a program exported earlier in this
+    process from the same model content and inputs is reused (the consumers derive new programs from
+    it and never change it)."""
     import torch
 
+    key = _program_key(ctx)
+    if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+        ctx.note("exported_program", "reused: exported earlier in this session from the same model and inputs")
+        return _PROGRAMS[key]
     with ctx.stage("export"), quiet_torch_logs():
         try:
-            return torch.export.export(ctx.model, ctx.canonical.clone_args(), dynamic_shapes=dynamic_shapes(ctx.space))
+            program = torch.export.export(ctx.model, ctx.canonical.clone_args(),
+                                          dynamic_shapes=dynamic_shapes(ctx.space))
         except Exception as exc:
             raise StageError("export", explain_export_error(exc), cause=exc) from None
+    _PROGRAMS[key] = program
+    while len(_PROGRAMS) > _PROGRAMS_KEPT:
+        _PROGRAMS.popitem(last=False)
+    return program
+
+
+def _program_key(ctx) -> str:
+    from ..cache import make_key
+    from ..fingerprint import files_digest, model_digest, reachable_files, stable
+
+    files: set[str] = set(ctx.source_files)
+    space = stable({"specs": ctx.space.specs, "dims": ctx.space.dims, "canonical": list(ctx.canonical.args)}, files)
+    return make_key("program", model_digest(ctx.model), files_digest(reachable_files(ctx.model, files)), space)
 
 
 class ExportBackend(Backend):

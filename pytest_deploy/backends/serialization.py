@@ -150,6 +150,16 @@ class PickleBackend(Backend):
         ctx.note("weights_only", reply["weights_only"])
         ctx.note("weights_only_error", reply["weights_only_error"])
         ctx.note("unsafe_load_needed", not reply["weights_only"])
+        if not reply["weights_only"]:
+            import warnings
+
+            from ..errors import UnsafeLoadWarning
+
+            warnings.warn(UnsafeLoadWarning(
+                f"pickle: torch.load(weights_only=True) refuses this model ({reply['weights_only_error']}); the check "
+                "loaded it with weights_only=False, which runs code from the file (here the file the check itself "
+                "wrote). Your users must do the same to load it; ship a state_dict, or allowlist the classes with "
+                "torch.serialization.add_safe_globals, to avoid it"), stacklevel=2)
 
         from ..compare import Leaves
 

@@ -39,12 +39,28 @@ def device_for(target):
     return tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu(0)
 
 
+_HOST_KINDS = ("llvm", "c")
+
+
+def _kind_of(text: str) -> str | None:
+    """The target kind named by ``llvm`` or a JSON dict ``{"kind": ...}``; None when it does not parse."""
+    text = (text or DEFAULT_TARGET).strip()
+    if not text.startswith("{"):
+        return text.split()[0] if text else None
+    try:
+        return str(json.loads(text).get("kind"))
+    except (ValueError, AttributeError):
+        return None
+
+
 _DEVICE_LABELS = {"cuda": "CUDA", "rocm": "ROCm", "opencl": "OpenCL", "vulkan": "Vulkan", "metal": "Metal"}
 
 
 def _missing_device(text: str) -> str | None:
     """Why the target's device is not usable here, or None when it is (or the target does not parse: the
     check then fails at stage compile with the parse error)."""
+    if _kind_of(text) in _HOST_KINDS:  # code for this machine's CPU: nothing to look for (and no TVM import)
+        return None
     import tvm
 
     try:

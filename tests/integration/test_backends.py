@@ -160,6 +160,9 @@ def test_pickle_passes_and_reports_weights_only_and_the_user_modules_it_needs(py
     assert details["unsafe_load_needed"] is True
     assert details["weights_only_error"]
     assert details["modules"] == ["test_pickle_passes_and_reports_weights_only_and_the_user_modules_it_needs"]
+    # and says so where a user reads it: pytest's warnings summary
+    result.stdout.fnmatch_lines(["*UnsafeLoadWarning: pickle: torch.load(weights_only=True) refuses this model*"
+                                 "loaded it with weights_only=False, which runs code from the file*"])
 
 
 def test_pickle_fails_at_save_for_a_class_defined_inside_the_test(pytester):
