@@ -46,6 +46,8 @@ class NativeDemo(Backend):
                 os.abort()
             elif how == "exit":
                 sys.exit(3)
+            elif how == "kill":
+                os.kill(os.getpid(), 9)  # what the kernel's OOM killer does
             elif how == "hang":
                 time.sleep(600)
         model = ctx.model
@@ -103,20 +105,27 @@ def test_exit():
 
 
 @deployable(backends=["native_demo"], **SPEC)
+def test_killed():
+    return Net("kill")
+
+
+@deployable(backends=["native_demo"], **SPEC)
 def test_fine_after_the_crashes():
     return Net()
 """)
     result = pytester.runpytest(*NO_CACHE, "-p", "no:randomly", "--deploy-report=report.json")
-    result.assert_outcomes(failed=3, passed=1)
+    result.assert_outcomes(failed=4, passed=1)
     result.stdout.fnmatch_lines([
         "*native_demo: stage compile: worker died with SIGSEGV during compile*",
         "*native_demo: stage compile: worker died with SIGABRT during compile*",
         "*native_demo: stage compile: sys.exit(3) was called during compile*",
+        "*native_demo: stage compile: worker died with SIGKILL (killed from outside: out of memory?*during compile*",
     ])
     results = report(pytester)
     assert {k[0]: (r["outcome"], r["stage"]) for k, r in results.items()} == {
         "test_segfault": ("failed", "compile"), "test_abort": ("failed", "compile"),
-        "test_exit": ("failed", "compile"), "test_fine_after_the_crashes": ("passed", None)}
+        "test_exit": ("failed", "compile"), "test_killed": ("failed", "compile"),
+        "test_fine_after_the_crashes": ("passed", None)}
     assert results["test_fine_after_the_crashes", "native_demo"]["details"]["isolated"] == "worker process"
 
 
