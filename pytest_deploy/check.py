@@ -80,6 +80,8 @@ class CheckContext:
         #: the artifact's files by name, for --deploy-keep-artifacts (backends register files kept elsewhere,
         #: such as cache entries; the work directory is kept whole)
         self.artifacts: dict[str, str] = {}
+        #: NaN/Inf in eager outputs are intended (allow_nonfinite=True): not refused
+        self.allow_nonfinite = False
         #: source files the model's construction depends on besides its classes' (the test file)
         self.source_files: tuple[str, ...] = ()
         #: set by run_examples: the runner and, after a failure, the failing example
@@ -404,7 +406,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
               workdir: str | os.PathLike | None = None, options: dict[str, Any] | None = None,
               reproduce: str | None = None, cache=None, isolate: str = isolation.DEFAULT_MODE,
               timeout: float | None = None, keep_artifacts: str | os.PathLike | None = None, recheck: bool = False,
-              source_files: tuple[str, ...] = ()) -> Result:
+              source_files: tuple[str, ...] = (), allow_nonfinite: bool = False) -> Result:
     """Check ``model`` against one backend. Returns the passing :class:`Result`.
 
     Raises :class:`DeployFailure` when the backend does not reproduce eager PyTorch,
@@ -443,14 +445,15 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         from .fingerprint import check_key
 
         declared = {"inputs": inputs, "dims": dims, "example_inputs": example_inputs, "examples": examples,
-                    "seed": seed, "atol": atol, "rtol": rtol, "tolerances": tolerances}
+                    "seed": seed, "atol": atol, "rtol": rtol, "tolerances": tolerances,
+                    "allow_nonfinite": bool(allow_nonfinite)}
         key = check_key(model, name, declared=declared, options=options, files=source_files)
     options.setdefault("reproduce", reproduce or f"seed={seed}")
 
     def execute() -> tuple[str, Result]:
         return _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed, workdir=workdir,
                         factory=factory, options=options, cache=cache, timeout=timeout, keep_artifacts=keep_artifacts,
-                        source_files=source_files)
+                        source_files=source_files, allow_nonfinite=allow_nonfinite)
 
     # one check at a time per key: a second pytest-xdist worker with the same check waits, then reuses the result
     with cache.lock(key) if key is not None else contextlib.nullcontext():
@@ -480,7 +483,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 
 
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
-             keep_artifacts, source_files=()) -> tuple[str, Result]:
+             keep_artifacts, source_files=(), allow_nonfinite=False) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result)."""
     owned = workdir is None
     path = Path(tempfile.mkdtemp(prefix=f"pytest-deploy-{impl.name}-")) if owned else Path(workdir)
@@ -491,6 +494,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
     ctx.cache = cache
     ctx.timeout = timeout
     ctx.source_files = tuple(source_files)
+    ctx.allow_nonfinite = bool(allow_nonfinite)
     add_model_files(model)
     try:
         with isolation.guard("reference", timeout):
@@ -544,7 +548,8 @@ def _check_reference(ctx: CheckContext) -> None:
             "eager PyTorch is nondeterministic: two runs on the same input differ "
             f"({cmp.errors[0].text}); no backend can be compared against it. Fix: {hint}",
         )
-    check_finite(leaves, example)
+    if not ctx.allow_nonfinite:
+        check_finite(leaves, example)
 
 
 def _check_arity(model, arity: int | None) -> None:

@@ -48,13 +48,14 @@ MARKER_KWARGS = {
     "tolerances": "{backend: (atol, rtol)}",
     "xfail": "{backend: reason}: strict expected failures",
     "train": "checkpoint recipe: {optimizer, scheduler, loss, steps, save}",
+    "allow_nonfinite": "True when NaN/Inf eager outputs are intended (compared as equal where both sides agree)",
 }
 #: The subset ``deploy(...)`` and ``verify(...)`` accept besides the model.
-CALL_KWARGS = ("inputs", "dims", "examples", "atol", "rtol", "tolerances", "train")
+CALL_KWARGS = ("inputs", "dims", "examples", "atol", "rtol", "tolerances", "train", "allow_nonfinite")
 
 MARKER_DOC = (
     "deployable(backends=None, inputs=None, dims=None, examples=None, atol=None, rtol=None, tolerances=None, "
-    "xfail=None, train=None): check that the model survives each backend's export, save, load and run; one test "
+    "xfail=None, train=None, allow_nonfinite=False): check that the model survives each backend's export, save, load and run; one test "
     "item per backend (pytest-deploy)"
 )
 

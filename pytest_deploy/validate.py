@@ -170,8 +170,9 @@ def check_finite(leaves: Sequence[tuple[str, Any]], example: str) -> None:
                 "run",
                 f"eager PyTorch returns non-finite values on the first example: {path} has {counts} of {total} "
                 "elements, which no comparison can check; fix: restrict the inputs' value range with "
-                "tensor(..., low=, high=) (e.g. positive values for log, sqrt or division), or make the model "
-                f"finite (clamp, an eps)\n  first example:\n    " + example.replace("\n", "\n    "),
+                "tensor(..., low=, high=) (e.g. positive values for log, sqrt or division), make the model "
+                "finite (clamp, an eps), or pass allow_nonfinite=True if they are intended (a backend then matches "
+                f"where it gives the same NaN or Inf)\n  first example:\n    " + example.replace("\n", "\n    "),
             )
 
 

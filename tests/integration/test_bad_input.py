@@ -52,6 +52,7 @@ Cases (→ outcome, stage):
 from __future__ import annotations
 
 import dataclasses
+import math
 import textwrap
 
 import pytest
@@ -313,6 +314,23 @@ def test_17_18_nan_or_inf_in_eager_outputs_says_where_and_how_many(fn, count):
     assert_words(str(exc), "eager PyTorch returns non-finite values on the first example", count,
                  "fix: restrict the inputs' value range with tensor(..., low=, high=)",
                  "first example:\n    x: float32[2, 4] range")
+
+
+def test_17_18_intended_infinities_pass_with_allow_nonfinite_and_are_still_compared():
+    masked = Lambda(lambda m, x: torch.where(x > 0, m.fc(x)[:, :1], torch.full_like(x[:, :1], -math.inf))).eval()
+    spec = dict(inputs=[tensor("batch", 4)], dims={"batch": (1, 3)}, examples=3, isolate="none")
+    assert verify(masked, "export", allow_nonfinite=True, **spec).passed
+    with pytest.raises(DeployFailure, match="non-finite"):
+        verify(masked, "export", **spec)
+
+    class Frozen(torch.nn.Module):  # trace freezes where the -inf goes: the comparison still catches it
+        def forward(self, x):
+            mask = torch.zeros(x.shape[0], 1)
+            mask[int(x.shape[0]) - 1:] = -math.inf
+            return x[:, :1] + mask
+
+    with pytest.raises(DeployFailure, match="stage compare"):
+        verify(Frozen().eval(), "trace", allow_nonfinite=True, **spec)
 
 
 def test_17_a_positive_input_range_is_the_fix():
