@@ -438,6 +438,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     reason = impl.unavailable_reason(options)
     if reason:
         raise BackendUnavailable(reason)
+    on_gpu = in_worker and impl.uses_cuda(options)
     cache = cache if cache is not None else ArtifactCache(None)
 
     key = None
@@ -464,7 +465,10 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 reused.details["reused"] = ("this check passed before with the same model code, weights, inputs, "
                                             "options and library versions; --deploy-recheck runs it again")
                 return reused
-        if in_worker:
+        if on_gpu:
+            result.details["isolated"] = ("no: the check uses CUDA, which a forked worker process cannot initialise; "
+                                          "it runs in pytest's process")
+        if in_worker and not on_gpu:
             result.details["isolated"] = "worker process"
             impl.prepare()
             try:

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from typing import Any, Callable, Iterator
 
 from .errors import StageError
@@ -130,7 +131,10 @@ def run_in_worker(fn: Callable[[], Any], *, label: str, timeout: float | None = 
     # (an ONNX Runtime session, a thread pool) wait in their destructor for threads the child does not
     # have. Frozen objects are invisible to the collector.
     gc.freeze()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a multi-threaded process; the worker is built for that (see above)
+        warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks", category=DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child; its coverage is not collected
         os.close(read_fd)
         _child(fn, write_fd)

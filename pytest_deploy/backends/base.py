@@ -66,6 +66,11 @@ class Backend:
                     warnings.simplefilter("ignore")
                     importlib.import_module(name)
 
+    def uses_cuda(self, options: dict | None = None) -> bool:
+        """True when the check runs on a GPU. CUDA does not survive fork (a forked child cannot initialise
+        it once the parent has so much as counted devices), so such checks run in pytest's process."""
+        return False
+
     def build(self, ctx: "CheckContext") -> Runner:
         """Export the model, write it under ``ctx.workdir``, load it back; return a runner.
 

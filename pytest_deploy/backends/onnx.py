@@ -35,6 +35,9 @@ class OnnxBackend(Backend):
     extra = "onnx"
     description = "torch.onnx.export (dims dynamic) → onnx.checker → onnxsim → onnxruntime, raw and simplified"
 
+    def uses_cuda(self, options=None) -> bool:
+        return providers()[0] == "CUDAExecutionProvider"
+
     def verify(self, ctx) -> None:
         exporter = ctx.options.get("onnx_exporter") or "dynamo"
         if exporter not in EXPORTERS:

@@ -172,6 +172,9 @@ def unavailable_reason(options: Mapping[str, Any] | None = None) -> str | None:
 class TensorRTBackend(Backend):
     name = "tensorrt"
     native = True
+
+    def uses_cuda(self, options=None) -> bool:
+        return True
     aliases = ("trt",)
     requires = ("tensorrt",)
     description = ("ONNX export → TensorRT parser → engine (profiles from dims, fp16 when asked; cached) → "

@@ -94,6 +94,9 @@ class TvmBackend(Backend):
             return reason
         return _missing_device((options or {}).get("tvm_target") or DEFAULT_TARGET)
 
+    def uses_cuda(self, options=None) -> bool:
+        return _kind_of((options or {}).get("tvm_target") or DEFAULT_TARGET) not in _HOST_KINDS
+
     def build(self, ctx):
         import torch
         import tvm

@@ -315,3 +315,72 @@ def test_keep_artifacts_leaves_a_repro_that_shows_the_mismatch_with_plain_python
     # a failure before any example ran keeps what was built, says so, and writes no repro
     export = next(keep.glob("*test_sign/export"))
     assert not (export / "repro.py").exists() and "data-dependent" in (export / "failure.txt").read_text()
+
+
+# ---------------------------------------------------------------------------------------- CUDA
+
+
+class _OnDevice:
+    """A native backend that runs the model on ``device``; ``uses_cuda`` as given."""
+
+    def __init__(self, name, device, uses_cuda):
+        from pytest_deploy import Backend
+
+        outer = self
+
+        class OnDevice(Backend):
+            native = True
+
+            def uses_cuda(self, options=None):
+                return uses_cuda
+
+            def build(self, ctx):
+                import copy
+
+                outer.build_pid = os.getpid()
+                with ctx.stage("compile"):
+                    model = copy.deepcopy(ctx.model).to(device)  # .to() moves in place: eager keeps the original
+                return lambda args: model(*(a.to(device) for a in args)).cpu()
+
+        OnDevice.name = name
+        self.backend = OnDevice
+        self.build_pid = None
+
+
+def _net():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
+
+
+def test_a_check_that_uses_cuda_runs_in_pytests_process_and_says_why():
+    from pytest_deploy import register_backend, tensor, verify
+
+    demo = _OnDevice("cuda_demo", "cpu", uses_cuda=True)  # claims CUDA; runs on the CPU here
+    register_backend(demo.backend, replace=True)
+    result = verify(_net(), "cuda_demo", inputs=[tensor("batch", 4)], dims={"batch": (1, 3)}, examples=2)
+    assert result.passed and demo.build_pid == os.getpid()
+    assert result.details["isolated"].startswith("no: the check uses CUDA, which a forked worker process cannot")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA device (none here)")
+def test_on_a_gpu_cuda_fails_in_a_forked_worker_so_cuda_checks_stay_in_process():
+    # why uses_cuda exists: after the parent has counted CUDA devices, a forked child cannot initialise CUDA
+    from pytest_deploy import DeployFailure, register_backend, tensor, verify
+
+    spec = dict(inputs=[tensor("batch", 4)], dims={"batch": (1, 3)}, examples=3)
+    forked = _OnDevice("cuda_forked", "cuda", uses_cuda=False)
+    register_backend(forked.backend, replace=True)
+    with pytest.raises(DeployFailure, match="Cannot re-initialize CUDA in forked subprocess"):
+        verify(_net(), "cuda_forked", **spec)
+    kept = _OnDevice("cuda_kept", "cuda", uses_cuda=True)
+    register_backend(kept.backend, replace=True)
+    result = verify(_net(), "cuda_kept", **spec)
+    assert result.passed and kept.build_pid == os.getpid()
