@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import platform
 import statistics
 import sys
@@ -76,20 +75,10 @@ def models() -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...], bool]]:
 
 
 def machine() -> list[str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    from benchutil import cpu_summary
+
     return [
-        f"CPU: {cpu}; {os.cpu_count()} logical cores ({usable} usable)",
+        f"CPU: {cpu_summary()}",
         f"torch {torch.__version__}; Python {platform.python_version()} ({platform.python_implementation()}); "
         f"{platform.system()} {platform.machine()}",
         f"torch.set_num_threads({torch.get_num_threads()}), interop threads {torch.get_num_interop_threads()}",

@@ -100,7 +100,8 @@ def git_state() -> str:
     return head + (" + uncommitted changes in pytest_deploy/" if dirty else "")
 
 
-def machine(extra: tuple[str, ...] = ()) -> list[str]:
+def cpu_summary() -> str:
+    """``AMD EPYC ...; 2 logical cores (2 usable)``."""
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -113,6 +114,10 @@ def machine(extra: tuple[str, ...] = ()) -> list[str]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
+    return f"{cpu}; {os.cpu_count()} logical cores ({usable} usable)"
+
+
+def machine(extra: tuple[str, ...] = ()) -> list[str]:
     try:
         mem = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
                    if ln.startswith("MemTotal")) / 1024**2
@@ -128,7 +133,7 @@ def machine(extra: tuple[str, ...] = ()) -> list[str]:
                 "ordinary install)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "bytecode cached (as usual)")
     libs = ", ".join(f"{d} {version(d)}" for d in ("torch", "pytest", "hypothesis", *extra))
     return [
-        f"CPU: {cpu}; {os.cpu_count()} logical cores ({usable} usable); {memory}; {load} at start",
+        f"CPU: {cpu_summary()}; {memory}; {load} at start",
         f"Python {platform.python_version()} ({sys.executable}); {platform.system()} {platform.machine()}",
         libs,
         f"pytest-deploy {version('pytest-deploy')} at commit {git_state()}",
