@@ -65,7 +65,7 @@ def summary_lines(results: list[Result]) -> list[str]:
     total_build = sum(r.timings.get("build", 0.0) for r in results)
     tally = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
     lines.append(f"{len(results)} checks: {tally}; build time {total_build:.1f}s "
-                 "(cells: status, max abs error, build time; cached: the artifact came from the cache)")
+                 "(cells: status, max abs error, build time; cached: the result, or the artifact, came from the cache)")
     lines.extend(_branch_lines(branch_rows))
     return lines
 

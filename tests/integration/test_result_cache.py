@@ -58,6 +58,8 @@ def test_one_build_per_check_however_many_examples_then_none_on_a_rerun(tmp_path
     again = verify(Net(log), "counting", examples=12, cache_dir=cache, isolate="none", **SPEC)
     assert builds(log) == 1 and again.cached is True and again.passed
     assert "passed before" in again.details["reused"] and again.examples == 12
+    assert again.timings == {"build": 0.0, "load": 0.0, "run": 0.0}  # nothing built or run this time
+    assert again.details["original_timings"]["build"] == pytest.approx(first.timings["build"], abs=1e-4)
     # --deploy-recheck runs it again; --deploy-no-cache (no cache dir) always runs
     verify(Net(log), "counting", examples=12, cache_dir=cache, isolate="none", recheck=True, **SPEC)
     verify(Net(log), "counting", examples=12, isolate="none", **SPEC)
