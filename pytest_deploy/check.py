@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -113,13 +114,9 @@ class CheckContext:
         time (a file lock): a second pytest-xdist worker waits and then loads what the first built.
         """
         from .cache import make_key
-        from .fingerprint import environment, files_digest, model_digest, reachable_files, stable
+        from .fingerprint import environment, stable
 
-        files: set[str] = set(self.source_files)
-        space = stable({"specs": self.space.specs, "dims": self.space.dims, "strategy": self.space.strategy_override,
-                        "canonical": list(self.canonical.args)}, files)
-        key = make_key("artifact", kind, stable(parts, files), space, model_digest(self.model),
-                       files_digest(reachable_files(self.model, files)), environment())
+        key = make_key("artifact", kind, stable(parts), self.content_key, environment())
         self.note("cache_key", key[:16])
         with self.cache.lock(key):
             entry = self.cache.lookup(key)
@@ -133,6 +130,19 @@ class CheckContext:
         if self.cache.events:
             self.note("cache_events", list(self.cache.events))
         return self.workdir
+
+    @functools.cached_property
+    def content_key(self) -> str:
+        """Hash of what an artifact built from this check is made of: the model's structure and weights,
+        the user source files it reaches (and the test file), the input space and the canonical example.
+        Computed once per check; artifact and exported-program keys start from it."""
+        from .cache import make_key
+        from .fingerprint import files_digest, model_digest, reachable_files, stable
+
+        files: set[str] = set(self.source_files)
+        space = stable({"specs": self.space.specs, "dims": self.space.dims, "strategy": self.space.strategy_override,
+                        "canonical": list(self.canonical.args)}, files)
+        return make_key(model_digest(self.model), files_digest(reachable_files(self.model, files)), space)
 
     def artifact(self, name: str, path: str) -> None:
         """Register a file the backend built outside the work directory (a cache entry's) for --deploy-keep-artifacts."""

@@ -68,7 +68,7 @@ def export_program(ctx):
     it and never change it)."""
     import torch
 
-    key = _program_key(ctx)
+    key = ctx.content_key
     if key in _PROGRAMS:
         _PROGRAMS.move_to_end(key)
         ctx.note("exported_program", "reused: exported earlier in this session from the same model and inputs")
@@ -83,15 +83,6 @@ def export_program(ctx):
     while len(_PROGRAMS) > _PROGRAMS_KEPT:
         _PROGRAMS.popitem(last=False)
     return program
-
-
-def _program_key(ctx) -> str:
-    from ..cache import make_key
-    from ..fingerprint import files_digest, model_digest, reachable_files, stable
-
-    files: set[str] = set(ctx.source_files)
-    space = stable({"specs": ctx.space.specs, "dims": ctx.space.dims, "canonical": list(ctx.canonical.args)}, files)
-    return make_key("program", model_digest(ctx.model), files_digest(reachable_files(ctx.model, files)), space)
 
 
 class ExportBackend(Backend):
