@@ -66,10 +66,6 @@ def isolated(mode: str, native: bool) -> bool:
     return mode == "all" or (mode == "native" and native)
 
 
-def in_worker() -> bool:
-    return _channel is not None
-
-
 class StageTimeout(BaseException):
     """Raised by the in-process alarm; a BaseException so the model's own ``except Exception`` cannot swallow it."""
 
