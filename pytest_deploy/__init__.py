@@ -1,6 +1,6 @@
 """pytest-deploy: turn "is this model deployable?" into ordinary tests.
 
-Public API: :func:`deployable`, :func:`tensor`, :func:`verify`, :class:`DeployFailure`, :class:`Result`,
+Public API: :func:`deployable`, :func:`tensor`, :func:`mask`, :func:`verify`, :class:`DeployFailure`, :class:`Result`,
 :class:`BackendUnavailable`, :func:`register_backend`, :class:`Backend`. Importing this package does
 not import torch or any backend library.
 """
@@ -14,7 +14,7 @@ from .results import Result
 
 #: Public names whose modules load on first use, so that pytest loading the plugin stays cheap.
 _LAZY = {"Backend": "backends.base", "backend_names": "backends", "register_backend": "backends",
-         "TensorSpec": "spec", "tensor": "spec"}
+         "TensorSpec": "spec", "tensor": "spec", "mask": "spec", "MaskSpec": "spec", "InputWarning": "errors"}
 
 
 def __getattr__(name: str):
@@ -73,7 +73,7 @@ def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdi
     from .check import run_check
     from .options import CALL_KWARGS, validate_kwargs
 
-    kw = validate_kwargs(kwargs, where="verify()", allowed=CALL_KWARGS)
+    kw = validate_kwargs(kwargs, where="verify()", allowed=CALL_KWARGS, declaration=False)
     train = kw.pop("train", None)
     return run_check(model, backend, factory=factory, seed=seed, workdir=workdir, test_id="verify",
                      reproduce=f"verify(..., seed={seed})", options={"train": train, **(backend_options or {})},
@@ -85,11 +85,14 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "DeployFailure",
+    "InputWarning",
+    "MaskSpec",
     "Result",
     "SpecError",
     "TensorSpec",
     "backend_names",
     "deployable",
+    "mask",
     "register_backend",
     "tensor",
     "verify",

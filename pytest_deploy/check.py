@@ -9,6 +9,7 @@ import contextlib
 import functools
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -22,7 +23,7 @@ from .compare import Comparison, Tolerance, compare_outputs, format_number, reso
 from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
 from .results import Result
-from .spec import Example, InputSpace
+from .spec import SPECIAL_LABEL, Example, InputSpace
 
 #: Stage name → the timing bucket it counts towards in the report.
 _TIMING_BUCKET = {"export": "build", "check": "build", "simplify": "build", "compile": "build", "save": "build",
@@ -30,6 +31,12 @@ _TIMING_BUCKET = {"export": "build", "check": "build", "simplify": "build", "com
 
 #: After the first failing example, at most this many further runs are spent shrinking it.
 SHRINK_BUDGET = 150
+
+#: A failing special-pattern example gets at most this many runs to shrink its dims.
+DIM_SHRINK_RUNS = 24
+
+#: Outputs whose magnitude never exceeds the check's atol (or this) on any example make a vacuous check.
+VACUOUS_FLOOR = 1e-30
 
 #: Targeted search for the other outcome of each recorded decision: at most this many eager runs
 #: and this many seconds per check.
@@ -88,6 +95,15 @@ class CheckContext:
         #: set by run_examples: the runner and, after a failure, the failing example
         self.runner: Callable[[tuple], Any] | None = None
         self.failed_example: Example | None = None
+        #: compare every output position, also where a mask() input marks padding (compare_masked=True)
+        self.compare_masked = False
+        #: eager outputs (near) zero on every example are allowed (allow_vacuous=True)
+        self.allow_vacuous = False
+        #: output path -> index of the mask() input whose dims lead that output (decided on the first example)
+        self._masked_paths: dict[str, int] | None = None
+        #: what the eager outputs looked like over the examples: the largest float magnitude, whether any changed
+        self._reference = {"floats": 0, "largest": 0.0, "largest_path": None, "others": False, "shapes": {},
+                           "compared": 0, "varies": False, "examples": 0}
 
     # -- helpers for backends -------------------------------------------------------------------
 
@@ -100,6 +116,18 @@ class CheckContext:
 
     def path(self, name: str) -> str:
         return str(self.workdir / name)
+
+    def call(self, fn: Callable[..., Any], args: tuple) -> Any:
+        """``fn`` called on one example's inputs as forward takes them: positionally, or by keyword for
+        inputs declared as a dict."""
+        return self.space.call(fn, args)
+
+    def warn(self, text: str) -> None:
+        """A one-line warning, shown in pytest's warnings summary (also from a worker process) and kept in
+        the report's ``details.warnings``."""
+        warnings = self.result.details.setdefault("warnings", [])
+        if text not in warnings:
+            warnings.append(text)
 
     def note(self, key: str, value: Any) -> None:
         """Record a backend-specific fact in the report (``details``)."""
@@ -221,14 +249,15 @@ class CheckContext:
         return found
 
     def fresh_model(self):
-        """A new instance from the factory (the decorated test, or ``factory=``), in the same mode."""
+        """A new instance from the factory (the decorated test, or ``factory=``), in the same mode, built with
+        the RNGs seeded from the check's seed."""
         if self.factory is None:
             raise StageError(
                 "load",
                 f"{self.backend} needs a fresh instance of the model to load into; pass factory=<zero-argument "
                 "callable returning a new model> to deploy()/verify()",
             )
-        fresh = self.factory()
+        fresh = seeded_call(self.factory, self.seed)
         if isinstance(fresh, tuple):
             fresh = fresh[0]
         _require_module(fresh, "the factory")
@@ -241,7 +270,7 @@ class CheckContext:
 
         model = self.model if model is None else model
         with torch.no_grad():
-            return model(*_clone(args))
+            return self.call(model, _clone(args))
 
     # -- the example loop --------------------------------------------------------------------------
 
@@ -284,13 +313,16 @@ class CheckContext:
                 state["passed"] += 1
 
         test = given(self.space.strategy())(one)
-        for ex in reversed(found):
+        # ``examples`` counts every example run: the canonical one, the special patterns every input is
+        # guaranteed (as many as half the rest of the budget allows), then generated ones; the branch search's finds come on top.
+        special = self.space.special_examples((self.examples - 1) // 2)  # at most half: the rest explores dims
+        for ex in reversed([*special, *found]):
             test = explicit_example(ex)(test)
         test = explicit_example(self.canonical)(test)
-        # ``examples`` counts every example run: the canonical one (explicit) plus examples - 1 generated.
-        generate = (Phase.generate, Phase.shrink) if self.examples > 1 else (Phase.shrink,)
+        generated = self.examples - 1 - len(special)
+        generate = (Phase.generate, Phase.shrink) if generated > 0 else (Phase.shrink,)
         test = settings(
-            max_examples=max(1, self.examples - 1),
+            max_examples=max(1, generated),
             deadline=None,
             database=None,
             derandomize=False,
@@ -304,6 +336,8 @@ class CheckContext:
         try:
             test()
         except _ExampleFailed as failure:
+            if failure.example.label == SPECIAL_LABEL:  # explicit examples are not shrunk by hypothesis
+                failure = self._shrink_dims(failure, runner, reference)
             self.failed_example = failure.example
             self.result.examples = state["passed"] + 1
             stage, text = failure.stage, self._failure_text(failure, shrunk=state["runs"] > 1)
@@ -326,6 +360,33 @@ class CheckContext:
             if self.result.branches:
                 self.result.details["branch_summary"] = self.analysis.summary()
         self.result.examples = state["passed"]
+        self._judge_reference()
+
+    def _shrink_dims(self, failure: "_ExampleFailed", runner, reference) -> "_ExampleFailed":
+        """A failing special-pattern example with its dims made as small as still fails (each dim in turn,
+        by bisection towards its lower bound), its recipes unchanged."""
+        best = failure
+        runs = 0
+        for name in sorted(self.space.dims):
+            low, high = self.space.dims[name][0], best.example.dims.get(name, 0)
+            first = True
+            while low < high and runs < DIM_SHRINK_RUNS:
+                mid = low if first else (low + high) // 2  # the lower bound first: failures need not be monotonic
+                first = False
+                candidate = self.space.build({**best.example.dims, name: mid}, best.example.recipes)
+                candidate.label = SPECIAL_LABEL
+                runs += 1
+                try:
+                    self._run_one(candidate, runner, reference)
+                except _ExampleFailed as smaller:
+                    best, high = smaller, mid
+                except Exception:  # noqa: BLE001 - an input the model refuses is no smaller failure
+                    low = mid + 1
+                else:
+                    low = mid + 1
+        if best is not failure:
+            best.example.label = SPECIAL_LABEL + ", dims shrunk"
+        return best
 
     def _lost_branch_text(self, failure: "_ExampleFailed") -> str | None:
         """When a tracing backend's mismatch comes with a trace-lost decision, say where it is."""
@@ -365,12 +426,110 @@ class CheckContext:
             raise _ExampleFailed(ex, "run", err.message) from None
         try:
             with self.stage("compare"):
-                cmp = compare_outputs(expected, got, self.tol)
+                keep = self._keep_masks(ex, expected)
+                self._observe_reference(ex, expected, keep)
+                cmp = compare_outputs(expected, got, self.tol, keep=keep)
         except StageError as err:
             raise _ExampleFailed(ex, "compare", err.message) from None
         self._update_errors(cmp)
         if not cmp.ok:
             raise _ExampleFailed(ex, "compare", "", cmp)
+
+    # -- masks and the eager outputs themselves -------------------------------------------------------
+
+    def _keep_masks(self, ex: Example, expected) -> dict[str, Any] | None:
+        """For outputs led by a mask() input's dims (decided once, on the first example, whose dims all
+        differ): path -> where the mask is valid. None when nothing is masked."""
+        from .compare import Leaves, flatten
+        from .spec import MaskSpec
+
+        masks = [i for i, s in enumerate(self.space.specs) if isinstance(s, MaskSpec)]
+        if not masks or self.compare_masked or ex.specs is None:
+            return None
+        leaves = expected if isinstance(expected, Leaves) else flatten(expected)
+        if self._masked_paths is None:
+            self._masked_paths = {}
+            for path, value in leaves:
+                for i in masks:
+                    m = ex.args[i]
+                    if _is_tensor(value) and value.dim() >= m.dim() and tuple(value.shape[:m.dim()]) == tuple(m.shape):
+                        self._masked_paths[path] = i
+                        break
+            if self._masked_paths:
+                self.result.details["masked_outputs"] = {
+                    p: self.space.names[i] if i < len(self.space.names) else f"input {i}"
+                    for p, i in self._masked_paths.items()}
+        keep = {}
+        for path, value in leaves:
+            i = self._masked_paths.get(path)
+            if i is None or not _is_tensor(value):
+                continue
+            m = ex.args[i]
+            if tuple(value.shape[:m.dim()]) == tuple(m.shape):
+                keep[path] = m.bool()
+        if keep:
+            counts = self.result.details.setdefault("masked_positions", {"compared": 0, "left_out": 0})
+            values = dict(leaves)
+            for path, m in keep.items():
+                per = math.prod(values[path].shape[m.dim():])
+                counts["compared"] += int(m.sum()) * per
+                counts["left_out"] += int((~m).sum()) * per
+        return keep or None
+
+    def _observe_reference(self, ex: Example, expected, keep) -> None:
+        """Track the eager outputs over the examples: their largest float magnitude (a check whose outputs are
+        all (near) zero compares nothing) and whether they ever change with the input."""
+        from .compare import Leaves, flatten
+
+        leaves = expected if isinstance(expected, Leaves) else flatten(expected)
+        ref = self._reference
+        ref["examples"] += 1
+        signature = []
+        for path, value in leaves:
+            if not _is_tensor(value):
+                continue
+            signature.append((path, tuple(value.shape), str(value.dtype)))
+            if not value.is_floating_point() or value.numel() == 0:
+                ref["others"] = ref["others"] or value.numel() > 0
+                continue
+            shown = value.detach()
+            if keep and path in keep:
+                valid = keep[path].reshape(*keep[path].shape, *([1] * (shown.dim() - keep[path].dim())))
+                shown = torch_where(valid, shown)
+            largest = float(shown.abs().nan_to_num(0.0, 0.0, 0.0).max()) if shown.numel() else 0.0
+            ref["floats"] += 1
+            if largest >= ref["largest"]:
+                ref["largest"], ref["largest_path"] = largest, path
+        key = tuple(signature)
+        values = [v for _, v in leaves if _is_tensor(v)]
+        previous = ref["shapes"].get(key)
+        if previous is None:
+            if len(ref["shapes"]) < 8:
+                ref["shapes"][key] = [v.detach().clone() for v in values]
+        else:
+            ref["compared"] += 1
+            if not all(_equal(a, b) for a, b in zip(previous, values)):
+                ref["varies"] = True
+
+    def _judge_reference(self) -> None:
+        """After every example passed: fail a vacuous check, warn about outputs no input changes."""
+        ref = self._reference
+        if not ref["floats"] or ref["others"] or ref["examples"] == 0:
+            return
+        atol, _ = self.tol.float32
+        largest = ref["largest"]
+        if largest <= max(atol, VACUOUS_FLOOR) and not self.allow_vacuous:
+            raise StageError(
+                "reference",
+                f"vacuous check: eager PyTorch's outputs are (near) zero on every example (largest magnitude "
+                f"{format_number(largest)} at {ref['largest_path']}, within atol {atol:g} of zero), so any backend "
+                "returning zeros would pass and the comparison proves nothing\n"
+                "  fix: initialise the weights (a library's default init can let the signal vanish, e.g. "
+                "model.apply(init_fn) or a seeded torch.nn.init.normal_ on each weight), or pass "
+                "allow_vacuous=True when near-zero outputs are what the model should give")
+        if ref["compared"] and not ref["varies"]:
+            self.warn(f"{self.backend}: eager outputs were identical for every example ({ref['examples']} inputs); "
+                      "the model may ignore its inputs (a dead signal), so the comparison proves little")
 
     def _update_errors(self, cmp: Comparison) -> None:
         r = self.result
@@ -416,7 +575,8 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
               workdir: str | os.PathLike | None = None, options: dict[str, Any] | None = None,
               reproduce: str | None = None, cache=None, isolate: str = isolation.DEFAULT_MODE,
               timeout: float | None = None, keep_artifacts: str | os.PathLike | None = None, recheck: bool = False,
-              source_files: tuple[str, ...] = (), allow_nonfinite: bool = False) -> Result:
+              source_files: tuple[str, ...] = (), allow_nonfinite: bool = False, compare_masked: bool = False,
+              allow_vacuous: bool = False) -> Result:
     """Check ``model`` against one backend. Returns the passing :class:`Result`.
 
     Raises :class:`DeployFailure` when the backend does not reproduce eager PyTorch,
@@ -443,7 +603,8 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise SpecError(f"timeout={timeout!r} must be a positive number of seconds")
     in_worker = isolation.isolated(isolate, getattr(impl, "native", False))
-    space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model))
+    space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model),
+                               parameters=_keyword_parameters(model))
     options = dict(options or {})
     reason = impl.unavailable_reason(options)
     if reason:
@@ -457,14 +618,16 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 
         declared = {"inputs": inputs, "dims": dims, "example_inputs": example_inputs, "examples": examples,
                     "seed": seed, "atol": atol, "rtol": rtol, "tolerances": tolerances,
-                    "allow_nonfinite": bool(allow_nonfinite)}
+                    "allow_nonfinite": bool(allow_nonfinite), "compare_masked": bool(compare_masked),
+                    "allow_vacuous": bool(allow_vacuous)}
         key = check_key(model, name, declared=declared, options=options, files=source_files)
     options.setdefault("reproduce", reproduce or f"seed={seed}")
 
     def execute() -> tuple[str, Result]:
         return _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed, workdir=workdir,
                         factory=factory, options=options, cache=cache, timeout=timeout, keep_artifacts=keep_artifacts,
-                        source_files=source_files, allow_nonfinite=allow_nonfinite)
+                        source_files=source_files, allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
+                        allow_vacuous=allow_vacuous)
 
     # one check at a time per key: a second pytest-xdist worker with the same check waits, then reuses the result
     with cache.lock(key) if key is not None else contextlib.nullcontext():
@@ -477,6 +640,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 reused.timings = {"build": 0.0, "load": 0.0, "run": 0.0}
                 reused.details["reused"] = ("this check passed before with the same model code, weights, inputs, "
                                             "options and library versions; --deploy-recheck runs it again")
+                _emit_warnings(reused)
                 return reused
         if on_gpu:
             result.details["isolated"] = ("no: the check uses CUDA, which a forked worker process cannot initialise; "
@@ -492,6 +656,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 raise DeployFailure(result.message, result) from None
         else:
             outcome, result = execute()
+        _emit_warnings(result)
         if outcome == "failed":
             raise DeployFailure(result.message, result)
         if key is not None:
@@ -500,7 +665,8 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 
 
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
-             keep_artifacts, source_files=(), allow_nonfinite=False) -> tuple[str, Result]:
+             keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
+             allow_vacuous=False) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result)."""
     owned = workdir is None
     path = Path(tempfile.mkdtemp(prefix=f"pytest-deploy-{impl.name}-")) if owned else Path(workdir)
@@ -512,6 +678,10 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
     ctx.timeout = timeout
     ctx.source_files = tuple(source_files)
     ctx.allow_nonfinite = bool(allow_nonfinite)
+    ctx.compare_masked = bool(compare_masked)
+    ctx.allow_vacuous = bool(allow_vacuous)
+    for text in _input_warnings(space):
+        ctx.warn(text)
     add_model_files(model)
     try:
         with isolation.guard("reference", timeout):
@@ -541,10 +711,13 @@ def _check_reference(ctx: CheckContext) -> None:
 
     args = ctx.canonical.args
     example = ctx.canonical.describe(ctx.space.names)
-    _check_arity(ctx.model, ctx.space.arity)
+    if ctx.space.keywords:
+        _check_keywords(ctx.model, ctx.space.names)
+    else:
+        _check_arity(ctx.model, ctx.space.arity)
     buffers = buffer_snapshot(ctx.model)
     try:
-        first, written = run_watching_inputs(ctx.model, args)
+        first, written = run_watching_inputs(lambda *xs: ctx.call(ctx.model, xs), args)
         second = ctx.eager(args)
     except Exception as exc:
         raise StageError("run", "eager PyTorch (the reference) fails on the first example: " + describe_exception(
@@ -595,6 +768,66 @@ def _check_arity(model, arity: int | None) -> None:
         )
 
 
+def _check_keywords(model, names) -> None:
+    """Dict inputs: forward's required parameters must all be among them."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    required = [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise StageError(
+            "run",
+            f"{type(model).__name__}.forward requires {', '.join(map(repr, missing))}, which inputs= (a dict of "
+            f"keyword arguments: {', '.join(names)}) does not give; add {'them' if len(missing) > 1 else 'it'} to inputs=")
+
+
+def _keyword_parameters(model) -> list[str] | None:
+    """Every parameter name of forward in order, for dict inputs; None when forward takes **kwargs (any name
+    may be meant for it) or has no signature."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind != p.VAR_POSITIONAL]
+
+
+#: Parameter names that say "padding mask": a plain random 0/1 tensor is a poor stand-in for one.
+_MASK_NAME = re.compile(r"mask$")
+
+
+def _input_warnings(space) -> list[str]:
+    """A parameter named like a mask fed by a plain random 0/1 (or bool) tensor gets a warning naming mask()."""
+    from .spec import MaskSpec
+
+    out = []
+    for name, spec in zip(space.names, space.specs):
+        if isinstance(spec, MaskSpec) or not _MASK_NAME.search(name):
+            continue
+        if spec.torch_dtype.is_floating_point or spec.bounds() != (0, 2):  # bools give (0, 2) too
+            continue
+        out.append(f"input {name!r} looks like a padding mask but is declared as a random 0/1 tensor, which gives "
+                   f"masks no real input has (rows without a valid position, holes); declare it "
+                   f"mask({', '.join(repr(d) for d in spec.shape)})")
+    return out
+
+
+def _emit_warnings(result: Result) -> None:
+    import warnings
+
+    from .errors import InputWarning
+
+    for text in result.details.get("warnings", ()):
+        warnings.warn(InputWarning(text), stacklevel=3)
+
+
 def _forward_arg_names(model) -> list[str]:
     import inspect
 
@@ -620,6 +853,50 @@ def _require_module(obj, who: str) -> None:
 
 def _clone(args: tuple) -> tuple:
     return tuple(a.clone() if hasattr(a, "clone") else a for a in args)
+
+
+def _is_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape")
+
+
+def seeded_call(fn: Callable[[], Any], seed: int) -> Any:
+    """``fn()`` with torch's, numpy's and Python's RNGs seeded from ``seed`` (a model factory: an unseeded
+    model gets the same weights every time); the RNGs' previous states are restored afterwards."""
+    import random
+
+    import torch
+
+    py_state = random.getstate()
+    try:
+        import numpy
+
+        np_state = numpy.random.get_state()
+    except ImportError:  # pragma: no cover - numpy is optional for torch
+        numpy = np_state = None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            if numpy is not None:
+                numpy.random.seed(seed % 2**32)
+            return fn()
+    finally:
+        random.setstate(py_state)
+        if numpy is not None:
+            numpy.random.set_state(np_state)
+
+
+def _equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a.detach(), b.detach()))
+
+
+def torch_where(valid, value):
+    """``value`` with the positions where ``valid`` is False set to zero."""
+    import torch
+
+    return torch.where(valid, value, torch.zeros((), dtype=value.dtype))
 
 
 def _example_key(ex: Example):

@@ -171,8 +171,11 @@ class Leaves(list):
     """Outputs already flattened to ``[(path, leaf), ...]`` (e.g. by a worker process)."""
 
 
-def compare_outputs(expected: Any, got: Any, tol: Tolerance) -> Comparison:
-    """Compare a backend's outputs with eager outputs (either nested, or already :class:`Leaves`)."""
+def compare_outputs(expected: Any, got: Any, tol: Tolerance, keep: Mapping[str, Any] | None = None) -> Comparison:
+    """Compare a backend's outputs with eager outputs (either nested, or already :class:`Leaves`).
+
+    ``keep`` maps an output path to a bool tensor over the output's leading dims (a padding mask): only the
+    positions where it is True are compared."""
     exp = expected if isinstance(expected, Leaves) else flatten(expected)
     act = got if isinstance(got, Leaves) else flatten(got)
     result = Comparison()
@@ -188,7 +191,7 @@ def compare_outputs(expected: Any, got: Any, tol: Tolerance) -> Comparison:
         )
         return result
     for (path, e), (_, a) in zip(exp, act):
-        err = compare_leaf(path, e, a, tol)
+        err = compare_leaf(path, e, a, tol, None if keep is None else keep.get(path))
         if err is None:
             continue
         if isinstance(err, tuple):  # statistics of a passing float leaf
@@ -206,8 +209,9 @@ def _paths(leaves) -> str:
     return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
 
 
-def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance):
-    """None or ``(max_abs, max_rel)`` when the leaf matches; a :class:`LeafError` when it does not."""
+def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance, keep: Any = None):
+    """None or ``(max_abs, max_rel)`` when the leaf matches; a :class:`LeafError` when it does not.
+    ``keep``: only positions where this bool tensor (over the leading dims) is True are compared."""
     import torch
 
     if not _is_tensor(expected):
@@ -235,6 +239,9 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance):
     g = got.detach().cpu()
     if e.numel() == 0:
         return None
+    if keep is not None:  # padding positions take eager's own values: they can never differ
+        valid = keep.cpu().reshape(*keep.shape, *([1] * (e.dim() - keep.dim())))
+        g = torch.where(valid, g, e)
     if not (e.is_floating_point() or e.is_complex()):
         bad = e != g
         if not bad.any():

@@ -56,3 +56,8 @@ def _rebuild_stage_error(cls, stage, message, comparison):
 
 class UnsafeLoadWarning(UserWarning):
     """A saved model loads only with ``torch.load(weights_only=False)``, which can run code from the file."""
+
+
+class InputWarning(UserWarning):
+    """A declaration or an eager output that makes a check weaker than it looks (a 0/1 tensor where a padding
+    mask belongs, outputs no input changes)."""

@@ -26,17 +26,17 @@ LOADERS = {
     "trace": '''
 def load(artifact):
     module = torch.jit.load(str(artifact / "model.pt"), map_location="cpu")
-    return lambda args: module(*args)
+    return lambda args: call(module, args)
 ''',
     "export": '''
 def load(artifact):
     module = torch.export.load(str(artifact / "model.pt2")).module()
-    return lambda args: module(*args)
+    return lambda args: call(module, args)
 ''',
     "aoti": '''
 def load(artifact):
     runner = torch._inductor.aoti_load_package(str(artifact / "model.pt2"))
-    return lambda args: runner(*args)
+    return lambda args: call(runner, args)
 ''',
     "onnx": '''
 def load(artifact):
@@ -75,7 +75,7 @@ def load(artifact):
     # check just wrote from your own model. Your model's modules must be importable (run from your project).
     sys.path.insert(0, os.getcwd())
     module = torch.load(str(artifact / "model.pt"), weights_only=False)
-    return lambda args: module(*args)
+    return lambda args: call(module, args)
 ''',
 }
 LOADERS["script"] = LOADERS["trace"]
@@ -154,11 +154,17 @@ import torch
 HERE = Path(__file__).resolve().parent
 STAGE = {err.stage!r}
 INPUT_NAMES = {names!r}
+#: forward takes the inputs as keyword arguments (declared as a dict), else positionally
+KEYWORDS = {bool(ctx.space.keywords)!r}
 DEVICE = {device!r}
 #: (atol, rtol) per floating dtype; other dtypes must match exactly
 TOLERANCES = {tolerances!r}
 '''
     main = '''
+
+def call(fn, args):
+    return fn(**dict(zip(INPUT_NAMES, args))) if KEYWORDS else fn(*args)
+
 
 def flatten(out):
     if isinstance(out, torch.Tensor):

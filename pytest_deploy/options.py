@@ -49,13 +49,16 @@ MARKER_KWARGS = {
     "xfail": "{backend: reason}: strict expected failures",
     "train": "checkpoint recipe: {optimizer, scheduler, loss, steps, save}",
     "allow_nonfinite": "True when NaN/Inf eager outputs are intended (compared as equal where both sides agree)",
+    "compare_masked": "True to compare every output position, also where a mask() input marks padding",
+    "allow_vacuous": "True when eager outputs that are (near) zero on every example are intended",
 }
 #: The subset ``deploy(...)`` and ``verify(...)`` accept besides the model.
-CALL_KWARGS = ("inputs", "dims", "examples", "atol", "rtol", "tolerances", "train", "allow_nonfinite")
+CALL_KWARGS = ("inputs", "dims", "examples", "atol", "rtol", "tolerances", "train", "allow_nonfinite",
+               "compare_masked", "allow_vacuous")
 
 MARKER_DOC = (
     "deployable(backends=None, inputs=None, dims=None, examples=None, atol=None, rtol=None, tolerances=None, "
-    "xfail=None, train=None, allow_nonfinite=False): check that the model survives each backend's export, save, load and run; one test "
+    "xfail=None, train=None, allow_nonfinite=False, compare_masked=False, allow_vacuous=False): check that the model survives each backend's export, save, load and run; one test "
     "item per backend (pytest-deploy)"
 )
 
@@ -200,8 +203,12 @@ def read_settings(config) -> Settings:
                     isolate, timeout, config.getoption("deploy_keep_artifacts"))
 
 
-def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARKER_KWARGS)) -> dict[str, Any]:
-    """Check a marker's or a call's keyword arguments; normalise backends and xfail to canonical names."""
+def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARKER_KWARGS),
+                    declaration: bool = True) -> dict[str, Any]:
+    """Check a marker's or a call's keyword arguments; normalise backends and xfail to canonical names.
+
+    ``declaration``: also resolve ``inputs``/``dims`` on their own (a marker, at collection, before any model
+    exists); a call that has the model resolves them against its forward instead."""
     from .backends import parse_backends
 
     unknown = sorted(set(kwargs) - set(allowed))
@@ -235,8 +242,19 @@ def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARK
     examples = out.get("examples")
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
         raise SpecError(f"{where}: examples={examples!r} must be a positive int")
+    for flag in ("allow_nonfinite", "compare_masked", "allow_vacuous"):
+        if flag in out and not isinstance(out[flag], bool):
+            raise SpecError(f"{where}: {flag}={out[flag]!r} must be True or False")
     if out.get("dims") is not None:
         from .spec import normalize_dims
 
         normalize_dims(out["dims"])
+    if declaration and out.get("inputs") is not None:
+        # the declaration alone (no model yet): unbound dims, bad masks, bounds naming no dim fail here, once
+        from .spec import validate_declaration
+
+        try:
+            validate_declaration(out["inputs"], out.get("dims"))
+        except SpecError as exc:
+            raise SpecError(f"{where}: {exc}") from None
     return out

@@ -242,7 +242,7 @@ def deploy(request, deploy_backend):
 
     def check(model, *, factory=None, example_inputs=None, **kwargs):
         try:
-            overrides, error = validate_kwargs(kwargs, where="deploy()", allowed=CALL_KWARGS), None
+            overrides, error = validate_kwargs(kwargs, where="deploy()", allowed=CALL_KWARGS, declaration=False), None
         except SpecError as exc:
             overrides, error = {}, str(exc)
         if error:  # failed outside the except clause: the message is shown once
@@ -264,9 +264,13 @@ def pytest_pyfunc_call(pyfuncitem):
     if argnames is None:
         argnames = [p for p in inspect.signature(fn).parameters]
     funcargs = {name: pyfuncitem.funcargs[name] for name in argnames}
+    seed = pyfuncitem.config.stash[SESSION_KEY].seed_for(pyfuncitem)
 
     def factory():
-        return fn(**funcargs)
+        # the same weights in every run and for every backend, also for a model built without a seed
+        from .check import seeded_call
+
+        return seeded_call(lambda: fn(**funcargs), seed)
 
     returned = factory()
     model, example_inputs = returned, None

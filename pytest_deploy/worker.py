@@ -200,7 +200,9 @@ def _serve(req_fd: int, rep_fd: int) -> None:
                 if model is None:
                     raise RuntimeError("no model loaded")
                 with torch.no_grad():
-                    out = model(*request["args"])
+                    keywords = request.get("keywords")
+                    out = (model(**dict(zip(keywords, request["args"]))) if keywords
+                           else model(*request["args"]))
                 reply = {"ok": True, "leaves": [[p, v] for p, v in flatten(out)]}
             else:
                 raise ValueError(f"unknown op {op!r}")

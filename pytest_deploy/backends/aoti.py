@@ -57,4 +57,4 @@ class AotiBackend(Backend):
         ctx.artifact(PACKAGE, path)
         with ctx.stage("load"), quiet_torch_logs():
             runner = torch._inductor.aoti_load_package(path)
-        return lambda args: runner(*args)
+        return lambda args: ctx.call(runner, args)

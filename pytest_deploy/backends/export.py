@@ -28,8 +28,11 @@ def dynamic_shapes(space):
             dims[name] = torch.export.Dim(name, min=lo, max=hi)
     if not dims:
         return None
-    return tuple({axis: dims[d] for axis, d in enumerate(s.shape) if isinstance(d, str) and d in dims} or None
-                 for s in space.specs)
+    per_input = [{axis: dims[d] for axis, d in enumerate(s.shape) if isinstance(d, str) and d in dims} or None
+                 for s in space.specs]
+    if space.keywords:
+        return dict(zip(space.names, per_input))
+    return tuple(per_input)
 
 
 def explain_export_error(exc: BaseException) -> str:
@@ -75,8 +78,8 @@ def export_program(ctx):
         return _PROGRAMS[key]
     with ctx.stage("export"), quiet_torch_logs():
         try:
-            program = torch.export.export(ctx.model, ctx.canonical.clone_args(),
-                                          dynamic_shapes=dynamic_shapes(ctx.space))
+            args, kwargs = ctx.space.split(ctx.canonical.clone_args())
+            program = torch.export.export(ctx.model, args, kwargs or None, dynamic_shapes=dynamic_shapes(ctx.space))
         except Exception as exc:
             raise StageError("export", explain_export_error(exc), cause=exc) from None
     _PROGRAMS[key] = program
@@ -101,7 +104,7 @@ class ExportBackend(Backend):
         path = ctx.cached_files("export", {}, [PROGRAM], save) / PROGRAM
         with ctx.stage("load"), quiet_torch_logs():
             module = torch.export.load(str(path)).module()
-        return lambda args: module(*args)
+        return lambda args: ctx.call(module, args)
 
 
 def op_source(program, op: str):

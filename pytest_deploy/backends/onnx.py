@@ -101,10 +101,11 @@ def _export_dynamo(ctx, path: str, opset: int | None, external: bool) -> None:
     from .export import export_program
 
     program = export_program(ctx)
-    args = ctx.canonical.clone_args()
+    args, kwargs = ctx.space.split(ctx.canonical.clone_args())
     with ctx.stage("export"), quiet_torch_logs():
         try:
-            onnx_program = torch.onnx.export(program, args, dynamo=True, opset_version=opset, verbose=False)
+            onnx_program = torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
+                                             verbose=False)
         except Exception as exc:
             raise StageError("export", explain_conversion_error(exc, program), cause=exc) from None
         written = onnx_program.model.opset_imports.get("")
@@ -145,12 +146,12 @@ def _name_dynamic_axes(onnx_program, space) -> None:
 def _export_torchscript(ctx, path: str, opset: int | None, external: bool) -> None:
     import torch
 
-    args = ctx.canonical.clone_args()
-    names = input_names(ctx.space, len(args))
+    names = input_names(ctx.space, len(ctx.space.specs) or len(ctx.canonical.args))
+    args, kwargs = ctx.space.split(ctx.canonical.clone_args())
     axes = dynamic_axes(ctx.space, names)
     with ctx.stage("export"), quiet_torch_logs():
         try:
-            torch.onnx.export(ctx.model, args, path, dynamo=False, input_names=names,
+            torch.onnx.export(ctx.model, args, path, kwargs=kwargs or None, dynamo=False, input_names=names,
                               dynamic_axes=axes or None, opset_version=opset or 17)
         except Exception as exc:
             raise StageError("export", explain_conversion_error(exc, None, "torchscript"), cause=exc) from None

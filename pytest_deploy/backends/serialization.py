@@ -75,7 +75,7 @@ class StateDictBackend(Backend):
         self._fresh = fresh
         self._diagnosis = state_outside_state_dict(ctx.model, fresh)
         ctx.note("not_in_state_dict", self._diagnosis)
-        return lambda args: fresh(*args)
+        return lambda args: ctx.call(fresh, args)
 
     def verify(self, ctx):
         runner = self.build(ctx)
@@ -165,7 +165,7 @@ class PickleBackend(Backend):
 
         def run(args):
             try:
-                return Leaves(tuple(x) for x in worker.call({"op": "run", "args": list(args)})["leaves"])
+                return Leaves(tuple(x) for x in worker.call({"op": "run", "args": list(args), "keywords": ctx.space.names if ctx.space.keywords else None})["leaves"])
             except WorkerError as exc:
                 where = f"\n  at {exc.reply['where']}" if exc.reply.get("where") else ""
                 raise StageError("run", f"the unpickled model fails in a fresh process: {exc.reply['error']}{where}") from None
@@ -264,13 +264,13 @@ class CheckpointBackend(Backend):
             ref_opt, ref_sched = self._optim(reference, recipe)
             with ctx.stage("run"):
                 for step in range(2 * k):
-                    self._step(reference, ref_opt, ref_sched, batches[step], step, recipe)
+                    self._step(ctx, reference, ref_opt, ref_sched, batches[step], step, recipe)
 
             before = copy.deepcopy(ctx.model)
             opt, sched = self._optim(before, recipe)
             with ctx.stage("run"):
                 for step in range(k):
-                    self._step(before, opt, sched, batches[step], step, recipe)
+                    self._step(ctx, before, opt, sched, batches[step], step, recipe)
             path = ctx.path("checkpoint.pt")
             parts = {"epoch": k, "model": before.state_dict(), "optimizer": opt.state_dict()}
             if sched is not None:
@@ -292,7 +292,7 @@ class CheckpointBackend(Backend):
             ctx.note("not_restored", not_restored)
             with ctx.stage("run"):
                 for step in range(start, 2 * k):
-                    self._step(resumed, res_opt, res_sched, batches[step], step, recipe)
+                    self._step(ctx, resumed, res_opt, res_sched, batches[step], step, recipe)
 
         differing = _state_differences(reference, resumed) + _training_state_differences(ref_opt, ref_sched, res_opt,
                                                                                           res_sched)
@@ -307,7 +307,7 @@ class CheckpointBackend(Backend):
         ctx.note("train_steps", 2 * k)
         reference.train(ctx.model.training)
         resumed.train(ctx.model.training)
-        _with_diagnosis(lambda: ctx.run_examples(lambda args: resumed(*args), reference=lambda a: ctx.eager(a, reference),
+        _with_diagnosis(lambda: ctx.run_examples(lambda args: ctx.call(resumed, args), reference=lambda a: ctx.eager(a, reference),
                                                  record=False),
                         not_restored, fix)
 
@@ -333,12 +333,12 @@ class CheckpointBackend(Backend):
         return opt, sched
 
     @staticmethod
-    def _step(model, opt, sched, batch: tuple, step: int, recipe: TrainRecipe) -> None:
+    def _step(ctx, model, opt, sched, batch: tuple, step: int, recipe: TrainRecipe) -> None:
         import torch
 
         torch.manual_seed(10_000 + step)  # same dropout masks in both runs; RNG state is not what is tested
         opt.zero_grad(set_to_none=True)
-        out = model(*(a.clone() for a in batch))
+        out = ctx.call(model, tuple(a.clone() for a in batch))
         loss = recipe.loss(out) if recipe.loss else _default_loss(out)
         loss.backward()
         opt.step()

@@ -27,7 +27,7 @@ def _load_runner(ctx, path):
 
     with ctx.stage("load"), quiet_torch_logs():
         loaded = torch.jit.load(str(path), map_location="cpu")
-    return lambda args: loaded(*args)
+    return lambda args: ctx.call(loaded, args)
 
 
 class TraceBackend(Backend):
@@ -38,11 +38,14 @@ class TraceBackend(Backend):
     def build(self, ctx):
         import torch
 
-        args = ctx.canonical.clone_args()
+        args, kwargs = ctx.space.split(ctx.canonical.clone_args())
         with ctx.stage("export", "torch.jit.trace records the ops one input runs; use script or export if it cannot"):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                traced = torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
+                if kwargs:
+                    traced = torch.jit.trace(ctx.model, example_kwarg_inputs=kwargs, check_trace=False, strict=False)
+                else:
+                    traced = torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
         ctx.traced_decisions()
         tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
         ctx.note("tracer_warnings", [

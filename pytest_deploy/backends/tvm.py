@@ -202,7 +202,8 @@ class TvmBackend(Backend):
                 raise StageError("export", f"{refusal}\n  (the ONNX fallback needs pip install 'pytest-deploy[onnx]')"
                                  ) from None
             try:
-                proto = torch.onnx.export(program, ctx.canonical.clone_args(), dynamo=True, verbose=False).model_proto
+                args, kwargs = ctx.space.split(ctx.canonical.clone_args())
+                proto = torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True, verbose=False).model_proto
             except Exception as exc:
                 from .onnx import explain_conversion_error
 

@@ -445,7 +445,7 @@ def test_28_no_inputs_declared():
 
 def test_29_an_input_that_is_neither_a_spec_nor_a_tensor():
     message = refusal(Masked().eval(), inputs=[tensor("batch", 4), [1.0, 0.0]])
-    assert_words(message, "inputs[1] is list ([1.0, 0.0])", "each input must be tensor(...), a torch.Tensor")
+    assert_words(message, "inputs[1] is list ([1.0, 0.0])", "each input must be tensor(...), mask(...), a torch.Tensor")
 
 
 def test_30_an_example_too_large_for_memory_is_refused_before_allocation():

@@ -19,6 +19,7 @@ from pytest_deploy.spec import (
     InputSpace,
     TensorSpec,
     make_tensor,
+    mask,
     normalize_dims,
     tensor,
 )
@@ -355,10 +356,20 @@ def test_make_tensor_float_values_lie_in_closed_range(pattern, dtype, low, high)
     assert torch.equal(t, make_tensor(spec, {}, InputRecipe(7, pattern)))
 
 
-@pytest.mark.parametrize("pattern, lo, hi", [("low", 0.25, 0.25), ("high", 2.0, 2.0), ("zeros", 0.25, 0.25)])
-def test_make_tensor_float_constant_patterns(pattern, lo, hi):
-    t = make_tensor(tensor(10, low=0.25, high=2.0), {}, InputRecipe(0, pattern))
-    assert t.min().item() == lo and t.max().item() == hi
+@pytest.mark.parametrize("pattern, near", [("low", 0.25), ("high", 2.0), ("zeros", 0.25)])
+def test_make_tensor_float_end_patterns_stay_near_their_end_but_vary(pattern, near):
+    """low/high/zeros lie in the tenth of the range at that end (zeros: near the point of the range closest
+    to 0), and are never constant: a zero-variance input is a degenerate case nobody asked for."""
+    t = make_tensor(tensor(1000, low=0.25, high=2.0), {}, InputRecipe(0, pattern))
+    assert (t - near).abs().max().item() <= 0.1 * (2.0 - 0.25) + 1e-6
+    assert t.std().item() > 0
+    assert 0.25 <= t.min().item() and t.max().item() <= 2.0
+
+
+@pytest.mark.parametrize("pattern", FLOAT_PATTERNS)
+def test_no_float_pattern_is_constant(pattern):
+    t = make_tensor(tensor(64, 64), {}, InputRecipe(3, pattern))
+    assert t.unique().numel() > 1
 
 
 def test_make_tensor_float_extremes_hit_both_bounds():
@@ -380,11 +391,16 @@ def test_make_tensor_int_uniform_is_half_open(dtype):
     assert set(t.unique().tolist()) == set(range(low, high))
 
 
-@pytest.mark.parametrize("pattern, expected", [("low", -2), ("high", 2)])
-def test_make_tensor_int_low_high_patterns(pattern, expected):
-    t = make_tensor(tensor(10, dtype=torch.int64, low=-2, high=3), {}, InputRecipe(0, pattern))
-    assert set(t.tolist()) == {expected}
+@pytest.mark.parametrize("pattern, allowed", [("low", {-2, -1}), ("high", {1, 2})])
+def test_make_tensor_int_low_high_patterns_keep_two_values_at_their_end(pattern, allowed):
+    t = make_tensor(tensor(50, dtype=torch.int64, low=-2, high=3), {}, InputRecipe(0, pattern))
+    assert set(t.tolist()) == allowed
     assert set(INT_PATTERNS) >= {"uniform", pattern}
+
+
+def test_make_tensor_int_low_pattern_spans_a_tenth_of_a_wide_range():
+    t = make_tensor(tensor(2000, dtype=torch.int64, low=0, high=1000), {}, InputRecipe(0, "low"))
+    assert t.min().item() == 0 and t.max().item() == 99
 
 
 def test_make_tensor_bool_patterns():
@@ -468,3 +484,175 @@ def test_example_clone_args_copies_tensors():
     cloned = ex.clone_args()
     cloned[0].add_(1)
     assert t.sum() == 0 and cloned[1] == 3
+
+
+# ------------------------------------------------------------------------------------- mask()
+
+
+def _rows(t):
+    return [row for row in t.reshape(-1, t.shape[-1]).tolist()]
+
+
+@pytest.mark.parametrize("padding", ["right", "left", "random"])
+@pytest.mark.parametrize("pattern", ["full", "uniform", "min"])
+def test_mask_rows_hold_at_least_min_valid_in_the_declared_layout(padding, pattern):
+    spec = mask("batch", "seq", padding=padding, min_valid=3)
+    t = make_tensor(spec, {"batch": 64, "seq": 9}, InputRecipe(4, pattern))
+    assert t.dtype == torch.int64 and t.shape == (64, 9)
+    assert set(t.unique().tolist()) <= {0, 1}
+    lengths = t.sum(-1)
+    assert lengths.min().item() >= 3
+    if pattern == "full":
+        assert lengths.tolist() == [9] * 64
+    if pattern == "min":
+        assert lengths.tolist() == [3] * 64
+    if pattern == "uniform":
+        assert lengths.unique().numel() > 3  # lengths vary row to row
+    for row in _rows(t):
+        n = sum(row)
+        if padding == "right":
+            assert row == [1] * n + [0] * (9 - n)
+        elif padding == "left":
+            assert row == [0] * (9 - n) + [1] * n
+
+
+def test_mask_random_layout_is_not_always_contiguous():
+    t = make_tensor(mask(64, 12, padding="random"), {}, InputRecipe(1, "uniform"))
+    contiguous = [row == sorted(row, reverse=True) for row in _rows(t)]
+    assert not all(contiguous)
+
+
+def test_mask_bool_dtype_and_description():
+    spec = mask("batch", "seq", dtype=torch.bool, padding="left", min_valid=2)
+    assert make_tensor(spec, {"batch": 2, "seq": 4}, InputRecipe(0, "uniform")).dtype == torch.bool
+    assert spec.describe() == "mask bool[batch, seq] left-padded, >= 2 valid"
+    assert spec.bounds() == (0, 2)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"padding": "middle"}, "padding='middle'; use one of 'right', 'left', 'random'"),
+    ({"min_valid": -1}, "min_valid=-1 must be an int >= 0"),
+    ({"min_valid": 1.5}, "min_valid=1.5 must be an int >= 0"),
+    ({"dtype": torch.float32}, "is a float type"),
+])
+def test_mask_rejects_bad_arguments(kwargs, words):
+    with pytest.raises(SpecError) as info:
+        mask("batch", "seq", **kwargs)
+    assert words in str(info.value)
+
+
+def test_mask_rejects_static_sizes_it_cannot_fill():
+    with pytest.raises(SpecError, match="has size 0"):
+        mask(2, 0)
+    with pytest.raises(SpecError, match=r"min_valid=5 is larger than the last dim \(4\)"):
+        mask(2, 4, min_valid=5)
+    with pytest.raises(SpecError, match="at least one dim"):
+        mask()
+
+
+def test_resolve_rejects_mask_dims_that_can_be_zero_or_shorter_than_min_valid():
+    with pytest.raises(SpecError) as info:
+        InputSpace.resolve([mask("batch", "seq")], {"batch": (1, 2), "seq": (0, 8)})
+    assert "dim 'seq' can be 0" in str(info.value) and "dims={'seq': (1, ...)}" in str(info.value)
+    with pytest.raises(SpecError) as info:
+        InputSpace.resolve([mask("batch", "seq", min_valid=4)], {"batch": (1, 2), "seq": (2, 8)})
+    assert "min_valid=4 is larger than 'seq''s lower bound 2" in str(info.value)
+
+
+def test_mask_examples_always_include_full_and_min_valid_lengths():
+    space = InputSpace.resolve([tensor("batch", "seq", dtype=torch.int64, low=0, high=50), mask("batch", "seq", min_valid=2)],
+                               {"batch": (1, 4), "seq": (2, 16)})
+    special = space.special_examples(limit=19)
+    patterns = [ex.recipes[1].pattern for ex in special]
+    assert patterns[:2] == ["full", "min"]
+    full, short = special[0].args[1], special[1].args[1]
+    assert full.all()
+    assert short.sum(-1).tolist() == [2] * short.shape[0]
+    assert short.shape[-1] == 16  # the shortest rows come at the longest sequence, where they mean something
+    assert "valid lengths [2" in special[1].describe(["ids", "attention_mask"])
+
+
+def test_mask_canonical_example_is_padded():
+    space = InputSpace.resolve([mask("batch", "seq")], {"batch": (2, 4), "seq": (4, 16)})
+    canonical = space.canonical().args[0]
+    assert not canonical.all()  # the artifact is built from an input whose mask is used
+
+
+# -------------------------------------------------------------------------- bounds naming a dim
+
+
+def test_integer_bound_may_name_a_dim_and_follows_it():
+    space = InputSpace.resolve([tensor("batch", "seq"), tensor("batch", dtype=torch.int64, low=0, high="seq")],
+                               {"batch": (1, 64), "seq": (1, 5)})
+    for seq in (1, 3, 5):
+        ex = space.build({"batch": 64, "seq": seq}, [InputRecipe(1, "uniform"), InputRecipe(2, "uniform")])
+        positions = ex.args[1]
+        assert positions.min().item() >= 0 and positions.max().item() < seq
+    assert space.specs[1].describe() == "int64[batch] in [0, seq)"
+    assert "in [0, 5)" in space.build({"batch": 2, "seq": 5}, [InputRecipe(0, "uniform")] * 2).describe()
+
+
+def test_bound_naming_an_unknown_dim_fails_with_the_fix():
+    with pytest.raises(SpecError) as info:
+        InputSpace.resolve([tensor("batch", dtype=torch.int64, high="length")], {"batch": (1, 4)})
+    msg = str(info.value)
+    assert "the bound 'length' is not a dim" in msg and "dims={'length': (min, max)}" in msg
+
+
+def test_bound_naming_a_dim_that_leaves_no_integer_fails():
+    with pytest.raises(SpecError, match=r"at seq=0 the value range \[0, 0\) holds no integer"):
+        InputSpace.resolve([tensor("seq"), tensor(2, dtype=torch.int64, high="seq")], {"seq": (0, 4)})
+
+
+def test_float_bound_cannot_name_a_dim():
+    with pytest.raises(SpecError, match="only integer tensors can take as a bound"):
+        tensor(3, high="seq")
+
+
+def test_a_dim_used_only_as_a_bound_counts_as_used():
+    space = InputSpace.resolve([tensor(4, dtype=torch.int64, high="n")], {"n": (1, 9)})
+    assert space.dims == {"n": (1, 9)}
+
+
+# ------------------------------------------------------------------------------- dict inputs
+
+
+def test_dict_inputs_are_keywords_in_forward_order():
+    space = InputSpace.resolve({"attention_mask": mask("batch", "seq"), "input_ids": tensor("batch", "seq", dtype=torch.int64)},
+                               {"batch": (1, 2), "seq": (1, 4)}, parameters=["input_ids", "attention_mask", "labels"])
+    assert space.keywords and space.names == ["input_ids", "attention_mask"]
+    seen = {}
+    space.call(lambda **kw: seen.update(kw), space.canonical().args)
+    assert list(seen) == ["input_ids", "attention_mask"] and seen["attention_mask"].dtype == torch.int64
+    assert space.split((1, 2)) == ((), {"input_ids": 1, "attention_mask": 2})
+
+
+def test_dict_input_naming_no_parameter_of_forward_fails_with_the_fix():
+    with pytest.raises(SpecError) as info:
+        InputSpace.resolve({"input_id": tensor(2, dtype=torch.int64)}, None, parameters=["input_ids", "attention_mask"])
+    msg = str(info.value)
+    assert "'input_id'" in msg and "its parameters: input_ids, attention_mask" in msg
+
+
+def test_dict_inputs_keep_their_order_when_forward_takes_kwargs():
+    space = InputSpace.resolve({"b": tensor(2), "a": tensor(2)}, None, parameters=None)
+    assert space.names == ["b", "a"]
+
+
+# ------------------------------------------------------------------------ special patterns
+
+
+def test_special_examples_give_every_input_each_special_pattern():
+    space = InputSpace.resolve([tensor("n"), tensor("n", dtype=torch.int64), tensor("n", dtype=torch.bool)], {"n": (1, 8)})
+    special = space.special_examples(limit=19)
+    assert len(special) == len(set(FLOAT_PATTERNS) - {"uniform"})
+    floats = {ex.recipes[0].pattern for ex in special}
+    assert floats == set(FLOAT_PATTERNS) - {"uniform"}
+    assert {ex.recipes[1].pattern for ex in special} >= {"low", "high"}
+    assert {ex.recipes[2].pattern for ex in special} >= {"false", "true"}
+
+
+def test_special_examples_respect_the_budget():
+    space = InputSpace.resolve([tensor("n")], {"n": (1, 8)})
+    assert len(space.special_examples(limit=2)) == 2
+    assert space.special_examples(limit=0) == []
