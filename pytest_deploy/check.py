@@ -684,9 +684,10 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
         ctx.warn(text)
     add_model_files(model)
     try:
-        with isolation.guard("reference", timeout):
+        with _temporary_files_in(path / "tmp"), isolation.guard("reference", timeout):
             _check_reference(ctx)
-        impl.verify(ctx)
+        with _temporary_files_in(path / "tmp"):
+            impl.verify(ctx)
     except StageError as err:
         result.outcome = "failed"
         result.stage = err.stage
@@ -698,9 +699,47 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
         return "failed", result
     finally:
         ctx.cleanup.close()
+        shutil.rmtree(path / "tmp", ignore_errors=True)
         if owned:
             shutil.rmtree(path, ignore_errors=True)
     return "passed", result
+
+
+@contextlib.contextmanager
+def _temporary_files_in(directory: Path) -> Iterator[None]:
+    """Temporary files and directories made during the check (by Python's tempfile, TVM, compilers it runs)
+    go to ``directory`` in the check's work directory: no other process's clean-up can remove them mid-check,
+    and removing the work directory at the end leaves nothing behind."""
+    directory.mkdir(parents=True, exist_ok=True)
+    saved_dir = tempfile.tempdir
+    # caches that live in the temp dir by default stay where they were (inductor's compiled kernels)
+    pinned = {"TORCHINDUCTOR_CACHE_DIR": _inductor_cache_dir()}
+    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", *pinned)}
+    for key, value in pinned.items():
+        os.environ.setdefault(key, value)
+    tempfile.tempdir = str(directory)
+    os.environ["TMPDIR"] = str(directory)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved_dir
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _inductor_cache_dir() -> str:
+    """Where inductor keeps compiled kernels when TORCHINDUCTOR_CACHE_DIR is not set (under the temp dir)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        return default_cache_dir()
+    except (ImportError, AttributeError):  # older torch: its documented default
+        import getpass
+
+        return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
 
 
 def _check_reference(ctx: CheckContext) -> None:

@@ -129,8 +129,17 @@ def flatten(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
         return [leaf for f in dataclasses.fields(obj) for leaf in flatten(getattr(obj, f.name), f"{path}.{f.name}")]
     raise UnsupportedOutput(
         f"{path} is a {type(obj).__module__}.{type(obj).__qualname__}; outputs must be tensors, Python numbers, "
-        "or tuples, lists, dicts, namedtuples or dataclasses of them"
+        f"or tuples, lists, dicts, namedtuples or dataclasses of them; fix: {_output_fix(obj)}"
     )
+
+
+def _output_fix(obj: Any) -> str:
+    """The usual way to get rid of a non-tensor output object."""
+    name = type(obj).__qualname__
+    if "Cache" in name and type(obj).__module__.startswith("transformers"):
+        return ("a Hugging Face model returns its key/value cache when use_cache is on: build it with use_cache=False "
+                "(in the config, or model.config.use_cache = False)")
+    return "return tensors (or containers of them) from forward, e.g. through a wrapper module that unpacks this object"
 
 
 def _is_tensor(x: Any) -> bool:

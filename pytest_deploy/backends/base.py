@@ -106,15 +106,33 @@ def _library_dirs() -> tuple[str, ...]:
 
 #: Files that hold the model's own classes: user code even when installed under site-packages.
 _MODEL_FILES: set[str] = set()
+#: Directories of the installed packages that hold the model's classes (``site-packages/transformers/``): for
+#: the source line a message points at, every file there is the model's code (masking helpers, attention
+#: functions), though only the class files count as user code for branch recording.
+_MODEL_PACKAGES: set[str] = set()
 
 
 def add_model_files(model) -> None:
     """Count the source files of ``model``'s module classes as user code."""
     for module in model.modules():
-        filename = getattr(sys.modules.get(type(module).__module__), "__file__", None)
+        name = type(module).__module__
+        filename = getattr(sys.modules.get(name), "__file__", None)
         if filename and not filename.startswith(_library_dirs()) and filename not in _MODEL_FILES:
             _MODEL_FILES.add(filename)
             is_user_file.cache_clear()
+            top = getattr(sys.modules.get(name.split(".")[0]), "__file__", None)
+            if top and os.path.basename(top) == "__init__.py" and _installed(top):
+                _MODEL_PACKAGES.add(os.path.join(os.path.dirname(top), ""))
+
+
+def _installed(filename: str) -> bool:
+    return f"{os.sep}site-packages{os.sep}" in filename or f"{os.sep}dist-packages{os.sep}" in filename
+
+
+def is_model_code(filename: str) -> bool:
+    """Where a message may point: the user's files, and every file of an installed package that holds the
+    model's classes (transformers' helpers count as the model's code)."""
+    return is_user_file(filename) or bool(_MODEL_PACKAGES) and filename.startswith(tuple(_MODEL_PACKAGES))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -127,17 +145,17 @@ def is_user_file(filename: str) -> bool:
         return True
     if filename.startswith(_library_dirs()):
         return False
-    if f"{os.sep}site-packages{os.sep}" in filename or f"{os.sep}dist-packages{os.sep}" in filename:
+    if _installed(filename):
         return False
     return not filename.startswith(os.path.join(sysconfig.get_paths()["stdlib"], ""))
 
 
 def user_frame(tb) -> tuple[str, int, str] | None:
-    """The innermost traceback frame in the user's code: (file, line, source text)."""
+    """The innermost traceback frame in the model's code (:func:`is_model_code`): (file, line, source text)."""
     found = None
     for frame, lineno in traceback.walk_tb(tb):
         fname = frame.f_code.co_filename
-        if is_user_file(fname):
+        if is_model_code(fname):
             found = (fname, lineno, linecache.getline(fname, lineno).strip())
     return found
 
@@ -152,9 +170,9 @@ def short_path(filename: str) -> str:
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first meaningful line of an exception's message, capped. A line ending in ':' announces its
-    detail on the lines below (``Error(s) in loading state_dict for Net:``), so the rest of its paragraph
-    is kept too."""
+    """The first meaningful line of an exception's message, capped at a sentence's end. A line ending in ':'
+    announces its detail on the lines below (``Error(s) in loading state_dict for Net:``), so the rest of
+    its paragraph is kept too."""
     text = str(exc).strip()
     lines = text.splitlines()
     for i, line in enumerate(lines):
@@ -166,7 +184,23 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
                 text = " ".join([line, *detail])
             break
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return cap(text, limit)
+
+
+def cap(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, never mid-sentence: at the last sentence end (or clause
+    end, or word end) before the limit, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    for marks in ((". ", "! ", "? "), ("; ", ": ", ", ")):
+        end = max(head.rfind(m) for m in marks)
+        if end > limit // 3:
+            head = head[: end + 1]
+            break
+    else:
+        head = head[: head.rfind(" ")] if head.rfind(" ") > limit // 3 else head
+    return f"{head.rstrip()} [cut: {len(text) - len(head.rstrip())} more characters]"
 
 
 @contextlib.contextmanager
@@ -190,4 +224,5 @@ def quiet_torch_logs():
         logging.disable(previous)
 
 
-__all__ = ["Backend", "Runner", "user_frame", "short_path", "first_line", "is_user_file", "quiet_torch_logs"]
+__all__ = ["Backend", "Runner", "user_frame", "short_path", "first_line", "cap", "is_user_file", "is_model_code",
+           "quiet_torch_logs"]

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..errors import StageError
-from .base import Backend, first_line, is_user_file, quiet_torch_logs, short_path, user_frame
+from .base import Backend, first_line, is_model_code, quiet_torch_logs, short_path, user_frame
 
 PROGRAM = "model.pt2"
 
@@ -39,11 +39,9 @@ def explain_export_error(exc: BaseException) -> str:
     """A message that names the user's source line and the fix, instead of an exporter traceback."""
     text = str(exc)
     kind = type(exc).__name__
-    where = user_frame(exc.__traceback__)
-    if where is None:
-        m = re.search(r'File "([^"]+)", line (\d+), in \w+\n\s+(.+)', text)
-        if m:
-            where = (m.group(1), int(m.group(2)), m.group(3).strip())
+    # torch's own traceback of the user's code (``from user code:``, ``Original traceback:``) names the frame
+    # being traced when it failed; the exception's Python traceback runs through the tracer, not the model
+    where = frame_from_stack(text) or user_frame(exc.__traceback__)
     at = f"\n  at {short_path(where[0])}:{where[1]}  `{where[2]}`" if where else ""
     if "data-dependent" in text or "GuardOnDataDependent" in kind:
         return f"torch.export refuses data-dependent control flow{at}\n  fix: {_COND_FIX}"
@@ -120,10 +118,15 @@ def op_source(program, op: str):
 
 
 def frame_from_stack(stack: str):
-    """The innermost user frame in a formatted stack trace (``File "x.py", line 3, in f`` + code)."""
+    """The innermost frame of the model's code (:func:`is_model_code`) in a formatted stack trace
+    (``File "x.py", line 3, in f`` + code). An error text that carries torch's traceback of the node it
+    failed on (``Original traceback:``) is read there."""
+    node = re.search(r"Original traceback:\n(.*?)(?:\n\s*\n|Use tlparse|\Z)", stack, re.S)
+    if node:
+        stack = node.group(1)
     found = None
     for m in re.finditer(r'File "([^"]+)", line (\d+), in [^\n]+\n\s*([^\n]*)', stack):
         fname, line = m.group(1), int(m.group(2))
-        if is_user_file(fname):
+        if is_model_code(fname):
             found = (fname, line, m.group(3).strip() or linecache.getline(fname, line).strip())
     return found

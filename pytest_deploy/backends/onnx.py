@@ -198,7 +198,9 @@ def explain_conversion_error(exc: BaseException, program, exporter: str = "dynam
             reason = m.group(1).strip()
             break
     reason = reason or first_line(exc)
-    where = op_source(program, op) if program is not None and op else None
+    # torch's traceback of the node that failed, else the first node calling the op, else the Python traceback
+    where = frame_from_stack(text) if "Original traceback:" in text else None
+    where = where or (op_source(program, op) if program is not None and op else None)
     where = where or user_frame(exc.__traceback__) or _traced_node_source(exc)
     at = f"\n  at {short_path(where[0])}:{where[1]}  `{where[2]}`" if where else ""
     what = f"torch.onnx cannot convert {op.replace('::', '.') if op else 'the model'}"

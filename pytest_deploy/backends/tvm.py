@@ -7,6 +7,7 @@ importer refuses it, the ONNX frontend is tried instead and the report says so.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 from ..errors import StageError
@@ -157,7 +158,11 @@ class TvmBackend(Backend):
                     text += "\n  fix: try static dims (min == max) for this model, or another TVM version"
                 raise StageError("compile", text) from None
         with ctx.stage("save"):
-            executable.export_library(ctx.path(LIBRARY))
+            # TVM's own temporary build directory would live in the system temp dir, where TVM's exit handler
+            # of any process forked with it can remove it: build in the check's work directory instead
+            workspace = ctx.path("tvm-build")
+            os.makedirs(workspace, exist_ok=True)
+            executable.export_library(ctx.path(LIBRARY), workspace_dir=workspace)
 
     @staticmethod
     def _tuned(ctx, module, target):
@@ -221,7 +226,18 @@ def _explain_import_error(exc: BaseException, program) -> str:
     text = str(exc)
     m = re.search(r"Unsupported function types \[([^\]]*)\]", text)
     if not m:
-        return f"TVM's exported-program importer fails: {first_line(exc)}"
+        text = f"TVM's exported-program importer fails: {first_line(exc)}"
+        node = _failing_node(exc)
+        if node is not None:
+            from .export import frame_from_stack
+
+            text += f"\n  while converting {node.target}"
+            where = frame_from_stack(node.meta.get("stack_trace") or "")
+            if where:
+                text += f" at {short_path(where[0])}:{where[1]}  `{where[2]}`"
+            text += ("\n  fix: rewrite that call with ops TVM converts, register a custom_convert_map for it, or "
+                     "deploy with another backend")
+        return text
     ops = [o.strip().strip("'\"") for o in m.group(1).split(",") if o.strip()]
     # the importer names ops of the program it decomposed first (linalg_eigvals → linalg_eig, view_as_real)
     try:
@@ -241,6 +257,21 @@ def _explain_import_error(exc: BaseException, program) -> str:
             lines.append(f"  aten.{op} at {short_path(where[0])}:{where[1]}  `{where[2]}`")
     lines.append("  fix: rewrite those calls with supported ops, or register a custom_convert_map for them")
     return "\n".join(lines)
+
+
+def _failing_node(exc: BaseException):
+    """The exported program's node TVM's importer was converting when it raised: the innermost traceback
+    frame holding a ``torch.fx.Node`` named ``node``."""
+    import traceback
+
+    import torch
+
+    found = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        node = frame.f_locals.get("node")
+        if isinstance(node, torch.fx.Node) and node.op == "call_function":
+            found = node
+    return found
 
 
 _LOWERED = ("relax.call_tir", "relax.builtin", "relax.vm", "relax.memory", "relax.call_packed", "relax.call_dps_packed",

@@ -395,3 +395,29 @@ def test_bad_tolerances_raise_spec_error(kwargs, words):
     with pytest.raises(SpecError) as info:
         resolve_tolerance("trace", **kwargs)
     assert words in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ masks
+
+
+def test_masked_positions_are_left_out_of_the_comparison():
+    expected = torch.zeros(2, 3, 4)
+    got = expected.clone()
+    got[0, 2] = 5.0  # a padding position
+    keep = torch.tensor([[True, True, False], [True, True, True]])
+    tol = resolve_tolerance("onnx")
+    assert compare_outputs({"h": expected}, {"h": got}, tol, keep={"output['h']": keep}).ok
+    assert not compare_outputs({"h": expected}, {"h": got}, tol).ok
+    got[1, 2] = 5.0  # a valid position still fails, and the index names it
+    cmp = compare_outputs({"h": expected}, {"h": got}, tol, keep={"output['h']": keep})
+    assert not cmp.ok and "index (1, 2, 0)" in cmp.errors[0].text
+
+
+def test_unsupported_cache_output_names_use_cache_false():
+    class DynamicCache:  # stands in for transformers.cache_utils.DynamicCache, by module and name
+        pass
+
+    DynamicCache.__module__ = "transformers.cache_utils"
+    with pytest.raises(UnsupportedOutput) as info:
+        flatten({"logits": torch.ones(1), "past_key_values": DynamicCache()})
+    assert "use_cache=False" in str(info.value) and "output['past_key_values']" in str(info.value)

@@ -211,7 +211,17 @@ def test_builtin_backends_run_here():
 def test_first_line_of_an_exception():
     assert first_line(ValueError("\n\n  bad thing  \nmore")) == "ValueError: bad thing"
     assert first_line(KeyError()) == "KeyError"
-    assert first_line(RuntimeError("x" * 500), limit=20) == "RuntimeError: xxx..."
+    assert first_line(RuntimeError("x" * 500), limit=20) == "RuntimeError: [cut: 501 more characters]"  # no word cut
+
+
+def test_long_messages_are_cut_at_a_sentence_end_and_say_so():
+    text = ("CodeGenVM cannot emit this Relax operator directly. Run the appropriate lowering pass, or route the "
+            "operator to an external codegen. However, the given input has a very long description " + "x" * 300)
+    out = first_line(RuntimeError(text), limit=150)
+    kept = ("RuntimeError: CodeGenVM cannot emit this Relax operator directly. Run the appropriate lowering pass, "
+            "or route the operator to an external codegen.")
+    assert out == f"{kept} [cut: {len('RuntimeError: ' + text) - len(kept)} more characters]"
+    assert "However, the given in" not in out
 
 
 def test_the_builtin_table_matches_each_backend_class():
@@ -221,3 +231,18 @@ def test_the_builtin_table_matches_each_backend_class():
         backend = getattr(importlib.import_module(f"pytest_deploy.backends.{module}"), cls)
         assert (backend.name, tuple(backend.aliases)) == (name, aliases)
     assert registry.backend_names()[: len(registry.BUILTINS)] == [row[2] for row in registry.BUILTINS]
+
+
+def test_frame_from_stack_reads_the_failing_nodes_own_traceback():
+    """torch.onnx's decomposition errors carry the failing node's traceback after ``Original traceback:``; other
+    tracebacks printed further down (the exporter's own) must not win."""
+    from pytest_deploy.backends.export import frame_from_stack
+
+    here = __file__
+    text = (f"<class 'ValueError'>: Cannot view a tensor\n\nWhile executing %view_4 : [num_users=1]\n"
+            f"Original traceback:\nFile \"{here}\", line 10, in forward\n    encoder_outputs = self.encoder(\n"
+            f"  File \"{here}\", line 20, in forward\n    attn_output = attn_output.reshape(-1)\n"
+            f"Use tlparse to see full graph.\n\nFile \"{here}\", line 30, in forward\n    other = 1\n")
+    file, line, _ = frame_from_stack(text)
+    assert (file, line) == (here, 20)
+    assert frame_from_stack(f"File \"{here}\", line 3, in f\n    a\n  File \"{here}\", line 4, in g\n    b\n")[1] == 4
