@@ -3,6 +3,7 @@ verdicts that depend on them (masked comparison, vacuous checks, seeded factorie
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -194,3 +195,62 @@ def test_tvm_leaves_nothing_in_the_system_temp_dir():
     assert message is None, message
     after = set(os.listdir(tempfile.gettempdir()))
     assert not {name for name in after - before if name.startswith("tmp")}, after - before
+
+
+# ------------------------------------------------------------------------------- through pytest itself
+
+UNSEEDED = """
+import torch
+from pytest_deploy import deployable, mask, tensor
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)  # random weights: the test sets no seed
+
+    def forward(self, x, attention_mask):
+        return self.fc(x) * attention_mask[..., None]
+
+
+@deployable(backends=["trace", "state_dict"], inputs={"x": tensor("batch", "seq", 4),
+            "attention_mask": mask("batch", "seq")}, dims={"batch": (1, 2), "seq": (1, 4)}, examples=3)
+def test_unseeded():
+    return Net().eval()
+"""
+
+
+def test_an_unseeded_form1_test_reuses_its_results_on_a_rerun(pytester, tmp_path):
+    pytester.makepyfile(test_unseeded=UNSEEDED)
+    args = (f"--deploy-cache-dir={tmp_path / 'cache'}", "--deploy-report=report.json", "-p", "no:cacheprovider")
+    pytester.runpytest_subprocess(*args, timeout=240).assert_outcomes(passed=2)
+    first = json.loads((pytester.path / "report.json").read_text())["results"]
+    assert not any(r["cached"] for r in first)
+    pytester.runpytest_subprocess(*args, timeout=240).assert_outcomes(passed=2)
+    again = json.loads((pytester.path / "report.json").read_text())["results"]
+    assert all(r["cached"] for r in again), again
+
+
+@pytest.mark.parametrize("declaration, words", [
+    ('inputs=[mask("batch", "seq")], dims={"batch": (1, 2), "seq": (0, 4)}', ["dim 'seq' can be 0", "(1, ...)"]),
+    ('inputs=[mask("batch", "seq", min_valid=3)], dims={"batch": (1, 2), "seq": (2, 4)}',
+     ["min_valid=3 is larger than 'seq''s lower bound 2"]),
+    ('inputs=[tensor("batch", dtype=torch.int64, high="len")], dims={"batch": (1, 2)}',
+     ["the bound 'len' is not a dim", "dims={'len': (min, max)}"]),
+    ('inputs=[tensor("batch", 4)]', ["dim 'batch' used by inputs[0]", "is not bound", "dims={'batch': (min, max)}"]),
+])
+def test_bad_declarations_fail_at_collection_with_the_fix(pytester, declaration, words):
+    pytester.makepyfile(test_bad=f"""
+import torch
+from pytest_deploy import deployable, mask, tensor
+
+@deployable(backends=["trace", "export"], {declaration})
+def test_model():
+    return torch.nn.Identity()
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(errors=1)
+    text = result.stdout.str()
+    assert "INTERNALERROR" not in text
+    for word in words:
+        assert word in text, f"{word!r} missing from:\n{text}"
