@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pytest-deploy-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test hf-corpus clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +23,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest tests
 
+# every architecture of the Hugging Face corpus against every backend (CI runs a subset); writes the matrix
+hf-corpus: setup
+	PYTEST_DEPLOY_HF=all $(BIN)/python -m pytest tests/hf -n 2 --deploy-report=hf-report.json --deploy-no-cache -rfE; \
+	status=$$?; $(BIN)/python tests/hf/matrix.py hf-report.json --write docs/hf-corpus.md; exit $$status
+
 clean:
-	rm -rf $(VENV) .pytest_cache deploy-report.json *.egg-info
+	rm -rf $(VENV) .pytest_cache deploy-report.json hf-report.json *.egg-info

@@ -82,4 +82,18 @@ def _script_error_text(exc: BaseException, max_lines: int = 14) -> str:
     body = lines[1:max_lines]
     if len(lines) > max_lines:
         body.append("...")
-    return "\n".join([head, *("  " + ln for ln in body), f"  fix: {_SCRIPT_HINT}"])
+    return "\n".join([head, *("  " + ln for ln in body), f"  fix: {_script_hint(str(exc))}"])
+
+
+def _script_hint(text: str) -> str:
+    """The fix for the usual refusals: a function TorchScript has no source for is mostly reached through a
+    module attribute (a Hugging Face config object) rather than through forward's own code."""
+    import re
+
+    m = re.search(r"Failed to get source for <function ([\w.]+)", text)
+    if m:
+        owner = m.group(1).rsplit(".", 1)[0]
+        return (f"TorchScript compiles every class the module reaches, its attributes included, and has no source "
+                f"for {m.group(1)} (is a {owner} object, such as a model config, stored on the module?); "
+                "Hugging Face models are not scriptable: deploy with trace or export")
+    return _SCRIPT_HINT

@@ -152,9 +152,10 @@ class TvmBackend(Backend):
                     if first:
                         text += f"\n  the first, whose output shape TVM could not infer: {first}"
                     if first and "T.min(" in first:
-                        text += ("\n  a dim clamped by T.min(...) comes from slicing a fixed-size tensor to a dynamic "
-                                 "length (table[:seq]): TVM cannot prove it equals seq; gather the rows instead "
-                                 "(table[torch.arange(seq)]), which keeps the shape seq")
+                        text += ("\n  a dim clamped by T.min(...) comes from a slice whose length depends on a dynamic "
+                                 "dim (a fixed-size table cut to table[:seq], padding trimmed with x[..., :-n]): TVM "
+                                 "cannot prove the result has that dim's size; where it is a table, gather the rows "
+                                 "instead (table[torch.arange(seq)]), which keeps the shape seq")
                     text += "\n  fix: try static dims (min == max) for this model, or another TVM version"
                 raise StageError("compile", text) from None
         with ctx.stage("save"):
