@@ -14,6 +14,18 @@ def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "hf: a Hugging Face architecture of the corpus (tests/hf)")
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """CI runs the corpus's CI subset; PYTEST_DEPLOY_HF=all (make hf-corpus) runs every architecture."""
+    if os.environ.get("PYTEST_DEPLOY_HF", "ci") == "all":
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if getattr(getattr(item, "function", None), "in_ci_subset", True) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """An expected failure declared as ``"stage: cause"`` counts only when the check failed at that stage."""
