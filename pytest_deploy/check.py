@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import isolation
-from .backends.base import add_model_files, short_path
+from .sources import add_model_files, describe_exception, short_path
 from .cache import ArtifactCache
 from .compare import Comparison, Tolerance, compare_outputs, format_number, resolve_tolerance
 from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
 from .results import Result
 from .spec import SPECIAL_LABEL, Example, InputSpace
+from .tensors import clone_args, is_tensor
 
 #: Stage name → the timing bucket it counts towards in the report.
 _TIMING_BUCKET = {"export": "build", "check": "build", "simplify": "build", "compile": "build", "save": "build",
@@ -270,7 +271,7 @@ class CheckContext:
 
         model = self.model if model is None else model
         with torch.no_grad():
-            return self.call(model, _clone(args))
+            return self.call(model, clone_args(args))
 
     # -- the example loop --------------------------------------------------------------------------
 
@@ -421,7 +422,7 @@ class CheckContext:
                 exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")) from None
         try:
             with self.stage("run"):
-                got = runner(_clone(ex.args))
+                got = runner(clone_args(ex.args))
         except StageError as err:
             raise _ExampleFailed(ex, "run", err.message) from None
         try:
@@ -452,7 +453,7 @@ class CheckContext:
             for path, value in leaves:
                 for i in masks:
                     m = ex.args[i]
-                    if _is_tensor(value) and value.dim() >= m.dim() and tuple(value.shape[:m.dim()]) == tuple(m.shape):
+                    if is_tensor(value) and value.dim() >= m.dim() and tuple(value.shape[:m.dim()]) == tuple(m.shape):
                         self._masked_paths[path] = i
                         break
             if self._masked_paths:
@@ -462,7 +463,7 @@ class CheckContext:
         keep = {}
         for path, value in leaves:
             i = self._masked_paths.get(path)
-            if i is None or not _is_tensor(value):
+            if i is None or not is_tensor(value):
                 continue
             m = ex.args[i]
             if tuple(value.shape[:m.dim()]) == tuple(m.shape):
@@ -486,7 +487,7 @@ class CheckContext:
         ref["examples"] += 1
         signature = []
         for path, value in leaves:
-            if not _is_tensor(value):
+            if not is_tensor(value):
                 continue
             signature.append((path, tuple(value.shape), str(value.dtype)))
             if not value.is_floating_point() or value.numel() == 0:
@@ -501,7 +502,7 @@ class CheckContext:
             if largest >= ref["largest"]:
                 ref["largest"], ref["largest_path"] = largest, path
         key = tuple(signature)
-        values = [v for _, v in leaves if _is_tensor(v)]
+        values = [v for _, v in leaves if is_tensor(v)]
         previous = ref["shapes"].get(key)
         if previous is None:
             if len(ref["shapes"]) < 8:
@@ -890,14 +891,6 @@ def _require_module(obj, who: str) -> None:
     require_materialised(obj, who)
 
 
-def _clone(args: tuple) -> tuple:
-    return tuple(a.clone() if hasattr(a, "clone") else a for a in args)
-
-
-def _is_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape")
-
-
 def seeded_call(fn: Callable[[], Any], seed: int) -> Any:
     """``fn()`` with torch's, numpy's and Python's RNGs seeded from ``seed`` (a model factory: an unseeded
     model gets the same weights every time); the RNGs' previous states are restored afterwards."""
@@ -949,16 +942,3 @@ def _first_example_failure(exc: BaseException) -> _ExampleFailed | None:
         if isinstance(sub, _ExampleFailed):
             return sub
     return exc.__cause__ if isinstance(exc.__cause__, _ExampleFailed) else None
-
-
-def describe_exception(exc: BaseException, hint: str | None = None) -> str:
-    """``ValueError: bad thing`` + the user's source line, if any + the hint."""
-    from .backends.base import first_line, short_path, user_frame
-
-    text = first_line(exc)
-    where = user_frame(exc.__traceback__)
-    if where:
-        text += f"\n  at {short_path(where[0])}:{where[1]}  `{where[2]}`"
-    if hint:
-        text += f"\n  fix: {hint}"
-    return text

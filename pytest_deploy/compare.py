@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import SpecError
+from .tensors import is_tensor
 
 #: Default (atol, rtol) per backend family and output dtype. Serialization round trips run the same
 #: kernels on the same weights, but a reloaded tensor's memory alignment can steer CPU kernels onto
@@ -64,7 +65,7 @@ def resolve_tolerance(backend: str, atol: Any = None, rtol: Any = None, toleranc
     if tolerances is not None:
         if not isinstance(tolerances, Mapping):
             raise SpecError(f"tolerances={tolerances!r} must be a dict {{backend: (atol, rtol)}}")
-        from .backends import canonical_name
+        from .names import canonical_name
 
         for key, pair in tolerances.items():
             if canonical_name(key) != backend:
@@ -84,7 +85,7 @@ def _pick(value: Any, backend: str, what: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, Mapping):
-        from .backends import canonical_name
+        from .names import canonical_name
 
         for key, v in value.items():
             if canonical_name(key) == backend:
@@ -117,7 +118,7 @@ def flatten(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
     """
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return [(path, obj)]
-    if _is_tensor(obj):
+    if is_tensor(obj):
         return [(path, obj)]
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return [leaf for f in obj._fields for leaf in flatten(getattr(obj, f), f"{path}.{f}")]
@@ -140,10 +141,6 @@ def _output_fix(obj: Any) -> str:
         return ("a Hugging Face model returns its key/value cache when use_cache is on: build it with use_cache=False "
                 "(in the config, or model.config.use_cache = False)")
     return "return tensors (or containers of them) from forward, e.g. through a wrapper module that unpacks this object"
-
-
-def _is_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape")
 
 
 # -------------------------------------------------------------------------------- comparison
@@ -223,8 +220,8 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance, keep: Any =
     ``keep``: only positions where this bool tensor (over the leading dims) is True are compared."""
     import torch
 
-    if not _is_tensor(expected):
-        if _is_tensor(got) and got.numel() == 1 and isinstance(expected, (int, float, bool)):
+    if not is_tensor(expected):
+        if is_tensor(got) and got.numel() == 1 and isinstance(expected, (int, float, bool)):
             got = got.item()
         if isinstance(expected, float) and isinstance(got, (int, float)):
             expected, got = torch.tensor(expected, dtype=torch.float64), torch.tensor(float(got), dtype=torch.float64)
@@ -232,7 +229,7 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance, keep: Any =
             return None
         else:
             return LeafError(path, "type", f"{path}: eager gives {expected!r}, the backend gives {got!r}", math.inf, math.inf)
-    if not _is_tensor(got):
+    if not is_tensor(got):
         if isinstance(got, (int, float, bool)) and expected.numel() == 1:
             got = torch.tensor(got, dtype=expected.dtype)
         else:

@@ -33,7 +33,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends.base import is_user_file, short_path
+from .sources import is_user_file, short_path
 
 _CONVERSIONS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__len__")
 

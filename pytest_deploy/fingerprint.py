@@ -51,7 +51,7 @@ def model_digest(model) -> str:
 
 def reachable_files(model, extra: Iterable[str | os.PathLike] = ()) -> list[str]:
     """The user's source files the model can reach (see the module docstring), sorted."""
-    from .backends.base import is_user_file
+    from .sources import is_user_file
 
     by_module = {}
     for name, mod in list(sys.modules.items()):

@@ -129,7 +129,7 @@ def _safe(name: str) -> str:
 
 
 def _repro_script(ctx, err, loader: str) -> str:
-    from .backends.onnx import input_names
+    from .backends.onnx_export import input_names
 
     tolerances = {name: list(ctx.tol.for_dtype(name)) for name in ("float16", "bfloat16", "float32", "float64")}
     target = ctx.options.get("tvm_target") or "llvm"

@@ -201,7 +201,7 @@ def pytest_generate_tests(metafunc) -> None:
             "deploy fixture; decorate it with pytest_deploy.deployable or take `deploy` as an argument",
             pytrace=False,
         )
-    from .backends import backend_names
+    from .names import backend_names
 
     backends = kw.get("backends") or backend_names()
     xfail = kw.get("xfail") or {}
@@ -356,7 +356,7 @@ class _XdistController:
 
 
 def _backend_from_nodeid(nodeid: str) -> str | None:
-    from .backends import backend_names
+    from .names import backend_names
 
     params = nodeid.rsplit("[", 1)[-1].rstrip("]").split("-") if nodeid.endswith("]") else []
     return next((p for p in params if p in backend_names()), None)

@@ -37,7 +37,7 @@ def summary_lines(results: list[Result]) -> list[str]:
     """Rows = model tests, columns = backends; each cell status, max abs error and build time."""
     backends: list[str] = []
     rows: dict[str, dict[str, Result]] = {}
-    from .backends import backend_names
+    from .names import backend_names
 
     order = {name: i for i, name in enumerate(backend_names())}
     for r in results:

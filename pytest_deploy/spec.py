@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .errors import SpecError
+from .tensors import clone_args, is_tensor
 
 #: Value patterns for generated tensors. Index 0 is what shrinking converges to. Every float pattern varies
 #: within the tensor (``low`` is values near the range's low end, ``zeros`` values near zero): a constant input
@@ -297,7 +298,7 @@ class Example:
     label: str = "generated"
 
     def clone_args(self) -> tuple:
-        return tuple(a.clone() if hasattr(a, "clone") else a for a in self.args)
+        return clone_args(self.args)
 
     def describe(self, names: Sequence[str] | None = None) -> str:
         """One line per input: name, dtype, shape, how it was generated and the values' actual range."""
@@ -461,7 +462,7 @@ class InputSpace:
         for i, item in enumerate(items):
             if isinstance(item, TensorSpec):
                 specs.append(item)
-            elif _is_tensor(item):
+            elif is_tensor(item):
                 specs.append(_spec_from_tensor(item))
             elif _is_strategy(item):
                 raise SpecError(
@@ -488,7 +489,7 @@ class InputSpace:
         unused = sorted(set(bounds) - used - {n for s in specs for n in s.bound_names()})
         if unused:
             raise SpecError(f"dims {', '.join(map(repr, unused))} are not used by any input; remove them or use them in tensor(...)")
-        explicit = tuple(item for item in items if _is_tensor(item))
+        explicit = tuple(item for item in items if is_tensor(item))
         space = cls(specs, bounds, given=given or (explicit if len(explicit) == len(items) else None), names=names,
                     keywords=keywords)
         from .validate import check_example_size
@@ -720,10 +721,6 @@ def _weighted(patterns: Sequence[str]):
         return patterns[-1]
 
     return st.integers(0, total - 1).map(pick)
-
-
-def _is_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape")
 
 
 def _is_strategy(x: Any) -> bool:

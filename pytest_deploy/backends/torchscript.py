@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-from .base import Backend, quiet_torch_logs, short_path
+from ..sources import short_path
+from .base import Backend, quiet_torch_logs
 
 _SCRIPT_HINT = (
     "torch.jit.script compiles forward's Python source and rejects what TorchScript lacks; make forward "

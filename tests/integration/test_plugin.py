@@ -115,13 +115,15 @@ def assert_leaky_lost(branches: list[dict], path) -> None:
 def fake_backend(pytester):
     """A registered but unavailable backend, from the user's conftest. Inline runs share this process, so the
     registry is restored afterwards."""
-    saved = dict(registry._REGISTRY), dict(registry._ALIASES)
+    from pytest_deploy import names
+
+    tables = (registry._REGISTRY, registry._PENDING, names._NAMES, names._ALIASES)
+    saved = [dict(t) for t in tables]
     pytester.makeconftest(FAKE_CONFTEST)
     yield "fake"
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved[0])
-    registry._ALIASES.clear()
-    registry._ALIASES.update(saved[1])
+    for table, copy in zip(tables, saved):
+        table.clear()
+        table.update(copy)
 
 
 # ------------------------------------------------------------------------------------ collection
