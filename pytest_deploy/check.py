@@ -604,7 +604,9 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise SpecError(f"timeout={timeout!r} must be a positive number of seconds")
     in_worker = isolation.isolated(isolate, getattr(impl, "native", False))
-    space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model),
+    count = len(inputs) if isinstance(inputs, (list, tuple)) else len(example_inputs) if isinstance(
+        example_inputs, (list, tuple)) else 0
+    space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model, count),
                                parameters=_keyword_parameters(model))
     options = dict(options or {})
     reason = impl.unavailable_reason(options)
@@ -868,14 +870,20 @@ def _emit_warnings(result: Result) -> None:
         warnings.warn(InputWarning(text), stacklevel=3)
 
 
-def _forward_arg_names(model) -> list[str]:
+def _forward_arg_names(model, count: int = 0) -> list[str]:
+    """forward's positional parameter names; a ``*xs`` parameter names the rest of ``count`` inputs ``xs_0``,
+    ``xs_1``, ... as the exporters do (torch.export, and the ONNX graph's inputs)."""
     import inspect
 
     try:
-        return [p.name for p in inspect.signature(model.forward).parameters.values()
-                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError, AttributeError):
         return []
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var = next((p.name for p in params if p.kind == p.VAR_POSITIONAL), None)
+    if var is not None:
+        names += [f"{var}_{i}" for i in range(max(0, count - len(names)))]
+    return names
 
 
 def _require_module(obj, who: str) -> None:

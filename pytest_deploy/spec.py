@@ -724,7 +724,9 @@ def _weighted(patterns: Sequence[str]):
 
 
 def _is_strategy(x: Any) -> bool:
-    return any(c.__name__ == "SearchStrategy" for c in type(x).__mro__)
+    from hypothesis.strategies import SearchStrategy
+
+    return isinstance(x, SearchStrategy)
 
 
 def validate_declaration(inputs: Any, dims: Any) -> None:

@@ -14,6 +14,8 @@ from .tensors import clone_args, is_tensor
 
 #: Backends whose artifact is a graph of tensor ops: a string output cannot be part of it.
 TENSOR_GRAPH_BACKENDS = frozenset({"trace", "export", "aoti", "onnx", "tvm", "tensorrt"})
+#: Backends whose runtime hands back a flat list of tensors: a Python number among the outputs has no place there.
+TENSOR_ONLY_OUTPUTS = frozenset({"onnx", "tvm", "tensorrt"})
 
 _GIB = 2**30
 
@@ -144,6 +146,15 @@ def check_output_leaves(leaves: Sequence[tuple[str, Any]], backend: str) -> None
                 f"{path} is a str ({value!r:.40}): the {backend} artifact computes tensors only and cannot return "
                 "it; fix: return tensors (e.g. class indices, mapped to names outside the model), or check this "
                 "model with state_dict, pickle or script",
+            )
+        numbers = [(p, v) for p, v in leaves if isinstance(v, (bool, int, float, complex))]
+        if numbers and backend in TENSOR_ONLY_OUTPUTS:
+            path, value = numbers[0]
+            raise StageError(
+                "run",
+                f"{path} is a Python {type(value).__name__} ({value!r:.40}): the {backend} graph returns tensors "
+                "only, so this output would go uncompared; fix: return it as a tensor (torch.tensor(...)), or leave "
+                "it out of forward's outputs",
             )
 
 

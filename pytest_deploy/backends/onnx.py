@@ -137,12 +137,12 @@ def _simplify(ctx, raw_path: str, external: bool) -> str | None:
             ctx.note("onnx_simplified", "skipped: the graph is over 2 GB, which onnxsim cannot hold")
             return None
         try:
-            simplified, ok = onnxsim.simplify(model)
+            simplified, ok = onnxsim.simplify(model, check_n=0)
         except Exception as exc:
             raise StageError("simplify", f"onnxsim fails on the exported graph: {first_line(exc)}\n"
                                          "  fix: ship the raw graph, or simplify with onnxsim's skip options") from None
-        if not ok:
-            raise StageError("simplify", "onnxsim could not verify its simplified graph against the original\n"
+        if not ok:  # check_n=0: no random-input comparison (the examples below do that); onnx.checker's verdict
+            raise StageError("simplify", "onnxsim's simplified graph fails onnx.checker (onnxsim reports it invalid)\n"
                                          "  fix: ship the raw graph, or simplify with onnxsim's skip options")
         onnx.save_model(simplified, path, save_as_external_data=external, all_tensors_to_one_file=True,
                         location=os.path.basename(path) + ".data")
