@@ -20,8 +20,9 @@ import os
 import re
 import sys
 import types
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 #: Libraries whose version changes an outcome.
 LIBRARIES = ("torch", "numpy", "hypothesis", "onnx", "onnxscript", "onnxruntime", "onnxsim", "apache-tvm",
@@ -135,7 +136,7 @@ def check_key(model, backend: str, *, declared: dict[str, Any], options: dict[st
     seed, tolerances, example inputs); ``options`` the backend options; ``files`` extra source files (the test's)."""
     from .cache import make_key
 
-    extra = set(str(f) for f in files)
+    extra = {str(f) for f in files}
     parts = {"declared": stable(declared, extra), "options": stable(options, extra)}
     sources = reachable_files(model, extra)
     return make_key("result", backend, model_digest(model), files_digest(sources), parts, plugin_digest(),

@@ -27,8 +27,9 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Iterator
+from typing import Any, Literal
 
 from .errors import StageError
 
@@ -148,16 +149,18 @@ def _child(fn: Callable[[], Any], channel: Connection) -> None:  # pragma: no co
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(1)  # the parent's OpenMP pool is gone: a parallel op would hang
+        # ("return", value), or ("raise", exception, the traceback's text)
+        message: tuple[Literal["return"], Any] | tuple[Literal["raise"], BaseException, str]
         try:
             message = ("return", fn())
-        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        except BaseException as exc:
             message = ("raise", exc, "".join(traceback.format_exception(exc)))
         try:
             channel.send(message)
         except Exception:  # the value or the exception does not pickle: send its text
             text = message[2] if message[0] == "raise" else f"{label_of(message[1])} could not be sent back"
             channel.send(("raise", None, text))
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         code = 70
     finally:
         with contextlib.suppress(Exception):
@@ -177,6 +180,7 @@ def _parent(pid: int, channel: Connection, *, label: str, timeout: float | None)
         while final is None:
             wait = None if not timeout else max(0.0, since + timeout - time.monotonic())
             if not channel.poll(wait):
+                assert timeout is not None  # poll(None) waits for a message or EOF: only a timed poll comes back empty
                 _kill(pid)
                 raise WorkerCrash(reported_stage(stage), "worker killed: " + timeout_text(stage, timeout))
             try:

@@ -7,7 +7,8 @@ backend. :mod:`pytest_deploy.backends` registers each backend's names here.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from typing import overload
 
 from .errors import SpecError
 
@@ -51,6 +52,10 @@ def canonical_name(name: str) -> str:
     return _ALIASES[key]
 
 
+@overload
+def parse_backends(value: None, *, where: str) -> None: ...
+@overload
+def parse_backends(value: str | Iterable[str], *, where: str) -> list[str]: ...
 def parse_backends(value: str | Iterable[str] | None, *, where: str) -> list[str] | None:
     """Canonical, de-duplicated names from a comma-separated string or a list; ``all`` expands.
 
@@ -58,7 +63,7 @@ def parse_backends(value: str | Iterable[str] | None, *, where: str) -> list[str
     """
     if value is None:
         return None
-    items = [v for v in value.split(",")] if isinstance(value, str) else list(value)
+    items = list(value.split(",")) if isinstance(value, str) else list(value)
     if not items or all(isinstance(i, str) and not i.strip() for i in items):
         raise SpecError(f"{where}: empty backend list; name at least one of: {known_names_text()}")
     out: list[str] = []

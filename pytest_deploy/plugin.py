@@ -11,7 +11,7 @@ import json
 import os
 import re
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -19,6 +19,9 @@ from . import FACTORY_ATTR
 from .errors import BackendUnavailable, DeployFailure, SpecError
 from .options import CALL_KWARGS, MARKER_DOC, Settings, add_options, read_settings, validate_kwargs
 from .results import Result
+
+if TYPE_CHECKING:  # imported where the cache is first used, not when the plugin loads
+    from .cache import ArtifactCache
 
 PARAM = "deploy_backend"
 #: report attribute that carries a check's result from an xdist worker to the controller
@@ -32,8 +35,8 @@ class DeploySession:
         self.config = config
         self.settings = settings
         self.results: dict[str, Result] = {}  # nodeid -> Result
-        self._workroot = None
-        self._cache = None
+        self._workroot: str | os.PathLike[str] | None = None
+        self._cache: ArtifactCache | None = None
 
     @property
     def cache(self):
@@ -97,6 +100,7 @@ class DeploySession:
             result = Result(test=test, backend=backend, outcome="failed", message=str(exc))
         self.results[item.nodeid] = result
         if result.outcome == "skipped":
+            assert result.message is not None  # only BackendUnavailable skips, and its text is the reason
             if self.settings.strict:
                 result.outcome = "failed"
                 pytest.fail(f"{result.message} (failing because of --deploy-strict)", pytrace=False)
@@ -216,7 +220,8 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     selected = config.stash[SESSION_KEY].settings.backends
     if not selected:
         return
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         backend = getattr(item, "callspec", None) and item.callspec.params.get(PARAM)
         (drop if backend and backend not in selected else keep).append(item)
@@ -262,7 +267,7 @@ def pytest_pyfunc_call(pyfuncitem):
         pytest.fail("@deployable tests must be plain functions returning the model, not coroutines", pytrace=False)
     argnames = getattr(getattr(pyfuncitem, "_fixtureinfo", None), "argnames", None)
     if argnames is None:
-        argnames = [p for p in inspect.signature(fn).parameters]
+        argnames = list(inspect.signature(fn).parameters)
     funcargs = {name: pyfuncitem.funcargs[name] for name in argnames}
     seed = pyfuncitem.config.stash[SESSION_KEY].seed_for(pyfuncitem)
 

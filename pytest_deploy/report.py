@@ -90,7 +90,9 @@ def _branch_lines(branch_rows: dict[str, Result | None]) -> list[str]:
     """Every lost or uncovered decision, with its site: what a user has to look at."""
     out = []
     for test, result in branch_rows.items():
-        notable = [b for b in (result.branches if result else []) if b.get("lost") or b.get("uncovered")]
+        if result is None:
+            continue
+        notable = [b for b in result.branches if b.get("lost") or b.get("uncovered")]
         if not notable:
             continue
         out.append(f"{test} ({result.backend}):")

@@ -20,9 +20,9 @@ _LIBRARY_PACKAGES = ("torch", "functorch", "pytest_deploy", "_pytest", "pytest",
                      "onnxscript", "onnxruntime", "onnxsim", "tvm", "tvm_ffi", "tensorrt", "numpy", "sympy")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library_dirs() -> tuple[str, ...]:
-    dirs = []
+    dirs: list[str] = []
     for name in _LIBRARY_PACKAGES:
         try:
             spec = importlib.util.find_spec(name)

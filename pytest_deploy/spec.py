@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from .errors import SpecError
 from .tensors import clone_args, is_tensor
@@ -293,7 +294,7 @@ class Example:
 
     args: tuple
     dims: dict[str, int] = field(default_factory=dict)
-    recipes: tuple[InputRecipe | None, ...] | None = None
+    recipes: tuple[InputRecipe, ...] | None = None
     specs: tuple[TensorSpec | None, ...] | None = None
     label: str = "generated"
 
@@ -318,9 +319,9 @@ class Example:
         return "\n".join(lines)
 
     def _how(self, i: int) -> str:
-        if not self.recipes or self.recipes[i] is None:
+        r = self.recipes[i] if self.recipes else None
+        if r is None:
             return f" ({self.label})"
-        r = self.recipes[i]
         spec = self.specs[i] if self.specs else None
         bounds = ""
         if spec is not None and not _is_bool(spec.torch_dtype) and not isinstance(spec, MaskSpec):
@@ -434,7 +435,7 @@ class InputSpace:
 
     @classmethod
     def resolve(cls, inputs: Any, dims: Mapping[str, Any] | None, example_inputs: Any = None, names=None,
-                parameters: Sequence[str] | None = None) -> "InputSpace":
+                parameters: Sequence[str] | None = None) -> InputSpace:
         """Build the input space from the marker's ``inputs``/``dims`` and any example the test returned.
 
         ``names`` are forward's positional parameter names; ``parameters`` all of its parameter names in

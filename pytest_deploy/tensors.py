@@ -6,7 +6,8 @@ A leaf module: torch and numpy are imported inside the functions that need them.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def is_tensor(x: Any) -> bool:

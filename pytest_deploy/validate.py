@@ -7,7 +7,8 @@ Importing this module imports neither torch nor any backend; the functions impor
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .errors import SpecError, StageError
 from .tensors import clone_args, is_tensor
@@ -149,10 +150,10 @@ def check_output_leaves(leaves: Sequence[tuple[str, Any]], backend: str) -> None
             )
         numbers = [(p, v) for p, v in leaves if isinstance(v, (bool, int, float, complex))]
         if numbers and backend in TENSOR_ONLY_OUTPUTS:
-            path, value = numbers[0]
+            path, number = numbers[0]
             raise StageError(
                 "run",
-                f"{path} is a Python {type(value).__name__} ({value!r:.40}): the {backend} graph returns tensors "
+                f"{path} is a Python {type(number).__name__} ({number!r:.40}): the {backend} graph returns tensors "
                 "only, so this output would go uncompared; fix: return it as a tensor (torch.tensor(...)), or leave "
                 "it out of forward's outputs",
             )

@@ -23,6 +23,7 @@ from typing import Any
 
 from .isolation import signal_name
 
+
 def _send(channel: Connection, obj: Any) -> None:
     import torch
 
@@ -104,11 +105,9 @@ class Worker:
         return text[-limit:]
 
     def close(self) -> None:
-        for fd in (self._req_w, self._rep_r):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for channel in (self._requests, self._replies):  # each Connection owns (and closes) its pipe end
+            with contextlib.suppress(OSError):
+                channel.close()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

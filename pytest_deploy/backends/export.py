@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import linecache
 import re
 from collections import OrderedDict
 from typing import Any
@@ -58,7 +57,7 @@ def explain_export_error(exc: BaseException) -> str:
 
 #: Exported programs of this process by model content and inputs, newest last: the backends that start from
 #: torch.export (export, aoti, onnx, tvm) export a model test's model once. Forked check workers inherit it.
-_PROGRAMS: "OrderedDict[str, Any]" = OrderedDict()
+_PROGRAMS: OrderedDict[str, Any] = OrderedDict()
 _PROGRAMS_KEPT = 4
 
 

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
 
 from ..errors import StageError
 from ..sources import first_line, short_path
 from ..tensors import from_numpy, is_tensor, to_numpy
 from .base import Backend
-from .onnx_export import (EXPORTERS, EXTERNAL_DATA_THRESHOLD, export_dynamo, export_torchscript, input_names,
-                          node_source, weight_bytes)
+from .onnx_export import (
+    EXPORTERS,
+    EXTERNAL_DATA_THRESHOLD,
+    export_dynamo,
+    export_torchscript,
+    input_names,
+    node_source,
+    weight_bytes,
+)
 
 _PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2
 
@@ -69,6 +75,7 @@ class OnnxBackend(Backend):
         def run(args):
             out = [(f"output[{i}]", o) for i, o in enumerate(_run(ctx, raw, raw_path, args))]
             if simplified is not None:
+                assert simplified_path is not None  # a simplified session exists only for a simplified graph
                 out += [(f"{SIMPLIFIED}output[{i}]", o) for i, o in enumerate(_run(ctx, simplified, simplified_path, args))]
             return Leaves(out)
 

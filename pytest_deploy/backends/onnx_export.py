@@ -35,11 +35,14 @@ def export_dynamo(ctx, path: str, opset: int | None, external: bool) -> None:
                                              verbose=False)
         except Exception as exc:
             raise StageError("export", explain_conversion_error(exc, program), cause=exc) from None
+        # dynamo=True always returns an ONNXProgram: torch's annotation (ONNXProgram | None) covers dynamo=False too
+        assert onnx_program is not None
         written = onnx_program.model.opset_imports.get("")
         if opset is not None and written != opset:
             # the exporter writes its own opset and converts to the requested one where it can, else keeps its own
             import onnx
 
+            assert written is not None  # the exporter always writes the default domain's opset
             if opset < written:
                 fix = f"ask for opset {written} or newer, or --deploy-onnx-exporter=torchscript (older opsets)"
             else:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..errors import StageError
 from ..sources import first_line, short_path

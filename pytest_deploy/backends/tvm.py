@@ -101,7 +101,6 @@ class TvmBackend(Backend):
         return _kind_of((options or {}).get("tvm_target") or DEFAULT_TARGET) not in _HOST_KINDS
 
     def build(self, ctx):
-        import torch
         import tvm
         from tvm import relax
 
@@ -211,7 +210,9 @@ class TvmBackend(Backend):
                                  ) from None
             try:
                 args, kwargs = ctx.space.split(ctx.canonical.clone_args())
-                proto = torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True, verbose=False).model_proto
+                # dynamo=True always returns an ONNXProgram: torch's annotation (ONNXProgram | None) covers dynamo=False
+                proto = torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True,  # type: ignore[union-attr]
+                                          verbose=False).model_proto
             except Exception as exc:
                 from .onnx_export import explain_conversion_error
 

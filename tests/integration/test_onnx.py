@@ -23,16 +23,16 @@ import pytest
 for _module in ("onnx", "onnxscript", "onnxsim", "onnxruntime"):
     pytest.importorskip(_module)
 
+import helpers  # tests/integration/helpers.py
 import numpy as np
 import onnx
 import onnxruntime
 import onnxsim
 import torch
-import torch.onnx  # noqa: F401  (pytester's inline runs drop every module they imported: import once, here)
+import torch.onnx
 from torch import nn
 
-import helpers  # tests/integration/helpers.py
-from pytest_deploy import DeployFailure, Result, tensor, verify
+from pytest_deploy import Result, tensor, verify
 from pytest_deploy.backends import onnx as onnx_backend
 
 TORCHSCRIPT = {"onnx_exporter": "torchscript"}

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import pytest_deploy
-import pytest_deploy.check  # noqa: F401
-import pytest_deploy.report  # noqa: F401
+import pytest_deploy.check
+import pytest_deploy.report
 from pytest_deploy import DeployFailure, Result, backend_names, tensor, verify
 from pytest_deploy import backends as registry
 
@@ -640,7 +640,7 @@ def test_json_report(pytester, fake_backend):
     results = by_backend(report)
     assert len(report["results"]) == 6 == len(results)
     for entry in report["results"]:
-        assert RESULT_KEYS <= set(entry), RESULT_KEYS - set(entry)
+        assert set(entry) >= RESULT_KEYS, RESULT_KEYS - set(entry)
         assert set(entry["timings"]) == {"build", "load", "run"}
         assert entry["test"].startswith("test_json_report.py::test_")
         assert isinstance(entry["branches"], list)

@@ -14,7 +14,12 @@ from pytest_deploy import tensor
 from pytest_deploy.backends import canonical_name, get_backend
 from pytest_deploy.backends import tensorrt as trt_backend
 from pytest_deploy.backends.tensorrt import (
-    describe_parser_errors, engine_cache_key, fp16_tolerance, profile_shapes, timing_cache_key, trtexec_command,
+    describe_parser_errors,
+    engine_cache_key,
+    fp16_tolerance,
+    profile_shapes,
+    timing_cache_key,
+    trtexec_command,
     unavailable_reason,
 )
 from pytest_deploy.compare import resolve_tolerance
