@@ -129,7 +129,10 @@ class DeploySession:
             elif report.failed:
                 result.outcome = "failed"
                 if result.message is None:
-                    result.message = report.longreprtext.strip().splitlines()[-1][:500] if report.longreprtext else None
+                    from .sources import cap
+
+                    text = report.longreprtext.strip()
+                    result.message = cap(text.splitlines()[-1], 500) if text else None
             else:
                 result.outcome = "passed"
 

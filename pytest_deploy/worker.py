@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .isolation import signal_name
+from .sources import cap
 
 
 def _send(channel: Connection, obj: Any) -> None:
@@ -138,8 +139,8 @@ def _weights_only_reason(exc: BaseException) -> str:
     lines = [ln for ln in lines if ln]
     for ln in lines:
         if "Unsupported global" in ln or "not an allowed global" in ln:
-            return ln[:400]
-    return (lines[0] if lines else type(exc).__name__)[:400]
+            return cap(ln, 400)
+    return cap(lines[0] if lines else type(exc).__name__, 400)
 
 
 def _serve(req_fd: int, rep_fd: int) -> None:
