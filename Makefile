@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pytest-deploy-installed
 
-.PHONY: setup demo test hf-corpus clean
+.PHONY: setup demo test lint hf-corpus clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest tests
+
+# ruff (lint and import order) and mypy (types of the pytest_deploy package), configured in pyproject.toml
+lint: setup
+	$(BIN)/ruff check pytest_deploy tests benchmarks examples
+	$(BIN)/mypy
 
 # every architecture of the Hugging Face corpus against every backend (CI runs a subset); writes the matrix
 hf-corpus: setup

@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # before torch is imported
 
-import torch  # noqa: E402
+import torch
 
-from examples.models import SmallCNN  # noqa: E402
-from pytest_deploy import tensor, verify  # noqa: E402
+from examples.models import SmallCNN
+from pytest_deploy import tensor, verify
 
 
 def cnn():

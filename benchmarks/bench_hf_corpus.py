@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchutil import cpu_summary  # noqa: E402  (benchmarks/benchutil.py)
+from benchutil import cpu_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -41,8 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchutil import (BENCH, Run, bench_env, copy_workload, fmt_seconds, fresh_dir, machine, stats,  # noqa: E402
-                       timed, warm_up)
+from benchutil import BENCH, Run, bench_env, copy_workload, fmt_seconds, fresh_dir, machine, stats, timed, warm_up
 
 MODELS = ("cnn", "transformer", "mlp")
 HEAVY = ("torch", "onnx", "onnxruntime", "onnxsim", "onnxscript", "hypothesis", "pytest")

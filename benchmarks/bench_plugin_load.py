@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchutil import bench_env, machine  # noqa: E402
+from benchutil import bench_env, machine
 
 TARGET_MS = 20.0
 HEAVY = ("torch", "hypothesis", "numpy", "onnx", "onnxruntime", "onnxscript", "onnxsim", "tvm", "tvm_ffi", "filelock")

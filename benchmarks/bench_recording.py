@@ -30,11 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from examples.models import SmallCNN, TextEncoder  # noqa: E402
-from pytest_deploy.decisions import Recorder, needs_line_tracing  # noqa: E402
+from examples.models import SmallCNN, TextEncoder
+from pytest_deploy.decisions import Recorder, needs_line_tracing
 
 TARGET = 1.3
 

@@ -125,7 +125,7 @@ def machine(extra: tuple[str, ...] = ()) -> list[str]:
     except (OSError, StopIteration, ValueError):
         memory = "RAM unknown"
     try:
-        load = "load average %.2f %.2f %.2f" % os.getloadavg()
+        load = "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         load = "load unknown"
     threads = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}

@@ -82,7 +82,6 @@ def canonical_dims(shape, dims: dict[str, tuple[int, int]]) -> dict[str, int]:
 def make_examples(name: str, count: int, seed: int):
     """``count`` input tuples: the canonical one first, then dims drawn within bounds, values in [-1, 1]."""
     import torch
-
     from models import SPECS
 
     shape, dims = SPECS[name]["shape"], SPECS[name]["dims"]
@@ -99,7 +98,6 @@ def make_examples(name: str, count: int, seed: int):
 def dynamic_shapes(name: str):
     """``torch.export`` dynamic_shapes: one ``Dim(name, min, max)`` per named dim of the single input."""
     import torch
-
     from models import SPECS
 
     shape, dims = SPECS[name]["shape"], SPECS[name]["dims"]
@@ -247,7 +245,6 @@ def main() -> int:
         parser.error(f"unknown model or backend: {', '.join(unknown)}")
 
     import torch
-
     from models import build
 
     start = time.perf_counter()

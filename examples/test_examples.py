@@ -4,8 +4,8 @@ Run with ``make demo`` (or ``pytest examples``); narrow with ``--deploy-backends
 """
 
 import torch
-
 from models import EarlyExitClassifier, GRUTagger, SmallCNN, TextEncoder
+
 from pytest_deploy import deployable, tensor
 
 ALL = ["state_dict", "pickle", "checkpoint", "trace", "script", "export", "aoti", "onnx", "tvm", "tensorrt"]

@@ -7,7 +7,8 @@ not import torch or any backend library.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import BackendUnavailable, DeployFailure, SpecError
 from .results import Result

@@ -17,8 +17,9 @@ import os
 import platform
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 #: Bump when the layout of entries or what keys cover changes.
 CACHE_VERSION = 2
@@ -187,7 +188,7 @@ def machine() -> dict[str, str]:
 def library_versions(names: Iterable[str]) -> dict[str, str | None]:
     from importlib import metadata
 
-    out = {}
+    out: dict[str, str | None] = {}
     for name in names:
         try:
             out[name] = metadata.version(name)

@@ -13,17 +13,20 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import isolation
-from .backends.base import add_model_files, short_path
 from .cache import ArtifactCache
 from .compare import Comparison, Tolerance, compare_outputs, format_number, resolve_tolerance
 from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
 from .results import Result
+from .sources import add_model_files, describe_exception, short_path
 from .spec import SPECIAL_LABEL, Example, InputSpace
+from .tensors import clone_args, is_tensor
 
 #: Stage name → the timing bucket it counts towards in the report.
 _TIMING_BUCKET = {"export": "build", "check": "build", "simplify": "build", "compile": "build", "save": "build",
@@ -46,6 +49,30 @@ EXPLORE_SECONDS = 5.0
 LOST_BRANCH_FIX = "torch.jit.script, or torch.cond for export"
 
 DEFAULT_EXAMPLES = 20
+
+
+@dataclass
+class _RunCounts:
+    """What run_examples counts while hypothesis runs the examples."""
+
+    runs: int = 0
+    failed_keys: set[tuple] = field(default_factory=set)  # _example_key of each failing example
+    after_failure: int = 0  # runs since the first failure: the shrink budget spent
+    passed: int = 0
+
+
+@dataclass
+class _ReferenceStats:
+    """What the eager outputs looked like over the examples (see CheckContext._observe_reference)."""
+
+    floats: int = 0  # float outputs seen
+    largest: float = 0.0  # the largest float magnitude, and where
+    largest_path: str | None = None
+    others: bool = False  # a non-empty output that is not floating point
+    shapes: dict[tuple, list] = field(default_factory=dict)  # output signature -> the first example's outputs
+    compared: int = 0  # examples compared with an earlier one of the same signature
+    varies: bool = False  # whether any of them differed
+    examples: int = 0
 
 
 class _ExampleFailed(Exception):
@@ -102,8 +129,7 @@ class CheckContext:
         #: output path -> index of the mask() input whose dims lead that output (decided on the first example)
         self._masked_paths: dict[str, int] | None = None
         #: what the eager outputs looked like over the examples: the largest float magnitude, whether any changed
-        self._reference = {"floats": 0, "largest": 0.0, "largest_path": None, "others": False, "shapes": {},
-                           "compared": 0, "varies": False, "examples": 0}
+        self._reference = _ReferenceStats()
 
     # -- helpers for backends -------------------------------------------------------------------
 
@@ -270,7 +296,7 @@ class CheckContext:
 
         model = self.model if model is None else model
         with torch.no_grad():
-            return self.call(model, _clone(args))
+            return self.call(model, clone_args(args))
 
     # -- the example loop --------------------------------------------------------------------------
 
@@ -294,23 +320,23 @@ class CheckContext:
             self.recorded_eager(self.canonical.args)  # the sites to search from
             with isolation.guard("reference", self.timeout):
                 found = self.explore()
-        state = {"runs": 0, "failed_keys": set(), "after_failure": 0, "passed": 0}
+        state = _RunCounts()
 
         def one(ex: Example) -> None:
             key = _example_key(ex)
-            if state["failed_keys"]:
-                state["after_failure"] += 1
-                if state["after_failure"] > SHRINK_BUDGET and key not in state["failed_keys"]:
+            if state.failed_keys:
+                state.after_failure += 1
+                if state.after_failure > SHRINK_BUDGET and key not in state.failed_keys:
                     return  # shrink budget spent: stop exploring, keep the smallest failure found
-            state["runs"] += 1
+            state.runs += 1
             try:
                 self._run_one(ex, runner, reference)
             except _ExampleFailed:
                 if key is not None:
-                    state["failed_keys"].add(key)
+                    state.failed_keys.add(key)
                 raise
-            if not state["failed_keys"]:
-                state["passed"] += 1
+            if not state.failed_keys:
+                state.passed += 1
 
         test = given(self.space.strategy())(one)
         # ``examples`` counts every example run: the canonical one, the special patterns every input is
@@ -339,8 +365,8 @@ class CheckContext:
             if failure.example.label == SPECIAL_LABEL:  # explicit examples are not shrunk by hypothesis
                 failure = self._shrink_dims(failure, runner, reference)
             self.failed_example = failure.example
-            self.result.examples = state["passed"] + 1
-            stage, text = failure.stage, self._failure_text(failure, shrunk=state["runs"] > 1)
+            self.result.examples = state.passed + 1
+            stage, text = failure.stage, self._failure_text(failure, shrunk=state.runs > 1)
             lost = self._lost_branch_text(failure) if failure.comparison is not None else None
             if lost:
                 stage, text = "branches", lost + "\n" + text
@@ -359,13 +385,15 @@ class CheckContext:
             self.result.branches = self.analysis.to_json()
             if self.result.branches:
                 self.result.details["branch_summary"] = self.analysis.summary()
-        self.result.examples = state["passed"]
+        self.result.examples = state.passed
         self._judge_reference()
 
-    def _shrink_dims(self, failure: "_ExampleFailed", runner, reference) -> "_ExampleFailed":
+    def _shrink_dims(self, failure: _ExampleFailed, runner, reference) -> _ExampleFailed:
         """A failing special-pattern example with its dims made as small as still fails (each dim in turn,
         by bisection towards its lower bound), its recipes unchanged."""
         best = failure
+        recipes = failure.example.recipes  # every smaller candidate is built from these too
+        assert recipes is not None  # special-pattern examples are built from recipes
         runs = 0
         for name in sorted(self.space.dims):
             low, high = self.space.dims[name][0], best.example.dims.get(name, 0)
@@ -373,14 +401,14 @@ class CheckContext:
             while low < high and runs < DIM_SHRINK_RUNS:
                 mid = low if first else (low + high) // 2  # the lower bound first: failures need not be monotonic
                 first = False
-                candidate = self.space.build({**best.example.dims, name: mid}, best.example.recipes)
+                candidate = self.space.build({**best.example.dims, name: mid}, recipes)
                 candidate.label = SPECIAL_LABEL
                 runs += 1
                 try:
                     self._run_one(candidate, runner, reference)
                 except _ExampleFailed as smaller:
                     best, high = smaller, mid
-                except Exception:  # noqa: BLE001 - an input the model refuses is no smaller failure
+                except Exception:
                     low = mid + 1
                 else:
                     low = mid + 1
@@ -388,7 +416,7 @@ class CheckContext:
             best.example.label = SPECIAL_LABEL + ", dims shrunk"
         return best
 
-    def _lost_branch_text(self, failure: "_ExampleFailed") -> str | None:
+    def _lost_branch_text(self, failure: _ExampleFailed) -> str | None:
         """When a tracing backend's mismatch comes with a trace-lost decision, say where it is."""
         if not self.freezes_decisions:
             return None
@@ -401,6 +429,7 @@ class CheckContext:
             return None
         first = divergences[0]
         self.analysis.mark_diverged(first.site)
+        assert failure.comparison is not None  # called for a failed comparison only
         worst = max(failure.comparison.errors, key=lambda e: e.max_abs)
         atol, _ = self.tol.for_dtype(worst.dtype)
         text = describe_divergence(first, "the failing input")
@@ -421,7 +450,7 @@ class CheckContext:
                 exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")) from None
         try:
             with self.stage("run"):
-                got = runner(_clone(ex.args))
+                got = runner(clone_args(ex.args))
         except StageError as err:
             raise _ExampleFailed(ex, "run", err.message) from None
         try:
@@ -452,7 +481,7 @@ class CheckContext:
             for path, value in leaves:
                 for i in masks:
                     m = ex.args[i]
-                    if _is_tensor(value) and value.dim() >= m.dim() and tuple(value.shape[:m.dim()]) == tuple(m.shape):
+                    if is_tensor(value) and value.dim() >= m.dim() and tuple(value.shape[:m.dim()]) == tuple(m.shape):
                         self._masked_paths[path] = i
                         break
             if self._masked_paths:
@@ -461,10 +490,10 @@ class CheckContext:
                     for p, i in self._masked_paths.items()}
         keep = {}
         for path, value in leaves:
-            i = self._masked_paths.get(path)
-            if i is None or not _is_tensor(value):
+            index = self._masked_paths.get(path)
+            if index is None or not is_tensor(value):
                 continue
-            m = ex.args[i]
+            m = ex.args[index]
             if tuple(value.shape[:m.dim()]) == tuple(m.shape):
                 keep[path] = m.bool()
         if keep:
@@ -483,52 +512,52 @@ class CheckContext:
 
         leaves = expected if isinstance(expected, Leaves) else flatten(expected)
         ref = self._reference
-        ref["examples"] += 1
+        ref.examples += 1
         signature = []
         for path, value in leaves:
-            if not _is_tensor(value):
+            if not is_tensor(value):
                 continue
             signature.append((path, tuple(value.shape), str(value.dtype)))
             if not value.is_floating_point() or value.numel() == 0:
-                ref["others"] = ref["others"] or value.numel() > 0
+                ref.others = ref.others or value.numel() > 0
                 continue
             shown = value.detach()
             if keep and path in keep:
                 valid = keep[path].reshape(*keep[path].shape, *([1] * (shown.dim() - keep[path].dim())))
                 shown = torch_where(valid, shown)
             largest = float(shown.abs().nan_to_num(0.0, 0.0, 0.0).max()) if shown.numel() else 0.0
-            ref["floats"] += 1
-            if largest >= ref["largest"]:
-                ref["largest"], ref["largest_path"] = largest, path
+            ref.floats += 1
+            if largest >= ref.largest:
+                ref.largest, ref.largest_path = largest, path
         key = tuple(signature)
-        values = [v for _, v in leaves if _is_tensor(v)]
-        previous = ref["shapes"].get(key)
+        values = [v for _, v in leaves if is_tensor(v)]
+        previous = ref.shapes.get(key)
         if previous is None:
-            if len(ref["shapes"]) < 8:
-                ref["shapes"][key] = [v.detach().clone() for v in values]
+            if len(ref.shapes) < 8:
+                ref.shapes[key] = [v.detach().clone() for v in values]
         else:
-            ref["compared"] += 1
+            ref.compared += 1
             if not all(_equal(a, b) for a, b in zip(previous, values)):
-                ref["varies"] = True
+                ref.varies = True
 
     def _judge_reference(self) -> None:
         """After every example passed: fail a vacuous check, warn about outputs no input changes."""
         ref = self._reference
-        if not ref["floats"] or ref["others"] or ref["examples"] == 0:
+        if not ref.floats or ref.others or ref.examples == 0:
             return
         atol, _ = self.tol.float32
-        largest = ref["largest"]
+        largest = ref.largest
         if largest <= max(atol, VACUOUS_FLOOR) and not self.allow_vacuous:
             raise StageError(
                 "reference",
                 f"vacuous check: eager PyTorch's outputs are (near) zero on every example (largest magnitude "
-                f"{format_number(largest)} at {ref['largest_path']}, within atol {atol:g} of zero), so any backend "
+                f"{format_number(largest)} at {ref.largest_path}, within atol {atol:g} of zero), so any backend "
                 "returning zeros would pass and the comparison proves nothing\n"
                 "  fix: initialise the weights (a library's default init can let the signal vanish, e.g. "
                 "model.apply(init_fn) or a seeded torch.nn.init.normal_ on each weight), or pass "
                 "allow_vacuous=True when near-zero outputs are what the model should give")
-        if ref["compared"] and not ref["varies"]:
-            self.warn(f"{self.backend}: eager outputs were identical for every example ({ref['examples']} inputs); "
+        if ref.compared and not ref.varies:
+            self.warn(f"{self.backend}: eager outputs were identical for every example ({ref.examples} inputs); "
                       "the model may ignore its inputs (a dead signal), so the comparison proves little")
 
     def _update_errors(self, cmp: Comparison) -> None:
@@ -603,7 +632,9 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise SpecError(f"timeout={timeout!r} must be a positive number of seconds")
     in_worker = isolation.isolated(isolate, getattr(impl, "native", False))
-    space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model),
+    count = len(inputs) if isinstance(inputs, (list, tuple)) else len(example_inputs) if isinstance(
+        example_inputs, (list, tuple)) else 0
+    space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model, count),
                                parameters=_keyword_parameters(model))
     options = dict(options or {})
     reason = impl.unavailable_reason(options)
@@ -658,6 +689,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
             outcome, result = execute()
         _emit_warnings(result)
         if outcome == "failed":
+            assert result.message is not None  # _execute sets it with the outcome
             raise DeployFailure(result.message, result)
         if key is not None:
             cache.store_result(key, result)
@@ -723,11 +755,11 @@ def _temporary_files_in(directory: Path) -> Iterator[None]:
         yield
     finally:
         tempfile.tempdir = saved_dir
-        for key, value in saved_env.items():
-            if value is None:
+        for key, saved in saved_env.items():
+            if saved is None:
                 os.environ.pop(key, None)
             else:
-                os.environ[key] = value
+                os.environ[key] = saved
 
 
 def _inductor_cache_dir() -> str:
@@ -745,8 +777,14 @@ def _inductor_cache_dir() -> str:
 def _check_reference(ctx: CheckContext) -> None:
     """Eager PyTorch must run on the canonical example and give the same outputs twice."""
     from .compare import UnsupportedOutput, flatten
-    from .validate import (buffer_snapshot, check_buffers_unchanged, check_finite, check_inputs_unchanged,
-                           check_output_leaves, run_watching_inputs)
+    from .validate import (
+        buffer_snapshot,
+        check_buffers_unchanged,
+        check_finite,
+        check_inputs_unchanged,
+        check_output_leaves,
+        run_watching_inputs,
+    )
 
     args = ctx.canonical.args
     example = ctx.canonical.describe(ctx.space.names)
@@ -867,14 +905,20 @@ def _emit_warnings(result: Result) -> None:
         warnings.warn(InputWarning(text), stacklevel=3)
 
 
-def _forward_arg_names(model) -> list[str]:
+def _forward_arg_names(model, count: int = 0) -> list[str]:
+    """forward's positional parameter names; a ``*xs`` parameter names the rest of ``count`` inputs ``xs_0``,
+    ``xs_1``, ... as the exporters do (torch.export, and the ONNX graph's inputs)."""
     import inspect
 
     try:
-        return [p.name for p in inspect.signature(model.forward).parameters.values()
-                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError, AttributeError):
         return []
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var = next((p.name for p in params if p.kind == p.VAR_POSITIONAL), None)
+    if var is not None:
+        names += [f"{var}_{i}" for i in range(max(0, count - len(names)))]
+    return names
 
 
 def _require_module(obj, who: str) -> None:
@@ -890,14 +934,6 @@ def _require_module(obj, who: str) -> None:
     require_materialised(obj, who)
 
 
-def _clone(args: tuple) -> tuple:
-    return tuple(a.clone() if hasattr(a, "clone") else a for a in args)
-
-
-def _is_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape")
-
-
 def seeded_call(fn: Callable[[], Any], seed: int) -> Any:
     """``fn()`` with torch's, numpy's and Python's RNGs seeded from ``seed`` (a model factory: an unseeded
     model gets the same weights every time); the RNGs' previous states are restored afterwards."""
@@ -911,17 +947,17 @@ def seeded_call(fn: Callable[[], Any], seed: int) -> Any:
 
         np_state = numpy.random.get_state()
     except ImportError:  # pragma: no cover - numpy is optional for torch
-        numpy = np_state = None
+        np_state = None  # no numpy: its RNG is neither seeded nor restored
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             random.seed(seed)
-            if numpy is not None:
+            if np_state is not None:
                 numpy.random.seed(seed % 2**32)
             return fn()
     finally:
         random.setstate(py_state)
-        if numpy is not None:
+        if np_state is not None:
             numpy.random.set_state(np_state)
 
 
@@ -949,16 +985,3 @@ def _first_example_failure(exc: BaseException) -> _ExampleFailed | None:
         if isinstance(sub, _ExampleFailed):
             return sub
     return exc.__cause__ if isinstance(exc.__cause__, _ExampleFailed) else None
-
-
-def describe_exception(exc: BaseException, hint: str | None = None) -> str:
-    """``ValueError: bad thing`` + the user's source line, if any + the hint."""
-    from .backends.base import first_line, short_path, user_frame
-
-    text = first_line(exc)
-    where = user_frame(exc.__traceback__)
-    if where:
-        text += f"\n  at {short_path(where[0])}:{where[1]}  `{where[2]}`"
-    if hint:
-        text += f"\n  fix: {hint}"
-    return text

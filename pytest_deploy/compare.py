@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import SpecError
+from .tensors import is_tensor
 
 #: Default (atol, rtol) per backend family and output dtype. Serialization round trips run the same
 #: kernels on the same weights, but a reloaded tensor's memory alignment can steer CPU kernels onto
@@ -64,7 +66,7 @@ def resolve_tolerance(backend: str, atol: Any = None, rtol: Any = None, toleranc
     if tolerances is not None:
         if not isinstance(tolerances, Mapping):
             raise SpecError(f"tolerances={tolerances!r} must be a dict {{backend: (atol, rtol)}}")
-        from .backends import canonical_name
+        from .names import canonical_name
 
         for key, pair in tolerances.items():
             if canonical_name(key) != backend:
@@ -84,7 +86,7 @@ def _pick(value: Any, backend: str, what: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, Mapping):
-        from .backends import canonical_name
+        from .names import canonical_name
 
         for key, v in value.items():
             if canonical_name(key) == backend:
@@ -110,27 +112,28 @@ class UnsupportedOutput(Exception):
 
 
 def flatten(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
-    """Leaves of a nested output with their paths: ``output.logits``, ``output[1]['mask']``.
+    """Leaves of a nested output with their paths: ``output['logits']``, ``output[1].mask``, in the order the
+    exporters flatten outputs (``torch.utils._pytree``: tuples, lists, dicts, namedtuples and every type a
+    library registered, such as Hugging Face's ModelOutput). Dataclasses are walked by field.
 
-    Tensors, Python scalars, strings and None are leaves; tuples, lists, dicts, namedtuples and
-    dataclasses are walked. Anything else raises :class:`UnsupportedOutput`.
+    Tensors, Python numbers, strings and None are leaves; anything else raises :class:`UnsupportedOutput`.
     """
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return [(path, obj)]
-    if _is_tensor(obj):
-        return [(path, obj)]
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return [leaf for f in obj._fields for leaf in flatten(getattr(obj, f), f"{path}.{f}")]
-    if isinstance(obj, (tuple, list)):
-        return [leaf for i, v in enumerate(obj) for leaf in flatten(v, f"{path}[{i}]")]
-    if isinstance(obj, Mapping):
-        return [leaf for k, v in obj.items() for leaf in flatten(v, f"{path}[{k!r}]")]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return [leaf for f in dataclasses.fields(obj) for leaf in flatten(getattr(obj, f.name), f"{path}.{f.name}")]
-    raise UnsupportedOutput(
-        f"{path} is a {type(obj).__module__}.{type(obj).__qualname__}; outputs must be tensors, Python numbers, "
-        f"or tuples, lists, dicts, namedtuples or dataclasses of them; fix: {_output_fix(obj)}"
-    )
+    from torch.utils._pytree import keystr, tree_flatten_with_path
+
+    out: list[tuple[str, Any]] = []
+    for key, leaf in tree_flatten_with_path(obj, is_leaf=lambda x: x is None)[0]:
+        where = path + keystr(key)
+        if leaf is None or isinstance(leaf, (bool, int, float, complex, str)) or is_tensor(leaf):
+            out.append((where, leaf))
+        elif dataclasses.is_dataclass(leaf) and not isinstance(leaf, type):
+            for f in dataclasses.fields(leaf):
+                out.extend(flatten(getattr(leaf, f.name), f"{where}.{f.name}"))
+        else:
+            raise UnsupportedOutput(
+                f"{where} is a {type(leaf).__module__}.{type(leaf).__qualname__}; outputs must be tensors, Python "
+                f"numbers, or tuples, lists, dicts, namedtuples or dataclasses of them; fix: {_output_fix(leaf)}"
+            )
+    return out
 
 
 def _output_fix(obj: Any) -> str:
@@ -140,10 +143,6 @@ def _output_fix(obj: Any) -> str:
         return ("a Hugging Face model returns its key/value cache when use_cache is on: build it with use_cache=False "
                 "(in the config, or model.config.use_cache = False)")
     return "return tensors (or containers of them) from forward, e.g. through a wrapper module that unpacks this object"
-
-
-def _is_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape")
 
 
 # -------------------------------------------------------------------------------- comparison
@@ -183,23 +182,18 @@ class Leaves(list):
 def compare_outputs(expected: Any, got: Any, tol: Tolerance, keep: Mapping[str, Any] | None = None) -> Comparison:
     """Compare a backend's outputs with eager outputs (either nested, or already :class:`Leaves`).
 
-    ``keep`` maps an output path to a bool tensor over the output's leading dims (a padding mask): only the
-    positions where it is True are compared."""
+    Leaves are paired by path: a backend that returns a nested structure must return eager's. Runtimes that
+    return a flat list of tensors (ONNX Runtime, TVM, TensorRT: :class:`Leaves` named ``output[i]``) are
+    paired by position, the order exporters flatten outputs in. ``keep`` maps an output path to a bool tensor
+    over the output's leading dims (a padding mask): only the positions where it is True are compared."""
     exp = expected if isinstance(expected, Leaves) else flatten(expected)
     act = got if isinstance(got, Leaves) else flatten(got)
     result = Comparison()
-    if len(exp) != len(act):
-        result.errors.append(
-            LeafError(
-                "output",
-                "structure",
-                f"eager returns {len(exp)} output leaves ({_paths(exp)}) but the backend returns {len(act)} ({_paths(act)})",
-                math.inf,
-                math.inf,
-            )
-        )
+    pairs = _pair(exp, act, by_path=not isinstance(got, Leaves))
+    if isinstance(pairs, LeafError):
+        result.errors.append(pairs)
         return result
-    for (path, e), (_, a) in zip(exp, act):
+    for path, e, a in pairs:
         err = compare_leaf(path, e, a, tol, None if keep is None else keep.get(path))
         if err is None:
             continue
@@ -213,6 +207,28 @@ def compare_outputs(expected: Any, got: Any, tol: Tolerance, keep: Mapping[str, 
     return result
 
 
+def _pair(exp: list[tuple[str, Any]], act: list[tuple[str, Any]], *, by_path: bool):
+    """``[(path, expected, got)]``, or a structure :class:`LeafError` naming what does not line up."""
+    got = dict(act)
+    expected_paths = [p for p, _ in exp]
+    counts = (f"eager returns {len(exp)} output leaves ({_paths(exp)}) but the backend returns {len(act)} "
+              f"({_paths(act)})")
+    if by_path or set(got) == set(expected_paths):
+        missing = [p for p in expected_paths if p not in got]
+        extra = [p for p, _ in act if p not in set(expected_paths)]
+        if missing or extra:
+            return LeafError("output", "structure", f"{counts}: missing {_names(missing)}; extra {_names(extra)}",
+                             math.inf, math.inf)
+        return [(p, e, got[p]) for p, e in exp]
+    if len(exp) != len(act):
+        return LeafError("output", "structure", counts, math.inf, math.inf)
+    return [(p, e, a) for (p, e), (_, a) in zip(exp, act)]
+
+
+def _names(paths: list[str]) -> str:
+    return (", ".join(paths[:6]) + (", ..." if len(paths) > 6 else "")) if paths else "none"
+
+
 def _paths(leaves) -> str:
     names = [p for p, _ in leaves]
     return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
@@ -223,8 +239,8 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance, keep: Any =
     ``keep``: only positions where this bool tensor (over the leading dims) is True are compared."""
     import torch
 
-    if not _is_tensor(expected):
-        if _is_tensor(got) and got.numel() == 1 and isinstance(expected, (int, float, bool)):
+    if not is_tensor(expected):
+        if is_tensor(got) and got.numel() == 1 and isinstance(expected, (int, float, bool)):
             got = got.item()
         if isinstance(expected, float) and isinstance(got, (int, float)):
             expected, got = torch.tensor(expected, dtype=torch.float64), torch.tensor(float(got), dtype=torch.float64)
@@ -232,7 +248,7 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance, keep: Any =
             return None
         else:
             return LeafError(path, "type", f"{path}: eager gives {expected!r}, the backend gives {got!r}", math.inf, math.inf)
-    if not _is_tensor(got):
+    if not is_tensor(got):
         if isinstance(got, (int, float, bool)) and expected.numel() == 1:
             got = torch.tensor(got, dtype=expected.dtype)
         else:
@@ -267,7 +283,8 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance, keep: Any =
             math.inf,
         )
     atol, rtol = tol.for_dtype(dtype)
-    e64, g64 = e.to(torch.float64), g.to(torch.float64)
+    wide = torch.complex128 if e.is_complex() else torch.float64  # complex: the distance in the complex plane
+    e64, g64 = e.to(wide), g.to(wide)
     nan_e, nan_g = torch.isnan(e64), torch.isnan(g64)
     same_inf = torch.isinf(e64) & (e64 == g64)
     diff = (e64 - g64).abs()
@@ -283,8 +300,8 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance, keep: Any =
     max_rel = rel.max().item()
     if not bad.any():
         return (max_abs, max_rel)
-    worst = (diff - allowed).flatten().argmax().item()
-    idx = _index(torch.tensor(_unravel(worst, tuple(e.shape))))
+    worst = (diff - allowed).flatten().argmax()
+    idx = _index(torch.stack(torch.unravel_index(worst, tuple(e.shape)))) if e.dim() else ()
     needed_atol = _passing(
         (diff - rtol * mag).clamp_min(0).max().item(), lambda a: not bool((diff > a + rtol * mag).any())
     )
@@ -313,14 +330,6 @@ def _passing(value: float, passes) -> float:
             break
         value = math.nextafter(value, math.inf)
     return value
-
-
-def _unravel(flat: int, shape: tuple[int, ...]) -> list[int]:
-    out = []
-    for s in reversed(shape):
-        out.append(flat % s if s else 0)
-        flat //= s if s else 1
-    return list(reversed(out))
 
 
 def _index(t) -> tuple[int, ...]:

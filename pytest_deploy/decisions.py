@@ -33,7 +33,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends.base import is_user_file, short_path
+from .sources import is_user_file, short_path
 
 _CONVERSIONS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__len__")
 
@@ -97,7 +97,7 @@ class Recorder:
     # -- conversions ---------------------------------------------------------------------------
 
     def _user_site(self) -> Site | None:
-        frame = sys._getframe(2)
+        frame: types.FrameType | None = sys._getframe(2)
         while frame is not None:
             if _is_user(frame.f_code.co_filename):
                 return Site(frame.f_code.co_filename, frame.f_lineno)
@@ -124,7 +124,7 @@ class Recorder:
         # no __dict__), a noticeable cost at 7 wrappers per recorded example
         wrapper.__name__ = name
         wrapper.__qualname__ = f"Tensor.{name}"
-        wrapper.__wrapped__ = original
+        wrapper.__dict__["__wrapped__"] = original  # = wrapper.__wrapped__, an attribute mypy's function type lacks
         return wrapper
 
     # -- branches ------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ class Recorder:
 
     # -- context -------------------------------------------------------------------------------
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         import torch
 
         for name in _CONVERSIONS:
@@ -245,6 +245,8 @@ def _branch_lines(filename: str) -> dict[int, _Branch]:
 
 @functools.lru_cache(maxsize=1024)
 def _positions(code: types.CodeType) -> list:
+    if sys.version_info < (3, 11):  # never called there (_POSITIONS is False); mypy checks against 3.10
+        raise AttributeError("co_positions")
     return list(code.co_positions())
 
 
@@ -373,7 +375,9 @@ class BranchAnalysis:
             mine = decisions.get(key)
             theirs = self.traced.get(key)
             if (mine and mine[1]) != (theirs and theirs[1]):
-                out.append(Divergence(key[0], key[1], (mine or theirs)[0], theirs and theirs[1], mine and mine[1]))
+                decision = mine or theirs
+                assert decision is not None  # the key came from one of the two
+                out.append(Divergence(key[0], key[1], decision[0], theirs and theirs[1], mine and mine[1]))
         return out
 
     def seen(self) -> set[tuple[Site, str]]:
@@ -436,6 +440,8 @@ def _class_has_branches(cls) -> bool:
 
     try:
         filename = inspect.getsourcefile(cls)
+        if filename is None:
+            return True  # no source file (linecache would give no lines, so no class node): trace lines
         tree = ast.parse("".join(linecache.getlines(filename)))
     except (TypeError, OSError, SyntaxError, ValueError):
         return True  # cannot tell: trace lines
@@ -444,7 +450,8 @@ def _class_has_branches(cls) -> bool:
                  and n.lineno == _first_line(cls)), None)
     if node is None:
         return True
-    todo, seen = [node], set()
+    todo: list[ast.AST] = [node]
+    seen = set()
     while todo:
         current = todo.pop()
         for sub in ast.walk(current):

@@ -20,8 +20,9 @@ import os
 import re
 import sys
 import types
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 #: Libraries whose version changes an outcome.
 LIBRARIES = ("torch", "numpy", "hypothesis", "onnx", "onnxscript", "onnxruntime", "onnxsim", "apache-tvm",
@@ -51,7 +52,7 @@ def model_digest(model) -> str:
 
 def reachable_files(model, extra: Iterable[str | os.PathLike] = ()) -> list[str]:
     """The user's source files the model can reach (see the module docstring), sorted."""
-    from .backends.base import is_user_file
+    from .sources import is_user_file
 
     by_module = {}
     for name, mod in list(sys.modules.items()):
@@ -135,7 +136,7 @@ def check_key(model, backend: str, *, declared: dict[str, Any], options: dict[st
     seed, tolerances, example inputs); ``options`` the backend options; ``files`` extra source files (the test's)."""
     from .cache import make_key
 
-    extra = set(str(f) for f in files)
+    extra = {str(f) for f in files}
     parts = {"declared": stable(declared, extra), "options": stable(options, extra)}
     sources = reachable_files(model, extra)
     return make_key("result", backend, model_digest(model), files_digest(sources), parts, plugin_digest(),

@@ -21,26 +21,24 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import pickle
-import select
 import signal
-import struct
 import sys
 import threading
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from typing import Any, Literal
 
 from .errors import StageError
 
 MODES = ("none", "native", "all")
 DEFAULT_MODE = "native"
 
-_HEADER = struct.Struct("<Q")
 
 #: In a worker: the pipe to the parent. None in the parent process.
-_channel: int | None = None
+_channel: Connection | None = None
 
 #: What the stage names mean in a message about a worker that died or hung there.
 _ACTIVITY = {"setup": "set-up (before any backend stage)", "reference": "the eager PyTorch reference run"}
@@ -105,7 +103,7 @@ def guard(stage: str, timeout: float | None) -> Iterator[None]:
 def progress(stage: str) -> None:
     """In a worker: tell the parent which stage starts now (its timeout clock restarts)."""
     if _channel is not None:
-        _send(_channel, ("stage", stage))
+        _channel.send(("stage", stage))
 
 
 # ------------------------------------------------------------------------------------------ the worker
@@ -120,7 +118,7 @@ def run_in_worker(fn: Callable[[], Any], *, label: str, timeout: float | None = 
 
     Raises :class:`WorkerCrash` naming the stage when the child dies or overstays ``timeout`` in one stage.
     """
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = os.pipe()  # one way, child to parent: each end wrapped in a Connection (framed pickles)
     sys.stdout.flush()
     sys.stderr.flush()
     # Objects inherited from the parent must never be finalised by the child's garbage collector: some
@@ -133,33 +131,36 @@ def run_in_worker(fn: Callable[[], Any], *, label: str, timeout: float | None = 
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the child; its coverage is not collected
         os.close(read_fd)
-        _child(fn, write_fd)
+        _child(fn, Connection(write_fd, readable=False))
     gc.unfreeze()
     os.close(write_fd)
+    channel = Connection(read_fd, writable=False)
     try:
-        return _parent(pid, read_fd, label=label, timeout=timeout)
+        return _parent(pid, channel, label=label, timeout=timeout)
     finally:
-        os.close(read_fd)
+        channel.close()
 
 
-def _child(fn: Callable[[], Any], fd: int) -> None:  # pragma: no cover - runs in the child
+def _child(fn: Callable[[], Any], channel: Connection) -> None:  # pragma: no cover - runs in the child
     global _channel
-    _channel = fd
+    _channel = channel
     code = 0
     try:
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(1)  # the parent's OpenMP pool is gone: a parallel op would hang
+        # ("return", value), or ("raise", exception, the traceback's text)
+        message: tuple[Literal["return"], Any] | tuple[Literal["raise"], BaseException, str]
         try:
             message = ("return", fn())
-        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        except BaseException as exc:
             message = ("raise", exc, "".join(traceback.format_exception(exc)))
         try:
-            _send(fd, message)
+            channel.send(message)
         except Exception:  # the value or the exception does not pickle: send its text
             text = message[2] if message[0] == "raise" else f"{label_of(message[1])} could not be sent back"
-            _send(fd, ("raise", None, text))
-    except BaseException:  # noqa: BLE001
+            channel.send(("raise", None, text))
+    except BaseException:
         code = 70
     finally:
         with contextlib.suppress(Exception):
@@ -172,33 +173,25 @@ def label_of(value: Any) -> str:
     return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
-def _parent(pid: int, fd: int, *, label: str, timeout: float | None) -> Any:
+def _parent(pid: int, channel: Connection, *, label: str, timeout: float | None) -> Any:
     stage, since = "setup", time.monotonic()
-    buffer = b""
     final = None
     try:
         while final is None:
             wait = None if not timeout else max(0.0, since + timeout - time.monotonic())
-            ready, _, _ = select.select([fd], [], [], wait)
-            if not ready:
+            if not channel.poll(wait):
+                assert timeout is not None  # poll(None) waits for a message or EOF: only a timed poll comes back empty
                 _kill(pid)
                 raise WorkerCrash(reported_stage(stage), "worker killed: " + timeout_text(stage, timeout))
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            buffer += chunk
-            while len(buffer) >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(buffer)
-                if len(buffer) < _HEADER.size + size:
-                    break
+            try:
                 # a pickle from the child this process forked, over a private pipe: not untrusted data
-                message = pickle.loads(buffer[_HEADER.size:_HEADER.size + size])
-                buffer = buffer[_HEADER.size + size:]
-                if message[0] == "stage":
-                    stage, since = message[1], time.monotonic()
-                else:
-                    final = message
-                    break
+                message = channel.recv()
+            except EOFError:  # the child is gone
+                break
+            if message[0] == "stage":
+                stage, since = message[1], time.monotonic()
+            else:
+                final = message
     except BaseException:  # Ctrl-C in the parent, or the timeout above: never leave the child behind
         _kill(pid)
         raise
@@ -230,23 +223,21 @@ def _wait(pid: int) -> int:
         return 0
 
 
+def signal_name(sig: int) -> str:
+    """``SIGSEGV`` for 11; ``signal 99`` for a number with no name."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
 def describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
+        name = signal_name(sig)
         if sig == signal.SIGKILL:
             name += " (killed from outside: out of memory? the kernel's OOM killer sends SIGKILL)"
         return name
     if os.WIFEXITED(status):
         return f"exit code {os.WEXITSTATUS(status)} (the model or a library called exit)"
     return f"status {status}"
-
-
-def _send(fd: int, obj: Any) -> None:
-    data = pickle.dumps(obj)
-    view = memoryview(_HEADER.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]

@@ -7,8 +7,9 @@ imports only the standard library and pytest.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import SpecError
 
@@ -164,7 +165,7 @@ def read_settings(config) -> Settings:
     where = "--deploy-backends" if config.getoption("deploy_backends") else "ini deploy_backends"
     backends = None
     if raw:
-        from .backends import parse_backends
+        from .names import parse_backends
 
         backends = parse_backends(raw, where=where)
 
@@ -209,7 +210,7 @@ def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARK
 
     ``declaration``: also resolve ``inputs``/``dims`` on their own (a marker, at collection, before any model
     exists); a call that has the model resolves them against its forward instead."""
-    from .backends import parse_backends
+    from .names import parse_backends
 
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -19,6 +19,9 @@ from . import FACTORY_ATTR
 from .errors import BackendUnavailable, DeployFailure, SpecError
 from .options import CALL_KWARGS, MARKER_DOC, Settings, add_options, read_settings, validate_kwargs
 from .results import Result
+
+if TYPE_CHECKING:  # imported where the cache is first used, not when the plugin loads
+    from .cache import ArtifactCache
 
 PARAM = "deploy_backend"
 #: report attribute that carries a check's result from an xdist worker to the controller
@@ -32,8 +35,8 @@ class DeploySession:
         self.config = config
         self.settings = settings
         self.results: dict[str, Result] = {}  # nodeid -> Result
-        self._workroot = None
-        self._cache = None
+        self._workroot: str | os.PathLike[str] | None = None
+        self._cache: ArtifactCache | None = None
 
     @property
     def cache(self):
@@ -97,6 +100,7 @@ class DeploySession:
             result = Result(test=test, backend=backend, outcome="failed", message=str(exc))
         self.results[item.nodeid] = result
         if result.outcome == "skipped":
+            assert result.message is not None  # only BackendUnavailable skips, and its text is the reason
             if self.settings.strict:
                 result.outcome = "failed"
                 pytest.fail(f"{result.message} (failing because of --deploy-strict)", pytrace=False)
@@ -125,7 +129,10 @@ class DeploySession:
             elif report.failed:
                 result.outcome = "failed"
                 if result.message is None:
-                    result.message = report.longreprtext.strip().splitlines()[-1][:500] if report.longreprtext else None
+                    from .sources import cap
+
+                    text = report.longreprtext.strip()
+                    result.message = cap(text.splitlines()[-1], 500) if text else None
             else:
                 result.outcome = "passed"
 
@@ -201,7 +208,7 @@ def pytest_generate_tests(metafunc) -> None:
             "deploy fixture; decorate it with pytest_deploy.deployable or take `deploy` as an argument",
             pytrace=False,
         )
-    from .backends import backend_names
+    from .names import backend_names
 
     backends = kw.get("backends") or backend_names()
     xfail = kw.get("xfail") or {}
@@ -216,7 +223,8 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     selected = config.stash[SESSION_KEY].settings.backends
     if not selected:
         return
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         backend = getattr(item, "callspec", None) and item.callspec.params.get(PARAM)
         (drop if backend and backend not in selected else keep).append(item)
@@ -262,7 +270,7 @@ def pytest_pyfunc_call(pyfuncitem):
         pytest.fail("@deployable tests must be plain functions returning the model, not coroutines", pytrace=False)
     argnames = getattr(getattr(pyfuncitem, "_fixtureinfo", None), "argnames", None)
     if argnames is None:
-        argnames = [p for p in inspect.signature(fn).parameters]
+        argnames = list(inspect.signature(fn).parameters)
     funcargs = {name: pyfuncitem.funcargs[name] for name in argnames}
     seed = pyfuncitem.config.stash[SESSION_KEY].seed_for(pyfuncitem)
 
@@ -356,7 +364,7 @@ class _XdistController:
 
 
 def _backend_from_nodeid(nodeid: str) -> str | None:
-    from .backends import backend_names
+    from .names import backend_names
 
     params = nodeid.rsplit("[", 1)[-1].rstrip("]").split("-") if nodeid.endswith("]") else []
     return next((p for p in params if p in backend_names()), None)

@@ -37,7 +37,7 @@ def summary_lines(results: list[Result]) -> list[str]:
     """Rows = model tests, columns = backends; each cell status, max abs error and build time."""
     backends: list[str] = []
     rows: dict[str, dict[str, Result]] = {}
-    from .backends import backend_names
+    from .names import backend_names
 
     order = {name: i for i, name in enumerate(backend_names())}
     for r in results:
@@ -90,7 +90,9 @@ def _branch_lines(branch_rows: dict[str, Result | None]) -> list[str]:
     """Every lost or uncovered decision, with its site: what a user has to look at."""
     out = []
     for test, result in branch_rows.items():
-        notable = [b for b in (result.branches if result else []) if b.get("lost") or b.get("uncovered")]
+        if result is None:
+            continue
+        notable = [b for b in result.branches if b.get("lost") or b.get("uncovered")]
         if not notable:
             continue
         out.append(f"{test} ({result.backend}):")

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from .errors import SpecError
+from .tensors import clone_args, is_tensor
 
 #: Value patterns for generated tensors. Index 0 is what shrinking converges to. Every float pattern varies
 #: within the tensor (``low`` is values near the range's low end, ``zeros`` values near zero): a constant input
@@ -292,12 +294,12 @@ class Example:
 
     args: tuple
     dims: dict[str, int] = field(default_factory=dict)
-    recipes: tuple[InputRecipe | None, ...] | None = None
+    recipes: tuple[InputRecipe, ...] | None = None
     specs: tuple[TensorSpec | None, ...] | None = None
     label: str = "generated"
 
     def clone_args(self) -> tuple:
-        return tuple(a.clone() if hasattr(a, "clone") else a for a in self.args)
+        return clone_args(self.args)
 
     def describe(self, names: Sequence[str] | None = None) -> str:
         """One line per input: name, dtype, shape, how it was generated and the values' actual range."""
@@ -317,9 +319,9 @@ class Example:
         return "\n".join(lines)
 
     def _how(self, i: int) -> str:
-        if not self.recipes or self.recipes[i] is None:
+        r = self.recipes[i] if self.recipes else None
+        if r is None:
             return f" ({self.label})"
-        r = self.recipes[i]
         spec = self.specs[i] if self.specs else None
         bounds = ""
         if spec is not None and not _is_bool(spec.torch_dtype) and not isinstance(spec, MaskSpec):
@@ -433,7 +435,7 @@ class InputSpace:
 
     @classmethod
     def resolve(cls, inputs: Any, dims: Mapping[str, Any] | None, example_inputs: Any = None, names=None,
-                parameters: Sequence[str] | None = None) -> "InputSpace":
+                parameters: Sequence[str] | None = None) -> InputSpace:
         """Build the input space from the marker's ``inputs``/``dims`` and any example the test returned.
 
         ``names`` are forward's positional parameter names; ``parameters`` all of its parameter names in
@@ -461,7 +463,7 @@ class InputSpace:
         for i, item in enumerate(items):
             if isinstance(item, TensorSpec):
                 specs.append(item)
-            elif _is_tensor(item):
+            elif is_tensor(item):
                 specs.append(_spec_from_tensor(item))
             elif _is_strategy(item):
                 raise SpecError(
@@ -488,7 +490,7 @@ class InputSpace:
         unused = sorted(set(bounds) - used - {n for s in specs for n in s.bound_names()})
         if unused:
             raise SpecError(f"dims {', '.join(map(repr, unused))} are not used by any input; remove them or use them in tensor(...)")
-        explicit = tuple(item for item in items if _is_tensor(item))
+        explicit = tuple(item for item in items if is_tensor(item))
         space = cls(specs, bounds, given=given or (explicit if len(explicit) == len(items) else None), names=names,
                     keywords=keywords)
         from .validate import check_example_size
@@ -722,12 +724,10 @@ def _weighted(patterns: Sequence[str]):
     return st.integers(0, total - 1).map(pick)
 
 
-def _is_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape")
-
-
 def _is_strategy(x: Any) -> bool:
-    return any(c.__name__ == "SearchStrategy" for c in type(x).__mro__)
+    from hypothesis.strategies import SearchStrategy
+
+    return isinstance(x, SearchStrategy)
 
 
 def validate_declaration(inputs: Any, dims: Any) -> None:

@@ -7,18 +7,18 @@ Importing this module imports neither torch nor any backend; the functions impor
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .errors import SpecError, StageError
+from .tensors import clone_args, is_tensor
 
 #: Backends whose artifact is a graph of tensor ops: a string output cannot be part of it.
 TENSOR_GRAPH_BACKENDS = frozenset({"trace", "export", "aoti", "onnx", "tvm", "tensorrt"})
+#: Backends whose runtime hands back a flat list of tensors: a Python number among the outputs has no place there.
+TENSOR_ONLY_OUTPUTS = frozenset({"onnx", "tvm", "tensorrt"})
 
 _GIB = 2**30
-
-
-def _is_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape")
 
 
 def _arg_name(names: Sequence[str], i: int) -> str:
@@ -72,10 +72,10 @@ def run_watching_inputs(model, args: tuple) -> tuple[Any, list[int]]:
     tensor arguments forward wrote to."""
     import torch
 
-    copies = tuple(a.clone() if hasattr(a, "clone") else a for a in args)
+    copies = clone_args(args)
     with torch.no_grad():
         out = model(*copies)
-    written = [i for i, (a, c) in enumerate(zip(args, copies)) if _is_tensor(a) and not _same(a, c)]
+    written = [i for i, (a, c) in enumerate(zip(args, copies)) if is_tensor(a) and not _same(a, c)]
     return out, written
 
 
@@ -131,7 +131,7 @@ def _is_batchnorm(module) -> bool:
 
 def check_output_leaves(leaves: Sequence[tuple[str, Any]], backend: str) -> None:
     """Something to compare, and nothing a tensor graph cannot return."""
-    if not any(_is_tensor(v) or isinstance(v, (int, float)) for _, v in leaves):
+    if not any(is_tensor(v) or isinstance(v, (int, float)) for _, v in leaves):
         what = ", ".join(f"{p} is {v!r:.40}" for p, v in leaves[:4]) or "output is empty"
         raise StageError(
             "run",
@@ -148,6 +148,15 @@ def check_output_leaves(leaves: Sequence[tuple[str, Any]], backend: str) -> None
                 "it; fix: return tensors (e.g. class indices, mapped to names outside the model), or check this "
                 "model with state_dict, pickle or script",
             )
+        numbers = [(p, v) for p, v in leaves if isinstance(v, (bool, int, float, complex))]
+        if numbers and backend in TENSOR_ONLY_OUTPUTS:
+            path, number = numbers[0]
+            raise StageError(
+                "run",
+                f"{path} is a Python {type(number).__name__} ({number!r:.40}): the {backend} graph returns tensors "
+                "only, so this output would go uncompared; fix: return it as a tensor (torch.tensor(...)), or leave "
+                "it out of forward's outputs",
+            )
 
 
 def check_finite(leaves: Sequence[tuple[str, Any]], example: str) -> None:
@@ -156,7 +165,7 @@ def check_finite(leaves: Sequence[tuple[str, Any]], example: str) -> None:
     import torch
 
     for path, value in leaves:
-        if _is_tensor(value) and value.is_floating_point():
+        if is_tensor(value) and value.is_floating_point():
             v = value.detach()
             nan, inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
         elif isinstance(value, float):
@@ -164,7 +173,7 @@ def check_finite(leaves: Sequence[tuple[str, Any]], example: str) -> None:
         else:
             continue
         if nan or inf:
-            total = value.numel() if _is_tensor(value) else 1
+            total = value.numel() if is_tensor(value) else 1
             counts = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n)
             raise StageError(
                 "run",

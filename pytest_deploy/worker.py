@@ -1,8 +1,8 @@
 """A fresh Python process that loads an artifact and runs it on request.
 
 The parent talks to it over two dedicated pipes (the worker's stdout and stderr stay free for user
-prints and go to a log). Each message is a length-prefixed ``torch.save`` payload of plain data
-(tensors, numbers, strings, lists, dicts) and is read back with ``weights_only=True``.
+prints and go to a log), framed by ``multiprocessing.connection``. Each message is a ``torch.save``
+payload of plain data (tensors, numbers, strings, lists, dicts) and is read back with ``weights_only=True``.
 
 If the worker dies (segfault, abort, out-of-memory kill), the parent sees the pipe close and
 reports the signal instead of hanging or crashing.
@@ -10,58 +10,33 @@ reports the signal instead of hanging or crashing.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
-import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import traceback
+from multiprocessing.connection import Connection
 from typing import Any
 
-_HEADER = struct.Struct("<Q")
+from .isolation import signal_name
+from .sources import cap
 
 
-def _send(fd: int, obj: Any) -> None:
+def _send(channel: Connection, obj: Any) -> None:
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    data = buf.getvalue()
-    _write_all(fd, _HEADER.pack(len(data)) + data)
+    channel.send_bytes(buf.getvalue())
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _recv(fd: int) -> Any:
+def _recv(channel: Connection) -> Any:
     import torch
 
-    head = _read_exact(fd, _HEADER.size)
-    if head is None:
-        raise EOFError
-    (size,) = _HEADER.unpack(head)
-    data = _read_exact(fd, size)
-    if data is None:
-        raise EOFError
-    return torch.load(io.BytesIO(data), weights_only=True)
-
-
-def _read_exact(fd: int, size: int) -> bytes | None:
-    chunks = []
-    while size:
-        chunk = os.read(fd, min(size, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+    return torch.load(io.BytesIO(channel.recv_bytes()), weights_only=True)
 
 
 class WorkerDied(RuntimeError):
@@ -99,11 +74,13 @@ class Worker:
         )
         os.close(req_r)
         os.close(rep_w)
+        self._requests = Connection(self._req_w, readable=False)
+        self._replies = Connection(self._rep_r, writable=False)
 
     def call(self, request: dict) -> dict:
         try:
-            _send(self._req_w, request)
-            reply = _recv(self._rep_r)
+            _send(self._requests, request)
+            reply = _recv(self._replies)
         except (EOFError, BrokenPipeError, OSError):
             raise WorkerDied(self._death(), self.log_tail()) from None
         if not reply.get("ok"):
@@ -117,11 +94,7 @@ class Worker:
             self.proc.kill()
             code = self.proc.wait()
         if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            return f"worker died with {name}"
+            return f"worker died with {signal_name(-code)}"
         return f"worker exited with status {code}"
 
     def log_tail(self, limit: int = 2000) -> str:
@@ -133,11 +106,9 @@ class Worker:
         return text[-limit:]
 
     def close(self) -> None:
-        for fd in (self._req_w, self._rep_r):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for channel in (self._requests, self._replies):  # each Connection owns (and closes) its pipe end
+            with contextlib.suppress(OSError):
+                channel.close()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -150,7 +121,7 @@ class Worker:
 
 
 def _error_reply(exc: BaseException) -> dict:
-    from .backends.base import first_line, short_path, user_frame
+    from .sources import first_line, short_path, user_frame
 
     where = user_frame(exc.__traceback__)
     return {
@@ -168,8 +139,8 @@ def _weights_only_reason(exc: BaseException) -> str:
     lines = [ln for ln in lines if ln]
     for ln in lines:
         if "Unsupported global" in ln or "not an allowed global" in ln:
-            return ln[:400]
-    return (lines[0] if lines else type(exc).__name__)[:400]
+            return cap(ln, 400)
+    return cap(lines[0] if lines else type(exc).__name__, 400)
 
 
 def _serve(req_fd: int, rep_fd: int) -> None:
@@ -177,10 +148,11 @@ def _serve(req_fd: int, rep_fd: int) -> None:
 
     from .compare import flatten
 
+    requests, replies = Connection(req_fd, writable=False), Connection(rep_fd, readable=False)
     model = None
     while True:
         try:
-            request = _recv(req_fd)
+            request = _recv(requests)
         except EOFError:
             return
         try:
@@ -208,7 +180,7 @@ def _serve(req_fd: int, rep_fd: int) -> None:
                 raise ValueError(f"unknown op {op!r}")
         except Exception as exc:
             reply = _error_reply(exc)
-        _send(rep_fd, reply)
+        _send(replies, reply)
 
 
 if __name__ == "__main__":

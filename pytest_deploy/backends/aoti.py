@@ -9,7 +9,8 @@ from __future__ import annotations
 import shutil
 
 from ..errors import StageError
-from .base import Backend, first_line, quiet_torch_logs
+from ..sources import first_line
+from .base import Backend, quiet_torch_logs
 from .export import export_program
 
 PACKAGE = "model.pt2"

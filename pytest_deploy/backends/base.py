@@ -7,24 +7,60 @@ Heavy imports (torch, onnx, tvm, tensorrt) happen inside methods; availability i
 from __future__ import annotations
 
 import contextlib
-import functools
+import importlib
 import importlib.util
 import io
-import itertools
-import linecache
 import logging
-import os
-import sys
-import sysconfig
 import warnings
-import traceback
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..check import CheckContext
+from ..sources import cap, first_line, is_model_code, is_user_file, short_path, user_frame
 
-#: A loaded artifact: called with one example's positional args, returns outputs (nested, or Leaves).
+#: A loaded artifact: called with one example's inputs (in the spec's order), returns outputs (nested, or Leaves).
 Runner = Callable[[tuple], Any]
+
+
+class Check(Protocol):
+    """What a backend sees of the check it runs in (``pytest_deploy.check.CheckContext`` implements it).
+
+    Backends import this, never the checker: the checker depends on backends, not the other way round."""
+
+    model: Any  #: the eager model (a ``torch.nn.Module``)
+    backend: str  #: this backend's canonical name
+    space: Any  #: the input space (:class:`pytest_deploy.spec.InputSpace`): specs, dims, names, keywords
+    tol: Any  #: the tolerance (:class:`pytest_deploy.compare.Tolerance`)
+    options: dict[str, Any]  #: backend options (targets, exporters, precisions)
+    workdir: Path  #: where the artifact is written
+    result: Any  #: the :class:`pytest_deploy.Result` being filled
+    cache: Any  #: the artifact cache (:class:`pytest_deploy.cache.ArtifactCache`)
+    cleanup: contextlib.ExitStack  #: callbacks run when the check ends
+    artifacts: dict[str, str]  #: files built outside the work directory, for --deploy-keep-artifacts
+    runner: Runner | None
+    failed_example: Any
+
+    @property
+    def canonical(self) -> Any:
+        """The example artifacts are built (traced, exported) from."""
+
+    @property
+    def content_key(self) -> str:
+        """Hash of the model's structure, weights, reachable source and the input space."""
+
+    def path(self, name: str) -> str: ...
+    def note(self, key: str, value: Any) -> None: ...
+    def stage(self, name: str, hint: str | None = None) -> AbstractContextManager[None]: ...
+    def call(self, fn: Callable[..., Any], args: tuple) -> Any: ...
+    def cached_files(self, kind: str, parts: Any, names: list[str], build: Callable[[], None]) -> Path: ...
+    def artifact(self, name: str, path: str) -> None: ...
+    def run_examples(self, runner: Runner, *, reference: Callable[[tuple], Any] | None = None,
+                     record: bool = True) -> None: ...
+    def recorded_eager(self, args: tuple) -> Any: ...
+    def eager(self, args: tuple, model: Any = None) -> Any: ...
+    def fresh_model(self) -> Any: ...
+    def traced_decisions(self) -> None: ...
 
 
 class Backend:
@@ -71,136 +107,18 @@ class Backend:
         it once the parent has so much as counted devices), so such checks run in pytest's process."""
         return False
 
-    def build(self, ctx: "CheckContext") -> Runner:
+    def build(self, ctx: Check) -> Runner:
         """Export the model, write it under ``ctx.workdir``, load it back; return a runner.
 
         Wrap each step in ``with ctx.stage("export" | "save" | "load" | ...)`` so failures name it.
         """
         raise NotImplementedError
 
-    def verify(self, ctx: "CheckContext") -> None:
+    def verify(self, ctx: Check) -> None:
         """The whole check. The default builds once and runs every generated example; backends whose
         check is not 'run the artifact on inputs' (checkpoint) override this."""
         runner = self.build(ctx)
         ctx.run_examples(runner)
-
-
-# ------------------------------------------------------------------------ locating user code
-
-_LIBRARY_PACKAGES = ("torch", "functorch", "pytest_deploy", "_pytest", "pytest", "pluggy", "hypothesis", "onnx",
-                     "onnxscript", "onnxruntime", "onnxsim", "tvm", "tvm_ffi", "tensorrt", "numpy", "sympy")
-
-
-@functools.lru_cache(maxsize=None)
-def _library_dirs() -> tuple[str, ...]:
-    dirs = []
-    for name in _LIBRARY_PACKAGES:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            continue
-        if spec is not None and spec.submodule_search_locations:
-            dirs.extend(os.path.join(loc, "") for loc in spec.submodule_search_locations)
-    return tuple(dirs)
-
-
-#: Files that hold the model's own classes: user code even when installed under site-packages.
-_MODEL_FILES: set[str] = set()
-#: Directories of the installed packages that hold the model's classes (``site-packages/transformers/``): for
-#: the source line a message points at, every file there is the model's code (masking helpers, attention
-#: functions), though only the class files count as user code for branch recording.
-_MODEL_PACKAGES: set[str] = set()
-
-
-def add_model_files(model) -> None:
-    """Count the source files of ``model``'s module classes as user code."""
-    for module in model.modules():
-        name = type(module).__module__
-        filename = getattr(sys.modules.get(name), "__file__", None)
-        if filename and not filename.startswith(_library_dirs()) and filename not in _MODEL_FILES:
-            _MODEL_FILES.add(filename)
-            is_user_file.cache_clear()
-            top = getattr(sys.modules.get(name.split(".")[0]), "__file__", None)
-            if top and os.path.basename(top) == "__init__.py" and _installed(top):
-                _MODEL_PACKAGES.add(os.path.join(os.path.dirname(top), ""))
-
-
-def _installed(filename: str) -> bool:
-    return f"{os.sep}site-packages{os.sep}" in filename or f"{os.sep}dist-packages{os.sep}" in filename
-
-
-def is_model_code(filename: str) -> bool:
-    """Where a message may point: the user's files, and every file of an installed package that holds the
-    model's classes (transformers' helpers count as the model's code)."""
-    return is_user_file(filename) or bool(_MODEL_PACKAGES) and filename.startswith(tuple(_MODEL_PACKAGES))
-
-
-@functools.lru_cache(maxsize=4096)
-def is_user_file(filename: str) -> bool:
-    """True for the user's own source files: not the stdlib, not an installed package (unless it holds
-    the model's classes), not a library pytest-deploy knows."""
-    if not filename or filename.startswith("<"):
-        return False
-    if filename in _MODEL_FILES:
-        return True
-    if filename.startswith(_library_dirs()):
-        return False
-    if _installed(filename):
-        return False
-    return not filename.startswith(os.path.join(sysconfig.get_paths()["stdlib"], ""))
-
-
-def user_frame(tb) -> tuple[str, int, str] | None:
-    """The innermost traceback frame in the model's code (:func:`is_model_code`): (file, line, source text)."""
-    found = None
-    for frame, lineno in traceback.walk_tb(tb):
-        fname = frame.f_code.co_filename
-        if is_model_code(fname):
-            found = (fname, lineno, linecache.getline(fname, lineno).strip())
-    return found
-
-
-def short_path(filename: str) -> str:
-    """A path relative to the working directory when it lies below it."""
-    try:
-        rel = os.path.relpath(filename)
-    except ValueError:
-        return filename
-    return filename if rel.startswith("..") else rel
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first meaningful line of an exception's message, capped at a sentence's end. A line ending in ':'
-    announces its detail on the lines below (``Error(s) in loading state_dict for Net:``), so the rest of
-    its paragraph is kept too."""
-    text = str(exc).strip()
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        line = line.strip()
-        if line:
-            text = line
-            if line.endswith(":"):
-                detail = [d.strip() for d in itertools.takewhile(str.strip, lines[i + 1:])]
-                text = " ".join([line, *detail])
-            break
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return cap(text, limit)
-
-
-def cap(text: str, limit: int) -> str:
-    """``text`` cut to about ``limit`` characters, never mid-sentence: at the last sentence end (or clause
-    end, or word end) before the limit, saying how much was left out."""
-    if len(text) <= limit:
-        return text
-    head = text[:limit]
-    for marks in ((". ", "! ", "? "), ("; ", ": ", ", ")):
-        end = max(head.rfind(m) for m in marks)
-        if end > limit // 3:
-            head = head[: end + 1]
-            break
-    else:
-        head = head[: head.rfind(" ")] if head.rfind(" ") > limit // 3 else head
-    return f"{head.rstrip()} [cut: {len(text) - len(head.rstrip())} more characters]"
 
 
 @contextlib.contextmanager
@@ -224,5 +142,6 @@ def quiet_torch_logs():
         logging.disable(previous)
 
 
-__all__ = ["Backend", "Runner", "user_frame", "short_path", "first_line", "cap", "is_user_file", "is_model_code",
-           "quiet_torch_logs"]
+# the source-location helpers live in pytest_deploy.sources; re-exported for third-party backends
+__all__ = ["Backend", "Check", "Runner", "user_frame", "short_path", "first_line", "cap", "is_user_file",
+           "is_model_code", "quiet_torch_logs"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import linecache
 import re
 from collections import OrderedDict
 from typing import Any
 
 from ..errors import StageError
-from .base import Backend, first_line, is_model_code, quiet_torch_logs, short_path, user_frame
+from ..sources import first_line, frame_from_stack, short_path, user_frame
+from .base import Backend, quiet_torch_logs
 
 PROGRAM = "model.pt2"
 
@@ -57,7 +57,7 @@ def explain_export_error(exc: BaseException) -> str:
 
 #: Exported programs of this process by model content and inputs, newest last: the backends that start from
 #: torch.export (export, aoti, onnx, tvm) export a model test's model once. Forked check workers inherit it.
-_PROGRAMS: "OrderedDict[str, Any]" = OrderedDict()
+_PROGRAMS: OrderedDict[str, Any] = OrderedDict()
 _PROGRAMS_KEPT = 4
 
 
@@ -115,18 +115,3 @@ def op_source(program, op: str):
             if where:
                 return where
     return None
-
-
-def frame_from_stack(stack: str):
-    """The innermost frame of the model's code (:func:`is_model_code`) in a formatted stack trace
-    (``File "x.py", line 3, in f`` + code). An error text that carries torch's traceback of the node it
-    failed on (``Original traceback:``) is read there."""
-    node = re.search(r"Original traceback:\n(.*?)(?:\n\s*\n|Use tlparse|\Z)", stack, re.S)
-    if node:
-        stack = node.group(1)
-    found = None
-    for m in re.finditer(r'File "([^"]+)", line (\d+), in [^\n]+\n\s*([^\n]*)', stack):
-        fname, line = m.group(1), int(m.group(2))
-        if is_model_code(fname):
-            found = (fname, line, m.group(3).strip() or linecache.getline(fname, line).strip())
-    return found

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import pickletools
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import SpecError, StageError
 from .base import Backend
@@ -213,7 +214,7 @@ class TrainRecipe:
     PARTS = ("epoch", "model", "optimizer", "scheduler")
 
     @classmethod
-    def from_option(cls, value: Any) -> "TrainRecipe":
+    def from_option(cls, value: Any) -> TrainRecipe:
         if value is None:
             return cls()
         if isinstance(value, cls):

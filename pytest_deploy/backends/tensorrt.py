@@ -19,10 +19,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..errors import StageError
-from .base import Backend, first_line, short_path
+from ..sources import first_line, short_path
+from .base import Backend
 
 INSTALL_HINT = "pip install tensorrt on a machine with an NVIDIA GPU and CUDA"
 BUILDERS = ("python", "trtexec")
@@ -43,7 +45,7 @@ def profile_shapes(space) -> dict[str, tuple[Shape, Shape, Shape]]:
     A named dim spans its ``dims`` bounds, with opt the spec's representative size (``opt_dims``) clamped into
     them; a dim whose bounds are one value, and every int dim, gives min = opt = max.
     """
-    from .onnx import input_names
+    from .onnx_export import input_names
 
     names = input_names(space, len(space.specs))
     opt = space.opt_dims()
@@ -205,10 +207,10 @@ class TensorRTBackend(Backend):
 
 def _export(ctx) -> str:
     """The model as ONNX, exported exactly as the onnx backend exports it."""
-    from .onnx import EXTERNAL_DATA_THRESHOLD, _export_dynamo, _weight_bytes
+    from .onnx_export import EXTERNAL_DATA_THRESHOLD, export_dynamo, weight_bytes
 
     path = ctx.path("model.onnx")
-    _export_dynamo(ctx, path, ctx.options.get("onnx_opset"), _weight_bytes(ctx.model) > EXTERNAL_DATA_THRESHOLD)
+    export_dynamo(ctx, path, ctx.options.get("onnx_opset"), weight_bytes(ctx.model) > EXTERNAL_DATA_THRESHOLD)
     return path
 
 
@@ -281,7 +283,7 @@ def _logger():
 def _build_python(ctx, onnx_path: str, engine_path: str, shapes, fp16: bool, timing_path: str) -> None:
     import tensorrt as trt
 
-    from .onnx import _node_source
+    from .onnx_export import node_source
 
     logger = _logger()
     builder = trt.Builder(logger)
@@ -291,7 +293,7 @@ def _build_python(ctx, onnx_path: str, engine_path: str, shapes, fp16: bool, tim
         if not parser.parse_from_file(onnx_path):
             errors = [parser.get_error(i) for i in range(parser.num_errors)]
             raise StageError("compile", "TensorRT's ONNX parser rejects the exported graph:\n  "
-                             + describe_parser_errors(errors, lambda node: _node_source(onnx_path, node))
+                             + describe_parser_errors(errors, lambda node: node_source(onnx_path, node))
                              .replace("\n", "\n  "))
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
@@ -340,7 +342,7 @@ def _runner(ctx, engine_path: str, graph_outputs: list[str]):
     import torch
 
     from ..compare import Leaves
-    from .onnx import input_names
+    from .onnx_export import input_names
 
     logger = _logger()
     with ctx.stage("load"):

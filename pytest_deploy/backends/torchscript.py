@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-from .base import Backend, quiet_torch_logs, short_path
+from ..sources import short_path
+from .base import Backend, quiet_torch_logs
 
 _SCRIPT_HINT = (
     "torch.jit.script compiles forward's Python source and rejects what TorchScript lacks; make forward "
@@ -39,13 +40,13 @@ class TraceBackend(Backend):
         import torch
 
         args, kwargs = ctx.space.split(ctx.canonical.clone_args())
-        with ctx.stage("export", "torch.jit.trace records the ops one input runs; use script or export if it cannot"):
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                if kwargs:
-                    traced = torch.jit.trace(ctx.model, example_kwarg_inputs=kwargs, check_trace=False, strict=False)
-                else:
-                    traced = torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
+        hint = "torch.jit.trace records the ops one input runs; use script or export if it cannot"
+        with ctx.stage("export", hint), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if kwargs:
+                traced = torch.jit.trace(ctx.model, example_kwarg_inputs=kwargs, check_trace=False, strict=False)
+            else:
+                traced = torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
         ctx.traced_decisions()
         tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
         ctx.note("tracer_warnings", [

@@ -11,7 +11,9 @@ import os
 import re
 
 from ..errors import StageError
-from .base import Backend, first_line, quiet_torch_logs, short_path
+from ..sources import first_line, frame_from_stack, short_path
+from ..tensors import from_numpy, to_numpy
+from .base import Backend, quiet_torch_logs
 from .export import export_program, op_source
 
 DEFAULT_TARGET = "llvm"
@@ -99,7 +101,6 @@ class TvmBackend(Backend):
         return _kind_of((options or {}).get("tvm_target") or DEFAULT_TARGET) not in _HOST_KINDS
 
     def build(self, ctx):
-        import torch
         import tvm
         from tvm import relax
 
@@ -119,12 +120,12 @@ class TvmBackend(Backend):
         def run(args):
             from ..compare import Leaves
 
-            inputs = [make(a.detach().cpu().numpy(), device) for a in args]
+            inputs = [make(to_numpy(a), device) for a in args]
             try:
                 out = vm["main"](*inputs)
             except Exception as exc:
                 raise StageError("run", f"the TVM module fails: {first_line(exc, 600)}") from None
-            return Leaves((f"output[{i}]", torch.from_numpy(t.numpy())) for i, t in enumerate(_leaves(out)))
+            return Leaves((f"output[{i}]", from_numpy(t.numpy())) for i, t in enumerate(_leaves(out)))
 
         return run
 
@@ -209,9 +210,11 @@ class TvmBackend(Backend):
                                  ) from None
             try:
                 args, kwargs = ctx.space.split(ctx.canonical.clone_args())
-                proto = torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True, verbose=False).model_proto
+                # dynamo=True always returns an ONNXProgram: torch's annotation (ONNXProgram | None) covers dynamo=False
+                proto = torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True,  # type: ignore[union-attr]
+                                          verbose=False).model_proto
             except Exception as exc:
-                from .onnx import explain_conversion_error
+                from .onnx_export import explain_conversion_error
 
                 # its first line names the op torch.onnx cannot convert; the user's line is in the refusal above
                 why = explain_conversion_error(exc, program).splitlines()[0]
@@ -230,8 +233,6 @@ def _explain_import_error(exc: BaseException, program) -> str:
         text = f"TVM's exported-program importer fails: {first_line(exc)}"
         node = _failing_node(exc)
         if node is not None:
-            from .export import frame_from_stack
-
             text += f"\n  while converting {node.target}"
             where = frame_from_stack(node.meta.get("stack_trace") or "")
             if where:

@@ -14,7 +14,8 @@ import re
 import tempfile
 
 from ..errors import StageError
-from .base import first_line, quiet_torch_logs
+from ..sources import first_line
+from .base import quiet_torch_logs
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 

@@ -26,9 +26,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers", reason="the Hugging Face corpus needs transformers (requirements-dev.txt)")
 
-from pytest_deploy import deployable, mask, tensor  # noqa: E402
-
-from hf import zoo  # noqa: E402  (tests/hf/zoo.py)
+from hf import zoo
+from pytest_deploy import deployable, mask, tensor
 
 BACKENDS = ["trace", "script", "export", "onnx", "tvm"]
 EXAMPLES = 5

@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from pytest_deploy import DeployFailure, mask, tensor, verify  # noqa: E402
-from pytest_deploy.backends import get_backend  # noqa: E402
+from pytest_deploy import DeployFailure, mask, tensor, verify
+from pytest_deploy.backends import get_backend
 
 
 def test_onnx_export_error_points_at_the_line_of_the_node_that_failed():

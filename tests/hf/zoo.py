@@ -27,8 +27,9 @@ init, so both behaviours are available.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 VOCAB = 99
 HIDDEN = 32

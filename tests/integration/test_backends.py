@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 
-
 #: What every generated test file starts with.
 PRELUDE = """\
 import collections

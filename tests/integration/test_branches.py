@@ -18,17 +18,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import branch_corpus as corpus
+
 # pytester's inline runs drop every module they imported when they end: import these once, here
 import hypothesis  # noqa: F401
 import pytest
 import torch  # noqa: F401
 
-import pytest_deploy.check  # noqa: F401
+import pytest_deploy.check
 import pytest_deploy.report  # noqa: F401
 from pytest_deploy import DeployFailure, Result, tensor, verify
 from pytest_deploy.backends.base import short_path
-
-import branch_corpus as corpus
 
 CORPUS = Path(corpus.__file__)
 SOURCE = CORPUS.read_text()

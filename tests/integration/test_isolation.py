@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
-import pytest_deploy.check  # noqa: F401  (imported once, not by each pytester run)
-import pytest_deploy.isolation  # noqa: F401
+import pytest_deploy.check
+import pytest_deploy.isolation
 import pytest_deploy.keep  # noqa: F401
 
 NO_CACHE = ("-p", "no:cacheprovider")

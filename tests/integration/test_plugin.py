@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import pytest_deploy
-import pytest_deploy.check  # noqa: F401
-import pytest_deploy.report  # noqa: F401
+import pytest_deploy.check
+import pytest_deploy.report
 from pytest_deploy import DeployFailure, Result, backend_names, tensor, verify
 from pytest_deploy import backends as registry
 
@@ -115,13 +115,15 @@ def assert_leaky_lost(branches: list[dict], path) -> None:
 def fake_backend(pytester):
     """A registered but unavailable backend, from the user's conftest. Inline runs share this process, so the
     registry is restored afterwards."""
-    saved = dict(registry._REGISTRY), dict(registry._ALIASES)
+    from pytest_deploy import names
+
+    tables = (registry._REGISTRY, registry._PENDING, names._NAMES, names._ALIASES)
+    saved = [dict(t) for t in tables]
     pytester.makeconftest(FAKE_CONFTEST)
     yield "fake"
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved[0])
-    registry._ALIASES.clear()
-    registry._ALIASES.update(saved[1])
+    for table, copy in zip(tables, saved):
+        table.clear()
+        table.update(copy)
 
 
 # ------------------------------------------------------------------------------------ collection
@@ -638,7 +640,7 @@ def test_json_report(pytester, fake_backend):
     results = by_backend(report)
     assert len(report["results"]) == 6 == len(results)
     for entry in report["results"]:
-        assert RESULT_KEYS <= set(entry), RESULT_KEYS - set(entry)
+        assert set(entry) >= RESULT_KEYS, RESULT_KEYS - set(entry)
         assert set(entry["timings"]) == {"build", "load", "run"}
         assert entry["test"].startswith("test_json_report.py::test_")
         assert isinstance(entry["branches"], list)

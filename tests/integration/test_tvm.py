@@ -25,12 +25,12 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from tvm.runtime.vm import VirtualMachine  # noqa: E402
+import helpers  # tests/integration/helpers.py
+import torch
+from torch import nn
+from tvm.runtime.vm import VirtualMachine
 
-from pytest_deploy import BackendUnavailable, DeployFailure, Result, tensor, verify  # noqa: E402
-import helpers  # tests/integration/helpers.py  # noqa: E402
+from pytest_deploy import BackendUnavailable, Result, tensor, verify
 
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the ONNX fallback needs onnx and onnxscript")

@@ -56,7 +56,8 @@ def test_check_arity_no_arguments():
 
 def test_check_arity_accepts_var_positional():
     _check_arity(VarArgs(), 5)  # no exception: *args takes any count
-    assert VarArgs()(torch.ones(1), torch.ones(1)).item() == 2.0
+    result = pytest_deploy.verify(VarArgs(), "trace", inputs=[tensor(2), tensor(2), tensor(2)], examples=2)
+    assert result.passed and result.examples == 2
 
 
 def test_verify_reports_arity_mismatch_as_failure():

@@ -353,7 +353,6 @@ def test_per_backend_dict_accepts_every_alias(backend, alias):
     assert resolve_tolerance(backend, tolerances={alias.upper(): (0.5, 0.25)}).float32 == (0.5, 0.25)
 
 
-@pytest.mark.skipif("tensorrt" not in backend_names(), reason="tensorrt backend not registered")
 def test_trt_alias_applies_to_tensorrt():
     assert resolve_tolerance("tensorrt", atol={"trt": 1e-2}).float32[0] == 1e-2
     assert resolve_tolerance("tensorrt", tolerances={"trt": (1e-2, 2e-2)}).float32 == (1e-2, 2e-2)
@@ -421,3 +420,47 @@ def test_unsupported_cache_output_names_use_cache_false():
     with pytest.raises(UnsupportedOutput) as info:
         flatten({"logits": torch.ones(1), "past_key_values": DynamicCache()})
     assert "use_cache=False" in str(info.value) and "output['past_key_values']" in str(info.value)
+
+
+def test_leaves_are_paired_by_path_not_position():
+    """A backend returning eager's dict in another key order is right; one returning other keys is wrong, and
+    the message names them (pairing by position would compare 'a' with 'b')."""
+    a, b = torch.zeros(2), torch.ones(2)
+    assert compare_outputs({"a": a, "b": b}, {"b": b, "a": a}, tol(0.0)).ok
+    [err] = compare_outputs({"a": a, "b": b}, {"a": a, "c": b}, tol(0.0)).errors
+    assert err.reason == "structure" and "missing output['b']; extra output['c']" in err.text
+
+
+def test_flat_runtime_outputs_are_paired_by_position():
+    from pytest_deploy.compare import Leaves
+
+    a, b = torch.zeros(2), torch.ones(2)
+    got = Leaves([("output[0]", a), ("output[1]", b)])
+    assert compare_outputs({"a": a, "b": b}, got, tol(0.0)).ok
+    assert not compare_outputs({"a": b, "b": a}, got, tol(0.0)).ok
+
+
+def test_complex_outputs_compare_both_parts():
+    expected = torch.tensor([1 + 1j, 2 - 1j], dtype=torch.complex64)
+    assert compare_outputs(expected, expected.clone(), tol(1e-6)).ok
+    [err] = compare_outputs(expected, expected.conj(), tol(1e-6)).errors  # same real parts, other imaginary ones
+    assert err.reason == "values" and err.max_abs == pytest.approx(2.0)
+
+
+def test_bfloat16_outputs_are_compared_at_their_tolerance():
+    expected = torch.tensor([1.0, 2.0], dtype=torch.bfloat16)
+    tolerance = resolve_tolerance("onnx")
+    assert compare_outputs(expected, expected + 0.01, tolerance).ok
+    assert not compare_outputs(expected, expected + 0.5, tolerance).ok
+
+
+def test_nested_outputs_follow_pytree_paths_and_walk_dataclasses():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+        extra: dict
+
+    leaves = flatten(Out(torch.zeros(1), {"k": [torch.ones(1), None]}))
+    assert [p for p, _ in leaves] == ["output.logits", "output.extra['k'][0]", "output.extra['k'][1]"]

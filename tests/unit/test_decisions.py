@@ -342,10 +342,9 @@ def test_the_recorder_restores_tensor_methods_and_the_tracer():
 
 def test_the_recorder_restores_everything_when_the_block_raises():
     before = {name: torch.Tensor.__dict__.get(name) for name in _CONVERSIONS}
-    with pytest.raises(RuntimeError, match="boom"):
-        with Recorder() as rec:
-            scale_of(torch.ones(2))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), Recorder() as rec:
+        scale_of(torch.ones(2))
+        raise RuntimeError("boom")
     assert {name: torch.Tensor.__dict__.get(name) for name in _CONVERSIONS} == before
     assert sys.gettrace() is None
     assert events(rec.run) == [(line("helper"), 0, "float", "1")]

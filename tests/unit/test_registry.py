@@ -23,13 +23,14 @@ BUILTINS = ["state_dict", "pickle", "checkpoint", "trace", "script", "export"]
 @pytest.fixture
 def clean_registry():
     """Registrations made by a test are removed afterwards, whatever happens."""
-    saved_registry = dict(registry._REGISTRY)
-    saved_aliases = dict(registry._ALIASES)
+    from pytest_deploy import names
+
+    tables = (registry._REGISTRY, registry._PENDING, names._NAMES, names._ALIASES)
+    saved = [dict(t) for t in tables]
     yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved_registry)
-    registry._ALIASES.clear()
-    registry._ALIASES.update(saved_aliases)
+    for table, copy in zip(tables, saved):
+        table.clear()
+        table.update(copy)
 
 
 class EchoBackend(Backend):
@@ -236,7 +237,7 @@ def test_the_builtin_table_matches_each_backend_class():
 def test_frame_from_stack_reads_the_failing_nodes_own_traceback():
     """torch.onnx's decomposition errors carry the failing node's traceback after ``Original traceback:``; other
     tracebacks printed further down (the exporter's own) must not win."""
-    from pytest_deploy.backends.export import frame_from_stack
+    from pytest_deploy.sources import frame_from_stack
 
     here = __file__
     text = (f"<class 'ValueError'>: Cannot view a tensor\n\nWhile executing %view_4 : [num_users=1]\n"

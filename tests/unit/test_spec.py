@@ -363,7 +363,7 @@ def test_make_tensor_float_end_patterns_stay_near_their_end_but_vary(pattern, ne
     t = make_tensor(tensor(1000, low=0.25, high=2.0), {}, InputRecipe(0, pattern))
     assert (t - near).abs().max().item() <= 0.1 * (2.0 - 0.25) + 1e-6
     assert t.std().item() > 0
-    assert 0.25 <= t.min().item() and t.max().item() <= 2.0
+    assert t.min().item() >= 0.25 and t.max().item() <= 2.0
 
 
 @pytest.mark.parametrize("pattern", FLOAT_PATTERNS)
@@ -490,7 +490,7 @@ def test_example_clone_args_copies_tensors():
 
 
 def _rows(t):
-    return [row for row in t.reshape(-1, t.shape[-1]).tolist()]
+    return list(t.reshape(-1, t.shape[-1]).tolist())
 
 
 @pytest.mark.parametrize("padding", ["right", "left", "random"])

@@ -14,7 +14,12 @@ from pytest_deploy import tensor
 from pytest_deploy.backends import canonical_name, get_backend
 from pytest_deploy.backends import tensorrt as trt_backend
 from pytest_deploy.backends.tensorrt import (
-    describe_parser_errors, engine_cache_key, fp16_tolerance, profile_shapes, timing_cache_key, trtexec_command,
+    describe_parser_errors,
+    engine_cache_key,
+    fp16_tolerance,
+    profile_shapes,
+    timing_cache_key,
+    trtexec_command,
     unavailable_reason,
 )
 from pytest_deploy.compare import resolve_tolerance
@@ -77,10 +82,26 @@ def test_inputs_sharing_a_dim_get_the_same_sizes():
     assert opt_a == opt_b[:2] and all(lo <= o <= hi for lo, o, hi in zip(lo_a, opt_a, hi_a))
 
 
-def test_unnamed_inputs_are_named_as_the_onnx_export_names_them():
-    shapes = profile_shapes(space([tensor("b", 2), tensor(3)], {"b": (1, 2)}))
-    assert list(shapes) == ["input_0", "input_1"]
-    assert shapes["input_1"] == ((3,), (3,), (3,))
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="the real ONNX export needs pip install 'pytest-deploy[onnx]'")
+def test_profiles_are_named_as_the_real_onnx_export_names_the_inputs():
+    """forward(x, *rest): the exporter names the graph's inputs x, rest_0, rest_1; the profiles must use the
+    names of the graph TensorRT parses, whatever convention pytest-deploy has."""
+    import torch
+
+    from pytest_deploy.check import _forward_arg_names
+
+    class VarArgs(torch.nn.Module):
+        def forward(self, x, *rest):
+            return x + sum(rest)
+
+    model = VarArgs()
+    example = (torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 3))
+    batch = torch.export.Dim("b", min=1, max=4)
+    program = torch.export.export(model, example, dynamic_shapes=({0: batch}, ({0: batch}, {0: batch})))
+    graph = torch.onnx.export(program, example, dynamo=True, verbose=False).model
+    exported = [i.name for i in graph.graph.inputs]
+    declared = space([tensor("b", 3)] * 3, {"b": (1, 4)}, names=_forward_arg_names(model, 3))
+    assert list(profile_shapes(declared)) == exported
 
 
 # ------------------------------------------------------------------------------------- trtexec
@@ -89,11 +110,19 @@ def test_unnamed_inputs_are_named_as_the_onnx_export_names_them():
 SHAPES = {"x": ((1, 3, 32, 32), (2, 3, 32, 32), (8, 3, 32, 32)), "scale": ((4,), (4,), (4,))}
 
 
-def test_trtexec_command_line():
+def _parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(int(d) for d in dims.split("x")) for name, dims in (p.rsplit(":", 1) for p in text.split(","))}
+
+
+def test_trtexec_command_builds_the_profile_the_shapes_describe():
     cmd = trtexec_command("m.onnx", "m.engine", SHAPES, fp16=True, timing_cache="t.cache")
-    assert cmd == ["trtexec", "--onnx=m.onnx", "--saveEngine=m.engine", "--minShapes=x:1x3x32x32",
-                   "--optShapes=x:2x3x32x32", "--maxShapes=x:8x3x32x32", "--fp16", "--timingCacheFile=t.cache",
-                   "--memPoolSize=workspace:1024", "--skipInference"]
+    flags = dict(arg.split("=", 1) for arg in cmd[1:] if "=" in arg)
+    assert cmd[0] == "trtexec" and flags["--onnx"] == "m.onnx" and flags["--saveEngine"] == "m.engine"
+    dynamic = {name: s for name, s in SHAPES.items() if s[0] != s[2]}  # a static input gets no shapes
+    for i, flag in enumerate(("--minShapes", "--optShapes", "--maxShapes")):
+        assert _parse_shapes(flags[flag]) == {name: s[i] for name, s in dynamic.items()}
+    assert "--fp16" in cmd and flags["--timingCacheFile"] == "t.cache"
+    assert "--fp16" not in trtexec_command("m.onnx", "m.engine", SHAPES)
 
 
 def test_trtexec_command_for_a_static_model_has_no_shapes_and_fp32_by_default():

@@ -1,0 +1,158 @@
+"""Where things come from: which source files are the user's (and the model's), the frame of a traceback or a
+formatted stack that a message should point at, and exception text fit for one line of a message.
+
+A leaf module: standard library only (torch is imported inside the one function that needs it).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import itertools
+import linecache
+import os
+import re
+import sys
+import sysconfig
+import traceback
+
+_LIBRARY_PACKAGES = ("torch", "functorch", "pytest_deploy", "_pytest", "pytest", "pluggy", "hypothesis", "onnx",
+                     "onnxscript", "onnxruntime", "onnxsim", "tvm", "tvm_ffi", "tensorrt", "numpy", "sympy")
+
+
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    dirs: list[str] = []
+    for name in _LIBRARY_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.submodule_search_locations:
+            dirs.extend(os.path.join(loc, "") for loc in spec.submodule_search_locations)
+    return tuple(dirs)
+
+
+#: Files that hold the model's own classes: user code even when installed under site-packages.
+_MODEL_FILES: set[str] = set()
+#: Directories of the installed packages that hold the model's classes (``site-packages/transformers/``): for
+#: the source line a message points at, every file there is the model's code (masking helpers, attention
+#: functions), though only the class files count as user code for branch recording.
+_MODEL_PACKAGES: set[str] = set()
+
+
+def add_model_files(model) -> None:
+    """Count the source files of ``model``'s module classes as user code."""
+    for module in model.modules():
+        name = type(module).__module__
+        filename = getattr(sys.modules.get(name), "__file__", None)
+        if filename and not filename.startswith(_library_dirs()) and filename not in _MODEL_FILES:
+            _MODEL_FILES.add(filename)
+            is_user_file.cache_clear()
+            top = getattr(sys.modules.get(name.split(".")[0]), "__file__", None)
+            if top and os.path.basename(top) == "__init__.py" and _installed(top):
+                _MODEL_PACKAGES.add(os.path.join(os.path.dirname(top), ""))
+
+
+def _installed(filename: str) -> bool:
+    return f"{os.sep}site-packages{os.sep}" in filename or f"{os.sep}dist-packages{os.sep}" in filename
+
+
+def is_model_code(filename: str) -> bool:
+    """Where a message may point: the user's files, and every file of an installed package that holds the
+    model's classes (transformers' helpers count as the model's code)."""
+    return is_user_file(filename) or bool(_MODEL_PACKAGES) and filename.startswith(tuple(_MODEL_PACKAGES))
+
+
+@functools.lru_cache(maxsize=4096)
+def is_user_file(filename: str) -> bool:
+    """True for the user's own source files: not the stdlib, not an installed package (unless it holds
+    the model's classes), not a library pytest-deploy knows."""
+    if not filename or filename.startswith("<"):
+        return False
+    if filename in _MODEL_FILES:
+        return True
+    if filename.startswith(_library_dirs()):
+        return False
+    if _installed(filename):
+        return False
+    return not filename.startswith(os.path.join(sysconfig.get_paths()["stdlib"], ""))
+
+
+def user_frame(tb) -> tuple[str, int, str] | None:
+    """The innermost traceback frame in the model's code (:func:`is_model_code`): (file, line, source text)."""
+    found = None
+    for frame, lineno in traceback.walk_tb(tb):
+        fname = frame.f_code.co_filename
+        if is_model_code(fname):
+            found = (fname, lineno, linecache.getline(fname, lineno).strip())
+    return found
+
+
+def short_path(filename: str) -> str:
+    """A path relative to the working directory when it lies below it."""
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith("..") else rel
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first meaningful line of an exception's message, capped at a sentence's end. A line ending in ':'
+    announces its detail on the lines below (``Error(s) in loading state_dict for Net:``), so the rest of
+    its paragraph is kept too."""
+    text = str(exc).strip()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if line:
+            text = line
+            if line.endswith(":"):
+                detail = [d.strip() for d in itertools.takewhile(str.strip, lines[i + 1:])]
+                text = " ".join([line, *detail])
+            break
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return cap(text, limit)
+
+
+def cap(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, never mid-sentence: at the last sentence end (or clause
+    end, or word end) before the limit, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    for marks in ((". ", "! ", "? "), ("; ", ": ", ", ")):
+        end = max(head.rfind(m) for m in marks)
+        if end > limit // 3:
+            head = head[: end + 1]
+            break
+    else:
+        head = head[: head.rfind(" ")] if head.rfind(" ") > limit // 3 else head
+    return f"{head.rstrip()} [cut: {len(text) - len(head.rstrip())} more characters]"
+
+
+def frame_from_stack(stack: str):
+    """The innermost frame of the model's code (:func:`is_model_code`) in a formatted stack trace
+    (``File "x.py", line 3, in f`` + code). An error text that carries torch's traceback of the node it
+    failed on (``Original traceback:``) is read there."""
+    node = re.search(r"Original traceback:\n(.*?)(?:\n\s*\n|Use tlparse|\Z)", stack, re.S)
+    if node:
+        stack = node.group(1)
+    found = None
+    for m in re.finditer(r'File "([^"]+)", line (\d+), in [^\n]+\n\s*([^\n]*)', stack):
+        fname, line = m.group(1), int(m.group(2))
+        if is_model_code(fname):
+            found = (fname, line, m.group(3).strip() or linecache.getline(fname, line).strip())
+    return found
+
+
+def describe_exception(exc: BaseException, hint: str | None = None) -> str:
+    """``ValueError: bad thing`` + the user's source line, if any + the hint."""
+    text = first_line(exc)
+    where = user_frame(exc.__traceback__)
+    if where:
+        text += f"\n  at {short_path(where[0])}:{where[1]}  `{where[2]}`"
+    if hint:
+        text += f"\n  fix: {hint}"
+    return text
