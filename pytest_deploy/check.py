@@ -731,7 +731,6 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
         return "failed", result
     finally:
         ctx.cleanup.close()
-        shutil.rmtree(path / "tmp", ignore_errors=True)
         if owned:
             shutil.rmtree(path, ignore_errors=True)
     return "passed", result
@@ -754,6 +753,7 @@ def _temporary_files_in(directory: Path) -> Iterator[None]:
     try:
         yield
     finally:
+        shutil.rmtree(directory, ignore_errors=True)  # before --deploy-keep-artifacts copies the work directory
         tempfile.tempdir = saved_dir
         for key, saved in saved_env.items():
             if saved is None:

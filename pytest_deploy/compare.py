@@ -120,6 +120,8 @@ def flatten(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
     """
     from torch.utils._pytree import keystr, tree_flatten_with_path
 
+    if isinstance(obj, Leaves):  # a runtime's outputs, already flat
+        return list(obj)
     out: list[tuple[str, Any]] = []
     for key, leaf in tree_flatten_with_path(obj, is_leaf=lambda x: x is None)[0]:
         where = path + keystr(key)

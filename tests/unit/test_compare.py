@@ -464,3 +464,10 @@ def test_nested_outputs_follow_pytree_paths_and_walk_dataclasses():
 
     leaves = flatten(Out(torch.zeros(1), {"k": [torch.ones(1), None]}))
     assert [p for p, _ in leaves] == ["output.logits", "output.extra['k'][0]", "output.extra['k'][1]"]
+
+
+def test_flatten_keeps_leaves_that_are_already_flat():
+    from pytest_deploy.compare import Leaves
+
+    flat = Leaves([("output[0]", torch.zeros(1)), ("output[1]", torch.ones(2))])
+    assert flatten(flat) == list(flat)
