@@ -152,11 +152,10 @@ class PickleBackend(Backend):
         ctx.note("weights_only_error", reply["weights_only_error"])
         ctx.note("unsafe_load_needed", not reply["weights_only"])
         if not reply["weights_only"]:
+            import re
             import warnings
 
             from ..errors import UnsafeLoadWarning
-
-            import re
 
             refused = re.search(r"GLOBAL ([\w.]+)", reply["weights_only_error"])
             what = refused.group(1) if refused else "the model's classes"
