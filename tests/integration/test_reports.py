@@ -174,3 +174,17 @@ def test_one():
 """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_one.py", timeout=120)
     result.stdout.fnmatch_lines(["1 check: 1 passed; *"])
+
+
+def test_html_report_from_a_real_session(pytester):
+    run(pytester, "--deploy-html=out/report.html", "--deploy-report=out/report.json")
+    page = (pytester.path / "out" / "report.html").read_text()
+    assert page.lstrip().lower().startswith("<!doctype html>")
+    for name in ("test_a_linear_classifier_with_a_rather_long_descriptive_name", "test_branchy_model_whose_trace_freezes_an_if",
+                 "if x.sum() &gt; 0:", "unavailable_backend: module_that_does_not_exist_xyz not installed"):
+        assert name in page
+    assert "http://" not in page and "https://" not in page
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert page.count('src="data:image/png;base64,') >= 2  # error against tolerance, time per backend
