@@ -31,6 +31,11 @@ HELP_ISOLATE = ("which checks run in a worker process, so a crash fails only tha
 HELP_TIMEOUT = "fail a check whose stage (export, compile, run, ...) runs longer than SECONDS; default: no limit"
 HELP_KEEP = ("keep the artifacts of failing checks in DIR, with the failing inputs, eager outputs and a "
              "standalone repro.py")
+HELP_MARKDOWN = ("write the summary as Markdown to this path (the matrix, failures with their stage and cause, "
+                 "the data-dependent decisions)")
+HELP_NO_STEP_SUMMARY = "do not append the Markdown summary to $GITHUB_STEP_SUMMARY (appended by default when it is set)"
+HELP_HTML = ("write one self-contained HTML report to this path (the matrix, every check's details, plots); plots "
+             "need matplotlib")
 HELP_TVM_TARGET = "TVM target: a kind such as llvm (default) or cuda, or a JSON target dict"
 HELP_TVM_TUNE = ("tune TVM kernels with MetaSchedule, TRIALS trials in all; the tuning database is kept in the "
                  "artifact cache and reused by the next run")
@@ -119,6 +124,10 @@ def add_options(parser) -> None:
                     help=HELP_TIMEOUT)
     group.addoption("--deploy-keep-artifacts", dest="deploy_keep_artifacts", default=None, metavar="DIR",
                     help=HELP_KEEP)
+    group.addoption("--deploy-markdown", dest="deploy_markdown", default=None, metavar="PATH", help=HELP_MARKDOWN)
+    group.addoption("--deploy-no-step-summary", dest="deploy_no_step_summary", action="store_true", default=False,
+                    help=HELP_NO_STEP_SUMMARY)
+    group.addoption("--deploy-html", dest="deploy_html", default=None, metavar="PATH", help=HELP_HTML)
     group.addoption("--deploy-tvm-target", dest="deploy_tvm_target", default=None, metavar="T", help=HELP_TVM_TARGET)
     group.addoption("--deploy-tvm-tune", dest="deploy_tvm_tune", type=positive_int, default=None, metavar="TRIALS",
                     help=HELP_TVM_TUNE)
@@ -129,6 +138,8 @@ def add_options(parser) -> None:
     parser.addini("deploy_examples", HELP_EXAMPLES, default=None)
     parser.addini("deploy_strict", HELP_STRICT, type="bool", default=False)
     parser.addini("deploy_report", HELP_REPORT, default=None)
+    parser.addini("deploy_markdown", HELP_MARKDOWN, default=None)
+    parser.addini("deploy_html", HELP_HTML, default=None)
     parser.addini("deploy_tvm_target", HELP_TVM_TARGET, default=None)
     parser.addini("deploy_cache_dir", HELP_CACHE_DIR, default=None)
     parser.addini("deploy_isolate", HELP_ISOLATE, default=None)
@@ -157,6 +168,10 @@ class Settings:
     timeout: float | None = None
     #: where failing checks leave their artifacts, inputs and repro script
     keep_artifacts: str | None = None
+    #: the Markdown summary's path; whether to append it to $GITHUB_STEP_SUMMARY; the HTML report's path
+    markdown: str | None = None
+    step_summary: bool = True
+    html: str | None = None
 
 
 def read_settings(config) -> Settings:
@@ -201,7 +216,10 @@ def read_settings(config) -> Settings:
                     {k: v for k, v in backend_options.items() if v is not None},
                     config.getoption("deploy_cache_dir") or config.getini("deploy_cache_dir") or None,
                     bool(config.getoption("deploy_no_cache")), bool(config.getoption("deploy_recheck")),
-                    isolate, timeout, config.getoption("deploy_keep_artifacts"))
+                    isolate, timeout, config.getoption("deploy_keep_artifacts"),
+                    config.getoption("deploy_markdown") or config.getini("deploy_markdown") or None,
+                    not config.getoption("deploy_no_step_summary"),
+                    config.getoption("deploy_html") or config.getini("deploy_html") or None)
 
 
 def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARKER_KWARGS),

@@ -35,6 +35,8 @@ class DeploySession:
         self.config = config
         self.settings = settings
         self.results: dict[str, Result] = {}  # nodeid -> Result
+        #: lines for the terminal after collection (an empty backend selection explained)
+        self.notes: list[str] = []
         self._workroot: str | os.PathLike[str] | None = None
         self._cache: ArtifactCache | None = None
 
@@ -225,12 +227,27 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         return
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
+    declared: set[str] = set()
     for item in items:
         backend = getattr(item, "callspec", None) and item.callspec.params.get(PARAM)
+        if backend:
+            declared.add(backend)
         (drop if backend and backend not in selected else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    missing = [b for b in selected if b not in declared]
+    if declared and missing:
+        names = ", ".join(missing)
+        config.stash[SESSION_KEY].notes.append(
+            f"pytest-deploy: no collected test declares {names} (selected by --deploy-backends / deploy_backends); "
+            f"the tests declare {', '.join(sorted(declared))}; add {names} to a test's backends=, or omit backends= "
+            "to check every backend")
+
+
+def pytest_report_collectionfinish(config, start_path, items) -> list[str]:
+    session = config.stash.get(SESSION_KEY, None)
+    return list(session.notes) if session is not None else []
 
 
 @pytest.fixture
@@ -305,14 +322,34 @@ def pytest_runtest_makereport(item, call):
     excinfo = call.excinfo
     if report.failed and excinfo is not None and isinstance(excinfo.value, DeployFailure):
         report.longrepr = excinfo.value.message
+    if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        # a skip raised by pytest-deploy (backend unavailable) is reported at the user's test, not in the plugin
+        path, line = item.reportinfo()[:2]
+        if line is not None and str(report.longrepr[0]).startswith(os.path.dirname(__file__)):
+            report.longrepr = (os.fspath(path), line + 1, report.longrepr[2])
     session = item.config.stash[SESSION_KEY]
     session.record_report(item, report)
     result = session.results.get(item.nodeid)
+    if result is not None and report.when in ("setup", "call"):
+        _junit_properties(item, result)
     if result is not None and hasattr(item.config, "workerinput"):
         # xdist: the result travels with the report, so the controller has it even if this worker dies later
         # (pytest serialises a report's extra attributes for xdist and restores them on the controller)
         setattr(report, RESULT_PROPERTY, json.loads(json.dumps(result.to_json(), default=str)))
     return report
+
+
+#: junit XML properties of every deployable item (pytest's junitxml writes an item's user_properties)
+JUNIT_PROPERTIES = ("deploy_backend", "deploy_outcome", "deploy_stage", "deploy_max_abs_error", "deploy_atol",
+                    "deploy_rtol")
+
+
+def _junit_properties(item, result: Result) -> None:
+    values = {"deploy_backend": result.backend, "deploy_outcome": result.outcome, "deploy_stage": result.stage or "",
+              "deploy_max_abs_error": "" if result.max_abs_error is None else repr(result.max_abs_error),
+              "deploy_atol": "" if result.atol is None else repr(result.atol),
+              "deploy_rtol": "" if result.rtol is None else repr(result.rtol)}
+    item.user_properties[:] = [p for p in item.user_properties if p[0] not in values] + list(values.items())
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -322,10 +359,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     from .report import summary_lines
 
     terminalreporter.write_sep("=", "pytest-deploy summary")
-    for line in summary_lines(list(session.results.values())):
+    width = config.get_terminal_writer().fullwidth  # COLUMNS when set, else the terminal's width
+    for line in summary_lines(list(session.results.values()), width=width):
         terminalreporter.write_line(line)
-    if session.settings.report:
-        terminalreporter.write_line(f"JSON report: {session.settings.report}")
+    for label, path in (("JSON report", session.settings.report), ("Markdown summary", session.settings.markdown),
+                        ("HTML report", session.settings.html)):
+        if path:
+            terminalreporter.write_line(f"{label}: {path}")
 
 
 @pytest.hookimpl(trylast=True)
@@ -336,10 +376,24 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         return
     if hasattr(config, "workerinput"):  # xdist worker: results went to the controller with each report
         return
-    if deploy.settings.report and deploy.results:
-        from .report import write_json
+    if not deploy.results:
+        return
+    from .report import report_dict, write_json, write_markdown
 
-        write_json(deploy.settings.report, list(deploy.results.values()), interrupted=exitstatus == 2)
+    results = list(deploy.results.values())
+    settings = deploy.settings
+    if settings.report:
+        write_json(settings.report, results, interrupted=exitstatus == 2)
+    if settings.markdown:
+        write_markdown(settings.markdown, results)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary and settings.step_summary:
+        write_markdown(step_summary, results, append=True)
+    if settings.html:
+        from .report_html import write_html
+
+        data = report_dict(results, interrupted=exitstatus == 2)
+        write_html(settings.html, data["results"], data["environment"])
 
 
 class _XdistController:

@@ -33,41 +33,156 @@ def cell(result: Result) -> str:
     return " ".join(parts)
 
 
-def summary_lines(results: list[Result]) -> list[str]:
-    """Rows = model tests, columns = backends; each cell status, max abs error and build time."""
-    backends: list[str] = []
-    rows: dict[str, dict[str, Result]] = {}
-    from .names import backend_names
+def summary_lines(results: list[Result], width: int | None = None) -> list[str]:
+    """Rows = model tests, columns = backends; each cell status, max abs error and build time.
 
-    order = {name: i for i, name in enumerate(backend_names())}
-    for r in results:
-        if r.backend not in backends:
-            backends.append(r.backend)
-        rows.setdefault(r.test, {})[r.backend] = r
-    backends.sort(key=lambda b: order.get(b, len(order)))
-    header = ["model test", *backends]
+    With ``width`` (the terminal's), no line is wider: when the full table does not fit, a compact one
+    (short status codes with a legend, the numbers on lines below it, backends in blocks if need be), and
+    the lines under it wrapped."""
+    rows, backends = _matrix(results)
     branch_rows = {test: _branch_source(by_backend) for test, by_backend in rows.items()}
     with_branches = any(r is not None for r in branch_rows.values())
-    if with_branches:
-        header.append("branches")
-    table = [header]
-    for test, by_backend in rows.items():
-        row = [test, *(cell(by_backend[b]) if b in by_backend else "-" for b in backends)]
-        if with_branches:
-            row.append(_branch_cell(branch_rows[test]))
-        table.append(row)
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(val.ljust(w) for val, w in zip(row, widths)).rstrip() for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    full = _full_table(rows, backends, branch_rows if with_branches else None)
+    compact = width is not None and max(len(line) for line in full) > width
+    lines = _compact_table(rows, backends, branch_rows if with_branches else None, width or 80) if compact else full
     counts: dict[str, int] = {}
     for r in results:
         counts[r.outcome] = counts.get(r.outcome, 0) + 1
     total_build = sum(r.timings.get("build", 0.0) for r in results)
     tally = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
-    lines.append(f"{len(results)} checks: {tally}; build time {total_build:.1f}s "
-                 "(cells: status, max abs error, build time; cached: the result, or the artifact, came from the cache)")
-    lines.extend(_branch_lines(branch_rows))
+    cells = ("cells: status, max abs error, build time" if not compact
+             else "cells: status codes above, numbers per check below")
+    closing = [f"{plural(len(results), 'check')}: {tally}; build time {total_build:.1f}s ({cells}; cached: the "
+               "result, or the artifact, came from the cache)"]
+    if compact:
+        closing += _numbers_lines(rows, backends)
+    closing += _branch_lines(branch_rows)
+    return lines + (_wrap(closing, width) if width else closing)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 check``, ``2 checks``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _matrix(results: list[Result]) -> tuple[dict[str, dict[str, Result]], list[str]]:
+    from .names import backend_names
+
+    order = {name: i for i, name in enumerate(backend_names())}
+    backends: list[str] = []
+    rows: dict[str, dict[str, Result]] = {}
+    for r in results:
+        if r.backend not in backends:
+            backends.append(r.backend)
+        rows.setdefault(r.test, {})[r.backend] = r
+    backends.sort(key=lambda b: order.get(b, len(order)))
+    return rows, backends
+
+
+def _columns(table: list[list[str]], gap: int = 2) -> list[str]:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [(" " * gap).join(val.ljust(w) for val, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, (" " * gap).join("-" * w for w in widths))
     return lines
+
+
+def _full_table(rows, backends, branch_rows) -> list[str]:
+    header = ["model test", *backends] + (["branches"] if branch_rows else [])
+    table = [header]
+    for test, by_backend in rows.items():
+        row = [test, *(cell(by_backend[b]) if b in by_backend else "-" for b in backends)]
+        if branch_rows:
+            row.append(_branch_cell(branch_rows[test]))
+        table.append(row)
+    return _columns(table)
+
+
+#: Short status codes of the compact table.
+_CODES = {"passed": "ok", "skipped": "skip", "xfailed": "xfail", "xpassed": "XPASS"}
+_STAGE_CODES = {"export": "exp", "check": "chk", "simplify": "simp", "compile": "comp", "save": "save",
+                "load": "load", "run": "run", "compare": "cmp", "branches": "brch", "reference": "ref"}
+_BACKEND_CODES = {"state_dict": "sd", "pickle": "pkl", "checkpoint": "ckpt", "script": "scrpt",
+                  "export": "expt", "tensorrt": "trt"}
+
+
+def short_cell(result: Result | None) -> str:
+    if result is None:
+        return "-"
+    if result.outcome == "failed":
+        return "F:" + _STAGE_CODES.get(result.stage or "", result.stage or "?")
+    return _CODES.get(result.outcome, result.outcome) + ("*" if result.cached and result.outcome == "passed" else "")
+
+
+def _compact_table(rows, backends, branch_rows, width: int) -> list[str]:
+    names = _short_tests(list(rows))
+    headers = {b: b if len(b) <= 5 else _BACKEND_CODES.get(b, b[:5]) for b in backends}
+    cells = {b: max(len(headers[b]), *(len(short_cell(rows[t].get(b))) for t in rows)) + 1 for b in backends}
+    first = max(len("model"), *(len(n) for n in names.values()))
+    room = width - sum(cells.values())  # beside every backend column on one line, if they all fit
+    first = min(first, room if room >= 12 else max(12, width // 3))
+    lines: list[str] = []
+    # backends in blocks that fit beside the model column: 1 space between columns
+    blocks: list[list[str]] = []
+    used = first
+    for b in backends:
+        w = cells[b]
+        if not blocks or used + w > width:
+            blocks.append([])
+            used = first
+        blocks[-1].append(b)
+        used += w
+    for block in blocks:
+        table = [["model", *(headers[b] for b in block)]]
+        for test in rows:
+            table.append([_fit(names[test], first), *(short_cell(rows[test].get(b)) for b in block)])
+        lines += _columns(table, gap=1)
+    legend = ("legend: ok passed (* from the cache), F:stage failed (exp export, chk check, simp simplify, comp "
+              "compile, save, load, run, cmp compare, brch branches, ref reference), skip, xfail, - not declared")
+    abbreviated = [f"{code} {b}" for b, code in headers.items() if code != b]
+    if abbreviated:
+        legend += "; " + ", ".join(abbreviated)
+    if any(names[t] != t for t in rows):
+        legend += "; rows are the test names, in " + ", ".join(sorted({t.split("::")[0] for t in rows}))
+    if branch_rows:
+        legend += "; branch sites below"
+    return lines + _wrap([legend], width)
+
+
+def _short_tests(tests: list[str]) -> dict[str, str]:
+    """``tests/test_m.py::test_cnn`` -> ``test_cnn`` where that stays unique."""
+    short = {t: t.split("::", 1)[-1] for t in tests}
+    return short if len(set(short.values())) == len(short) else {t: t for t in tests}
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+def _numbers_lines(rows, backends) -> list[str]:
+    """Per model test: each backend's status, max abs error and build time, as the full table's cells say it."""
+    names = _short_tests(list(rows))
+    out = []
+    for test, by_backend in rows.items():
+        cells = [f"{b} {cell(by_backend[b])}" for b in backends if b in by_backend]
+        out.append(f"{names[test]}: " + "; ".join(cells))
+    return out
+
+
+def _wrap(lines: list[str], width: int | None) -> list[str]:
+    """Each line wrapped to ``width``; continuation lines indented under the first."""
+    import textwrap
+
+    if not width:
+        return lines
+    out = []
+    for line in lines:
+        if len(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * min(len(line) - len(line.lstrip()) + 4, width // 4)
+        out += textwrap.wrap(line, width=width, subsequent_indent=indent, break_long_words=True,
+                             break_on_hyphens=False, drop_whitespace=True)
+    return out
 
 
 def _branch_source(by_backend: dict[str, Result]) -> Result | None:
@@ -108,6 +223,67 @@ def _branch_lines(branch_rows: dict[str, Result | None]) -> list[str]:
     if out:
         out.insert(0, "data-dependent decisions (lost: the traced artifact took another path; never reached: no input found it):")
     return out
+
+
+def markdown(results: list[Result]) -> str:
+    """The summary as Markdown (a CI page, GitHub's step summary): the matrix, every failure with its stage and
+    the first line of its cause, the data-dependent decisions that were lost or never reached."""
+    rows, backends = _matrix(results)
+    names = _short_tests(list(rows))
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.outcome] = counts.get(r.outcome, 0) + 1
+    out = ["## pytest-deploy", "",
+           f"{plural(len(results), 'check')}: " + ", ".join(f"{n} {o}" for o, n in counts.items()), "",
+           "| model test | " + " | ".join(backends) + " |", "| --- | " + " | ".join("---" for _ in backends) + " |"]
+    for test, by_backend in rows.items():
+        out.append(f"| `{_md(names[test])}` | " + " | ".join(_md_cell(by_backend.get(b)) for b in backends) + " |")
+    failures = [r for r in results if r.outcome in ("failed", "xpassed")]
+    if failures:
+        out += ["", "### Failures", ""]
+        for r in failures:
+            cause = _first_cause(r.message)
+            stage = f" at stage `{r.stage}`" if r.stage else ""
+            out.append(f"- `{_md(names.get(r.test, r.test))}` on **{r.backend}**{stage}: {_md(cause)}")
+    sites = [(test, r, b) for test, r in ((t, _branch_source(by)) for t, by in rows.items()) if r is not None
+             for b in r.branches if b.get("lost") or b.get("uncovered")]
+    if sites:
+        out += ["", "### Data-dependent decisions", "", "| model test | site | source | seen | traced | verdict |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for test, _, b in sites:
+            seen = ", ".join(f"{k} x{v}" for k, v in b["outcomes"].items())
+            verdict = ("lost, outputs diverge" if b.get("diverged") else "lost, outputs unaffected") if b.get("lost") \
+                else "never reached: " + "/".join(b["uncovered"])
+            out.append(f"| `{_md(names[test])}` | `{_md(b['file'])}:{b['line']}` | `{_md(b['source'])}` | {seen} | "
+                       f"{b.get('traced')} | {verdict} |")
+    return "\n".join(out) + "\n"
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_cell(result: Result | None) -> str:
+    if result is None:
+        return "-"
+    text = cell(result)
+    return f"**{text}**" if result.outcome in ("failed", "xpassed") else text
+
+
+def _first_cause(message: str | None) -> str:
+    """The first line of a failure message, without the ``backend: stage X:`` prefix the table already says."""
+    import re
+
+    line = (message or "").strip().splitlines()[0] if message and message.strip() else "(no message)"
+    return re.sub(r"^[\w.-]+: stage \w+: ", "", line)
+
+
+def write_markdown(path: str, results: list[Result], *, append: bool = False) -> None:
+    """Write (or, for GitHub's step summary, append) the Markdown summary."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "a" if append else "w", encoding="utf-8") as fh:
+        fh.write(markdown(results))
 
 
 def _version(dist: str) -> str | None:

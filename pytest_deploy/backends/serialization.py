@@ -152,15 +152,17 @@ class PickleBackend(Backend):
         ctx.note("weights_only_error", reply["weights_only_error"])
         ctx.note("unsafe_load_needed", not reply["weights_only"])
         if not reply["weights_only"]:
+            import re
             import warnings
 
             from ..errors import UnsafeLoadWarning
 
+            refused = re.search(r"GLOBAL ([\w.]+)", reply["weights_only_error"])
+            what = refused.group(1) if refused else "the model's classes"
+            # one short line; torch's whole refusal is in the report (details.weights_only_error)
             warnings.warn(UnsafeLoadWarning(
-                f"pickle: torch.load(weights_only=True) refuses this model ({reply['weights_only_error']}); the check "
-                "loaded it with weights_only=False, which runs code from the file (here the file the check itself "
-                "wrote). Your users must do the same to load it; ship a state_dict, or allowlist the classes with "
-                "torch.serialization.add_safe_globals, to avoid it"), stacklevel=2)
+                f"pickle: loads only with torch.load(weights_only=False), which runs code from the file ({what} is "
+                "not an allowed global); ship a state_dict, or torch.serialization.add_safe_globals it"), stacklevel=2)
 
         from ..compare import Leaves
 

@@ -45,6 +45,16 @@ def device_for(target):
 _HOST_KINDS = ("llvm", "c")
 
 
+def _linker() -> str | None:
+    """The compiler TVM's export_library would link with (its own search order), or None."""
+    import shutil
+
+    for env in ("CXX", "CC"):
+        if os.environ.get(env) and shutil.which(os.environ[env].split()[0]):
+            return os.environ[env]
+    return next((cc for cc in ("g++", "gcc", "clang++", "clang", "c++", "cc") if shutil.which(cc)), None)
+
+
 def _kind_of(text: str) -> str | None:
     """The target kind named by ``llvm`` or a JSON dict ``{"kind": ...}``; None when it does not parse."""
     text = (text or DEFAULT_TARGET).strip()
@@ -95,6 +105,10 @@ class TvmBackend(Backend):
         reason = super().unavailable_reason(options)
         if reason:
             return reason
+        if not _linker():
+            return ("tvm: export_library links the compiled module into a shared library with a C/C++ compiler, and "
+                    "none is on PATH (g++, gcc, clang++, clang, c++, cc; or $CXX/$CC); install one, e.g. apt-get "
+                    "install g++")
         return _missing_device((options or {}).get("tvm_target") or DEFAULT_TARGET)
 
     def uses_cuda(self, options=None) -> bool:

@@ -307,6 +307,19 @@ def test_a_cuda_target_without_a_device_is_unavailable(target):
         "run on a machine with one, or choose a CPU target (--deploy-tvm-target=llvm)")
 
 
+def test_without_a_compiler_to_link_with_tvm_is_unavailable(monkeypatch):
+    """export_library links with the system compiler: without one the check is skipped with the reason, instead of
+    failing at save with a TypeError from inside TVM."""
+    import shutil
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(BackendUnavailable, match=r"tvm: export_library links .* with a C/C\+\+ compiler, and none is on "
+                                                 r"PATH .*apt-get install g\+\+"):
+        verify(mlp(), "tvm", inputs=BATCH, dims={"batch": (1, 4)})
+
+
 # -------------------------------------------------------------------------------- through pytest
 
 PRELUDE = """\

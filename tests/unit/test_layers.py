@@ -25,7 +25,7 @@ LAYERS = {
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
     5: ["backends"],
-    6: ["keep", "report"],
+    6: ["keep", "report", "report_html"],
     7: ["check"],
     8: ["options", "plugin", ""],
 }
