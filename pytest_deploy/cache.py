@@ -6,6 +6,12 @@ machine. Entries are written to a temporary directory and renamed into place, so
 half an entry; every file's hash is kept in the entry's manifest and checked before the entry is used,
 so a corrupt or truncated entry is rebuilt, never loaded. Writers of one key take a file lock, so two
 xdist workers needing the same artifact build it once.
+
+The cache may also live on object storage (any fsspec URL: ``s3://bucket/prefix``, ``gs://...``, ``az://...``),
+shared by CI runners: :class:`RemoteStore`. Entries are then kept in a local directory too (a read-through
+copy, so a hit costs one download), uploaded payload first and manifest last (a reader never sees half an
+entry), and verified by hash when read, like local ones. When the store cannot be reached, the cache goes on
+locally and says so once.
 """
 
 from __future__ import annotations
@@ -28,12 +34,102 @@ CACHE_VERSION = 2
 RESULT_FILE = "result.json"
 
 
-class ArtifactCache:
-    """``ArtifactCache(None)`` is a disabled cache: lookups miss, stores keep nothing."""
+def is_url(location: str | os.PathLike | None) -> bool:
+    """An fsspec URL (``s3://...``) rather than a local path; ``file://`` URLs are local paths."""
+    return isinstance(location, str) and "://" in location and not location.startswith("file://")
 
-    def __init__(self, root: str | os.PathLike | None):
-        self.root = Path(root) if root else None
+
+def local_path(location: str | os.PathLike) -> str:
+    """``file:///shared/dir`` -> ``/shared/dir``; a path stays as it is."""
+    text = os.fspath(location)
+    return text[len("file://"):] if text.startswith("file://") else text
+
+
+class RemoteStore:
+    """Cache entries on an fsspec filesystem: ``<prefix>/<key[:2]>/<key>/manifest.json`` names the entry's files,
+    which live under ``<key>/<writer>/``, one directory per writer: two runners storing one key at once each
+    upload their own payload, and whichever manifest lands last is the entry, always whole."""
+
+    def __init__(self, url: str):
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.fs, self.prefix = fsspec.core.url_to_fs(self.url)
+        self.prefix = self.prefix.rstrip("/")
+
+    def _entry(self, key: str) -> str:
+        return f"{self.prefix}/{key[:2]}/{key}"
+
+    def probe(self) -> None:
+        """Raise when the store cannot be used: no bucket, no credentials, no server."""
+        bucket = self.prefix.split("/", 1)[0]  # "" for filesystems without buckets (their paths start with "/")
+        if not bucket:
+            return
+        try:
+            # listing raises what is wrong (credentials, connection); ``exists`` would turn every error into False
+            self.fs.ls(bucket, detail=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"bucket {bucket!r} does not exist") from None
+
+    def fetch(self, key: str, into: Path) -> dict[str, str] | None:
+        """Download the entry's files into ``into``; its manifest's ``{name: digest}``, or None when absent."""
+        try:
+            manifest = json.loads(self.fs.cat_file(f"{self._entry(key)}/manifest.json"))
+        except FileNotFoundError:
+            return None
+        files = dict(manifest.get("files", {}))
+        writer = manifest.get("writer", "")
+        for name in files:
+            target = into / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(f"{self._entry(key)}/{writer}/{name}", str(target))
+        return files
+
+    def put(self, key: str, entry: Path, files: dict[str, str]) -> None:
+        """Upload ``entry``'s files, then the manifest that makes them the entry."""
+        writer = uuid.uuid4().hex
+        for name in files:
+            self.fs.put_file(str(entry / name), f"{self._entry(key)}/{writer}/{name}")
+        manifest = json.dumps({"version": CACHE_VERSION, "files": files, "writer": writer})
+        self.fs.pipe_file(f"{self._entry(key)}/manifest.json", manifest.encode())
+
+    def discard(self, key: str) -> None:
+        self.fs.rm(self._entry(key), recursive=True)
+
+
+class ArtifactCache:
+    """``ArtifactCache(None)`` is a disabled cache: lookups miss, stores keep nothing.
+
+    ``root`` is a local directory, a ``file://`` URL, or an fsspec URL of a shared store; for the last, entries
+    are also kept in ``local`` (default: a directory under the system temp dir named after the URL)."""
+
+    def __init__(self, root: str | os.PathLike | None, *, local: str | os.PathLike | None = None):
+        self.remote: RemoteStore | None = None
+        #: why the shared store was given up (the cache then goes on locally); None while it works
+        self.remote_error: str | None = None
+        #: the reason above was shown (once per session)
+        self.remote_warned = False
+        if is_url(root):
+            url = str(root)
+            if local is None:
+                import tempfile
+
+                local = Path(tempfile.gettempdir()) / "pytest-deploy-cache" / hashlib.sha256(url.encode()).hexdigest()[:16]
+            try:
+                self.remote = RemoteStore(url)
+                self.remote.probe()
+            except Exception as exc:  # any way the URL fails, the local cache still works
+                self.give_up_remote(url, exc)
+            root = local
+        self.root = Path(local_path(root)) if root else None
         self.events: list[str] = []  # what happened, for the report ("corrupt entry ... rebuilt")
+
+    def give_up_remote(self, url: str, exc: BaseException) -> None:
+        """Go on with the local cache only, remembering why (shown once, as a warning, by the caller)."""
+        self.remote = None
+        if self.remote_error is None:
+            self.remote_error = f"shared cache {url} not used: {describe_remote_error(url, exc)}; checks use the local cache"
+
 
     @property
     def enabled(self) -> bool:
@@ -44,7 +140,44 @@ class ArtifactCache:
         return self.root / key[:2] / key
 
     def lookup(self, key: str) -> Path | None:
-        """The entry's directory when it exists and every file matches its manifest; else None."""
+        """The entry's directory when it exists and every file matches its manifest; else None. A miss here is
+        looked up in the shared store, whose entry (verified by hash) becomes the local one."""
+        local = self._lookup_local(key)
+        if local is not None or self.remote is None:
+            return local
+        return self._fetch(key)
+
+    def _fetch(self, key: str) -> Path | None:
+        assert self.root is not None and self.remote is not None
+        entry = self._dir(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.parent / f".tmp-{key[:16]}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            try:
+                files = self.remote.fetch(key, tmp)
+            except Exception as exc:  # the store went away: go on locally
+                self.give_up_remote(self.remote.url, exc)
+                return None
+            if files is None:
+                return None
+            bad = [name for name, digest in files.items() if file_digest(tmp / name) != digest]
+            if bad:
+                self.events.append(f"shared cache entry {key[:12]} discarded ({bad[0]} does not match its recorded "
+                                   "hash); rebuilt")
+                with contextlib.suppress(Exception):
+                    self.remote.discard(key)
+                return None
+            (tmp / "manifest.json").write_text(json.dumps({"version": CACHE_VERSION, "files": files}))
+            if entry.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            os.replace(tmp, entry)
+            self.events.append(f"cache entry {key[:12]} downloaded from the shared cache")
+            return entry
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _lookup_local(self, key: str) -> Path | None:
         if self.root is None:
             return None
         entry = self._dir(key)
@@ -82,6 +215,11 @@ class ArtifactCache:
             os.replace(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        if self.remote is not None:
+            try:
+                self.remote.put(key, entry, digests)
+            except Exception as exc:  # a store that refuses writes (read-only, gone) is given up
+                self.give_up_remote(self.remote.url, exc)
         return entry
 
     def store_result(self, key: str, result) -> None:
@@ -125,6 +263,28 @@ class ArtifactCache:
     def _discard(self, entry: Path, why: str) -> None:
         self.events.append(f"cache entry {entry.name[:12]} discarded ({why}); rebuilt")
         shutil.rmtree(entry, ignore_errors=True)
+
+
+def describe_remote_error(url: str, exc: BaseException) -> str:
+    """Why a shared store cannot be used, and what to do, in one line."""
+    from .sources import first_line
+
+    text, name = str(exc), type(exc).__name__
+    scheme = url.split("://", 1)[0]
+    if isinstance(exc, ValueError) and "Protocol not known" in text:
+        return f"unknown URL scheme {scheme!r} (fsspec knows s3://, gs://, az://, file://, ...)"
+    if isinstance(exc, ImportError):
+        extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme)
+        hint = f"pip install 'pytest-deploy[{extra}]'" if extra else f"install the fsspec filesystem for {scheme}://"
+        return f"the {scheme}:// filesystem is not installed ({first_line(exc)}); {hint}"
+    if "credential" in text.lower() or name in ("NoCredentialsError", "PartialCredentialsError"):
+        return f"no credentials for {scheme}:// ({first_line(exc)}); set them (for S3: AWS_ACCESS_KEY_ID and " \
+               "AWS_SECRET_ACCESS_KEY, or a profile)"
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
+        return f"the store refuses access ({first_line(exc)}); check the credentials' permissions (read-only?)"
+    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
+        return f"{first_line(exc)}; create it, or fix the URL"
+    return f"{first_line(exc)} (is the store reachable from here?)"
 
 
 def file_digest(path: str | os.PathLike) -> str:

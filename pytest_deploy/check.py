@@ -172,18 +172,22 @@ class CheckContext:
 
         key = make_key("artifact", kind, stable(parts), self.content_key, environment())
         self.note("cache_key", key[:16])
-        with self.cache.lock(key):
-            entry = self.cache.lookup(key)
-            if entry is not None:
-                self.result.cached = True
-                for name in names:
-                    self.artifact(name, str(entry / name))
-                return entry
-            build()
-            self.cache.store(key, {name: self.path(name) for name in names})
-        if self.cache.events:
-            self.note("cache_events", list(self.cache.events))
-        return self.workdir
+        try:
+            with self.cache.lock(key):
+                entry = self.cache.lookup(key)
+                if entry is not None:
+                    self.result.cached = True
+                    for name in names:
+                        self.artifact(name, str(entry / name))
+                    return entry
+                build()
+                self.cache.store(key, {name: self.path(name) for name in names})
+            return self.workdir
+        finally:
+            if self.cache.events:
+                self.note("cache_events", list(self.cache.events))
+            if self.cache.remote_error:  # found in this (maybe worker) process: the session stops using the store
+                self.note("shared_cache_error", self.cache.remote_error)
 
     @functools.cached_property
     def content_key(self) -> str:
@@ -672,6 +676,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 reused.details["reused"] = ("this check passed before with the same model code, weights, inputs, "
                                             "options and library versions; --deploy-recheck runs it again")
                 _emit_warnings(reused)
+                warn_cache(cache)
                 return reused
         if on_gpu:
             result.details["isolated"] = ("no: the check uses CUDA, which a forked worker process cannot initialise; "
@@ -688,11 +693,16 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         else:
             outcome, result = execute()
         _emit_warnings(result)
+        gone = result.details.get("shared_cache_error")
+        if gone and cache.remote_error is None:  # a worker process found the shared store gone: stop using it
+            cache.remote, cache.remote_error = None, gone
         if outcome == "failed":
+            warn_cache(cache)
             assert result.message is not None  # _execute sets it with the outcome
             raise DeployFailure(result.message, result)
         if key is not None:
             cache.store_result(key, result)
+        warn_cache(cache)
     return result
 
 
@@ -894,6 +904,17 @@ def _input_warnings(space) -> list[str]:
                    f"masks no real input has (rows without a valid position, holes); declare it "
                    f"mask({', '.join(repr(d) for d in spec.shape)})")
     return out
+
+
+def warn_cache(cache: ArtifactCache) -> None:
+    """The one warning of a session whose shared cache cannot be used."""
+    if cache.remote_error and not cache.remote_warned:
+        import warnings
+
+        from .errors import CacheWarning
+
+        cache.remote_warned = True
+        warnings.warn(CacheWarning(cache.remote_error), stacklevel=3)
 
 
 def _emit_warnings(result: Result) -> None:

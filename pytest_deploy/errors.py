@@ -58,6 +58,10 @@ class UnsafeLoadWarning(UserWarning):
     """A saved model loads only with ``torch.load(weights_only=False)``, which can run code from the file."""
 
 
+class CacheWarning(UserWarning):
+    """The shared cache (``--deploy-cache-dir`` on object storage) cannot be used; checks go on with the local one."""
+
+
 class InputWarning(UserWarning):
     """A declaration or an eager output that makes a check weaker than it looks (a 0/1 tensor where a padding
     mask belongs, outputs no input changes)."""

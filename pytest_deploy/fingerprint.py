@@ -84,13 +84,26 @@ def reachable_files(model, extra: Iterable[str | os.PathLike] = ()) -> list[str]
 
 
 def files_digest(paths: Iterable[str]) -> str:
+    """Hash of the files' contents and their location-independent names (:func:`portable_name`): the same
+    checkout in another directory, as on another CI runner, gives the same digest."""
     from .cache import file_digest
 
     h = hashlib.sha256()
-    for path in paths:
-        h.update(path.encode())
+    for name, path in sorted((portable_name(p), p) for p in paths):
+        h.update(name.encode())
         h.update(file_digest(path).encode())
     return h.hexdigest()
+
+
+def portable_name(path: str) -> str:
+    """A source file's name without where the checkout or the environment lives: relative to the deepest
+    ``sys.path`` entry or working directory holding it (``tests/test_models.py``, ``transformers/models/...``)."""
+    path = os.path.abspath(path)
+    roots = [os.path.abspath(p) for p in (*sys.path, os.getcwd()) if p]
+    inside = [r for r in roots if path.startswith(os.path.join(r, ""))]
+    if not inside:
+        return os.path.basename(path)
+    return os.path.relpath(path, max(inside, key=len)).replace(os.sep, "/")
 
 
 def stable(obj: Any, files: set[str] | None = None) -> Any:
@@ -120,7 +133,7 @@ def stable(obj: Any, files: set[str] | None = None) -> Any:
 def plugin_digest() -> str:
     """pytest-deploy's own source: a new version of the checks is a new key."""
     root = Path(__file__).parent
-    return files_digest(sorted(str(p) for p in root.rglob("*.py")))
+    return files_digest(str(p) for p in root.rglob("*.py"))
 
 
 @functools.lru_cache(maxsize=1)

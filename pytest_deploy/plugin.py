@@ -44,14 +44,17 @@ class DeploySession:
     def cache(self):
         """The artifact cache: --deploy-cache-dir, else pytest's cache dir; disabled by --deploy-no-cache."""
         if self._cache is None:
-            from .cache import ArtifactCache
+            from .cache import ArtifactCache, is_url
 
-            root = None
+            root, local = None, None
+            pytest_cache = getattr(self.config, "cache", None)
             if not self.settings.no_cache:
                 root = self.settings.cache_dir
-                if root is None and getattr(self.config, "cache", None) is not None:
-                    root = str(self.config.cache.mkdir("pytest-deploy"))
-            self._cache = ArtifactCache(root)
+                if (root is None or is_url(root)) and pytest_cache is not None:
+                    # pytest's cache dir: the cache itself, or the local read-through copy of a shared one
+                    local = str(pytest_cache.mkdir("pytest-deploy"))
+                    root = root or local
+            self._cache = ArtifactCache(root, local=local)
         return self._cache
 
     # -- running one check --------------------------------------------------------------------
@@ -150,8 +153,16 @@ SESSION_KEY = pytest.StashKey[DeploySession]()
 
 def row_id(item) -> str:
     """The model test's id without the backend: ``tests/test_m.py::test_cnn`` or ``...::test_cnn[small]``."""
-    backend = item.callspec.params.get(PARAM, "")
-    nodeid = item.nodeid
+    return _without_backend(item.nodeid, item.callspec.params.get(PARAM, ""))
+
+
+def model_scope(nodeid: str) -> str:
+    """The model test a node id belongs to (its id without the backend); other tests are their own scope."""
+    backend = _backend_from_nodeid(nodeid)
+    return _without_backend(nodeid, backend) if backend else nodeid
+
+
+def _without_backend(nodeid: str, backend: str) -> str:
     for pattern in (f"[{backend}]", f"-{backend}]", f"[{backend}-"):
         if pattern in nodeid:
             return nodeid.replace(pattern, "]" if pattern.startswith("-") else ("[" if pattern.endswith("-") else ""), 1)
@@ -185,6 +196,13 @@ def pytest_configure(config) -> None:
     config.stash[SESSION_KEY] = session
     if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
         config.pluginmanager.register(_XdistController(session), "pytest-deploy-xdist")
+
+
+def _dist_chosen(config) -> bool:
+    """Whether the user chose pytest-xdist's distribution mode (``--dist``), rather than taking ``-n``'s default."""
+    given = [*config.invocation_params.args, *os.environ.get("PYTEST_ADDOPTS", "").split(),
+             *(config.getini("addopts") or [])]
+    return any(str(arg) == "-d" or str(arg).startswith("--dist") for arg in given)
 
 
 def pytest_report_header(config) -> str:
@@ -402,6 +420,21 @@ class _XdistController:
 
     def __init__(self, session: DeploySession):
         self.session = session
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config, log):
+        """``-n N`` alone sends items to workers one by one (``--dist load``); instead, every backend of one model
+        test goes to the same worker, which builds the model and exports it once for all of them. (The scope of
+        ``--dist loadscope``, one model test, rather than one module.) An explicit ``--dist`` is left alone."""
+        if config.getvalue("dist") != "load" or _dist_chosen(config):
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ModelScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return model_scope(nodeid)
+
+        return ModelScheduling(config, log)
 
     def pytest_runtest_logreport(self, report) -> None:
         value = getattr(report, RESULT_PROPERTY, None)

@@ -27,7 +27,7 @@ LAYERS = {
     5: ["backends"],
     6: ["keep", "report", "report_html"],
     7: ["check"],
-    8: ["options", "plugin", ""],
+    8: ["options", "plugin", "", "__main__"],
 }
 SAME_LAYER = {
     ("spec", "validate"), ("worker", "compare"), ("worker", "isolation"), ("fingerprint", "cache"),

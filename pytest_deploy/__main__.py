@@ -1,0 +1,77 @@
+"""``python -m pytest_deploy merge a.json b.json ...`` (or ``pytest-deploy merge ...``): the JSON reports of
+several runs (CI shards, matrix jobs) as one report, one table, one Markdown summary and one HTML report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from typing import Any
+
+from .report import environment as current_environment
+from .report import summary_lines, write_json, write_markdown
+from .results import Result
+
+
+def load_results(paths: list[str]) -> tuple[list[Result], dict[str, Any], bool]:
+    """Every result of the reports, the later report winning for one (test, backend); the first report's
+    environment; whether any run was interrupted."""
+    merged: dict[tuple[str, str], Result] = {}
+    env: dict[str, Any] | None = None
+    interrupted = False
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"pytest-deploy merge: cannot read {path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("results"), list):
+            raise SystemExit(f"pytest-deploy merge: {path} is not a pytest-deploy JSON report (version 1); write one "
+                             "with --deploy-report=PATH")
+        env = env or data.get("environment") or {}
+        interrupted = interrupted or bool(data.get("interrupted"))
+        for entry in data["results"]:
+            result = Result(**{k: _number(v) if k in _NUMBERS else v for k, v in entry.items()})
+            merged[(result.test, result.backend)] = result
+    return list(merged.values()), env or {}, interrupted
+
+
+#: Fields the JSON report writes as "inf"/"nan" strings when they are not finite.
+_NUMBERS = ("max_abs_error", "max_rel_error", "atol", "rtol")
+
+
+def _number(value: Any) -> Any:
+    return float(value) if value in ("inf", "-inf", "nan") else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_deploy", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("merge", help="merge the JSON reports of several runs (shards) into one")
+    merge.add_argument("reports", nargs="+", metavar="REPORT.json")
+    merge.add_argument("-o", "--output", metavar="PATH", help="write the merged JSON report here")
+    merge.add_argument("--markdown", metavar="PATH", help="write the merged Markdown summary here")
+    merge.add_argument("--html", metavar="PATH", help="write the merged HTML report here")
+    args = parser.parse_args(argv)
+    results, env, interrupted = load_results(args.reports)
+    width = shutil.get_terminal_size().columns
+    print("\n".join(summary_lines(results, width=width)))
+    if args.output:
+        write_json(args.output, results, interrupted=interrupted)
+        print(f"JSON report: {args.output}")
+    if args.markdown:
+        write_markdown(args.markdown, results)
+        print(f"Markdown summary: {args.markdown}")
+    if args.html:
+        from .report import report_dict
+        from .report_html import write_html
+
+        data = report_dict(results, interrupted=interrupted)
+        write_html(args.html, data["results"], env or current_environment())
+        print(f"HTML report: {args.html}")
+    return 1 if any(r.outcome in ("failed", "xpassed") for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
