@@ -5,6 +5,13 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    """pytester runs print the summary for a 400-column terminal, so tests read the full table; the tests of the
+    compact layout (test_reports.py) set COLUMNS themselves."""
+    monkeypatch.setenv("COLUMNS", "400")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def torch_fully_imported():
     """Run each in-process backend once, and import the native ones' libraries, before any ``pytester`` run.
