@@ -51,11 +51,24 @@ class RemoteStore:
     upload their own payload, and whichever manifest lands last is the entry, always whole."""
 
     def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self._fs, self.prefix = self._connect()
+        self.prefix = self.prefix.rstrip("/")
+        self._pid = os.getpid()
+
+    def _connect(self):
         import fsspec
 
-        self.url = url.rstrip("/")
-        self.fs, self.prefix = fsspec.core.url_to_fs(self.url)
-        self.prefix = self.prefix.rstrip("/")
+        # a new instance: fsspec's async filesystems (s3fs, gcsfs) refuse to be used in a process forked after
+        # their creation ("This class is not fork-safe"), as pytest-deploy's check workers are
+        return fsspec.core.url_to_fs(self.url, skip_instance_cache=True)
+
+    @property
+    def fs(self):
+        """The filesystem, created again in a forked worker process."""
+        if self._pid != os.getpid():
+            self._fs, self._pid = self._connect()[0], os.getpid()
+        return self._fs
 
     def _entry(self, key: str) -> str:
         return f"{self.prefix}/{key[:2]}/{key}"

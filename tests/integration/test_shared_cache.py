@@ -37,7 +37,9 @@ class Net(torch.nn.Module):
         return self.fc(x).relu()
 
 
-@deployable(backends=["trace", "script", "export"], inputs=[tensor("batch", 4)], dims={"batch": (1, 3)}, examples=3)
+# tvm checks run in a forked worker process, which must reach the store on its own connection
+@deployable(backends=["trace", "script", "export", "tvm"], inputs=[tensor("batch", 4)], dims={"batch": (1, 3)},
+            examples=3)
 def test_net():
     return Net().eval()
 '''
@@ -120,7 +122,7 @@ def test_a_second_runner_rebuilding_gets_the_artifacts_from_the_shared_cache(s3,
     assert run(first, f"--deploy-cache-dir={s3['url']}").returncode == 0
     out = run(second, f"--deploy-cache-dir={s3['url']}", "--deploy-recheck", "--deploy-report=report.json")
     assert out.returncode == 0, out.stdout + out.stderr
-    for backend in ("script", "export"):  # the backends whose artifacts are cached
+    for backend in ("script", "export", "tvm"):  # the backends whose artifacts are cached (tvm: in a worker process)
         entry = results(second)[backend]
         assert entry["cached"] is True  # the artifact, this time
         assert any("downloaded from the shared cache" in e for e in entry["details"]["cache_events"]), entry
