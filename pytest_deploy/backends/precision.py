@@ -46,9 +46,10 @@ def reduced_precision_reason(backend: str, precision: str) -> str | None:
     if precision == "fp32":
         return None
     if precision == "bf16":
+        runtime = (" (ONNX Runtime's CPU provider has no bfloat16 kernels for Add, MatMul or Relu either)"
+                   if backend == "onnx" else "")
         return (f"{backend}: bf16 needs the float32 graph converted to bfloat16, and onnxconverter-common converts "
-                "to float16 only (ONNX Runtime's CPU provider has no bfloat16 kernels for Add, MatMul or Relu "
-                "either); use precision='fp16'")
+                f"to float16 only{runtime}; use precision='fp16'")
     if converter_version() is None:
         return (f"{backend}: precision=fp16 converts the float32 ONNX graph with onnxconverter-common, which is not "
                 f"installed; pip install 'pytest-deploy[onnx]' (or pip install onnxconverter-common)")
