@@ -630,6 +630,8 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     options = dict(options or {})
     from .names import parse_precision
 
+    if options.pop("trt_fp16", None) and not options.get("precision"):
+        options["precision"] = "fp16"  # backend_options={"trt_fp16": True} from before precisions: its alias
     precision = parse_precision(precision if precision is not None else options.get("precision") or "fp32",
                                 where="precision")
     options.pop("precision", None)

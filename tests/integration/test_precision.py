@@ -116,6 +116,12 @@ def test_fp16_on_a_backend_without_a_reduced_precision_route_is_skipped():
         verify(cnn(), "trace", inputs=INPUTS, dims=DIMS, examples=1, precision="fp16")
 
 
+def test_the_old_trt_fp16_backend_option_means_fp16():
+    """backend_options={"trt_fp16": True}, as verify() took it before precisions: fp16, never a float32 pass."""
+    with pytest.raises(BackendUnavailable, match=r"trace has no reduced-precision route"):
+        verify(cnn(), "trace", inputs=INPUTS, dims=DIMS, examples=1, backend_options={"trt_fp16": True})
+
+
 def test_bf16_on_onnx_is_skipped_with_the_reason():
     with pytest.raises(BackendUnavailable, match=r"onnx: bf16 .* onnxconverter-common converts to float16 only"):
         verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=1, precision="bf16")
