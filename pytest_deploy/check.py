@@ -20,7 +20,7 @@ from typing import Any
 
 from . import isolation
 from .cache import ArtifactCache
-from .compare import Comparison, Tolerance, compare_outputs, format_number, resolve_tolerance
+from .compare import Comparison, Tolerance, compare_outputs, format_number, resolve_tolerance, widen_for_precision
 from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
 from .results import Result
@@ -609,7 +609,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
               reproduce: str | None = None, cache=None, isolate: str = isolation.DEFAULT_MODE,
               timeout: float | None = None, keep_artifacts: str | os.PathLike | None = None, recheck: bool = False,
               source_files: tuple[str, ...] = (), allow_nonfinite: bool = False, compare_masked: bool = False,
-              allow_vacuous: bool = False) -> Result:
+              allow_vacuous: bool = False, precision: str | None = None) -> Result:
     """Check ``model`` against one backend. Returns the passing :class:`Result`.
 
     Raises :class:`DeployFailure` when the backend does not reproduce eager PyTorch,
@@ -620,13 +620,25 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     ``isolate`` (none, native, all) decides whether the check runs in a worker process; ``timeout``
     bounds each stage; ``keep_artifacts`` is where a failing check leaves its artifact, inputs and a
     repro script. ``source_files`` are source files the model's construction depends on (the test file).
+    ``precision`` (fp32, fp16, bf16; a marker's or call's) wins over ``options["precision"]`` (the command line's).
     """
     from .backends import canonical_name, get_backend
 
     name = canonical_name(backend)
     impl = get_backend(name)
     result = Result(test=test_id, backend=name, seed=seed)
+    options = dict(options or {})
+    from .names import parse_precision
+
+    if options.pop("trt_fp16", None) and not options.get("precision"):
+        options["precision"] = "fp16"  # backend_options={"trt_fp16": True} from before precisions: its alias
+    precision = parse_precision(precision if precision is not None else options.get("precision") or "fp32",
+                                where="precision")
+    options.pop("precision", None)
+    if precision != "fp32":  # fp32 checks keep the keys they had before precisions existed
+        options["precision"] = precision
     tol = resolve_tolerance(name, atol, rtol, tolerances)
+    tol = widen_for_precision(tol, resolve_tolerance(name), precision)
     result.atol, result.rtol = tol.float32
     _require_module(model, "the test")
     if examples is None:
@@ -640,8 +652,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         example_inputs, (list, tuple)) else 0
     space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model, count),
                                parameters=_keyword_parameters(model))
-    options = dict(options or {})
-    reason = impl.unavailable_reason(options)
+    reason = impl.precision_reason(precision) or impl.unavailable_reason(options)
     if reason:
         raise BackendUnavailable(reason)
     on_gpu = in_worker and impl.uses_cuda(options)

@@ -82,6 +82,18 @@ def resolve_tolerance(backend: str, atol: Any = None, rtol: Any = None, toleranc
     return Tolerance(out)
 
 
+def widen_for_precision(tol: Tolerance, default: Tolerance, precision: str) -> Tolerance:
+    """``tol`` for a check deployed at ``precision`` (fp16, bf16): when it is the backend's ``default`` (the user gave
+    no tolerance), every float dtype gets at least the default of that precision's dtype (the float16 row for fp16,
+    so float32 outputs get it too); a user's tolerance is kept as given, and fp32 changes nothing."""
+    from .names import PRECISIONS
+
+    if precision == "fp32" or tol != default:
+        return tol
+    atol, rtol = default.for_dtype(PRECISIONS[precision])
+    return Tolerance({dtype: (max(a, atol), max(r, rtol)) for dtype, (a, r) in default.per_dtype.items()})
+
+
 def _pick(value: Any, backend: str, what: str) -> float | None:
     if value is None:
         return None

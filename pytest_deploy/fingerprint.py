@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 #: Libraries whose version changes an outcome.
-LIBRARIES = ("torch", "numpy", "hypothesis", "onnx", "onnxscript", "onnxruntime", "onnxsim", "apache-tvm",
-             "apache-tvm-ffi", "tensorrt")
+LIBRARIES = ("torch", "numpy", "hypothesis", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxsim",
+             "onnxconverter-common", "apache-tvm", "apache-tvm-ffi", "tensorrt", "polygraphy")
 
 #: A reachable-files walk stops after this many files (a huge monorepo): the key then covers those found.
 MAX_FILES = 400
@@ -136,11 +136,50 @@ def plugin_digest() -> str:
     return files_digest(str(p) for p in root.rglob("*.py"))
 
 
+def gpu_environment() -> dict[str, str | None] | None:
+    """The GPU a CUDA check runs on: ``{"gpu": name, "driver": version, "cuda": torch's CUDA version}``; None when
+    torch is not imported or sees no CUDA device. The driver comes from NVML (pynvml) or ``nvidia-smi``, when
+    either is there."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name(0)
+    except Exception:  # a broken CUDA install: no GPU to key by
+        return None
+    return {"gpu": name, "driver": _driver_version(), "cuda": getattr(torch.version, "cuda", None)}
+
+
+@functools.lru_cache(maxsize=1)
+def _driver_version() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:
+        pass
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0].strip() if out else None
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> dict[str, Any]:
     from .cache import library_versions, machine
 
-    return {"libraries": library_versions(LIBRARIES), "machine": machine(), "python": sys.version.split()[0]}
+    return {"libraries": library_versions(LIBRARIES), "machine": machine(), "gpu": gpu_environment(),
+            "python": sys.version.split()[0]}
 
 
 def check_key(model, backend: str, *, declared: dict[str, Any], options: dict[str, Any],

@@ -99,3 +99,19 @@ BUILTINS = (
 
 for _row in BUILTINS:
     register_names(_row[2], _row[3])
+
+
+# ---------------------------------------------------------------------------------- precisions
+
+#: The precisions a check deploys at (``precision=``, ``--deploy-precision``), with the output dtype whose default
+#: tolerance row a reduced precision widens the float tolerances to.
+PRECISIONS: dict[str, str] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def parse_precision(value: object, *, where: str) -> str:
+    """``value`` as one of :data:`PRECISIONS`; anything else raises :class:`SpecError` naming the valid values."""
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in PRECISIONS:
+        raise SpecError(f"{where}: unknown precision {value!r}; use one of {', '.join(PRECISIONS)}")
+    assert isinstance(text, str)
+    return text

@@ -39,7 +39,12 @@ HELP_HTML = ("write one self-contained HTML report to this path (the matrix, eve
 HELP_TVM_TARGET = "TVM target: a kind such as llvm (default) or cuda, or a JSON target dict"
 HELP_TVM_TUNE = ("tune TVM kernels with MetaSchedule, TRIALS trials in all; the tuning database is kept in the "
                  "artifact cache and reused by the next run")
-HELP_TRT_FP16 = "build TensorRT engines with fp16 enabled (default tolerances widen to fp16's unless tolerances are given)"
+HELP_PRECISION = ("precision the onnx and tensorrt backends deploy at: fp32 (the default), fp16 or bf16; the float32 "
+                  "graph is converted to that precision and default tolerances widen to it (a marker's precision= "
+                  "wins); backends with no reduced-precision route skip")
+HELP_TRT_FP16 = "alias of --deploy-precision=fp16"
+HELP_TRT_TF32 = ("let TensorRT use TF32 for float32 layers (off by default: TF32 rounds float32 matmuls and convolutions "
+                 "to a 10-bit mantissa)")
 HELP_TRT_BUILDER = ("how TensorRT engines are built: 'python' (the tensorrt module's Builder, the default) or "
                     "'trtexec' (the trtexec binary on PATH)")
 
@@ -57,14 +62,15 @@ MARKER_KWARGS = {
     "allow_nonfinite": "True when NaN/Inf eager outputs are intended (compared as equal where both sides agree)",
     "compare_masked": "True to compare every output position, also where a mask() input marks padding",
     "allow_vacuous": "True when eager outputs that are (near) zero on every example are intended",
+    "precision": "fp32 (default), fp16 or bf16: the precision onnx and tensorrt deploy at",
 }
 #: The subset ``deploy(...)`` and ``verify(...)`` accept besides the model.
 CALL_KWARGS = ("inputs", "dims", "examples", "atol", "rtol", "tolerances", "train", "allow_nonfinite",
-               "compare_masked", "allow_vacuous")
+               "compare_masked", "allow_vacuous", "precision")
 
 MARKER_DOC = (
     "deployable(backends=None, inputs=None, dims=None, examples=None, atol=None, rtol=None, tolerances=None, "
-    "xfail=None, train=None, allow_nonfinite=False, compare_masked=False, allow_vacuous=False): check that the model survives each backend's export, save, load and run; one test "
+    "xfail=None, train=None, allow_nonfinite=False, compare_masked=False, allow_vacuous=False, precision=None): check that the model survives each backend's export, save, load and run; one test "
     "item per backend (pytest-deploy)"
 )
 
@@ -131,7 +137,10 @@ def add_options(parser) -> None:
     group.addoption("--deploy-tvm-target", dest="deploy_tvm_target", default=None, metavar="T", help=HELP_TVM_TARGET)
     group.addoption("--deploy-tvm-tune", dest="deploy_tvm_tune", type=positive_int, default=None, metavar="TRIALS",
                     help=HELP_TVM_TUNE)
+    group.addoption("--deploy-precision", dest="deploy_precision", default=None, metavar="fp32|fp16|bf16",
+                    help=HELP_PRECISION)
     group.addoption("--deploy-trt-fp16", dest="deploy_trt_fp16", action="store_true", default=None, help=HELP_TRT_FP16)
+    group.addoption("--deploy-trt-tf32", dest="deploy_trt_tf32", action="store_true", default=None, help=HELP_TRT_TF32)
     group.addoption("--deploy-trt-builder", dest="deploy_trt_builder", choices=("python", "trtexec"), default=None,
                     help=HELP_TRT_BUILDER)
     parser.addini("deploy_backends", HELP_BACKENDS, default=None)
@@ -144,6 +153,7 @@ def add_options(parser) -> None:
     parser.addini("deploy_cache_dir", HELP_CACHE_DIR, default=None)
     parser.addini("deploy_isolate", HELP_ISOLATE, default=None)
     parser.addini("deploy_timeout", HELP_TIMEOUT, default=None)
+    parser.addini("deploy_precision", HELP_PRECISION, default=None)
 
 
 @dataclass(frozen=True)
@@ -201,7 +211,8 @@ def read_settings(config) -> Settings:
                        "onnx_opset": config.getoption("deploy_onnx_opset"),
                        "tvm_target": config.getoption("deploy_tvm_target") or config.getini("deploy_tvm_target") or None,
                        "tvm_tune": config.getoption("deploy_tvm_tune"),
-                       "trt_fp16": config.getoption("deploy_trt_fp16"),
+                       "precision": read_precision(config),
+                       "trt_tf32": config.getoption("deploy_trt_tf32"),
                        "trt_builder": config.getoption("deploy_trt_builder")}
     isolate = config.getoption("deploy_isolate") or (config.getini("deploy_isolate") or "").strip() or "native"
     if isolate not in ("none", "native", "all"):
@@ -220,6 +231,24 @@ def read_settings(config) -> Settings:
                     config.getoption("deploy_markdown") or config.getini("deploy_markdown") or None,
                     not config.getoption("deploy_no_step_summary"),
                     config.getoption("deploy_html") or config.getini("deploy_html") or None)
+
+
+def read_precision(config) -> str | None:
+    """``--deploy-precision`` (or its alias ``--deploy-trt-fp16``) over ini ``deploy_precision``; None when neither
+    is set (fp32). An unknown value, or the alias contradicting ``--deploy-precision``, raises ``SpecError``."""
+    from .names import parse_precision
+
+    given = config.getoption("deploy_precision")
+    if given is not None:
+        precision = parse_precision(given, where="--deploy-precision")
+        if config.getoption("deploy_trt_fp16") and precision != "fp16":
+            raise SpecError(f"--deploy-trt-fp16 is an alias of --deploy-precision=fp16, but --deploy-precision="
+                            f"{precision} is given too; pass one of them")
+        return precision
+    if config.getoption("deploy_trt_fp16"):
+        return "fp16"
+    ini = (config.getini("deploy_precision") or "").strip()
+    return parse_precision(ini, where="ini deploy_precision") if ini else None
 
 
 def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARKER_KWARGS),
@@ -264,6 +293,10 @@ def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARK
     for flag in ("allow_nonfinite", "compare_masked", "allow_vacuous"):
         if flag in out and not isinstance(out[flag], bool):
             raise SpecError(f"{where}: {flag}={out[flag]!r} must be True or False")
+    if out.get("precision") is not None:
+        from .names import parse_precision
+
+        out["precision"] = parse_precision(out["precision"], where=f"{where} precision=")
     if out.get("dims") is not None:
         from .spec import normalize_dims
 

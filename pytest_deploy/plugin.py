@@ -208,7 +208,9 @@ def _dist_chosen(config) -> bool:
 def pytest_report_header(config) -> str:
     s = config.stash[SESSION_KEY].settings
     backends = ",".join(s.backends) if s.backends else "as declared"
-    return f"deploy: backends {backends}, examples {s.examples or 'per marker (default 20)'}, seed {s.seed}"
+    precision = s.backend_options.get("precision")
+    return (f"deploy: backends {backends}, examples {s.examples or 'per marker (default 20)'}, seed {s.seed}"
+            + (f", precision {precision}" if precision and precision != "fp32" else ""))
 
 
 @pytest.hookimpl(trylast=True)

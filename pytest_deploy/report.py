@@ -11,6 +11,7 @@ import sys
 from importlib import metadata
 
 from .compare import format_number
+from .fingerprint import gpu_environment
 from .results import Result
 
 _STATUS = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL", "xpassed": "XPASS"}
@@ -307,12 +308,22 @@ def environment() -> dict:
         "torch": _version("torch"),
         "hypothesis": _version("hypothesis"),
         "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        "onnxruntime": _onnxruntime_version(),
+        "onnxconverter_common": _version("onnxconverter-common"),
         "tvm": _version("apache-tvm"),
         "tensorrt": _version("tensorrt"),
+        "polygraphy": _version("polygraphy"),
         "cuda": cuda,
+        "gpu": gpu_environment() if cuda else None,
         "pytest_deploy": _version("pytest-deploy"),
     }
+
+
+def _onnxruntime_version() -> str | None:
+    """onnxruntime's version; ``"<version> (onnxruntime-gpu)"`` when the GPU build is what is installed."""
+    cpu = _version("onnxruntime")
+    gpu = _version("onnxruntime-gpu")
+    return f"{gpu} (onnxruntime-gpu)" if gpu else cpu
 
 
 def report_dict(results: list[Result], *, interrupted: bool = False) -> dict:

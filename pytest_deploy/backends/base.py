@@ -80,6 +80,20 @@ class Backend:
     #: of ``--deploy-keep-artifacts`` (None: pytest_deploy.keep's loader for the backend, if any)
     repro_loader: str | None = None
 
+    #: the precisions (``precision=``, ``--deploy-precision``) this backend deploys at: a backend that lists only fp32
+    #: has no reduced-precision route, and its checks at fp16 or bf16 are skipped (see :meth:`precision_reason`)
+    precisions: tuple[str, ...] = ("fp32",)
+
+    def precision_reason(self, precision: str) -> str | None:
+        """None when the backend deploys at ``precision``; otherwise why not (the check is then skipped, never
+        passed at float32 in its place)."""
+        if precision in self.precisions:
+            return None
+        if self.precisions == ("fp32",):
+            return (f"{self.name} has no reduced-precision route; it checks float32 only, so precision={precision} "
+                    f"is not checked here (onnx and tensorrt deploy at reduced precision)")
+        return (f"{self.name} does not deploy at {precision}; it deploys at {', '.join(self.precisions)}")
+
     def unavailable_reason(self, options: dict | None = None) -> str | None:
         """None when the backend can run here; otherwise why not and what to install. ``options`` are the
         backend options of the check (a target, a precision), which can decide it."""

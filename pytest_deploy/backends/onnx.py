@@ -3,6 +3,11 @@
 Users ship the simplified file, so a simplification that changes outputs is its own failure (stage
 ``simplify``). Named dims are exported dynamic, and a graph input that fixes a dim the spec says
 varies fails at stage ``check`` naming the input and the dim.
+
+At ``precision="fp16"`` both graphs are converted to float16 (inputs and outputs kept float32:
+:mod:`.precision`) and ONNX Runtime runs the converted graphs; on its CPU provider, which computes most
+float16 nodes in float32 without rounding between them, through the emulation graph that rounds every
+float16 value as float16 kernels do. An output that overflows to inf names the node and the module.
 """
 
 from __future__ import annotations
@@ -38,10 +43,17 @@ class OnnxBackend(Backend):
     aliases = ("ort", "onnxruntime")
     requires = ("onnx", "onnxruntime", "onnxsim", "onnxscript", "numpy")
     extra = "onnx"
+    precisions = ("fp32", "fp16", "bf16")
     description = "torch.onnx.export (dims dynamic) → onnx.checker → onnxsim → onnxruntime, raw and simplified"
 
     def uses_cuda(self, options=None) -> bool:
         return providers()[0] == "CUDAExecutionProvider"
+
+    def unavailable_reason(self, options=None) -> str | None:
+        from .precision import reduced_precision_reason
+
+        return super().unavailable_reason(options) or reduced_precision_reason(
+            self.name, (options or {}).get("precision") or "fp32")
 
     def verify(self, ctx) -> None:
         exporter = ctx.options.get("onnx_exporter") or "dynamo"
@@ -60,8 +72,16 @@ class OnnxBackend(Backend):
             export_torchscript(ctx, raw_path, opset, external)
         _check(ctx, raw_path)
         simplified_path = _simplify(ctx, raw_path, external)
-        raw = _session(ctx, raw_path)
-        simplified = _session(ctx, simplified_path) if simplified_path else None
+        precision = ctx.options.get("precision") or "fp32"
+        ctx.note("precision", precision)
+        run_raw, run_simplified = raw_path, simplified_path  # the graphs ONNX Runtime runs for them
+        if precision == "fp16":
+            raw_path, run_raw = _reduce(ctx, raw_path, external)
+            if simplified_path:
+                simplified_path, run_simplified = _reduce(ctx, simplified_path, external)
+        raw = _session(ctx, run_raw, optimize=run_raw == raw_path)
+        simplified = (_session(ctx, run_simplified, optimize=run_simplified == simplified_path)
+                      if run_simplified else None)
         ctx.note("onnxruntime_provider", raw.get_providers()[0])
 
         from ..compare import Leaves, flatten
@@ -73,15 +93,20 @@ class OnnxBackend(Backend):
             return Leaves(leaves + [(SIMPLIFIED + p, v) for p, v in leaves])
 
         def run(args):
-            out = [(f"output[{i}]", o) for i, o in enumerate(_run(ctx, raw, raw_path, args))]
+            out = [(f"output[{i}]", o) for i, o in enumerate(_run(ctx, raw, run_raw, args))]
             if simplified is not None:
-                assert simplified_path is not None  # a simplified session exists only for a simplified graph
-                out += [(f"{SIMPLIFIED}output[{i}]", o) for i, o in enumerate(_run(ctx, simplified, simplified_path, args))]
+                assert run_simplified is not None  # a simplified session exists only for a simplified graph
+                out += [(f"{SIMPLIFIED}output[{i}]", o) for i, o in enumerate(_run(ctx, simplified, run_simplified, args))]
             return Leaves(out)
 
         try:
             ctx.run_examples(run, reference=reference)
-        except StageError as err:
+        except StageError as failure:
+            err = failure
+            if err.stage == "compare" and precision != "fp32":
+                why = _explain_reduced(ctx, raw, run_raw)
+                if why:
+                    err = StageError(err.stage, f"{err.message}\n{why}", comparison=err.comparison)
             errors = err.comparison.errors if err.comparison is not None else []
             if err.stage == "compare" and errors and all(e.path.startswith(SIMPLIFIED) for e in errors):
                 raise StageError(
@@ -91,7 +116,73 @@ class OnnxBackend(Backend):
                     "(onnxsim's skip options) or ship the raw graph",
                     comparison=err.comparison,
                 ) from None
-            raise
+            raise err from None
+
+
+# ------------------------------------------------------------------------------ reduced precision
+
+
+def _reduce(ctx, path: str, external: bool) -> tuple[str, str]:
+    """The graph at ``path`` converted to float16 (checked, loaded by ONNX Runtime): ``(converted graph, the graph
+    to run)``; on CPU the graph to run is the float16 emulation (see :mod:`.precision`)."""
+    import onnx
+
+    from .precision import convert_fp16, emulate_fp16
+
+    converted = path[: -len(".onnx")] + ".fp16.onnx"
+    with ctx.stage("compile"):
+        try:
+            info = convert_fp16(path, converted, external)
+            onnx.checker.check_model(converted, full_check=True)
+        except Exception as exc:
+            raise StageError("compile", f"onnxconverter-common cannot convert the graph to float16: "
+                                        f"{first_line(exc)}\n  fix: keep the failing op in float32 "
+                                        "(convert_float_to_float16's op_block_list), or check fp32") from None
+    for key, value in info.items():
+        ctx.note(key, value)
+    session = _session(ctx, converted)  # the converted graph itself loads, whatever runs the examples
+    if session.get_providers()[0] != "CPUExecutionProvider":
+        ctx.note("precision_emulation", None)
+        return converted, converted
+    emulated = emulate_fp16(onnx.load(converted))
+    if emulated is None:
+        ctx.note("precision_emulation", "none: the graph has subgraphs (If, Loop, Scan); ONNX Runtime's CPU provider "
+                                        "computes most float16 nodes in float32, so overflow may go unseen")
+        return converted, converted
+    run_path = converted[: -len(".onnx")] + ".emulated.onnx"
+    onnx.save_model(emulated, run_path, save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=os.path.basename(run_path) + ".data")
+    ctx.note("precision_emulation", "CPU: every float16 value rounded to float16 (Cast round trips), as float16 "
+                                    "kernels round it")
+    return converted, run_path
+
+
+def _explain_reduced(ctx, session, run_path: str) -> str:
+    """Why a reduced-precision graph's outputs differ, when the graph says: an overflow to inf or NaN (the first
+    node and its module), or constants beyond float16's range; empty otherwise."""
+    from ..compare import flatten
+    from .precision import clamped_text, locate_overflow, nonfinite_outputs, overflow_text
+
+    clamped = ctx.result.details.get("precision_clamped") or []
+    example = ctx.failed_example
+    if example is None:
+        return clamped_text(clamped) if clamped else ""
+    try:
+        expected = [(p, v) for p, v in flatten(ctx.eager(example.args)) if is_tensor(v)]
+        feed = _feed(ctx, session, example.args)
+        got = [(f"output[{i}]", from_numpy(o)) for i, o in enumerate(session.run(None, feed))]
+        paths = nonfinite_outputs(expected, got)
+        if not paths:
+            return clamped_text(clamped) if clamped else ""
+        import onnx
+
+        found = locate_overflow(onnx.load(run_path), feed, session.get_providers())
+    except Exception as exc:  # the explanation is extra: never hide the comparison's own failure
+        ctx.note("precision_overflow_error", first_line(exc))
+        return clamped_text(clamped) if clamped else ""
+    if found:
+        ctx.note("precision_overflow", found)
+    return overflow_text(paths, found, clamped)
 
 
 # ------------------------------------------------------------------------------- check, simplify
@@ -176,11 +267,15 @@ def providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _session(ctx, path: str):
+def _session(ctx, path: str, optimize: bool = True):
+    """An ONNX Runtime session; ``optimize=False`` for the float16 emulation graph, whose Cast round trips ONNX
+    Runtime's optimizers must not remove."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors reach the user through the stage message, not stderr
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     with ctx.stage("load"):
         try:
             return ort.InferenceSession(path, options, providers=providers())
@@ -188,13 +283,18 @@ def _session(ctx, path: str):
             raise StageError("load", explain_runtime_error(exc, path)) from None
 
 
-def _run(ctx, session, path: str, args: tuple) -> list:
+def _feed(ctx, session, args: tuple) -> dict:
     names = [i.name for i in session.get_inputs()]
     declared = input_names(ctx.space, len(args))
     feed = {}
     for pos, name in enumerate(names):
         index = declared.index(name) if name in declared else pos
         feed[name] = to_numpy(args[index])
+    return feed
+
+
+def _run(ctx, session, path: str, args: tuple) -> list:
+    feed = _feed(ctx, session, args)
     try:
         outputs = session.run(None, feed)
     except Exception as exc:

@@ -1,23 +1,28 @@
-"""TensorRT: ONNX (the onnx backend's export) → TensorRT engine → serialize → deserialize → run on CUDA.
+"""TensorRT 10 and 11 through NVIDIA's Polygraphy: ONNX (the onnx backend's export) → TensorRT engine → serialize →
+deserialize → run on CUDA.
 
-The engine is built from the ONNX file either in-process (``trt.Builder``, ``trt.OnnxParser``, an
-optimization profile per dynamic input from the spec's dims) or, with ``--deploy-trt-builder=trtexec``,
-by the ``trtexec --onnx=... --saveEngine=...`` command with the same shapes and flags. Engines are kept in
-the artifact cache, keyed by the ONNX file's content, the TensorRT version, the GPU and the build flags, so
-an upgrade or another GPU never reuses a stale engine; TensorRT's timing cache is kept there too (per
-TensorRT version and GPU) and shared by every build.
+The engine is built from the ONNX file either in-process, with Polygraphy's loaders (``CreateNetwork`` and
+TensorRT's ONNX parser, ``CreateConfig`` with one optimization profile from the spec's dims,
+``EngineBytesFromNetwork``; loaded with ``EngineFromBytes`` and run by ``TrtRunner``, which allocates outputs of
+data-dependent shape), or, with ``--deploy-trt-builder=trtexec``, by the ``trtexec`` binary with the same shapes
+and flags. Every TensorRT object logs to Polygraphy's one global ``trt.Logger`` (TensorRT keeps the first logger
+it is given). Engines are kept in the artifact cache, keyed by the ONNX file's content, the TensorRT version (for
+trtexec, trtexec's own), the GPU and the build flags; TensorRT's timing cache is kept there too.
 
-fp16 (``--deploy-trt-fp16``): every float output then carries fp16 rounding, so unless the user gave
-tolerances, each float dtype gets at least the float16 default (atol = rtol = 1e-2 for float32 outputs).
+Precision: TensorRT 11 builds strongly typed networks only (no ``BuilderFlag.FP16``): reduced precision lives in
+the graph. At ``precision="fp16"`` the float32 export is converted to float16 (:mod:`.precision`, the graph the
+onnx backend verifies through ONNX Runtime) and built strongly typed, on TensorRT 10 and 11 alike; fp32 builds
+the float32 graph, with TF32 off unless ``--deploy-trt-tf32``.
 
-Everything above the backend class is pure (no TensorRT, no torch) and unit-tested; the class needs
-TensorRT and a CUDA device.
+Everything above the backend class is pure (no TensorRT, no torch) and unit-tested; the class needs TensorRT,
+Polygraphy and a CUDA device.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,9 +31,9 @@ from ..errors import StageError
 from ..sources import first_line, short_path
 from .base import Backend
 
-INSTALL_HINT = "pip install tensorrt on a machine with an NVIDIA GPU and CUDA"
+INSTALL_HINT = 'pip install "pytest-deploy[tensorrt]" (tensorrt and polygraphy) on a machine with an NVIDIA GPU and CUDA'
 BUILDERS = ("python", "trtexec")
-#: Builder workspace limit (``MemoryPoolType.WORKSPACE``) for the in-process builder.
+#: Builder workspace limit (``MemoryPoolType.WORKSPACE``).
 WORKSPACE_BYTES = 1 << 30
 ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"
@@ -71,6 +76,56 @@ def dynamic_profiles(shapes: Mapping[str, tuple[Shape, Shape, Shape]]) -> dict[s
     return {name: s for name, s in shapes.items() if s[0] != s[2]}
 
 
+def trt_major(version: str | None) -> int | None:
+    """The major version of a TensorRT version string (``"11.4.0.13"`` -> 11); None when unreadable."""
+    m = re.match(r"\s*(\d+)", version or "")
+    return int(m.group(1)) if m else None
+
+
+def build_settings(trt_version: str | None, precision: str = "fp32", tf32: bool = False) -> dict[str, bool]:
+    """How the network is built: ``strongly_typed`` on TensorRT 11 (which has no other kind) and for a reduced-precision
+    graph on 10 (the converted graph's types decide each layer's precision; no ``BuilderFlag.FP16``), and ``tf32``
+    (off unless asked: TF32 rounds float32 matmuls and convolutions to a 10-bit mantissa)."""
+    major = trt_major(trt_version) or 10
+    return {"strongly_typed": major >= 11 or precision != "fp32", "tf32": bool(tf32)}
+
+
+def polygraphy_profiles(shapes: Mapping[str, tuple[Shape, Shape, Shape]]) -> list:
+    """One Polygraphy ``Profile`` covering every dynamic input (min, opt, max as :func:`profile_shapes` gives them);
+    an empty list for a static graph (TensorRT then needs none)."""
+    from polygraphy.backend.trt import Profile
+
+    dynamic = dynamic_profiles(shapes)
+    if not dynamic:
+        return []
+    profile = Profile()
+    for name, (lo, opt, hi) in dynamic.items():
+        profile.add(name, min=lo, opt=opt, max=hi)
+    return [profile]
+
+
+def parse_trtexec_version(text: str) -> str | None:
+    """TensorRT's version from ``trtexec --version`` output: its banner ``[TensorRT v100300]`` (major*10000 +
+    minor*100 + patch, as TensorRT encodes it) or a plain ``TensorRT version: 10.3.0``; None when absent."""
+    m = re.search(r"TensorRT\s+v(\d{5,})", text)
+    if m:
+        code = int(m.group(1))
+        return f"{code // 10000}.{code // 100 % 100}.{code % 100}"
+    m = re.search(r"TensorRT(?:\s+version)?[:\s]+v?(\d+\.\d+(?:\.\d+)*)", text, re.I)
+    return m.group(1) if m else None
+
+
+def trtexec_version(trtexec: str = "trtexec") -> str | None:
+    """The TensorRT version of the ``trtexec`` binary itself (not the Python module's): ``trtexec --version``."""
+    import subprocess
+
+    try:
+        proc = subprocess.run([trtexec, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_trtexec_version(proc.stdout + proc.stderr)
+
+
 def _shape_arg(shapes: Mapping[str, tuple[Shape, Shape, Shape]], which: int) -> str:
     def tensor(name: str) -> str:
         return f"'{name}'" if ":" in name else name  # trtexec's quoting for names holding ':'
@@ -79,46 +134,41 @@ def _shape_arg(shapes: Mapping[str, tuple[Shape, Shape, Shape]], which: int) -> 
 
 
 def trtexec_command(onnx_path: str, engine_path: str, shapes: Mapping[str, tuple[Shape, Shape, Shape]],
-                    fp16: bool = False, timing_cache: str | None = None, trtexec: str = "trtexec") -> list[str]:
+                    strongly_typed: bool = False, tf32: bool = False, timing_cache: str | None = None,
+                    trtexec: str = "trtexec") -> list[str]:
     """The ``trtexec`` command that builds the engine the in-process builder builds: shapes only for dynamic
-    inputs (trtexec rejects shapes for a static model), ``--fp16`` and ``--timingCacheFile`` when asked, the
-    same workspace limit (MiB); ``--skipInference`` builds only."""
+    inputs (trtexec rejects shapes for a static model), ``--stronglyTyped`` as :func:`build_settings` decides (never
+    ``--fp16``: reduced precision comes from the converted graph, and TensorRT 11 has no such flag), ``--noTF32``
+    unless TF32 is allowed, ``--timingCacheFile`` when asked, the same workspace limit (MiB); ``--skipInference``
+    builds only."""
     cmd = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     dynamic = dynamic_profiles(shapes)
     if dynamic:
         cmd += [f"--minShapes={_shape_arg(dynamic, 0)}", f"--optShapes={_shape_arg(dynamic, 1)}",
                 f"--maxShapes={_shape_arg(dynamic, 2)}"]
-    if fp16:
-        cmd.append("--fp16")
+    if strongly_typed:
+        cmd.append("--stronglyTyped")
+    if not tf32:
+        cmd.append("--noTF32")
     if timing_cache:
         cmd.append(f"--timingCacheFile={timing_cache}")
     cmd += [f"--memPoolSize=workspace:{WORKSPACE_BYTES >> 20}", "--skipInference"]
     return cmd
 
 
-def engine_cache_key(onnx_digest: str, trt_version: str | None, gpu_name: str | None, flags: Mapping[str, Any]) -> str:
-    """Cache key of an engine: the ONNX content, the TensorRT version, the GPU and the build flags."""
+def engine_cache_key(onnx_digest: str, trt_version: str | None, gpu: Any, flags: Mapping[str, Any]) -> str:
+    """Cache key of an engine: the ONNX content, the TensorRT version that builds it (trtexec's own for that
+    route), the GPU (name, driver, CUDA) and the build flags."""
     from ..cache import make_key
 
-    return make_key("tensorrt-engine", onnx_digest, trt_version, gpu_name, dict(flags))
+    return make_key("tensorrt-engine", onnx_digest, trt_version, gpu, dict(flags))
 
 
-def timing_cache_key(trt_version: str | None, gpu_name: str | None) -> str:
+def timing_cache_key(trt_version: str | None, gpu: Any) -> str:
     """Cache key of TensorRT's timing cache, shared by every model built with this TensorRT on this GPU."""
     from ..cache import make_key
 
-    return make_key("tensorrt-timing-cache", trt_version, gpu_name)
-
-
-def fp16_tolerance(tol, default) -> Any:
-    """``tol`` widened for an fp16 engine, when it is the backend's ``default`` (the user gave no tolerance):
-    every float dtype gets at least the float16 default. A user's tolerance is kept as given."""
-    from ..compare import Tolerance
-
-    if tol != default:
-        return tol
-    atol16, rtol16 = default.for_dtype("float16")
-    return Tolerance({dtype: (max(a, atol16), max(r, rtol16)) for dtype, (a, r) in default.per_dtype.items()})
+    return make_key("tensorrt-timing-cache", trt_version, gpu)
 
 
 def describe_parser_errors(errors: Iterable[Any], where=lambda node: None) -> str:
@@ -136,11 +186,6 @@ def describe_parser_errors(errors: Iterable[Any], where=lambda node: None) -> st
     return "\n".join(lines)
 
 
-#: TensorRT ``DataType`` member names → torch dtype names.
-TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
-                "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
-
-
 def _cuda_device() -> bool:
     try:
         import torch
@@ -150,15 +195,21 @@ def _cuda_device() -> bool:
 
 
 def unavailable_reason(options: Mapping[str, Any] | None = None) -> str | None:
-    """Why TensorRT cannot run here (no tensorrt module, no ONNX exporter, no CUDA device, no trtexec for that
-    builder) and what to install; None when it can."""
+    """Why TensorRT cannot run here (no tensorrt or polygraphy module, no ONNX exporter, a precision with no route,
+    no CUDA device, no trtexec for that builder) and what to install; None when it can."""
     options = options or {}
-    if importlib.util.find_spec("tensorrt") is None:
-        return f"tensorrt: the tensorrt module is not installed; {INSTALL_HINT}"
+    missing = [m for m in ("tensorrt", "polygraphy") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"tensorrt: {' and '.join(missing)} not installed; {INSTALL_HINT}"
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         return (f"tensorrt: builds from the ONNX export, which needs {', '.join(missing)}; "
                 "pip install 'pytest-deploy[onnx]'")
+    from .precision import reduced_precision_reason
+
+    reason = reduced_precision_reason("tensorrt", options.get("precision") or "fp32")
+    if reason:
+        return reason
     if not _cuda_device():
         return ("tensorrt: no CUDA device is visible (torch.cuda.is_available() is False); TensorRT runs on NVIDIA "
                 f"GPUs only: run on a machine with one and a CUDA build of torch ({INSTALL_HINT})")
@@ -174,44 +225,66 @@ def unavailable_reason(options: Mapping[str, Any] | None = None) -> str | None:
 class TensorRTBackend(Backend):
     name = "tensorrt"
     native = True
+    aliases = ("trt",)
+    requires = ("tensorrt", "polygraphy")
+    extra = "tensorrt"
+    precisions = ("fp32", "fp16", "bf16")
+    description = ("ONNX export (converted to fp16 when asked) → Polygraphy: TensorRT parser → engine (profiles from "
+                   "dims, strongly typed on TensorRT 11; cached) → serialize → deserialize → TrtRunner on CUDA")
 
     def uses_cuda(self, options=None) -> bool:
         return True
-    aliases = ("trt",)
-    requires = ("tensorrt",)
-    description = ("ONNX export → TensorRT parser → engine (profiles from dims, fp16 when asked; cached) → "
-                   "serialize → deserialize → execute on CUDA")
 
     def unavailable_reason(self, options=None) -> str | None:
         return unavailable_reason(options)
 
     def verify(self, ctx) -> None:
-        from ..compare import Leaves, flatten, resolve_tolerance
+        import tensorrt as trt
+
+        from ..compare import Leaves, flatten
 
         builder = ctx.options.get("trt_builder") or "python"
         if builder not in BUILDERS:
             raise StageError("compile", f"unknown TensorRT builder {builder!r}; use one of {', '.join(BUILDERS)}")
-        fp16 = bool(ctx.options.get("trt_fp16"))
-        if fp16:
-            ctx.tol = fp16_tolerance(ctx.tol, resolve_tolerance(ctx.backend))
-            ctx.result.atol, ctx.result.rtol = ctx.tol.float32
+        precision = ctx.options.get("precision") or "fp32"
+        version = trt.__version__
+        if builder == "trtexec":
+            version = trtexec_version(shutil.which("trtexec") or "trtexec") or version
+        settings = build_settings(version, precision, bool(ctx.options.get("trt_tf32")))
         ctx.note("trt_builder", builder)
-        ctx.note("trt_fp16", fp16)
-        onnx_path = _export(ctx)
+        ctx.note("trt_version", version)
+        ctx.note("precision", precision)
+        ctx.note("trt_strongly_typed", settings["strongly_typed"])
+        ctx.note("trt_tf32", settings["tf32"])
+        onnx_path = _export(ctx, precision)
         shapes = profile_shapes(ctx.space)
-        engine_path = _engine(ctx, onnx_path, shapes, builder, fp16)
+        engine_path = _engine(ctx, onnx_path, shapes, builder, version, settings)
         run = _runner(ctx, engine_path, _graph_outputs(onnx_path))
         ctx.run_examples(run, reference=lambda args: Leaves(
             (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
 
 
-def _export(ctx) -> str:
-    """The model as ONNX, exported exactly as the onnx backend exports it."""
+def _export(ctx, precision: str) -> str:
+    """The model as ONNX, exported exactly as the onnx backend exports it (and converted as it converts it)."""
     from .onnx_export import EXTERNAL_DATA_THRESHOLD, export_dynamo, weight_bytes
 
     path = ctx.path("model.onnx")
-    export_dynamo(ctx, path, ctx.options.get("onnx_opset"), weight_bytes(ctx.model) > EXTERNAL_DATA_THRESHOLD)
-    return path
+    external = weight_bytes(ctx.model) > EXTERNAL_DATA_THRESHOLD
+    export_dynamo(ctx, path, ctx.options.get("onnx_opset"), external)
+    if precision == "fp32":
+        return path
+    from .precision import convert_fp16
+
+    converted = ctx.path("model.fp16.onnx")
+    with ctx.stage("compile"):
+        try:
+            info = convert_fp16(path, converted, external)
+        except Exception as exc:
+            raise StageError("compile", f"onnxconverter-common cannot convert the graph to float16: {first_line(exc)}"
+                                        "\n  fix: keep the failing op in float32 (op_block_list), or check fp32") from None
+    for key, value in info.items():
+        ctx.note(key, value)
+    return converted
 
 
 def _onnx_digest(path: str) -> str:
@@ -229,15 +302,14 @@ def _graph_outputs(path: str) -> list[str]:
     return [o.name for o in onnx.load(path, load_external_data=False).graph.output]
 
 
-def _engine(ctx, onnx_path: str, shapes, builder: str, fp16: bool) -> str:
+def _engine(ctx, onnx_path: str, shapes, builder: str, version: str, settings: Mapping[str, bool]) -> str:
     """The engine file: from the artifact cache, or built (and stored there)."""
-    import tensorrt as trt
-    import torch
+    from ..fingerprint import gpu_environment
 
-    gpu = torch.cuda.get_device_name(0)
-    flags = {"builder": builder, "fp16": fp16, "shapes": {n: list(s) for n, s in shapes.items()},
+    gpu = gpu_environment()
+    flags = {"builder": builder, **settings, "shapes": {n: list(s) for n, s in shapes.items()},
              "workspace": WORKSPACE_BYTES}
-    key = engine_cache_key(_onnx_digest(onnx_path), trt.__version__, gpu, flags)
+    key = engine_cache_key(_onnx_digest(onnx_path), version, gpu, flags)
     ctx.note("cache_key", key[:16])
     ctx.note("trt_profiles", {n: [list(x) for x in s] for n, s in dynamic_profiles(shapes).items()})
     with ctx.cache.lock(key):
@@ -246,16 +318,16 @@ def _engine(ctx, onnx_path: str, shapes, builder: str, fp16: bool) -> str:
             ctx.result.cached = True
             return str(entry / ENGINE)
         engine_path = ctx.path(ENGINE)
-        timing = timing_cache_key(trt.__version__, gpu)
+        timing = timing_cache_key(version, gpu)
         with ctx.cache.lock(timing):
             cached_timing = ctx.cache.lookup(timing)
             timing_path = ctx.path(TIMING_CACHE)
             if cached_timing is not None:
                 shutil.copyfile(cached_timing / TIMING_CACHE, timing_path)
             if builder == "trtexec":
-                _build_trtexec(ctx, onnx_path, engine_path, shapes, fp16, timing_path)
+                _build_trtexec(ctx, onnx_path, engine_path, shapes, settings, timing_path)
             else:
-                _build_python(ctx, onnx_path, engine_path, shapes, fp16, timing_path)
+                _build_python(ctx, onnx_path, engine_path, shapes, settings, timing_path)
             if os.path.exists(timing_path):
                 ctx.cache.store(timing, {TIMING_CACHE: timing_path})
         ctx.cache.store(key, {ENGINE: engine_path})
@@ -264,70 +336,61 @@ def _engine(ctx, onnx_path: str, shapes, builder: str, fp16: bool) -> str:
     return engine_path
 
 
-def _logger():
-    """A TensorRT logger that keeps errors for the failure message (and prints nothing)."""
+def _polygraphy_errors(output: str) -> str:
+    """The error lines Polygraphy's logger printed (TensorRT's errors reach it through its one trt.Logger)."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.lstrip().startswith(("[E]", "[!]"))]
+    return "; ".join(lines[-4:]) or "no error was logged"
+
+
+def _build_python(ctx, onnx_path: str, engine_path: str, shapes, settings: Mapping[str, bool],
+                  timing_path: str) -> None:
+    import contextlib
+    import io
+
     import tensorrt as trt
-
-    class Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(msg)
-
-    return Logger()
-
-
-def _build_python(ctx, onnx_path: str, engine_path: str, shapes, fp16: bool, timing_path: str) -> None:
-    import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, create_network, get_trt_logger
+    from polygraphy.exception import PolygraphyException
 
     from .onnx_export import node_source
 
-    logger = _logger()
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: every network is explicit-batch
-    parser = trt.OnnxParser(network, logger)
-    with ctx.stage("compile"):
-        if not parser.parse_from_file(onnx_path):
+    log = io.StringIO()
+    with ctx.stage("compile"), contextlib.redirect_stdout(log):
+        try:
+            builder, network = create_network(strongly_typed=settings["strongly_typed"])
+            parser = trt.OnnxParser(network, get_trt_logger())
+            ok = parser.parse_from_file(onnx_path)  # from the file: external weights are found beside it
+        except PolygraphyException as exc:
+            raise StageError("compile", f"TensorRT cannot create the network: {first_line(exc)} "
+                                        f"({_polygraphy_errors(log.getvalue())})") from None
+        if not ok or parser.num_errors:
             errors = [parser.get_error(i) for i in range(parser.num_errors)]
             raise StageError("compile", "TensorRT's ONNX parser rejects the exported graph:\n  "
-                             + describe_parser_errors(errors, lambda node: node_source(onnx_path, node))
-                             .replace("\n", "\n  "))
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-        if fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-        profile = builder.create_optimization_profile()
-        dynamic = False
+                             + (describe_parser_errors(errors, lambda node: node_source(onnx_path, node))
+                                .replace("\n", "\n  ") or "no error was reported"))
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
-            if any(d < 0 for d in tensor.shape):
-                if tensor.name not in shapes:
-                    raise StageError("compile", f"the ONNX graph's input '{tensor.name}' has dynamic dims "
-                                                f"{tuple(tensor.shape)} but no spec in inputs= names it")
-                dynamic = True
-                profile.set_shape(tensor.name, *shapes[tensor.name])
-        if dynamic:
-            config.add_optimization_profile(profile)
-        blob = open(timing_path, "rb").read() if os.path.exists(timing_path) else b""
-        config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            why = "; ".join(logger.errors[-3:]) or "no error was logged"
-            raise StageError("compile", f"TensorRT could not build an engine: {why}")
-    with ctx.stage("save"):
-        with open(engine_path, "wb") as fh:
-            fh.write(serialized)
-        with open(timing_path, "wb") as fh:
-            fh.write(config.get_timing_cache().serialize())
+            if any(d < 0 for d in tensor.shape) and tensor.name not in shapes:
+                raise StageError("compile", f"the ONNX graph's input '{tensor.name}' has dynamic dims "
+                                            f"{tuple(tensor.shape)} but no spec in inputs= names it")
+        config = CreateConfig(profiles=polygraphy_profiles(shapes) or None, tf32=settings["tf32"],
+                              memory_pool_limits={trt.MemoryPoolType.WORKSPACE: WORKSPACE_BYTES},
+                              load_timing_cache=timing_path if os.path.exists(timing_path) else None)
+        try:
+            serialized = EngineBytesFromNetwork((builder, network, parser), config=config,
+                                                save_timing_cache=timing_path)()
+        except PolygraphyException as exc:
+            raise StageError("compile", f"TensorRT could not build an engine: {first_line(exc)} "
+                                        f"({_polygraphy_errors(log.getvalue())})") from None
+    with ctx.stage("save"), open(engine_path, "wb") as fh:
+        fh.write(serialized)
 
 
-def _build_trtexec(ctx, onnx_path: str, engine_path: str, shapes, fp16: bool, timing_path: str) -> None:
+def _build_trtexec(ctx, onnx_path: str, engine_path: str, shapes, settings: Mapping[str, bool],
+                   timing_path: str) -> None:
     import subprocess
 
-    cmd = trtexec_command(onnx_path, engine_path, shapes, fp16, timing_path, shutil.which("trtexec") or "trtexec")
+    cmd = trtexec_command(onnx_path, engine_path, shapes, settings["strongly_typed"], settings["tf32"], timing_path,
+                          shutil.which("trtexec") or "trtexec")
     ctx.note("trtexec_command", " ".join(cmd))
     with ctx.stage("compile"):
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -338,57 +401,51 @@ def _build_trtexec(ctx, onnx_path: str, engine_path: str, shapes, fp16: bool, ti
 
 
 def _runner(ctx, engine_path: str, graph_outputs: list[str]):
-    import tensorrt as trt
+    """Polygraphy's ``TrtRunner`` on the deserialized engine: it sets the input shapes, and its output allocator
+    sizes every output when TensorRT knows its shape (data-dependent shapes and empty outputs included)."""
+    import contextlib
+    import io
+    from collections import OrderedDict
+
     import torch
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.exception import PolygraphyException
 
     from ..compare import Leaves
     from .onnx_export import input_names
 
-    logger = _logger()
-    with ctx.stage("load"):
-        runtime = trt.Runtime(logger)  # kept by the closure below: it must outlive the engine
-        with open(engine_path, "rb") as fh:
-            engine = runtime.deserialize_cuda_engine(fh.read())
-        if engine is None:
-            raise StageError("load", "TensorRT cannot deserialize the engine: "
-                             + ("; ".join(logger.errors[-3:]) or "no error was logged"))
-        context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    outputs.sort(key=lambda n: graph_outputs.index(n) if n in graph_outputs else len(graph_outputs))
-    dtypes = {n: getattr(torch, TORCH_DTYPES[engine.get_tensor_dtype(n).name]) for n in names}
-    stream = torch.cuda.Stream()
+    log = io.StringIO()
+    with ctx.stage("load"), contextlib.redirect_stdout(log):
+        try:
+            with open(engine_path, "rb") as fh:
+                engine = EngineFromBytes(fh.read())()
+            runner = TrtRunner(engine)
+            runner.activate()
+        except PolygraphyException as exc:
+            raise StageError("load", f"TensorRT cannot load the engine: {first_line(exc)} "
+                                     f"({_polygraphy_errors(log.getvalue())})") from None
+    ctx.cleanup.callback(runner.deactivate)
+    inputs = list(runner.get_input_metadata().keys())
 
-    def run(args, _owners=(runtime, engine)):
+    def run(args):
         declared = input_names(ctx.space, len(args))
-        keep = []  # device tensors must outlive the launch
+        feed = OrderedDict()
         for pos, name in enumerate(inputs):
             arg = args[declared.index(name) if name in declared else pos]
-            t = arg.detach().to("cuda", dtype=dtypes[name]).contiguous()
-            if not context.set_input_shape(name, tuple(t.shape)):
-                raise StageError("run", f"TensorRT rejects shape {tuple(t.shape)} for input '{name}' "
-                                        f"(outside the engine's optimization profile)")
-            context.set_tensor_address(name, t.data_ptr())
-            keep.append(t)
-        results = []
-        for name in outputs:
-            out = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtypes[name], device="cuda")
-            context.set_tensor_address(name, out.data_ptr())
-            results.append(out)
-        stream.wait_stream(torch.cuda.current_stream())
+            feed[name] = arg.detach().to("cuda").contiguous() if isinstance(arg, torch.Tensor) else arg
+        out = io.StringIO()
         try:
-            ok = context.execute_async_v3(stream.cuda_stream)
-            stream.synchronize()
-        except Exception as exc:
-            raise StageError("run", f"TensorRT execution fails: {first_line(exc)}") from None
-        if not ok:
-            raise StageError("run", "TensorRT execution fails: " + ("; ".join(logger.errors[-3:]) or "execute_async_v3 "
-                                                                                                   "returned False"))
-        return Leaves((f"output[{i}]", o.cpu()) for i, o in enumerate(results))
+            with contextlib.redirect_stdout(out):
+                results = runner.infer(feed, copy_outputs_to_host=True)
+        except PolygraphyException as exc:
+            raise StageError("run", f"TensorRT execution fails: {first_line(exc)} "
+                                    f"({_polygraphy_errors(out.getvalue())})") from None
+        names = sorted(results, key=lambda n: graph_outputs.index(n) if n in graph_outputs else len(graph_outputs))
+        return Leaves((f"output[{i}]", torch.as_tensor(results[n]).cpu()) for i, n in enumerate(names))
 
     return run
 
 
-__all__ = ["TensorRTBackend", "profile_shapes", "dynamic_profiles", "trtexec_command", "engine_cache_key",
-           "timing_cache_key", "fp16_tolerance", "describe_parser_errors", "unavailable_reason"]
+__all__ = ["TensorRTBackend", "profile_shapes", "dynamic_profiles", "polygraphy_profiles", "build_settings",
+           "trt_major", "parse_trtexec_version", "trtexec_version", "trtexec_command", "engine_cache_key",
+           "timing_cache_key", "describe_parser_errors", "unavailable_reason"]

@@ -23,7 +23,7 @@ HAS_CUDA = torch.cuda.is_available()
 needs_trt = pytest.mark.skipif(
     not (HAS_TRT and HAS_CUDA),
     reason="needs TensorRT and a CUDA device: " + ", ".join(
-        why for why, missing in (("no tensorrt module (pip install tensorrt)", not HAS_TRT),
+        why for why, missing in (("no tensorrt module (pip install \"pytest-deploy[tensorrt]\")", not HAS_TRT),
                                  ("no CUDA device (torch.cuda.is_available() is False)", not HAS_CUDA)) if missing)
     or "present")
 needs_trtexec = pytest.mark.skipif(shutil.which("trtexec") is None, reason="no trtexec binary on PATH")
@@ -60,11 +60,10 @@ def test_cnn_fp32(tmp_path):
 
 @needs_trt
 def test_cnn_fp16_uses_fp16_tolerances(tmp_path):
-    result = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=5, cache_dir=tmp_path,
-                    backend_options={"trt_fp16": True})
+    result = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=5, cache_dir=tmp_path, precision="fp16")
     assert result.outcome == "passed" and (result.atol, result.rtol) == (1e-2, 1e-2)
-    user = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=2, atol=5e-2, rtol=5e-2,
-                  backend_options={"trt_fp16": True})
+    assert result.details["trt_strongly_typed"] and result.details["precision_converter"]
+    user = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=2, atol=5e-2, rtol=5e-2, precision="fp16")
     assert (user.atol, user.rtol) == (5e-2, 5e-2)
 
 
@@ -73,7 +72,7 @@ def test_dynamic_batch_runs_every_generated_shape(monkeypatch):
     import tensorrt as trt
 
     seen = []
-    real = trt.IExecutionContext.set_input_shape
+    real = trt.IExecutionContext.set_input_shape  # TrtRunner sets each example's shape through it
 
     def spy(self, name, shape):
         seen.append(tuple(shape))
@@ -90,7 +89,7 @@ def test_dynamic_batch_runs_every_generated_shape(monkeypatch):
 @needs_trtexec
 def test_trtexec_route(tmp_path):
     result = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=3, cache_dir=tmp_path,
-                    backend_options={"trt_builder": "trtexec", "trt_fp16": True})
+                    backend_options={"trt_builder": "trtexec"}, precision="fp16")
     assert result.outcome == "passed"
 
 
@@ -114,8 +113,13 @@ def test_pytest_item_skips_with_the_install_reason_and_fails_under_strict(pytest
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs", "-v")
     result.assert_outcomes(skipped=1)
     assert "test_linear[tensorrt] SKIPPED" in result.stdout.str()
-    result.stdout.fnmatch_lines([f"SKIPPED *{reason}"])
-    assert "pip install" in reason
+    pattern = reason.replace("[", "[[]")  # fnmatch: the extra's brackets are literal
+    result.stdout.fnmatch_lines([f"SKIPPED *{pattern}"])
+    assert 'pip install "pytest-deploy[tensorrt]"' in reason
     result = pytester.runpytest("-p", "no:cacheprovider", "--deploy-strict")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*{reason} (failing because of --deploy-strict)"])
+    result.stdout.fnmatch_lines([f"*{pattern} (failing because of --deploy-strict)"])
+    # at fp16 too: the item skips for TensorRT's absence, never passes at float32 in its place
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs", "--deploy-precision=fp16")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([f"SKIPPED *{pattern}"])

@@ -22,7 +22,7 @@ LAYERS = {
     1: ["names", "sources", "tensors"],
     2: ["spec", "validate", "compare", "cache", "isolation", "worker", "decisions", "fingerprint"],
     3: ["backends.base"],
-    4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export",
+    4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
     5: ["backends"],
     6: ["keep", "report", "report_html"],
@@ -32,7 +32,8 @@ LAYERS = {
 SAME_LAYER = {
     ("spec", "validate"), ("worker", "compare"), ("worker", "isolation"), ("fingerprint", "cache"),
     ("backends.aoti", "backends.export"), ("backends.onnx_export", "backends.export"),
-    ("backends.onnx", "backends.onnx_export"), ("backends.tvm", "backends.export"),
+    ("backends.onnx", "backends.onnx_export"), ("backends.onnx", "backends.precision"),
+    ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
     ("backends.tvm", "backends.onnx_export"), ("backends.tvm", "backends.tvm_tuning"),
     ("backends.tensorrt", "backends.onnx_export"), ("plugin", ""), ("plugin", "options"), ("", "options"),
 }

@@ -146,3 +146,52 @@ def test_write_json_unserialisable_details_are_written_as_repr(tmp_path):
     path = tmp_path / "r.json"
     write_json(str(path), [res(details={"obj": Thing()})])
     assert json.loads(path.read_text())["results"][0]["details"] == {"obj": "<thing>"}
+
+
+# ------------------------------------------------------------------------- environment: GPU, onnxruntime-gpu
+
+
+def test_environment_records_the_gpu_build_of_onnxruntime(monkeypatch):
+    from pytest_deploy import report as report_module
+
+    versions = {"onnxruntime-gpu": "1.23.2"}
+    monkeypatch.setattr(report_module, "_version", lambda name: versions.get(name))
+    assert report_module.environment()["onnxruntime"] == "1.23.2 (onnxruntime-gpu)"
+    versions = {"onnxruntime": "1.32.0"}
+    assert report_module.environment()["onnxruntime"] == "1.32.0"
+
+
+def test_environment_records_the_gpu_only_with_cuda():
+    import torch
+
+    from pytest_deploy import report as report_module
+
+    env = report_module.environment()
+    assert "gpu" in env and "polygraphy" in env and "onnxconverter_common" in env
+    if not torch.cuda.is_available():
+        assert env["cuda"] is False and env["gpu"] is None
+
+
+def test_the_result_key_covers_the_gpu(monkeypatch):
+    """The GPU's name, driver and CUDA version are part of every result key: a pass on one GPU is not reused on
+    another. (Here torch sees no GPU, so the GPU is stood in for by a value: this tests the key, not CUDA.)"""
+    import torch
+
+    from pytest_deploy import fingerprint
+
+    if not torch.cuda.is_available():
+        assert fingerprint.gpu_environment() is None
+    model = torch.nn.Linear(2, 2)
+
+    def key(gpu):
+        monkeypatch.setattr(fingerprint, "gpu_environment", lambda: gpu)
+        fingerprint.environment.cache_clear()
+        return fingerprint.check_key(model, "onnx", declared={}, options={})
+
+    try:
+        h100 = {"gpu": "NVIDIA H100", "driver": "580.65", "cuda": "12.8"}
+        keys = {key(None), key(h100), key({**h100, "gpu": "NVIDIA A100"}), key({**h100, "driver": "590.1"}),
+                key({**h100, "cuda": "13.0"})}
+        assert len(keys) == 5
+    finally:
+        fingerprint.environment.cache_clear()

@@ -1,10 +1,12 @@
-"""The ``tensorrt`` backend's pure parts: optimization profiles from dims, the trtexec command line, cache keys,
+"""The ``tensorrt`` backend's pure parts: optimization profiles from dims (as real Polygraphy ``Profile`` objects),
+how TensorRT 10 and 11 build (strongly typed, TF32), the trtexec command line and trtexec's own version, cache keys,
 fp16 tolerances, parser error messages and the reasons it is unavailable. None of this needs TensorRT or CUDA;
 the end-to-end checks are in ``tests/integration/test_tensorrt.py``."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import types
 
@@ -14,15 +16,18 @@ from pytest_deploy import tensor
 from pytest_deploy.backends import canonical_name, get_backend
 from pytest_deploy.backends import tensorrt as trt_backend
 from pytest_deploy.backends.tensorrt import (
+    build_settings,
     describe_parser_errors,
     engine_cache_key,
-    fp16_tolerance,
+    parse_trtexec_version,
+    polygraphy_profiles,
     profile_shapes,
     timing_cache_key,
     trtexec_command,
+    trtexec_version,
     unavailable_reason,
 )
-from pytest_deploy.compare import resolve_tolerance
+from pytest_deploy.compare import resolve_tolerance, widen_for_precision
 from pytest_deploy.spec import InputSpace
 
 
@@ -45,10 +50,10 @@ def test_options_become_backend_options(pytester):
             config._trt = read_settings(config).backend_options
     """)
     pytester.makepyfile("def test_x(request):\n    print('OPTS', request.config._trt)\n")
-    result = pytester.runpytest("-s", "--deploy-trt-fp16", "--deploy-trt-builder=trtexec")
-    result.stdout.fnmatch_lines(["*OPTS*'trt_fp16': True*'trt_builder': 'trtexec'*"])
+    result = pytester.runpytest("-s", "--deploy-trt-fp16", "--deploy-trt-builder=trtexec", "--deploy-trt-tf32")
+    result.stdout.fnmatch_lines(["*OPTS*'precision': 'fp16'*'trt_tf32': True*'trt_builder': 'trtexec'*"])
     result = pytester.runpytest("-s")
-    assert "trt_" not in result.stdout.str()
+    assert "trt_" not in result.stdout.str() and "precision" not in result.stdout.str()
 
 
 # ------------------------------------------------------------------------------------ profiles
@@ -104,6 +109,18 @@ def test_profiles_are_named_as_the_real_onnx_export_names_the_inputs():
     assert list(profile_shapes(declared)) == exported
 
 
+def test_polygraphy_profile_spans_the_dynamic_inputs():
+    """A real Polygraphy Profile (polygraphy imports TensorRT lazily: building a profile needs none)."""
+    pytest.importorskip("polygraphy")
+    from polygraphy.backend.trt import Profile
+
+    shapes = {"x": ((1, 3), (2, 3), (8, 3)), "scale": ((4,), (4,), (4,))}
+    (profile,) = polygraphy_profiles(shapes)
+    assert isinstance(profile, Profile) and list(profile) == ["x"]
+    assert (tuple(profile["x"].min), tuple(profile["x"].opt), tuple(profile["x"].max)) == shapes["x"]
+    assert polygraphy_profiles({"x": ((2, 3), (2, 3), (2, 3))}) == []
+
+
 # ------------------------------------------------------------------------------------- trtexec
 
 
@@ -115,19 +132,58 @@ def _parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
 
 
 def test_trtexec_command_builds_the_profile_the_shapes_describe():
-    cmd = trtexec_command("m.onnx", "m.engine", SHAPES, fp16=True, timing_cache="t.cache")
+    cmd = trtexec_command("m.onnx", "m.engine", SHAPES, strongly_typed=True, timing_cache="t.cache")
     flags = dict(arg.split("=", 1) for arg in cmd[1:] if "=" in arg)
     assert cmd[0] == "trtexec" and flags["--onnx"] == "m.onnx" and flags["--saveEngine"] == "m.engine"
     dynamic = {name: s for name, s in SHAPES.items() if s[0] != s[2]}  # a static input gets no shapes
     for i, flag in enumerate(("--minShapes", "--optShapes", "--maxShapes")):
         assert _parse_shapes(flags[flag]) == {name: s[i] for name, s in dynamic.items()}
-    assert "--fp16" in cmd and flags["--timingCacheFile"] == "t.cache"
-    assert "--fp16" not in trtexec_command("m.onnx", "m.engine", SHAPES)
+    assert "--stronglyTyped" in cmd and flags["--timingCacheFile"] == "t.cache"
+    assert "--stronglyTyped" not in trtexec_command("m.onnx", "m.engine", SHAPES)
+
+
+def test_trtexec_command_never_asks_for_fp16_and_turns_tf32_off_unless_allowed():
+    for strongly_typed in (False, True):
+        cmd = trtexec_command("m.onnx", "m.engine", SHAPES, strongly_typed=strongly_typed)
+        assert "--fp16" not in cmd and "--noTF32" in cmd  # fp16 comes from the converted graph (TensorRT 11: no flag)
+    assert "--noTF32" not in trtexec_command("m.onnx", "m.engine", SHAPES, tf32=True)
 
 
 def test_trtexec_command_for_a_static_model_has_no_shapes_and_fp32_by_default():
     cmd = trtexec_command("m.onnx", "m.engine", {"x": ((2, 4), (2, 4), (2, 4))})
-    assert not any(a.startswith(("--minShapes", "--optShapes", "--maxShapes", "--fp16", "--timingCache")) for a in cmd)
+    assert not any(a.startswith(("--minShapes", "--optShapes", "--maxShapes", "--fp16", "--stronglyTyped",
+                                 "--timingCache")) for a in cmd)
+
+
+@pytest.mark.parametrize("version, precision, tf32, expected", [
+    ("10.13.3.9", "fp32", False, {"strongly_typed": False, "tf32": False}),
+    ("10.13.3.9", "fp16", False, {"strongly_typed": True, "tf32": False}),  # the fp16 graph's types decide
+    ("11.4.0.13", "fp32", False, {"strongly_typed": True, "tf32": False}),  # TensorRT 11: strongly typed only
+    ("11.4.0.13", "fp16", True, {"strongly_typed": True, "tf32": True}),
+])
+def test_build_settings_for_tensorrt_10_and_11(version, precision, tf32, expected):
+    assert build_settings(version, precision, tf32) == expected
+
+
+@pytest.mark.parametrize("output, version", [
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] [b12] # trtexec --version\n", "10.3.0"),
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v110400] # trtexec --version", "11.4.0"),
+    ("[I] TensorRT version: 10.13.3\n", "10.13.3"),
+    ("trtexec: command not understood", None),
+])
+def test_trtexec_version_is_read_from_its_output(output, version):
+    assert parse_trtexec_version(output) == version
+
+
+def test_trtexec_version_runs_the_binary_on_path(tmp_path, monkeypatch):
+    """A stand-in trtexec on PATH that prints TensorRT 11's banner: the version the trtexec route keys by is the
+    binary's, not the Python module's (this tests our reading of its output, not TensorRT)."""
+    script = tmp_path / "trtexec"
+    script.write_text("#!/bin/sh\necho '&&&& RUNNING TensorRT.trtexec [TensorRT v110400] # trtexec --version'\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert trtexec_version(shutil.which("trtexec")) == "11.4.0"
+    assert trtexec_version(str(tmp_path / "missing")) is None
 
 
 def test_trtexec_shapes_list_several_inputs_and_quote_names_with_colons():
@@ -141,16 +197,21 @@ def test_trtexec_shapes_list_several_inputs_and_quote_names_with_colons():
 
 
 def test_engine_cache_key_changes_with_every_part():
-    flags = {"builder": "python", "fp16": False, "shapes": {"x": [[1, 4], [2, 4], [8, 4]]}, "workspace": 1 << 30}
-    base = engine_cache_key("abc", "10.3.0", "NVIDIA H100", flags)
-    assert base == engine_cache_key("abc", "10.3.0", "NVIDIA H100", dict(flags))
+    flags = {"builder": "python", "strongly_typed": False, "tf32": False, "shapes": {"x": [[1, 4], [2, 4], [8, 4]]},
+             "workspace": 1 << 30}
+    gpu = {"gpu": "NVIDIA H100", "driver": "580.65", "cuda": "12.8"}
+    base = engine_cache_key("abc", "10.3.0", gpu, flags)
+    assert base == engine_cache_key("abc", "10.3.0", dict(gpu), dict(flags))
     variants = [
-        engine_cache_key("abd", "10.3.0", "NVIDIA H100", flags),
-        engine_cache_key("abc", "10.4.0", "NVIDIA H100", flags),
-        engine_cache_key("abc", "10.3.0", "NVIDIA A100", flags),
-        engine_cache_key("abc", "10.3.0", "NVIDIA H100", {**flags, "fp16": True}),
-        engine_cache_key("abc", "10.3.0", "NVIDIA H100", {**flags, "builder": "trtexec"}),
-        engine_cache_key("abc", "10.3.0", "NVIDIA H100", {**flags, "shapes": {"x": [[1, 4], [2, 4], [16, 4]]}}),
+        engine_cache_key("abd", "10.3.0", gpu, flags),
+        engine_cache_key("abc", "10.4.0", gpu, flags),
+        engine_cache_key("abc", "10.3.0", {**gpu, "gpu": "NVIDIA A100"}, flags),
+        engine_cache_key("abc", "10.3.0", {**gpu, "driver": "590.10"}, flags),
+        engine_cache_key("abc", "10.3.0", {**gpu, "cuda": "13.0"}, flags),
+        engine_cache_key("abc", "10.3.0", gpu, {**flags, "strongly_typed": True}),
+        engine_cache_key("abc", "10.3.0", gpu, {**flags, "tf32": True}),
+        engine_cache_key("abc", "10.3.0", gpu, {**flags, "builder": "trtexec"}),
+        engine_cache_key("abc", "10.3.0", gpu, {**flags, "shapes": {"x": [[1, 4], [2, 4], [16, 4]]}}),
     ]
     assert len({base, *variants}) == len(variants) + 1
 
@@ -167,7 +228,7 @@ def test_timing_cache_key_is_per_tensorrt_version_and_gpu():
 def test_fp16_widens_the_default_tolerances():
     default = resolve_tolerance("tensorrt")
     assert default.float32 == (1e-3, 1e-3)
-    wide = fp16_tolerance(default, default)
+    wide = widen_for_precision(default, default, "fp16")
     assert wide.float32 == (1e-2, 1e-2)
     assert wide.for_dtype("float16") == (1e-2, 1e-2)
     assert wide.for_dtype("float64") == (1e-2, 1e-2)
@@ -178,7 +239,13 @@ def test_fp16_widens_the_default_tolerances():
                                     {"tolerances": {"tensorrt": (2e-3, 2e-3)}}])
 def test_fp16_keeps_tolerances_the_user_gave(kwargs):
     user = resolve_tolerance("tensorrt", **kwargs)
-    assert fp16_tolerance(user, resolve_tolerance("tensorrt")) is user
+    assert widen_for_precision(user, resolve_tolerance("tensorrt"), "fp16") is user
+
+
+def test_bf16_widens_to_the_bfloat16_row_and_fp32_changes_nothing():
+    default = resolve_tolerance("onnx")
+    assert widen_for_precision(default, default, "bf16").float32 == default.for_dtype("bfloat16")
+    assert widen_for_precision(default, default, "fp32") is default
 
 
 # ------------------------------------------------------------------------------- parser errors
@@ -218,11 +285,11 @@ def test_parser_error_without_a_node_name_uses_its_index():
 @pytest.fixture
 def env(monkeypatch):
     """Pretend which modules exist, whether CUDA is visible and whether trtexec is on PATH."""
-    state = types.SimpleNamespace(modules={"tensorrt", "onnx", "onnxscript"}, cuda=True, trtexec=True)
+    state = types.SimpleNamespace(modules={"tensorrt", "polygraphy", "onnx", "onnxscript"}, cuda=True, trtexec=True)
     real_find_spec = importlib.util.find_spec
 
     def find_spec(name, *args, **kwargs):
-        if name in ("tensorrt", "onnx", "onnxscript"):
+        if name in ("tensorrt", "polygraphy", "onnx", "onnxscript"):
             return object() if name in state.modules else None
         return real_find_spec(name, *args, **kwargs)
 
@@ -240,8 +307,17 @@ def test_available_with_tensorrt_and_cuda(env):
 
 def test_reason_without_the_tensorrt_module(env):
     env.modules.discard("tensorrt")
-    assert unavailable_reason({}) == ("tensorrt: the tensorrt module is not installed; pip install tensorrt on a "
-                                      "machine with an NVIDIA GPU and CUDA")
+    assert unavailable_reason({}) == ('tensorrt: tensorrt not installed; pip install "pytest-deploy[tensorrt]" '
+                                      "(tensorrt and polygraphy) on a machine with an NVIDIA GPU and CUDA")
+    env.modules.discard("polygraphy")
+    assert unavailable_reason({}).startswith("tensorrt: tensorrt and polygraphy not installed; pip install ")
+
+
+def test_reason_for_bf16(env):
+    assert unavailable_reason({"precision": "fp16"}) is None
+    assert unavailable_reason({"precision": "bf16"}).startswith(
+        "tensorrt: bf16 needs the float32 graph converted to bfloat16, and onnxconverter-common converts to float16 "
+        "only;")
 
 
 def test_reason_without_the_onnx_exporter(env):
@@ -254,8 +330,8 @@ def test_reason_without_a_cuda_device(env):
     env.cuda = False
     assert unavailable_reason({}) == (
         "tensorrt: no CUDA device is visible (torch.cuda.is_available() is False); TensorRT runs on NVIDIA GPUs only: "
-        "run on a machine with one and a CUDA build of torch (pip install tensorrt on a machine with an NVIDIA GPU "
-        "and CUDA)")
+        'run on a machine with one and a CUDA build of torch (pip install "pytest-deploy[tensorrt]" (tensorrt and '
+        "polygraphy) on a machine with an NVIDIA GPU and CUDA)")
 
 
 def test_reason_for_the_trtexec_builder_without_trtexec(env):

@@ -1,0 +1,272 @@
+"""Reduced precision for the ONNX graphs the onnx and tensorrt backends deploy: the float32 export converted to
+float16, the float16 rounding ONNX Runtime's CPU provider leaves out, and where a float16 graph overflows.
+
+- :func:`convert_fp16`: onnxconverter-common's ``float16.convert_float_to_float16`` with the graph's inputs and
+  outputs kept float32 (so the check feeds and compares float32, as for a float32 graph). Constants beyond
+  float16's range are clamped by the converter to its largest finite value (65504): they are listed first
+  (:func:`out_of_range_constants`), so a failing check can say which.
+- :func:`emulate_fp16`: ONNX Runtime's CPU provider has float16 kernels for few ops; for the others it inserts
+  casts, computes in float32, and removes the casts between two such nodes (``InsertCastTransformer``), so the
+  float16 graph's intermediates are never rounded to float16 and never overflow: on CPU it behaves as a float32
+  graph with float16 weights. The emulation graph puts that rounding back: the converted graph with float32
+  types, its float16 weights' values, and a ``Cast`` to float16 and back after every node output the converted
+  graph computes in float16, the rounding (and the overflow to inf) a GPU's float16 kernels give.
+- :func:`locate_overflow`: the first node whose output is inf or NaN while its inputs are finite, found by running
+  the graph with every intermediate as an output; with the module and the user's line the exporter recorded.
+
+onnx and numpy are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..sources import frame_from_stack, short_path
+
+#: float16's largest finite value.
+FP16_MAX = 65504.0
+#: Suffixes of the names the emulation graph gives a node's unrounded output and its float16 copy.
+UNROUNDED, ROUNDED = "__fp32", "__fp16"
+
+
+def converter_version() -> str | None:
+    """``onnxconverter-common <version>``, or None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"onnxconverter-common {version('onnxconverter-common')}"
+    except PackageNotFoundError:
+        return None
+
+
+def reduced_precision_reason(backend: str, precision: str) -> str | None:
+    """Why ``backend`` (onnx, tensorrt) cannot deploy at ``precision`` here, or None when it can."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        runtime = (" (ONNX Runtime's CPU provider has no bfloat16 kernels for Add, MatMul or Relu either)"
+                   if backend == "onnx" else "")
+        return (f"{backend}: bf16 needs the float32 graph converted to bfloat16, and onnxconverter-common converts "
+                f"to float16 only{runtime}; use precision='fp16'")
+    if converter_version() is None:
+        return (f"{backend}: precision=fp16 converts the float32 ONNX graph with onnxconverter-common, which is not "
+                f"installed; pip install 'pytest-deploy[onnx]' (or pip install onnxconverter-common)")
+    return None
+
+
+# ------------------------------------------------------------------------------------------ conversion
+
+
+def out_of_range_constants(model) -> list[dict[str, Any]]:
+    """Initializers and Constant nodes of a float32 graph holding a finite value beyond float16's range: the
+    converter clamps them to 65504. ``[{"name", "max_abs", "node" (the first consumer)}]``."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    consumers: dict[str, str] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, node.name)
+    tensors = [(t.name, t) for t in model.graph.initializer]
+    tensors += [(node.output[0], a.t) for node in model.graph.node if node.op_type == "Constant"
+                for a in node.attribute if a.name == "value"]
+    found = []
+    for name, tensor in tensors:
+        if tensor.data_type != TensorProto.FLOAT:
+            continue
+        values = np.abs(numpy_helper.to_array(tensor))
+        values = values[np.isfinite(values)]
+        if values.size and float(values.max()) > FP16_MAX:
+            found.append({"name": name, "max_abs": float(values.max()), "node": consumers.get(name)})
+    return found
+
+
+def convert_fp16(src: str, dst: str, external: bool) -> dict[str, Any]:
+    """The float32 graph at ``src`` converted to float16 at ``dst`` (inputs and outputs kept float32); returns what
+    the report records (the converter, the constants it clamped)."""
+    import warnings
+
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(src)
+    clamped = out_of_range_constants(model)
+    with warnings.catch_warnings():  # the clamped constants are reported (above), not warned about
+        warnings.simplefilter("ignore")
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX)
+    onnx.save_model(converted, dst, save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=os.path.basename(dst) + ".data")
+    out: dict[str, Any] = {"precision_converter": converter_version()}
+    if clamped:
+        out["precision_clamped"] = clamped
+    return out
+
+
+# ------------------------------------------------------------------------------------------- emulation
+
+
+def fp16_values(model) -> set[str]:
+    """Names of the values the (converted) graph computes in float16, from its types after shape inference."""
+    import onnx
+    from onnx import TensorProto
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a graph shape inference cannot read: the types the graph itself declares
+        inferred = model
+    graph = inferred.graph
+    return {v.name for v in [*graph.value_info, *graph.output, *graph.input]
+            if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
+
+
+def emulate_fp16(model):
+    """The emulation graph of a float16 graph (see the module docstring), or None where it cannot be built (a
+    node with a subgraph: If, Loop, Scan)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return None
+    rounded = fp16_values(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for tensor in g.initializer:
+        if tensor.data_type == TensorProto.FLOAT16:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype("float32"), tensor.name))
+    for info in [*g.value_info, *g.input, *g.output]:
+        if info.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            info.type.tensor_type.elem_type = TensorProto.FLOAT
+    nodes = []
+    for node in g.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                attr.i = TensorProto.FLOAT
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype("float32"), attr.t.name))
+        nodes.append(node)
+        for i, name in enumerate(node.output):
+            if name and name in rounded:
+                node.output[i] = name + UNROUNDED
+                nodes.append(helper.make_node("Cast", [name + UNROUNDED], [name + ROUNDED], to=TensorProto.FLOAT16,
+                                              name=f"{node.name}/to_fp16"))
+                nodes.append(helper.make_node("Cast", [name + ROUNDED], [name], to=TensorProto.FLOAT,
+                                              name=f"{node.name}/from_fp16"))
+    del g.node[:]
+    g.node.extend(nodes)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- overflow
+
+
+def nonfinite_outputs(expected: list[tuple[str, Any]], got: list[tuple[str, Any]]) -> list[str]:
+    """Paths of the float outputs that hold inf or NaN from the backend where eager's are finite."""
+    import torch
+
+    paths = []
+    for (_, e), (path, g) in zip(expected, got):
+        if not (hasattr(e, "is_floating_point") and hasattr(g, "is_floating_point")) or tuple(e.shape) != tuple(g.shape):
+            continue
+        if e.is_floating_point() and bool((~torch.isfinite(g) & torch.isfinite(e)).any()):
+            paths.append(path)
+    return paths
+
+
+def locate_overflow(model, feed: Mapping[str, Any], providers: list[str]) -> dict[str, Any] | None:
+    """The first node (in graph order) whose float output holds inf or NaN while all its float inputs are finite,
+    run with every intermediate value as a graph output; None when no node does."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    graph = probe.graph
+    known = {o.name for o in graph.output}
+    for node in graph.node:
+        for name in node.output:
+            if name and name not in known:
+                graph.output.append(onnx.ValueInfoProto(name=name))
+                known.add(name)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=providers)
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(None, dict(feed))))
+    values.update(feed)
+
+    def finite(name: str) -> bool:
+        v = values.get(name)
+        return v is None or not np.issubdtype(np.asarray(v).dtype, np.floating) or bool(np.isfinite(v).all())
+
+    for node in graph.node:
+        if node.name.endswith(("/to_fp16", "/from_fp16")):  # the emulation's rounding: judged with its node
+            continue
+        # a node's value as the graph passes it on: in the emulation graph, after its float16 rounding
+        outputs = [o[: -len(UNROUNDED)] if o.endswith(UNROUNDED) else o for o in node.output if o]
+        bad = [o for o in outputs if not finite(o)]
+        if bad and all(finite(i) for i in node.input if i):
+            largest = [float(np.abs(np.asarray(values[i], dtype=np.float64)).max()) for i in node.input
+                       if i in values and np.issubdtype(np.asarray(values[i]).dtype, np.floating)
+                       and np.asarray(values[i]).size]
+            return {"node": node.name, "op": node.op_type, "output": bad[0],
+                    "input_max_abs": max(largest) if largest else None, **node_origin(node)}
+    return None
+
+
+def node_origin(node) -> dict[str, Any]:
+    """The module (``amp``) and its class, and the user's source line, the dynamo exporter recorded for ``node``."""
+    import ast
+
+    props = {p.key: p.value for p in node.metadata_props}
+    out: dict[str, Any] = {}
+    try:
+        scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
+        classes = ast.literal_eval(props.get("pkg.torch.onnx.class_hierarchy", "[]"))
+    except (ValueError, SyntaxError):
+        scopes, classes = [], []
+    module = ".".join(s for s in scopes[1:-1] if s)
+    if module:
+        out["module"] = module
+        if len(classes) >= 2:
+            out["type"] = str(classes[-2]).rsplit(".", 1)[-1]
+    where = frame_from_stack(props.get("pkg.torch.onnx.stack_trace", ""))
+    if where:
+        out["file"], out["line"], out["source"] = where
+    return out
+
+
+def overflow_text(paths: list[str], found: dict[str, Any] | None, clamped: list[dict[str, Any]]) -> str:
+    """The failure's explanation of a float16 overflow: which outputs, the first node and where it came from."""
+    lines = [f"float16 overflow: {', '.join(paths)} holds inf/NaN in the fp16 graph where eager's values are finite "
+             f"(float16's largest finite value is {FP16_MAX:g})"]
+    if found:
+        module = f" in module '{found['module']}'" + (f" ({found['type']})" if found.get("type") else "") \
+            if found.get("module") else ""
+        largest = found.get("input_max_abs")
+        inputs = f"; its inputs are finite (largest |value| {largest:.4g})" if largest is not None else ""
+        lines.append(f"  first at node '{found['node']}' (op {found['op']}){module}: its output "
+                     f"'{found['output']}' overflows{inputs}")
+        if found.get("file"):
+            lines.append(f"  from {short_path(found['file'])}:{found['line']}  `{found['source']}`")
+    for c in clamped[:3]:
+        lines.append(f"  constant '{c['name']}' (max |value| {c['max_abs']:.4g}, used by node '{c['node']}') is beyond "
+                     "float16's range: the converter clamps it to 65504")
+    node = f"node_block_list=['{found['node']}']" if found else "node_block_list"
+    lines.append(f"  fix: scale the values down before that op, or keep it in float32 (onnxconverter-common's "
+                 f"convert_float_to_float16({node}))")
+    return "\n".join(lines)
+
+
+def clamped_text(clamped: list[dict[str, Any]]) -> str:
+    """A failing check's note on constants the converter clamped (their values changed)."""
+    names = ", ".join(f"'{c['name']}' (max |value| {c['max_abs']:.4g}, used by node '{c['node']}')" for c in clamped[:3])
+    return (f"float16 cannot hold constant(s) {names}: the converter clamps them to 65504\n"
+            "  fix: keep those values within float16's range, or keep their nodes in float32 (onnxconverter-common's "
+            "node_block_list)")
+

@@ -1,0 +1,200 @@
+"""Reduced precision (``precision=``, ``--deploy-precision``) verified here, on CPU, through ONNX Runtime.
+
+The onnx backend converts the exported float32 graph to float16 (onnxconverter-common, inputs and outputs kept
+float32) and runs it; ONNX Runtime's CPU provider computes most float16 nodes in float32, so the check runs the
+emulation graph that rounds every float16 value (pytest_deploy.backends.precision). A CNN passes with the fp16
+tolerances; a model whose intermediate leaves float16's range fails naming the node, the submodule and its line.
+Backends without a reduced-precision route skip with the reason; an unknown precision is a usage error.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+for _module in ("onnx", "onnxscript", "onnxsim", "onnxruntime", "onnxconverter_common"):
+    pytest.importorskip(_module)
+
+import helpers  # tests/integration/helpers.py
+import torch
+from torch import nn
+
+from pytest_deploy import BackendUnavailable, DeployFailure, SpecError, tensor, verify
+from pytest_deploy.compare import DEFAULT_TOLERANCES
+
+INPUTS = [tensor("batch", 3, 16, 16)]
+DIMS = {"batch": (1, 3)}
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+class Amplify(nn.Module):
+    """Up to 1e5 for inputs up to 1: beyond float16's 65504."""
+
+    def forward(self, x):
+        return x * 1000.0 * 100.0
+
+
+class Overflows(nn.Module):
+    """Finite in float32 throughout (the amplified values are scaled back down), inf in float16."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.amplify = Amplify()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return self.head((self.amplify(y) * 1e-5).mean((2, 3)))
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return SmallCNN().eval()
+
+
+def test_cnn_passes_fp16_with_fp16_tolerances():
+    result = verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=3, precision="fp16", isolate="none")
+    assert result.outcome == "passed"
+    assert (result.atol, result.rtol) == DEFAULT_TOLERANCES["onnx"]["float16"]
+    assert result.details["precision"] == "fp16"
+    assert result.details["precision_converter"].startswith("onnxconverter-common ")
+    assert "rounded to float16" in result.details["precision_emulation"]
+    # the float16 graph really ran: its error is far above float32's round-off
+    assert result.max_abs_error > 1e-5
+
+
+def test_user_tolerances_are_kept_at_fp16():
+    result = verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=1, precision="fp16", isolate="none",
+                    atol=5e-2, rtol=5e-2)
+    assert (result.atol, result.rtol) == (5e-2, 5e-2)
+
+
+def test_the_fp16_graph_really_runs():
+    """Held to float32 round-off (the serialization backends' float32 tolerance), the fp16 CNN fails at compare,
+    while the fp32 one passes: the float16 graph, not the float32 one, is what ran."""
+    fp32 = DEFAULT_TOLERANCES["state_dict"]["float32"]
+    assert verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=2, isolate="none",
+                  atol=fp32[0] * 10, rtol=fp32[1] * 10).outcome == "passed"
+    with pytest.raises(DeployFailure) as info:
+        verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=2, precision="fp16", isolate="none",
+               atol=fp32[0] * 10, rtol=fp32[1] * 10)
+    assert info.value.result.stage == "compare"
+
+
+def test_an_intermediate_beyond_float16_fails_naming_the_node_and_the_submodule():
+    torch.manual_seed(0)
+    with pytest.raises(DeployFailure) as info:
+        verify(Overflows().eval(), "onnx", inputs=[tensor("batch", 3, 8, 8)], dims={"batch": (1, 2)}, examples=2,
+               precision="fp16", isolate="none")
+    message = str(info.value)
+    assert info.value.result.stage == "compare"
+    assert "float16 overflow" in message and "65504" in message
+    assert "(op Mul) in module 'amplify' (Amplify)" in message
+    assert helpers.site(__file__, "return x * 1000.0 * 100.0") in message
+    overflow = info.value.result.details["precision_overflow"]
+    assert overflow["module"] == "amplify" and overflow["op"] == "Mul"
+    # the same model passes at fp32: the failure is float16's
+    torch.manual_seed(0)
+    assert verify(Overflows().eval(), "onnx", inputs=[tensor("batch", 3, 8, 8)], dims={"batch": (1, 2)},
+                  examples=1, isolate="none").outcome == "passed"
+
+
+def test_fp16_on_a_backend_without_a_reduced_precision_route_is_skipped():
+    with pytest.raises(BackendUnavailable, match=r"trace has no reduced-precision route; it checks float32"):
+        verify(cnn(), "trace", inputs=INPUTS, dims=DIMS, examples=1, precision="fp16")
+
+
+def test_the_old_trt_fp16_backend_option_means_fp16():
+    """backend_options={"trt_fp16": True}, as verify() took it before precisions: fp16, never a float32 pass."""
+    with pytest.raises(BackendUnavailable, match=r"trace has no reduced-precision route"):
+        verify(cnn(), "trace", inputs=INPUTS, dims=DIMS, examples=1, backend_options={"trt_fp16": True})
+
+
+def test_bf16_on_onnx_is_skipped_with_the_reason():
+    with pytest.raises(BackendUnavailable, match=r"onnx: bf16 .* onnxconverter-common converts to float16 only"):
+        verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=1, precision="bf16")
+
+
+def test_an_unknown_precision_in_a_call_is_refused():
+    with pytest.raises(SpecError, match=r"unknown precision 'fp8'; use one of fp32, fp16, bf16"):
+        verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, precision="fp8")
+
+
+MODEL_TEST = """
+    import torch
+    from pytest_deploy import deployable, tensor
+
+    @deployable(backends=["trace"], inputs=[tensor(2, 4)], examples=1)
+    def test_linear():
+        return torch.nn.Linear(4, 2).eval()
+"""
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--deploy-precision=fp8"], "--deploy-precision: unknown precision 'fp8'; use one of fp32, fp16, bf16"),
+    (["--deploy-precision=bf16", "--deploy-trt-fp16"], "--deploy-trt-fp16 is an alias of --deploy-precision=fp16"),
+])
+def test_an_unknown_precision_on_the_command_line_is_a_usage_error(pytester, args, words):
+    pytester.makepyfile(textwrap.dedent(MODEL_TEST))
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert words in result.stderr.str()
+
+
+def test_an_unknown_precision_in_ini_is_a_usage_error(pytester):
+    pytester.makeini("[pytest]\ndeploy_precision = half\n")
+    pytester.makepyfile(textwrap.dedent(MODEL_TEST))
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ini deploy_precision: unknown precision 'half'" in result.stderr.str()
+
+
+def test_an_unknown_precision_in_a_marker_fails_at_collection(pytester):
+    pytester.makepyfile(textwrap.dedent(MODEL_TEST).replace("examples=1", "examples=1, precision='int4'"))
+    result = pytester.runpytest()
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*unknown precision 'int4'; use one of fp32, fp16, bf16*"])
+
+
+@pytest.mark.parametrize("args, ini, expected", [
+    ([], "", None),
+    (["--deploy-trt-fp16"], "", "fp16"),
+    (["--deploy-precision=FP16"], "", "fp16"),
+    ([], "bf16", "bf16"),
+    (["--deploy-precision=fp32"], "fp16", "fp32"),  # the command line wins over ini
+])
+def test_precision_options_parse(pytester, args, ini, expected):
+    if ini:
+        pytester.makeini(f"[pytest]\ndeploy_precision = {ini}\n")
+    pytester.makeconftest("""
+        def pytest_configure(config):
+            from pytest_deploy.options import read_settings
+            config._precision = read_settings(config).backend_options.get("precision")
+    """)
+    pytester.makepyfile("def test_x(request):\n    print('PRECISION', request.config._precision)\n")
+    result = pytester.runpytest("-s", *args)
+    result.stdout.fnmatch_lines([f"*PRECISION {expected}"])
+
+
+def test_the_marker_wins_over_the_command_line(pytester):
+    """--deploy-precision=fp16 skips trace; a marker's precision='fp32' checks it at float32."""
+    pytester.makepyfile(textwrap.dedent(MODEL_TEST) + textwrap.dedent("""
+        @deployable(backends=["trace"], inputs=[tensor(2, 4)], examples=1, precision="fp32")
+        def test_linear_fp32():
+            return torch.nn.Linear(4, 2).eval()
+    """))
+    result = pytester.runpytest("--deploy-precision=fp16", "-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*trace has no reduced-precision route*"])
