@@ -436,6 +436,18 @@ class _XdistController:
             def _split_scope(self, nodeid: str) -> str:
                 return model_scope(nodeid)
 
+            def remove_node(self, node):
+                """A crashed worker's unfinished model test goes to another worker, without the item that
+                crashed (loadscope would run it again, and crash the next worker too)."""
+                crashed = None
+                for unit in self.assigned_work.get(node, {}).values():
+                    crashed = next((nodeid for nodeid, done in unit.items() if not done), None)
+                    if crashed is not None:
+                        unit[crashed] = True
+                        break
+                super().remove_node(node)
+                return crashed
+
         return ModelScheduling(config, log)
 
     def pytest_runtest_logreport(self, report) -> None:
