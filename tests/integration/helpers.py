@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from pytest_deploy import DeployFailure, Result, verify
 from pytest_deploy.backends.base import short_path
 
@@ -25,3 +27,16 @@ def check(backend: str, model, inputs, dims, *, examples: int = 5, **kwargs) -> 
         return verify(model.eval(), backend, inputs=inputs, dims=dims, examples=examples, **kwargs), None
     except DeployFailure as exc:
         return exc.result, str(exc)
+
+
+class SmallCNN(nn.Module):
+    """Conv, BatchNorm, ReLU, a strided conv and a linear head: the CNN of the precision and TensorRT tests."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))

@@ -27,17 +27,6 @@ INPUTS = [tensor("batch", 3, 16, 16)]
 DIMS = {"batch": (1, 3)}
 
 
-class SmallCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x):
-        return self.head(self.features(x).flatten(1))
-
-
 class Amplify(nn.Module):
     """Up to 1e5 for inputs up to 1: beyond float16's 65504."""
 
@@ -61,7 +50,7 @@ class Overflows(nn.Module):
 
 def cnn() -> nn.Module:
     torch.manual_seed(0)
-    return SmallCNN().eval()
+    return helpers.SmallCNN().eval()
 
 
 def test_cnn_passes_fp16_with_fp16_tolerances():

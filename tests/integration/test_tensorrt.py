@@ -11,6 +11,7 @@ import importlib.util
 import shutil
 import textwrap
 
+import helpers  # tests/integration/helpers.py
 import pytest
 import torch
 from torch import nn
@@ -29,20 +30,9 @@ needs_trt = pytest.mark.skipif(
 needs_trtexec = pytest.mark.skipif(shutil.which("trtexec") is None, reason="no trtexec binary on PATH")
 
 
-class SmallCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x):
-        return self.head(self.features(x).flatten(1))
-
-
 def cnn() -> nn.Module:
     torch.manual_seed(0)
-    return SmallCNN().eval()
+    return helpers.SmallCNN().eval()
 
 
 INPUTS = [tensor("batch", 3, 16, 16)]
