@@ -20,7 +20,16 @@ from typing import Any
 
 from . import isolation
 from .cache import ArtifactCache
-from .compare import Comparison, Tolerance, compare_outputs, format_number, resolve_tolerance, widen_for_precision
+from .compare import (
+    Comparison,
+    Leaves,
+    Tolerance,
+    compare_outputs,
+    flatten,
+    format_number,
+    resolve_tolerance,
+    widen_for_precision,
+)
 from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
 from .results import Result
@@ -459,9 +468,10 @@ class CheckContext:
             raise _ExampleFailed(ex, "run", err.message) from None
         try:
             with self.stage("compare"):
-                keep = self._keep_masks(ex, expected)
-                self._observe_reference(ex, expected, keep)
-                cmp = compare_outputs(expected, got, self.tol, keep=keep)
+                leaves = expected if isinstance(expected, Leaves) else Leaves(flatten(expected))  # flattened once
+                keep = self._keep_masks(ex, leaves)
+                self._observe_reference(ex, leaves, keep)
+                cmp = compare_outputs(leaves, got, self.tol, keep=keep)
         except StageError as err:
             raise _ExampleFailed(ex, "compare", err.message) from None
         self._update_errors(cmp)
@@ -470,16 +480,14 @@ class CheckContext:
 
     # -- masks and the eager outputs themselves -------------------------------------------------------
 
-    def _keep_masks(self, ex: Example, expected) -> dict[str, Any] | None:
+    def _keep_masks(self, ex: Example, leaves: Leaves) -> dict[str, Any] | None:
         """For outputs led by a mask() input's dims (decided once, on the first example, whose dims all
         differ): path -> where the mask is valid. None when nothing is masked."""
-        from .compare import Leaves, flatten
         from .spec import MaskSpec
 
         masks = [i for i, s in enumerate(self.space.specs) if isinstance(s, MaskSpec)]
         if not masks or self.compare_masked or ex.specs is None:
             return None
-        leaves = expected if isinstance(expected, Leaves) else flatten(expected)
         if self._masked_paths is None:
             self._masked_paths = {}
             for path, value in leaves:
@@ -509,12 +517,9 @@ class CheckContext:
                 counts["left_out"] += int((~m).sum()) * per
         return keep or None
 
-    def _observe_reference(self, ex: Example, expected, keep) -> None:
+    def _observe_reference(self, ex: Example, leaves: Leaves, keep) -> None:
         """Track the eager outputs over the examples: their largest float magnitude (a check whose outputs are
         all (near) zero compares nothing) and whether they ever change with the input."""
-        from .compare import Leaves, flatten
-
-        leaves = expected if isinstance(expected, Leaves) else flatten(expected)
         ref = self._reference
         ref.examples += 1
         signature = []

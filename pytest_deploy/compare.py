@@ -244,8 +244,7 @@ def _names(paths: list[str]) -> str:
 
 
 def _paths(leaves) -> str:
-    names = [p for p, _ in leaves]
-    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    return _names([p for p, _ in leaves]) if leaves else ""
 
 
 def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance, keep: Any = None):
