@@ -121,6 +121,8 @@ class CheckContext:
         self.line_tracing = needs_line_tracing(model)
         #: seconds one stage may take (--deploy-timeout), or None
         self.timeout: float | None = None
+        #: the backend's runtime runs in a spawned worker process (a CUDA check, or backend option spawn_runtime)
+        self.spawn_runtime = False
         #: the artifact's files by name, for --deploy-keep-artifacts (backends register files kept elsewhere,
         #: such as cache entries; the work directory is kept whole)
         self.artifacts: dict[str, str] = {}
@@ -660,7 +662,9 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     reason = impl.precision_reason(precision) or impl.unavailable_reason(options)
     if reason:
         raise BackendUnavailable(reason)
+    # CUDA cannot start in a forked child: a CUDA check is not forked, its runtime is spawned (fresh interpreter)
     on_gpu = in_worker and impl.uses_cuda(options)
+    spawn = (on_gpu or bool(options.get("spawn_runtime"))) and getattr(impl, "spawns_runtime", False)
     cache = cache if cache is not None else ArtifactCache(None)
 
     key = None
@@ -678,7 +682,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         return _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed, workdir=workdir,
                         factory=factory, options=options, cache=cache, timeout=timeout, keep_artifacts=keep_artifacts,
                         source_files=source_files, allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
-                        allow_vacuous=allow_vacuous)
+                        allow_vacuous=allow_vacuous, spawn_runtime=spawn)
 
     # one check at a time per key: a second pytest-xdist worker with the same check waits, then reuses the result
     with cache.lock(key) if key is not None else contextlib.nullcontext():
@@ -694,10 +698,13 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 _emit_warnings(reused)
                 warn_cache(cache)
                 return reused
-        if on_gpu:
-            result.details["isolated"] = ("no: the check uses CUDA, which a forked worker process cannot initialise; "
-                                          "it runs in pytest's process")
-        if in_worker and not on_gpu:
+        if spawn:
+            result.details["isolated"] = ("spawned worker process for the backend's runtime (CUDA cannot start in a "
+                                          "forked one); export and comparison in pytest's process")
+        elif on_gpu:
+            result.details["isolated"] = (f"no: the check uses CUDA, which a forked worker process cannot initialise, "
+                                          f"and {name} has no spawned runtime; it runs in pytest's process")
+        if in_worker and not (spawn or on_gpu):
             result.details["isolated"] = "worker process"
             impl.prepare()
             try:
@@ -724,7 +731,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
              keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
-             allow_vacuous=False) -> tuple[str, Result]:
+             allow_vacuous=False, spawn_runtime=False) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result)."""
     owned = workdir is None
     path = Path(tempfile.mkdtemp(prefix=f"pytest-deploy-{impl.name}-")) if owned else Path(workdir)
@@ -738,6 +745,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
     ctx.allow_nonfinite = bool(allow_nonfinite)
     ctx.compare_masked = bool(compare_masked)
     ctx.allow_vacuous = bool(allow_vacuous)
+    ctx.spawn_runtime = bool(spawn_runtime)
     for text in _input_warnings(space):
         ctx.warn(text)
     add_model_files(model)

@@ -1,5 +1,12 @@
 """A fresh Python process that loads an artifact and runs it on request.
 
+Two users: the pickle backend (a pickled model must load in a process that never saw its classes) and
+:class:`Runtime`, a backend's runtime started in a fresh interpreter (spawned, never forked). CUDA cannot
+be initialised in a forked child once its parent has so much as counted devices, so a check that uses
+CUDA (TensorRT, ONNX Runtime's CUDA provider) builds and runs its engine here: a crash in the GPU stack
+ends this process and fails that one check, while pytest's process, which never initialises CUDA for a
+check, goes on.
+
 The parent talks to it over two dedicated pipes (the worker's stdout and stderr stay free for user
 prints and go to a log), framed by ``multiprocessing.connection``. Each message is a ``torch.save``
 payload of plain data (tensors, numbers, strings, lists, dicts) and is read back with ``weights_only=True``.
@@ -77,9 +84,15 @@ class Worker:
         self._requests = Connection(self._req_w, readable=False)
         self._replies = Connection(self._rep_r, writable=False)
 
-    def call(self, request: dict) -> dict:
+    def call(self, request: dict, timeout: float | None = None) -> dict:
+        """Send one request and wait for its reply; ``timeout`` seconds at most (the worker is killed after)."""
         try:
             _send(self._requests, request)
+            if timeout is not None and not self._replies.poll(timeout):
+                self.proc.kill()
+                self.proc.wait()
+                raise WorkerDied(f"worker did not answer within {timeout:g} s (--deploy-timeout) and was killed",
+                                 self.log_tail())
             reply = _recv(self._replies)
         except (EOFError, BrokenPipeError, OSError):
             raise WorkerDied(self._death(), self.log_tail()) from None
@@ -117,12 +130,63 @@ class Worker:
         self._log.close()
 
 
+class Runtime:
+    """A backend's runtime in a fresh interpreter: ``factory`` (``"package.module:function"``, importable there) is
+    called with ``config`` (plain data: paths, settings, names) and returns an object whose ``run(args)`` gives
+    ``[(path, tensor), ...]`` on the CPU. :meth:`call` runs a plain function there (an engine build).
+
+    Every failure is a :class:`~pytest_deploy.errors.StageError` of the stage it happened in: an error raised
+    there (a ``StageError`` keeps its own stage), a worker that died (the signal is named) or one that did not
+    answer within ``timeout`` seconds.
+    """
+
+    def __init__(self, label: str, timeout: float | None = None) -> None:
+        self.label = label
+        self.timeout = timeout
+        self.worker = Worker()
+        self.info: dict = {}
+
+    def call(self, function: str, config: dict, stage: str) -> Any:
+        """``function(config)`` in the worker; its (plain) return value."""
+        return self._request({"op": "call", "function": function, "config": config}, stage)["value"]
+
+    def open(self, factory: str, config: dict, stage: str = "load") -> None:
+        self.info = self._request({"op": "open", "factory": factory, "config": config}, stage).get("info") or {}
+
+    def run(self, args: tuple | list) -> list[tuple[str, Any]]:
+        return [(p, v) for p, v in self._request({"op": "run_runtime", "args": list(args)}, "run")["leaves"]]
+
+    def close(self) -> None:
+        self.worker.close()
+
+    def _request(self, request: dict, stage: str) -> dict:
+        from .errors import StageError
+
+        try:
+            return self.worker.call(request, self.timeout)
+        except WorkerError as exc:
+            reply = exc.reply
+            where = f"\n  at {reply['where']}" if reply.get("where") else ""
+            if reply.get("stage"):  # a StageError raised there: its message is already the user's
+                raise StageError(reply["stage"], reply["error"]) from None
+            raise StageError(stage, f"{self.label} fails in its worker process: {reply.get('error')}{where}") from None
+        except WorkerDied as exc:
+            log = exc.log.strip()
+            tail = "\n  its output ended with:\n    " + "\n    ".join(log.splitlines()[-8:]) if log else ""
+            raise StageError(stage, f"{self.label}'s worker process (a fresh interpreter, spawned for CUDA) "
+                                    f"{exc.description.removeprefix('worker ')} during stage {stage}: this check "
+                                    f"fails, the session goes on{tail}") from None
+
+
 # ------------------------------------------------------------------------------ worker side
 
 
 def _error_reply(exc: BaseException) -> dict:
+    from .errors import StageError
     from .sources import first_line, short_path, user_frame
 
+    if isinstance(exc, StageError):  # raised by a backend's runtime code on purpose: its message is complete
+        return {"ok": False, "error": exc.message, "stage": exc.stage, "type": "StageError"}
     where = user_frame(exc.__traceback__)
     return {
         "ok": False,
@@ -150,6 +214,7 @@ def _serve(req_fd: int, rep_fd: int) -> None:
 
     requests, replies = Connection(req_fd, writable=False), Connection(rep_fd, readable=False)
     model = None
+    runtime = None
     while True:
         try:
             request = _recv(requests)
@@ -176,11 +241,31 @@ def _serve(req_fd: int, rep_fd: int) -> None:
                     out = (model(**dict(zip(keywords, request["args"]))) if keywords
                            else model(*request["args"]))
                 reply = {"ok": True, "leaves": [[p, v] for p, v in flatten(out)]}
+            elif op in ("call", "open"):
+                target = _import(request["function" if op == "call" else "factory"])
+                value = target(request["config"])
+                if op == "call":
+                    reply = {"ok": True, "value": value}
+                else:
+                    runtime = value
+                    reply = {"ok": True, "info": dict(getattr(runtime, "info", None) or {})}
+            elif op == "run_runtime":
+                if runtime is None:
+                    raise RuntimeError("no runtime opened")
+                reply = {"ok": True, "leaves": [[p, v] for p, v in runtime.run(request["args"])]}
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception as exc:
             reply = _error_reply(exc)
         _send(replies, reply)
+
+
+def _import(target: str) -> Any:
+    """``"package.module:function"`` -> the function."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 if __name__ == "__main__":

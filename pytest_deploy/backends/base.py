@@ -40,6 +40,10 @@ class Check(Protocol):
     artifacts: dict[str, str]  #: files built outside the work directory, for --deploy-keep-artifacts
     runner: Runner | None
     failed_example: Any
+    timeout: float | None  #: seconds one stage may take (--deploy-timeout), or None
+    #: the check uses CUDA (or the ``spawn_runtime`` backend option asks): the backend's runtime runs in a spawned
+    #: worker process (:func:`spawned_runtime`), never in pytest's process or a forked one
+    spawn_runtime: bool
 
     @property
     def canonical(self) -> Any:
@@ -116,9 +120,15 @@ class Backend:
                     warnings.simplefilter("ignore")
                     importlib.import_module(name)
 
+    #: the backend honours ``ctx.spawn_runtime``: whatever touches CUDA (engine build, session, runs) happens in a
+    #: spawned worker process (:func:`spawned_runtime`)
+    spawns_runtime: bool = False
+
     def uses_cuda(self, options: dict | None = None) -> bool:
-        """True when the check runs on a GPU. CUDA does not survive fork (a forked child cannot initialise
-        it once the parent has so much as counted devices), so such checks run in pytest's process."""
+        """True when the check runs on a GPU. CUDA does not survive fork (a forked child cannot initialise it once
+        the parent has so much as counted devices), so such a check is not forked: it runs in pytest's process
+        with ``ctx.spawn_runtime`` set, and the backend puts everything that touches CUDA in a spawned worker
+        (:func:`spawned_runtime`)."""
         return False
 
     def build(self, ctx: Check) -> Runner:
@@ -133,6 +143,19 @@ class Backend:
         check is not 'run the artifact on inputs' (checkpoint) override this."""
         runner = self.build(ctx)
         ctx.run_examples(runner)
+
+
+def spawned_runtime(ctx: Check, label: str, factory: str, config: dict) -> Any:
+    """A runtime opened in a fresh interpreter (:class:`pytest_deploy.worker.Runtime`): ``factory``
+    (``"package.module:Class"``) is called there with ``config`` (plain data) and must return an object with
+    ``run(args) -> [(path, tensor)]`` and an ``info`` dict. The worker is closed when the check ends; a crash in it
+    fails this check at the stage it happened in. Call it inside ``ctx.stage(...)``."""
+    from ..worker import Runtime
+
+    runtime = Runtime(label, ctx.timeout)
+    ctx.cleanup.callback(runtime.close)
+    runtime.open(factory, config)
+    return runtime
 
 
 @contextlib.contextmanager
@@ -157,5 +180,5 @@ def quiet_torch_logs():
 
 
 # the source-location helpers live in pytest_deploy.sources; re-exported for third-party backends
-__all__ = ["Backend", "Check", "Runner", "user_frame", "short_path", "first_line", "cap", "is_user_file",
+__all__ = ["Backend", "Check", "Runner", "spawned_runtime", "user_frame", "short_path", "first_line", "cap", "is_user_file",
            "is_model_code", "quiet_torch_logs"]

@@ -18,7 +18,7 @@ import re
 from ..errors import StageError
 from ..sources import first_line, short_path
 from ..tensors import from_numpy, is_tensor, to_numpy
-from .base import Backend
+from .base import Backend, spawned_runtime
 from .onnx_export import (
     EXPORTERS,
     EXTERNAL_DATA_THRESHOLD,
@@ -44,6 +44,7 @@ class OnnxBackend(Backend):
     requires = ("onnx", "onnxruntime", "onnxsim", "onnxscript", "numpy")
     extra = "onnx"
     precisions = ("fp32", "fp16", "bf16")
+    spawns_runtime = True
     description = "torch.onnx.export (dims dynamic) → onnx.checker → onnxsim → onnxruntime, raw and simplified"
 
     def uses_cuda(self, options=None) -> bool:
@@ -82,7 +83,7 @@ class OnnxBackend(Backend):
         raw = _session(ctx, run_raw, optimize=run_raw == raw_path)
         simplified = (_session(ctx, run_simplified, optimize=run_simplified == simplified_path)
                       if run_simplified else None)
-        ctx.note("onnxruntime_provider", raw.get_providers()[0])
+        ctx.note("onnxruntime_provider", raw.info["provider"])
 
         from ..compare import Leaves, flatten
 
@@ -93,10 +94,9 @@ class OnnxBackend(Backend):
             return Leaves(leaves + [(SIMPLIFIED + p, v) for p, v in leaves])
 
         def run(args):
-            out = [(f"output[{i}]", o) for i, o in enumerate(_run(ctx, raw, run_raw, args))]
+            out = raw.run(args)
             if simplified is not None:
-                assert run_simplified is not None  # a simplified session exists only for a simplified graph
-                out += [(f"{SIMPLIFIED}output[{i}]", o) for i, o in enumerate(_run(ctx, simplified, run_simplified, args))]
+                out += [(SIMPLIFIED + p, o) for p, o in simplified.run(args)]
             return Leaves(out)
 
         try:
@@ -141,7 +141,7 @@ def _reduce(ctx, path: str, external: bool) -> tuple[str, str]:
     for key, value in info.items():
         ctx.note(key, value)
     session = _session(ctx, converted)  # the converted graph itself loads, whatever runs the examples
-    if session.get_providers()[0] != "CPUExecutionProvider":
+    if session.info["provider"] != "CPUExecutionProvider":
         ctx.note("precision_emulation", None)
         return converted, converted
     emulated = emulate_fp16(onnx.load(converted))
@@ -169,14 +169,15 @@ def _explain_reduced(ctx, session, run_path: str) -> str:
         return clamped_text(clamped) if clamped else ""
     try:
         expected = [(p, v) for p, v in flatten(ctx.eager(example.args)) if is_tensor(v)]
-        feed = _feed(ctx, session, example.args)
-        got = [(f"output[{i}]", from_numpy(o)) for i, o in enumerate(session.run(None, feed))]
-        paths = nonfinite_outputs(expected, got)
+        paths = nonfinite_outputs(expected, session.run(example.args))
         if not paths:
             return clamped_text(clamped) if clamped else ""
         import onnx
 
-        found = locate_overflow(onnx.load(run_path), feed, session.get_providers())
+        feed = {name: to_numpy(arg) for name, arg in zip(input_names(ctx.space, len(example.args)), example.args)}
+        # in pytest's process: on the CPU provider when the session itself runs in a spawned (CUDA) worker
+        providers = ["CPUExecutionProvider"] if ctx.spawn_runtime else session.info["providers"]
+        found = locate_overflow(onnx.load(run_path), feed, providers)
     except Exception as exc:  # the explanation is extra: never hide the comparison's own failure
         ctx.note("precision_overflow_error", first_line(exc))
         return clamped_text(clamped) if clamped else ""
@@ -268,38 +269,47 @@ def providers() -> list[str]:
 
 
 def _session(ctx, path: str, optimize: bool = True):
-    """An ONNX Runtime session; ``optimize=False`` for the float16 emulation graph, whose Cast round trips ONNX
-    Runtime's optimizers must not remove."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # errors reach the user through the stage message, not stderr
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    """An ONNX Runtime session on ``path`` (an :class:`OrtRuntime`), in a spawned worker process when the check uses
+    CUDA (:class:`~pytest_deploy.worker.Runtime`); ``optimize=False`` for the float16 emulation graph, whose Cast round
+    trips ONNX Runtime's optimizers must not remove."""
+    config = {"path": path, "optimize": optimize, "declared": input_names(ctx.space, len(ctx.space.specs))}
     with ctx.stage("load"):
+        if ctx.spawn_runtime:
+            return spawned_runtime(ctx, "onnxruntime", "pytest_deploy.backends.onnx:OrtRuntime", config)
+        return OrtRuntime(config)
+
+
+class OrtRuntime:
+    """One ONNX Runtime session and how a check's example feeds it: ``run(args)`` -> ``[("output[i]", tensor)]``.
+
+    Built from plain data (``config``: the graph's path, whether ONNX Runtime may optimise it, the input names the
+    export gave the spec's inputs), so a spawned worker process builds the same thing pytest's process would."""
+
+    def __init__(self, config: dict) -> None:
+        import onnxruntime as ort
+
+        self.path = config["path"]
+        self.declared = list(config["declared"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # errors reach the user through the stage message, not stderr
+        if not config.get("optimize", True):
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            return ort.InferenceSession(path, options, providers=providers())
+            self.session = ort.InferenceSession(self.path, options, providers=providers())
         except Exception as exc:
-            raise StageError("load", explain_runtime_error(exc, path)) from None
+            raise StageError("load", explain_runtime_error(exc, self.path)) from None
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.info = {"provider": self.session.get_providers()[0], "providers": self.session.get_providers()}
 
-
-def _feed(ctx, session, args: tuple) -> dict:
-    names = [i.name for i in session.get_inputs()]
-    declared = input_names(ctx.space, len(args))
-    feed = {}
-    for pos, name in enumerate(names):
-        index = declared.index(name) if name in declared else pos
-        feed[name] = to_numpy(args[index])
-    return feed
-
-
-def _run(ctx, session, path: str, args: tuple) -> list:
-    feed = _feed(ctx, session, args)
-    try:
-        outputs = session.run(None, feed)
-    except Exception as exc:
-        raise StageError("run", explain_runtime_error(exc, path)) from None
-    return [from_numpy(o) for o in outputs]
+    def run(self, args) -> list:
+        feed = {}
+        for pos, name in enumerate(self.inputs):
+            feed[name] = to_numpy(args[self.declared.index(name) if name in self.declared else pos])
+        try:
+            outputs = self.session.run(None, feed)
+        except Exception as exc:
+            raise StageError("run", explain_runtime_error(exc, self.path)) from None
+        return [(f"output[{i}]", from_numpy(o)) for i, o in enumerate(outputs)]
 
 
 def explain_runtime_error(exc: BaseException, path: str) -> str:

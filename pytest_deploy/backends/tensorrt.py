@@ -104,6 +104,35 @@ def polygraphy_profiles(shapes: Mapping[str, tuple[Shape, Shape, Shape]]) -> lis
     return [profile]
 
 
+def shape_tensor_values(space, name: str) -> tuple[list[int], list[int], list[int]]:
+    """(min, opt, max) values for ``name``, an input TensorRT marks as a shape tensor (a 1-D integer input whose
+    values are a shape, such as a ``reshape`` target): from the spec's integer range ``[low, high)``, each bound that
+    names a dim spanning that dim's bounds. A shape tensor's own length must be fixed."""
+    from ..errors import StageError
+    from .onnx_export import input_names
+
+    names = input_names(space, len(space.specs))
+    if name not in names:
+        raise StageError("compile", f"TensorRT marks input '{name}' as a shape tensor, but no spec in inputs= names it")
+    spec = space.specs[names.index(name)]
+    if len(spec.shape) != 1 or not isinstance(spec.shape[0], int):
+        raise StageError("compile", f"TensorRT marks input '{name}' as a shape tensor (its values are a shape), which "
+                                    f"needs a fixed 1-D spec; inputs= declares shape {tuple(spec.shape)}")
+
+    def span(bound, default: int, side: int) -> int:
+        if bound is None:
+            return default
+        if isinstance(bound, str):
+            return int(space.dims[bound][side])
+        return int(bound)
+
+    low = span(spec.low, 0, 0)
+    high = span(spec.high, 10, 1) - 1  # integer values lie in [low, high)
+    opt = min(max((low + high + 1) // 2, low), high)
+    width = spec.shape[0]
+    return [low] * width, [opt] * width, [high] * width
+
+
 def parse_trtexec_version(text: str) -> str | None:
     """TensorRT's version from ``trtexec --version`` output: its banner ``[TensorRT v100300]`` (major*10000 +
     minor*100 + patch, as TensorRT encodes it) or a plain ``TensorRT version: 10.3.0``; None when absent."""
@@ -232,6 +261,8 @@ class TensorRTBackend(Backend):
     description = ("ONNX export (converted to fp16 when asked) → Polygraphy: TensorRT parser → engine (profiles from "
                    "dims, strongly typed on TensorRT 11; cached) → serialize → deserialize → TrtRunner on CUDA")
 
+    spawns_runtime = True
+
     def uses_cuda(self, options=None) -> bool:
         return True
 
@@ -239,6 +270,8 @@ class TensorRTBackend(Backend):
         return unavailable_reason(options)
 
     def verify(self, ctx) -> None:
+        """Export (and convert) in this process; build, load and run the engine where CUDA lives: a spawned worker
+        process (``ctx.spawn_runtime``, the default), or this process under ``--deploy-isolate=none``."""
         import tensorrt as trt
 
         from ..compare import Leaves, flatten
@@ -258,10 +291,34 @@ class TensorRTBackend(Backend):
         ctx.note("trt_tf32", settings["tf32"])
         onnx_path = _export(ctx, precision)
         shapes = profile_shapes(ctx.space)
-        engine_path = _engine(ctx, onnx_path, shapes, builder, version, settings)
-        run = _runner(ctx, engine_path, _graph_outputs(onnx_path))
-        ctx.run_examples(run, reference=lambda args: Leaves(
+        shape_values = {}
+        for spec, name in zip(ctx.space.specs, _declared(ctx)):
+            if len(spec.shape) == 1 and isinstance(spec.shape[0], int) and not spec.torch_dtype.is_floating_point:
+                shape_values[name] = shape_tensor_values(ctx.space, name)  # used only for inputs TensorRT marks so
+        config = {"onnx": onnx_path, "shapes": {n: [list(x) for x in s] for n, s in shapes.items()},
+                  "shape_values": shape_values, "settings": dict(settings), "declared": _declared(ctx),
+                  "outputs": _graph_outputs(onnx_path)}
+        if ctx.spawn_runtime:
+            from ..worker import Runtime
+            from .base import spawned_runtime
+
+            builder_process = Runtime("TensorRT", ctx.timeout)
+            ctx.cleanup.callback(builder_process.close)
+            build = lambda cfg: builder_process.call(f"{__name__}:build_engine", cfg, "compile")  # noqa: E731
+            open_runtime = lambda cfg: spawned_runtime(ctx, "TensorRT", f"{__name__}:TrtRuntime", cfg)  # noqa: E731
+        else:
+            build, open_runtime = build_engine, TrtRuntime
+        engine_path = _engine(ctx, config, builder, version, settings, build)
+        with ctx.stage("load"):
+            runtime = open_runtime({**config, "engine": engine_path})
+        ctx.run_examples(lambda args: Leaves(runtime.run(args)), reference=lambda args: Leaves(
             (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
+
+
+def _declared(ctx) -> list[str]:
+    from .onnx_export import input_names
+
+    return input_names(ctx.space, len(ctx.space.specs))
 
 
 def _export(ctx, precision: str) -> str:
@@ -302,16 +359,16 @@ def _graph_outputs(path: str) -> list[str]:
     return [o.name for o in onnx.load(path, load_external_data=False).graph.output]
 
 
-def _engine(ctx, onnx_path: str, shapes, builder: str, version: str, settings: Mapping[str, bool]) -> str:
-    """The engine file: from the artifact cache, or built (and stored there)."""
+def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str, bool], build) -> str:
+    """The engine file: from the artifact cache, or built by ``build(config)`` (in the spawned worker) and stored."""
     from ..fingerprint import gpu_environment
 
     gpu = gpu_environment()
-    flags = {"builder": builder, **settings, "shapes": {n: list(s) for n, s in shapes.items()},
+    flags = {"builder": builder, **settings, "shapes": config["shapes"], "shape_values": config["shape_values"],
              "workspace": WORKSPACE_BYTES}
-    key = engine_cache_key(_onnx_digest(onnx_path), version, gpu, flags)
+    key = engine_cache_key(_onnx_digest(config["onnx"]), version, gpu, flags)
     ctx.note("cache_key", key[:16])
-    ctx.note("trt_profiles", {n: [list(x) for x in s] for n, s in dynamic_profiles(shapes).items()})
+    ctx.note("trt_profiles", {n: s for n, s in config["shapes"].items() if s[0] != s[2]})
     with ctx.cache.lock(key):
         entry = ctx.cache.lookup(key)
         if entry is not None:
@@ -324,10 +381,15 @@ def _engine(ctx, onnx_path: str, shapes, builder: str, version: str, settings: M
             timing_path = ctx.path(TIMING_CACHE)
             if cached_timing is not None:
                 shutil.copyfile(cached_timing / TIMING_CACHE, timing_path)
+            trtexec = shutil.which("trtexec") or "trtexec"
+            job = {**config, "engine": engine_path, "timing_cache": timing_path, "builder": builder, "trtexec": trtexec}
             if builder == "trtexec":
-                _build_trtexec(ctx, onnx_path, engine_path, shapes, settings, timing_path)
-            else:
-                _build_python(ctx, onnx_path, engine_path, shapes, settings, timing_path)
+                shapes = _shapes(config["shapes"])
+                ctx.note("trtexec_command", " ".join(trtexec_command(
+                    config["onnx"], engine_path, shapes, settings["strongly_typed"], settings["tf32"], timing_path,
+                    trtexec)))
+            with ctx.stage("compile"):
+                build(job)
             if os.path.exists(timing_path):
                 ctx.cache.store(timing, {TIMING_CACHE: timing_path})
         ctx.cache.store(key, {ENGINE: engine_path})
@@ -342,19 +404,38 @@ def _polygraphy_errors(output: str) -> str:
     return "; ".join(lines[-4:]) or "no error was logged"
 
 
-def _build_python(ctx, onnx_path: str, engine_path: str, shapes, settings: Mapping[str, bool],
-                  timing_path: str) -> None:
+# ------------------------------------------------------------------------------ where CUDA lives
+# Everything below takes and returns plain data, so the spawned worker process (pytest_deploy.worker.Runtime) can
+# run it: build_engine through Runtime.call, TrtRuntime through Runtime.open.
+
+
+def _shapes(plain: Mapping[str, list]) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """:func:`profile_shapes`' value back from the lists it crosses the worker pipe as."""
+    return {n: (tuple(lo), tuple(opt), tuple(hi)) for n, (lo, opt, hi) in plain.items()}
+
+
+def build_engine(job: dict) -> None:
+    """Build ``job["onnx"]`` into the engine file ``job["engine"]`` with Polygraphy (or trtexec)."""
+    if job["builder"] == "trtexec":
+        _build_trtexec(job)
+    else:
+        _build_python(job)
+
+
+def _build_python(job: dict) -> None:
     import contextlib
     import io
 
     import tensorrt as trt
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, create_network, get_trt_logger
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, Profile, create_network, get_trt_logger
     from polygraphy.exception import PolygraphyException
 
     from .onnx_export import node_source
 
+    onnx_path, timing_path, settings = job["onnx"], job["timing_cache"], job["settings"]
+    shapes = _shapes(job["shapes"])
     log = io.StringIO()
-    with ctx.stage("compile"), contextlib.redirect_stdout(log):
+    with contextlib.redirect_stdout(log):
         try:
             builder, network = create_network(strongly_typed=settings["strongly_typed"])
             parser = trt.OnnxParser(network, get_trt_logger())
@@ -367,12 +448,19 @@ def _build_python(ctx, onnx_path: str, engine_path: str, shapes, settings: Mappi
             raise StageError("compile", "TensorRT's ONNX parser rejects the exported graph:\n  "
                              + (describe_parser_errors(errors, lambda node: node_source(onnx_path, node))
                                 .replace("\n", "\n  ") or "no error was reported"))
+        profile = next(iter(polygraphy_profiles(shapes)), None) or Profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
-            if any(d < 0 for d in tensor.shape) and tensor.name not in shapes:
+            if tensor.is_shape_tensor:  # its values are a shape: the profile bounds the values, not the shape
+                if tensor.name not in job["shape_values"]:
+                    raise StageError("compile", f"TensorRT marks input '{tensor.name}' as a shape tensor; declare it "
+                                                "as a fixed 1-D integer tensor() whose low/high bound its values")
+                lo, opt, hi = job["shape_values"][tensor.name]
+                profile.add(tensor.name, min=lo, opt=opt, max=hi)
+            elif any(d < 0 for d in tensor.shape) and tensor.name not in shapes:
                 raise StageError("compile", f"the ONNX graph's input '{tensor.name}' has dynamic dims "
                                             f"{tuple(tensor.shape)} but no spec in inputs= names it")
-        config = CreateConfig(profiles=polygraphy_profiles(shapes) or None, tf32=settings["tf32"],
+        config = CreateConfig(profiles=[profile] if len(profile) else None, tf32=settings["tf32"],
                               memory_pool_limits={trt.MemoryPoolType.WORKSPACE: WORKSPACE_BYTES},
                               load_timing_cache=timing_path if os.path.exists(timing_path) else None)
         try:
@@ -381,71 +469,79 @@ def _build_python(ctx, onnx_path: str, engine_path: str, shapes, settings: Mappi
         except PolygraphyException as exc:
             raise StageError("compile", f"TensorRT could not build an engine: {first_line(exc)} "
                                         f"({_polygraphy_errors(log.getvalue())})") from None
-    with ctx.stage("save"), open(engine_path, "wb") as fh:
-        fh.write(serialized)
+    try:
+        with open(job["engine"], "wb") as fh:
+            fh.write(serialized)
+    except OSError as exc:
+        raise StageError("save", f"cannot write the engine: {exc}") from None
 
 
-def _build_trtexec(ctx, onnx_path: str, engine_path: str, shapes, settings: Mapping[str, bool],
-                   timing_path: str) -> None:
+def _build_trtexec(job: dict) -> None:
     import subprocess
 
-    cmd = trtexec_command(onnx_path, engine_path, shapes, settings["strongly_typed"], settings["tf32"], timing_path,
-                          shutil.which("trtexec") or "trtexec")
-    ctx.note("trtexec_command", " ".join(cmd))
-    with ctx.stage("compile"):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not os.path.exists(engine_path):
-            output = (proc.stdout + proc.stderr).splitlines()
-            errors = [ln for ln in output if "[E]" in ln] or output[-5:]
-            raise StageError("compile", f"trtexec exits with status {proc.returncode}:\n  " + "\n  ".join(errors[-8:]))
+    settings = job["settings"]
+    shapes = _shapes(job["shapes"])
+    cmd = trtexec_command(job["onnx"], job["engine"], shapes, settings["strongly_typed"], settings["tf32"],
+                          job["timing_cache"], job["trtexec"])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not os.path.exists(job["engine"]):
+        output = (proc.stdout + proc.stderr).splitlines()
+        errors = [ln for ln in output if "[E]" in ln] or output[-5:]
+        raise StageError("compile", f"trtexec exits with status {proc.returncode}:\n  " + "\n  ".join(errors[-8:]))
 
 
-def _runner(ctx, engine_path: str, graph_outputs: list[str]):
-    """Polygraphy's ``TrtRunner`` on the deserialized engine: it sets the input shapes, and its output allocator
-    sizes every output when TensorRT knows its shape (data-dependent shapes and empty outputs included)."""
-    import contextlib
-    import io
-    from collections import OrderedDict
+class TrtRuntime:
+    """Polygraphy's ``TrtRunner`` on the deserialized engine: it sets the input shapes (and shape-tensor values),
+    and its output allocator sizes every output when TensorRT knows its shape (data-dependent shapes and empty
+    outputs included). ``run(args)`` -> ``[("output[i]", CPU tensor)]`` in the graph's output order."""
 
-    import torch
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.exception import PolygraphyException
+    def __init__(self, config: dict) -> None:
+        import contextlib
+        import io
 
-    from ..compare import Leaves
-    from .onnx_export import input_names
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+        from polygraphy.exception import PolygraphyException
 
-    log = io.StringIO()
-    with ctx.stage("load"), contextlib.redirect_stdout(log):
-        try:
-            with open(engine_path, "rb") as fh:
-                engine = EngineFromBytes(fh.read())()
-            runner = TrtRunner(engine)
-            runner.activate()
-        except PolygraphyException as exc:
-            raise StageError("load", f"TensorRT cannot load the engine: {first_line(exc)} "
-                                     f"({_polygraphy_errors(log.getvalue())})") from None
-    ctx.cleanup.callback(runner.deactivate)
-    inputs = list(runner.get_input_metadata().keys())
+        self.declared = list(config["declared"])
+        self.outputs = list(config["outputs"])
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            try:
+                with open(config["engine"], "rb") as fh:
+                    engine = EngineFromBytes(fh.read())()
+                self.runner = TrtRunner(engine)
+                self.runner.activate()
+            except PolygraphyException as exc:
+                raise StageError("load", f"TensorRT cannot load the engine: {first_line(exc)} "
+                                         f"({_polygraphy_errors(log.getvalue())})") from None
+        self.inputs = list(self.runner.get_input_metadata().keys())
+        self.info = {"inputs": self.inputs}
 
-    def run(args):
-        declared = input_names(ctx.space, len(args))
+    def run(self, args) -> list:
+        import contextlib
+        import io
+        from collections import OrderedDict
+
+        import torch
+        from polygraphy.exception import PolygraphyException
+
         feed = OrderedDict()
-        for pos, name in enumerate(inputs):
-            arg = args[declared.index(name) if name in declared else pos]
+        for pos, name in enumerate(self.inputs):
+            arg = args[self.declared.index(name) if name in self.declared else pos]
             feed[name] = arg.detach().to("cuda").contiguous() if isinstance(arg, torch.Tensor) else arg
         out = io.StringIO()
         try:
             with contextlib.redirect_stdout(out):
-                results = runner.infer(feed, copy_outputs_to_host=True)
+                results = self.runner.infer(feed, copy_outputs_to_host=True)
         except PolygraphyException as exc:
             raise StageError("run", f"TensorRT execution fails: {first_line(exc)} "
                                     f"({_polygraphy_errors(out.getvalue())})") from None
-        names = sorted(results, key=lambda n: graph_outputs.index(n) if n in graph_outputs else len(graph_outputs))
-        return Leaves((f"output[{i}]", torch.as_tensor(results[n]).cpu()) for i, n in enumerate(names))
+        order = self.outputs
+        names = sorted(results, key=lambda n: order.index(n) if n in order else len(order))
+        return [(f"output[{i}]", torch.as_tensor(results[n]).cpu()) for i, n in enumerate(names)]
 
-    return run
 
-
-__all__ = ["TensorRTBackend", "profile_shapes", "dynamic_profiles", "polygraphy_profiles", "build_settings",
+__all__ = ["TensorRTBackend", "TrtRuntime", "build_engine", "profile_shapes", "dynamic_profiles",
+           "polygraphy_profiles", "shape_tensor_values", "build_settings",
            "trt_major", "parse_trtexec_version", "trtexec_version", "trtexec_command", "engine_cache_key",
            "timing_cache_key", "describe_parser_errors", "unavailable_reason"]

@@ -4,6 +4,9 @@
 #     tests/gpu/run_gpu_checks.sh [PYTHON]        # PYTHON defaults to .venv/bin/python, else python3
 #
 # 1. the machine: nvidia-smi, torch's CUDA, the ONNX Runtime providers, TensorRT/Polygraphy/trtexec versions;
+# CUDA checks are never forked: their runtime is spawned (CUDA started in a fresh interpreter after this one counted devices)
+step spawned-runtime "$PY" -m pytest tests/integration/test_spawned_runtime.py tests/integration/test_isolation.py -k "spawn or cuda" -q -rs -p no:cacheprovider
+
 # 2. ONNX Runtime's CUDA provider: the onnx backend's tests (with onnxruntime-gpu they run on CUDA);
 # 3. fp16: the precision tests, and the onnx backend at fp16 on CUDA (the converted graph runs as it is there);
 # 4. TensorRT, when the tensorrt module is installed: its end-to-end tests at fp32 and fp16, both builders.
@@ -59,6 +62,9 @@ from pytest_deploy.fingerprint import gpu_environment
 print("result key GPU", gpu_environment())
 PY
 command -v trtexec >/dev/null && { trtexec --version 2>&1 | head -3 | tee "$OUT/trtexec.txt"; }
+
+# CUDA checks are never forked: their runtime is spawned (CUDA started in a fresh interpreter after this one counted devices)
+step spawned-runtime "$PY" -m pytest tests/integration/test_spawned_runtime.py tests/integration/test_isolation.py -k "spawn or cuda" -q -rs -p no:cacheprovider
 
 # 2. ONNX Runtime's CUDA provider
 if "$PY" -c "import onnxruntime, sys; sys.exit('CUDAExecutionProvider' not in onnxruntime.get_available_providers())" 2>/dev/null; then

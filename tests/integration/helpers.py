@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from torch import nn
@@ -40,3 +41,30 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x).flatten(1))
+
+
+class AbortingRuntime:
+    """A spawned runtime (``pytest_deploy.worker.Runtime`` factory ``helpers:AbortingRuntime``) that opens fine and
+    aborts the worker process on its first run, as a crashing GPU driver would."""
+
+    def __init__(self, config: dict):
+        self.info = {"opened_in": os.getpid()}
+
+    def run(self, args):
+        os.abort()
+
+
+class CudaScriptRuntime:
+    """A spawned runtime that runs a TorchScript file on CUDA (``config["path"]``): the GPU test of the spawned route."""
+
+    def __init__(self, config: dict):
+        import torch
+
+        self.module = torch.jit.load(config["path"], map_location="cuda")
+        self.info = {"device": torch.cuda.get_device_name(0)}
+
+    def run(self, args):
+        import torch
+
+        with torch.no_grad():
+            return [("output", self.module(*(a.to("cuda") for a in args)).cpu())]

@@ -11,6 +11,7 @@ import shutil
 import types
 
 import pytest
+import torch
 
 from pytest_deploy import tensor
 from pytest_deploy.backends import canonical_name, get_backend
@@ -358,3 +359,25 @@ def test_verify_outside_pytest_raises_backend_unavailable_here():
         pytest.skip("TensorRT and a CUDA device are present here")
     with pytest.raises(BackendUnavailable, match="^tensorrt: "):
         verify(torch.nn.Linear(4, 2).eval(), "trt", inputs=[tensor("batch", 4)], dims={"batch": (1, 2)})
+
+
+# ------------------------------------------------------------------------------ shape tensors
+
+
+def test_shape_tensor_values_span_the_declared_integer_range():
+    from pytest_deploy import tensor
+
+    s = space([tensor("batch", 8), tensor(2, dtype=torch.int64, low=1, high="seq")], {"batch": (1, 4), "seq": (4, 16)})
+    # integer values lie in [low, high): a bound naming a dim spans that dim's bounds
+    assert trt_backend.shape_tensor_values(s, "input_1") == ([1, 1], [8, 8], [15, 15])
+
+
+def test_shape_tensor_needs_a_fixed_one_dimensional_integer_spec():
+    from pytest_deploy import tensor
+    from pytest_deploy.errors import StageError
+
+    s = space([tensor("batch", dtype=torch.int64, low=1, high=5)], {"batch": (1, 4)})
+    with pytest.raises(StageError, match=r"needs a fixed 1-D spec; inputs= declares shape \('batch',\)"):
+        trt_backend.shape_tensor_values(s, "input_0")
+    with pytest.raises(StageError, match="no spec in inputs= names it"):
+        trt_backend.shape_tensor_values(s, "shape")
