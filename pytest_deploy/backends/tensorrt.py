@@ -451,7 +451,7 @@ def _build_python(job: dict) -> None:
         profile = next(iter(polygraphy_profiles(shapes)), None) or Profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
-            if tensor.is_shape_tensor:  # its values are a shape: the profile bounds the values, not the shape
+            if getattr(tensor, "is_shape_tensor", False):  # its values are a shape: the profile bounds the values, not the shape
                 if tensor.name not in job["shape_values"]:
                     raise StageError("compile", f"TensorRT marks input '{tensor.name}' as a shape tensor; declare it "
                                                 "as a fixed 1-D integer tensor() whose low/high bound its values")
