@@ -13,7 +13,7 @@ import re
 from ..errors import StageError
 from ..sources import first_line, frame_from_stack, short_path
 from ..tensors import from_numpy, to_numpy
-from .base import Backend, quiet_torch_logs
+from .base import Backend, quiet_torch_logs, spawned_runtime
 from .export import export_program, op_source
 
 DEFAULT_TARGET = "llvm"
@@ -111,12 +111,12 @@ class TvmBackend(Backend):
                     "install g++")
         return _missing_device((options or {}).get("tvm_target") or DEFAULT_TARGET)
 
+    spawns_runtime = True
+
     def uses_cuda(self, options=None) -> bool:
         return _kind_of((options or {}).get("tvm_target") or DEFAULT_TARGET) not in _HOST_KINDS
 
     def build(self, ctx):
-        import tvm
-        from tvm import relax
 
         target = parse_target(ctx.options.get("tvm_target") or DEFAULT_TARGET)
         ctx.note("tvm_target", str(target.kind.name))
@@ -126,20 +126,17 @@ class TvmBackend(Backend):
         else:
             built = ctx.cached_files("tvm", {"target": str(target)}, [LIBRARY], lambda: self._compile(ctx, target))
             path = str(built / LIBRARY)
-        device = device_for(target)
+        config = {"path": path, "target": ctx.options.get("tvm_target") or DEFAULT_TARGET}
         with ctx.stage("load"):
-            vm = relax.VirtualMachine(tvm.runtime.load_module(path), device)
-        make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
+            if ctx.spawn_runtime:  # a GPU target: the device is opened in a spawned worker, never here
+                runtime = spawned_runtime(ctx, "TVM", f"{__name__}:TvmRuntime", config)
+            else:
+                runtime = TvmRuntime(config)
 
         def run(args):
             from ..compare import Leaves
 
-            inputs = [make(to_numpy(a), device) for a in args]
-            try:
-                out = vm["main"](*inputs)
-            except Exception as exc:
-                raise StageError("run", f"the TVM module fails: {first_line(exc, 600)}") from None
-            return Leaves((f"output[{i}]", from_numpy(t.numpy())) for i, t in enumerate(_leaves(out)))
+            return Leaves(runtime.run(args))
 
         return run
 
@@ -238,6 +235,29 @@ class TvmBackend(Backend):
             except Exception as exc:
                 raise StageError("export", f"{refusal}\n  the ONNX fallback fails too: TVM's ONNX frontend: "
                                            f"{first_line(exc)}") from None
+
+
+class TvmRuntime:
+    """The compiled library loaded into a Relax VM on the target's device: ``run(args)`` -> ``[("output[i]",
+    tensor)]``. Built from plain data (the library's path, the target string) so a spawned worker builds the same."""
+
+    def __init__(self, config: dict) -> None:
+        import tvm
+        from tvm import relax
+
+        target = parse_target(config["target"])
+        self.device = device_for(target)
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(config["path"]), self.device)
+        self.make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
+        self.info = {"device": str(self.device)}
+
+    def run(self, args) -> list:
+        inputs = [self.make(to_numpy(a), self.device) for a in args]
+        try:
+            out = self.vm["main"](*inputs)
+        except Exception as exc:
+            raise StageError("run", f"the TVM module fails: {first_line(exc, 600)}") from None
+        return [(f"output[{i}]", from_numpy(t.numpy())) for i, t in enumerate(_leaves(out))]
 
 
 def _explain_import_error(exc: BaseException, program) -> str:

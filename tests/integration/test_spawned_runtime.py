@@ -113,3 +113,21 @@ def test_on_a_gpu_cuda_starts_in_the_spawned_worker_after_the_parent_counted_dev
                     examples=3, cache_dir=None)
     assert result.passed and result.details["isolated"].startswith("spawned worker process")
     assert result.details["device"] == torch.cuda.get_device_name(0)
+
+
+def test_tvm_runtime_runs_in_a_spawned_worker(monkeypatch):
+    pytest.importorskip("tvm")
+    from pytest_deploy.backends.tvm import TvmBackend
+
+    if TvmBackend().unavailable_reason({}):
+        pytest.skip(TvmBackend().unavailable_reason({}))
+    import tvm
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Relax VM was created in pytest's process")
+
+    monkeypatch.setattr(tvm.relax, "VirtualMachine", refuse)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    result = verify(model, "tvm", inputs=[tensor("batch", 4)], dims={"batch": (1, 3)}, examples=3,
+                    backend_options=SPAWN, isolate="none", cache_dir=None)
+    assert result.passed and result.details["isolated"].startswith("spawned worker process")
