@@ -361,6 +361,42 @@ def program_values(program, args: tuple, kwargs: dict) -> dict[str, Any]:
     return values
 
 
+def representatives(derived, root_names: set[str]) -> dict[str, str]:
+    """For a program derived from another (decomposed for ONNX): derived node name -> the root program's node whose
+    output it computes. Each root node's derived nodes (``meta["from_node"]`` provenance) end in one whose value
+    leaves the group (read by another group's node, or returned): that one carries the root node's output."""
+    origin: dict[str, str] = {}
+    for node in derived.graph.nodes:
+        if node.op != "call_function":
+            continue
+        source = _origin(node.meta.get("from_node") or [], root_names)
+        if source is None and node.name in root_names:
+            source = node.name
+        if source is not None:
+            origin[node.name] = source
+    out: dict[str, str] = {}
+    for node in derived.graph.nodes:
+        group = origin.get(node.name)
+        if group is None:
+            continue
+        if any(user.op == "output" or origin.get(user.name) != group for user in node.users):
+            out = {k: v for k, v in out.items() if v != group}  # the last such node of the group wins
+            out[node.name] = group
+    return out
+
+
+def _origin(sources: list, root_names: set[str]) -> str | None:
+    """The nearest name in a ``from_node`` provenance chain that is a node of the root program."""
+    for source in sources:
+        name = getattr(source, "name", None)
+        if name in root_names:
+            return name
+        deeper = _origin(list(getattr(source, "from_node", None) or []), root_names)
+        if deeper is not None:
+            return deeper
+    return None
+
+
 def first_divergence(nodes: list[Node], expected: dict[str, Any], actual: dict[str, Any], tol,
                      deadline: float | None = None) -> Finding:
     """The first node, in execution order, whose value diverges while the nodes it reads agree. A node the
