@@ -20,13 +20,15 @@ reported with ``budget_exhausted``.
 from __future__ import annotations
 
 import inspect
+import linecache
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sources import frame_from_stack, short_path
+from .sources import frame_from_stack, is_model_code, short_path
 from .tensors import is_tensor
 
 #: Entries of the per-node table kept in the result (``details.node_errors``), around the divergence.
@@ -126,6 +128,8 @@ def leaves(value: Any) -> list[Any]:
     """Tensor leaves of a module's output (tuples, lists, dicts, dataclass-like outputs registered as pytrees)."""
     import torch.utils._pytree as pytree
 
+    if isinstance(value, list) and type(value) is not list:  # compare.Leaves: [(path, tensor), ...] from a runtime
+        value = list(value)
     return [leaf for leaf in pytree.tree_leaves(value) if is_tensor(leaf)]
 
 
@@ -190,6 +194,18 @@ class Call:
     args: tuple
     kwargs: dict
     output: Any
+    site: tuple[str, int, str] | None = None  #: the model's line that made the call
+
+
+def _call_site() -> tuple[str, int, str] | None:
+    """The innermost frame of the model's code on the stack (the line calling the module being entered)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if is_model_code(frame.f_code.co_filename):
+            name, line = frame.f_code.co_filename, frame.f_lineno
+            return name, line, linecache.getline(name, line).strip()
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
 
 
 def record_calls(model, run: Callable[[], Any]) -> list[Call]:
@@ -197,22 +213,22 @@ def record_calls(model, run: Callable[[], Any]) -> list[Call]:
     import torch
 
     calls: list[Call] = []
-    pending: dict[int, list[tuple[int, tuple, dict]]] = {}
+    pending: dict[int, list[tuple[int, tuple, dict, Any]]] = {}
     counts: dict[str, int] = {}
     clock = iter(range(1 << 62))
     handles = []
 
     def pre(path):
         def hook(module, args, kwargs):
-            pending.setdefault(id(module), []).append((next(clock), _clone(args), _clone(kwargs)))
+            pending.setdefault(id(module), []).append((next(clock), _clone(args), _clone(kwargs), _call_site()))
         return hook
 
     def post(path):
         def hook(module, args, kwargs, output):
-            start, a, k = pending[id(module)].pop()
+            start, a, k, site = pending[id(module)].pop()
             index = counts.get(path, 0)
             counts[path] = index + 1
-            calls.append(Call(path, type(module).__name__, index, start, next(clock), a, k, _clone(output)))
+            calls.append(Call(path, type(module).__name__, index, start, next(clock), a, k, _clone(output), site))
         return hook
 
     try:
@@ -235,14 +251,18 @@ def _children_calls(calls: list[Call], parent: Call | None) -> list[Call]:
     return [c for c in inside if not any(o is not c and o.start < c.start and c.end < o.end for o in inside)]
 
 
-def module_source(module) -> tuple[str | None, int | None, str | None]:
-    """File, line and first line of ``module``'s forward (where its own code starts)."""
+def module_source(module, site: tuple[str, int, str] | None = None) -> tuple[str | None, int | None, str | None]:
+    """Where to point for a diverging module: its forward when that is the model's code (the divergence is in
+    there), else the model's line that called it (``site``: a library module such as Conv2d)."""
     try:
         forward = type(module).forward
-        lines, line = inspect.getsourcelines(forward)
-        return inspect.getsourcefile(forward), line, lines[0].strip()
+        file = inspect.getsourcefile(forward)
+        if file and is_model_code(file) or site is None:
+            lines, line = inspect.getsourcelines(forward)
+            return file, line, lines[0].strip()
     except (TypeError, OSError, AttributeError):
-        return None, None, None
+        pass
+    return site if site is not None else (None, None, None)
 
 
 def replay(model, args_call: Callable[[], Any], loaded_output: Any, resolve: Callable[[str], Callable | None],
@@ -279,7 +299,7 @@ def replay(model, args_call: Callable[[], Any], loaded_output: Any, resolve: Cal
                 skipped.append(f"{c.path} ({type(exc).__name__})")
                 continue
             worst, ok = error(c.output, out, tol)
-            file, line, code = module_source(modules[c.path])
+            file, line, code = module_source(modules[c.path], c.site)
             entry = Entry(c.path, c.type, c.path + (f"#{c.index}" if c.index else ""), worst, 0.0, not ok,
                           call=c.index, file=file, line=line, code=code)
             finding.entries.append(entry)
