@@ -251,6 +251,14 @@ def _children_calls(calls: list[Call], parent: Call | None) -> list[Call]:
     return [c for c in inside if not any(o is not c and o.start < c.start and c.end < o.end for o in inside)]
 
 
+def _repeated_children(calls: list[Call], parent: Call | None) -> list[str]:
+    """``"gate (2 calls)"`` for each child of ``parent`` called more than once inside it."""
+    counts: dict[str, int] = {}
+    for c in _children_calls(calls, parent):
+        counts[c.path] = counts.get(c.path, 0) + 1
+    return [f"{path} ({n} calls)" for path, n in counts.items() if n > 1]
+
+
 def module_source(module, site: tuple[str, int, str] | None = None) -> tuple[str | None, int | None, str | None]:
     """Where to point for a diverging module: its forward when that is the model's code (the divergence is in
     there), else the model's line that called it (``site``: a library module such as Conv2d)."""
@@ -311,6 +319,12 @@ def replay(model, args_call: Callable[[], Any], loaded_output: Any, resolve: Cal
         parent, culprit = found
     if culprit.diverges:
         finding.culprit = culprit
+        repeated = _repeated_children(calls, parent)
+        if repeated:
+            finding.error = (f"none of its submodules diverges when replayed alone; {', '.join(repeated)} "
+                             "called several times here, and an artifact that keeps one compiled forward per "
+                             "submodule (torch.jit.trace records one call's path) may run another call differently "
+                             "than that submodule replays")
     else:
         finding.error = "no submodule diverges when replayed on eager's inputs, and neither does the whole model"
     if skipped and finding.culprit is not None:
