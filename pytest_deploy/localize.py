@@ -174,9 +174,11 @@ def _clone(value: Any) -> Any:
 class ModuleRunner:
     """A runner that keeps the module it runs, so that localisation can replay the module's submodules."""
 
-    def __init__(self, call: Callable[[Callable, tuple], Any], module: Any):
+    def __init__(self, call: Callable[[Callable, tuple], Any], module: Any, source: Any = None):
         self.call = call
         self.module = module
+        #: what the module was loaded from (an ExportedProgram), for a backend that replays another view of it
+        self.source = source
 
     def __call__(self, args: tuple) -> Any:
         return self.call(self.module, args)

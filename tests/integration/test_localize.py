@@ -337,3 +337,41 @@ def test_tvm_module_level_and_says_it_cannot_go_finer():
     assert div["module"].startswith("features") and div["method"] == "replay"
     assert result.details["divergence_error"].startswith("tvm: located to a module, not finer")
     assert "diverges first at features" in message
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+class FastGelu(nn.Module):
+    """Takes another path under torch.export (is_compiling() is True while exporting), as library code does."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.lin(x)
+        if torch.compiler.is_compiling():
+            return y * torch.sigmoid(1.702 * y)  # the sigmoid approximation of GELU, ~1e-3 off
+        return F.gelu(y)
+
+
+class GeluNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(4, 4)
+        self.act = FastGelu()
+        self.post = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.post(self.act(self.pre(x)))
+
+
+def test_export_located_through_the_unflattened_program():
+    torch.manual_seed(0)
+    result, message = located("export", GeluNet(), [tensor("batch", 4)], {"batch": (1, 4)})
+    div = result.divergence
+    assert div is not None, result.details.get("divergence_error")
+    assert (div["module"], div["type"], div["method"]) == ("act", "FastGelu", "replay")
+    assert [r["module"] for r in result.details["node_errors"]] == ["", "pre", "act", "act.lin"]
+    assert "\ndiverges first at act (FastGelu) at " in message

@@ -98,11 +98,14 @@ def _ctx(backend, budget=None):
 
 
 def test_backend_without_localisation_says_why():
-    ctx = _ctx("export")
+    ctx = _ctx("pickle")
     text = locate(ctx, (torch.ones(1),), "compare")
     assert ctx.result.divergence is None
-    assert ctx.result.details["divergence_error"].startswith("export: pytest-deploy cannot look inside")
-    assert text.startswith("\ndiverges first at: not located (export: pytest-deploy cannot look inside")
+    assert ctx.result.details["divergence_error"].startswith("pickle: pytest-deploy cannot look inside")
+    assert text.startswith("\ndiverges first at: not located (pickle: pytest-deploy cannot look inside")
+    ctx = _ctx("aoti")
+    locate(ctx, (torch.ones(1),), "branches")
+    assert ctx.result.details["divergence_error"].startswith("aoti: the compiled package runs as one sequence")
 
 
 def test_only_compare_and_branches_failures_are_localised():
