@@ -7,6 +7,7 @@ Every divergence here is real, found on this machine, not injected:
   ``size % 2 == 0``, so ONNX Runtime silently averages the wrong windows for H=W=9 (error ~0.04 at the logits);
 - trace: a data-dependent ``if`` inside a child module, frozen by the tracer;
 - script: Python's unbounded ``int`` against TorchScript's int64 (a multiplicative hash of the length overflows);
+- export: a child that takes another path while being exported (``torch.compiler.is_compiling()``);
 - tvm: TVM's kernels round differently from eager (~1e-7) and the check asks for exact outputs (atol=rtol=0).
 """
 
