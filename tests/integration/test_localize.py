@@ -376,3 +376,54 @@ def test_export_located_through_the_unflattened_program():
     assert (div["module"], div["type"], div["method"]) == ("act", "FastGelu", "replay")
     assert [r["module"] for r in result.details["node_errors"]] == ["", "pre", "act", "act.lin"]
     assert "\ndiverges first at act (FastGelu) at " in message
+
+
+# ---------------------------------------------------------------------------------------------- the option
+
+
+PLUGIN_TEST = '''
+import torch
+from torch import nn
+
+from pytest_deploy import deployable, tensor
+
+
+class LengthHash(nn.Module):
+    def forward(self, x):
+        return x + (x.size(-1) * 6364136223846793005) % 7
+
+
+class Hashed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.hash = LengthHash()
+
+    def forward(self, x):
+        return self.hash(self.lin(x))
+
+
+@deployable(backends=["script"], inputs=[tensor(2, 4)], examples=2)
+def test_hashed():
+    return Hashed().eval()
+'''
+
+
+@pytest.mark.parametrize("flags, located_there", [((), True), (("--deploy-localize-budget=0",), False)])
+def test_the_option_reaches_the_check(pytester, flags, located_there):
+    pytester.makepyfile(test_hashed=PLUGIN_TEST)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--deploy-report=out.json", *flags)
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    line = helpers.line_of(str(pytester.path / "test_hashed.py"), "def forward(self, x):")  # LengthHash's
+    assert (f"\ndiverges first at hash (LengthHash) at test_hashed.py:{line}\n" in text) is located_there
+    [entry] = json.loads((pytester.path / "out.json").read_text())["results"]
+    assert (entry["divergence"] is not None) is located_there
+    assert entry["stage"] == "compare"
+
+
+def test_the_ini_budget_is_validated(pytester):
+    pytester.makeini("[pytest]\ndeploy_localize_budget = soon\n")
+    pytester.makepyfile(test_hashed=PLUGIN_TEST)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert "ini deploy_localize_budget: 'soon' is not a number of seconds" in result.stdout.str() + result.stderr.str()
