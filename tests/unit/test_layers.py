@@ -32,7 +32,7 @@ LAYERS = {
 }
 SAME_LAYER = {
     ("spec", "validate"), ("worker", "compare"), ("worker", "isolation"), ("fingerprint", "cache"),
-    ("backends.aoti", "backends.export"), ("backends.onnx_export", "backends.export"),
+    ("backends.aoti", "backends.export"), ("backends.onnx_export", "backends.export"), ("backends.onnx", "backends.export"),
     ("backends.onnx", "backends.onnx_export"), ("backends.onnx", "backends.precision"),
     ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
     ("backends.tvm", "backends.onnx_export"), ("backends.tvm", "backends.tvm_tuning"),
