@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from . import isolation
 from .backends import get_backend
 from .localize import LocalizationError
 from .sources import first_line
@@ -29,6 +30,12 @@ def locate(ctx, args: tuple, stage: str) -> str:
     budget = DEFAULT_BUDGET if budget is None else float(budget)
     if stage not in STAGES or budget <= 0:
         return ""
+    timeout = getattr(ctx, "timeout", None)
+    if timeout:
+        # under --deploy-timeout a worker's parent kills a stage that runs too long, which would replace the
+        # failure being explained: localisation gets a fresh stage clock and at most half of it
+        budget = min(budget, timeout / 2)
+        isolation.progress(stage)
     result = ctx.result
     result.divergence = None
     start = time.perf_counter()

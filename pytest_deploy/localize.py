@@ -329,11 +329,10 @@ def replay(model, args_call: Callable[[], Any], loaded_output: Any, resolve: Cal
                              "than that submodule replays")
     else:
         finding.error = "no submodule diverges when replayed on eager's inputs, and neither does the whole model"
-    if skipped and finding.culprit is not None:
-        finding.error = ("could not replay " + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-                         + " (the artifact has no such submodule, or it refused eager's inputs)")
-    elif skipped:
-        finding.error = (finding.error or "") + "; could not replay " + ", ".join(skipped[:5])
+    if skipped:
+        note = ("could not replay " + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+                + ": the artifact has no such submodule, or it refused eager's inputs")
+        finding.error = f"{finding.error}; {note}" if finding.error else note
     return finding
 
 

@@ -135,3 +135,24 @@ def test_budget_option_parses():
     for bad in ("-1", "soon"):
         with pytest.raises(argparse.ArgumentTypeError):
             budget_seconds(bad)
+
+
+def test_budget_is_at_most_half_the_stage_timeout(monkeypatch):
+    import time
+
+    import pytest_deploy.divergence as divergence
+
+    seen = []
+
+    class Recorder:
+        def localize(self, ctx, args, deadline):
+            seen.append(deadline - time.perf_counter())
+            return Finding(error="nothing here")
+
+    monkeypatch.setattr(divergence, "get_backend", lambda name: Recorder())
+    ctx = _ctx("onnx", budget=60)
+    ctx.timeout = 10.0
+    text = locate(ctx, (torch.ones(1),), "compare")
+    assert 4.0 < seen[0] <= 5.0
+    assert text == "\ndiverges first at: not located (nothing here)"
+    assert ctx.result.details["divergence_error"] == "nothing here"
