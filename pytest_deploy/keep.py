@@ -138,6 +138,7 @@ def write_node_errors(result, target: Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:  # the table is kept; the plot needs matplotlib
         return
     errors = [max(float(r["max_abs_error"]), 1e-12) if r.get("max_abs_error") is not None else 1e-12 for r in rows]
@@ -146,6 +147,7 @@ def write_node_errors(result, target: Path) -> None:
     ax.plot(range(len(errors)), errors, marker="o", markersize=3, linewidth=1)
     ax.set_yscale("log")
     ax.set_xlabel("execution order")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("max abs error vs eager")
     if result.atol:
         ax.axhline(result.atol, color="grey", linestyle="--", linewidth=1, label=f"atol {result.atol:g}")
