@@ -385,6 +385,9 @@ class CheckContext:
             lost = self._lost_branch_text(failure) if failure.comparison is not None else None
             if lost:
                 stage, text = "branches", lost + "\n" + text
+            from .divergence import locate
+
+            text += locate(self, failure.example.args, stage)  # where it broke; never raises
             raise StageError(stage, text, comparison=failure.comparison) from None
         except Flaky as exc:
             inner = _first_example_failure(exc)

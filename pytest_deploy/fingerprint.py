@@ -182,6 +182,10 @@ def environment() -> dict[str, Any]:
             "python": sys.version.split()[0]}
 
 
+#: Options that change only what a failing check reports, never whether it passes: not part of the key.
+UNKEYED_OPTIONS = ("localize_budget",)
+
+
 def check_key(model, backend: str, *, declared: dict[str, Any], options: dict[str, Any],
               files: Iterable[str | os.PathLike] = ()) -> str:
     """The result-cache key of one check. ``declared`` holds what the test declared (inputs, dims, examples,
@@ -189,6 +193,7 @@ def check_key(model, backend: str, *, declared: dict[str, Any], options: dict[st
     from .cache import make_key
 
     extra = {str(f) for f in files}
+    options = {k: v for k, v in options.items() if k not in UNKEYED_OPTIONS}
     parts = {"declared": stable(declared, extra), "options": stable(options, extra)}
     sources = reachable_files(model, extra)
     return make_key("result", backend, model_digest(model), files_digest(sources), parts, plugin_digest(),

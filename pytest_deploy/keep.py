@@ -97,6 +97,7 @@ def keep_failure(ctx, err, directory: str | os.PathLike) -> str:
         if os.path.exists(path) and not (target / "artifact" / name).exists():
             shutil.copyfile(path, target / "artifact" / name)
     (target / "failure.txt").write_text(ctx.result.message + "\n")
+    write_node_errors(ctx.result, target)
     example = ctx.failed_example
     if example is None:  # the failure came before any example ran (export, compile, ...): the artifact is all
         return f"\n  kept: {target} (the artifact; the failure happened before any example ran)"
@@ -116,6 +117,50 @@ def keep_failure(ctx, err, directory: str | os.PathLike) -> str:
         return f"\n  kept: {target} (artifact, inputs.pt, expected.pt; no standalone repro for {ctx.backend})"
     (target / "repro.py").write_text(_repro_script(ctx, err, loader))
     return f"\n  kept: {target}; reproduce without pytest: python {target / 'repro.py'}"
+
+
+def write_node_errors(result, target: Path) -> None:
+    """The localisation's per-place table (``details.node_errors``) as ``node_errors.csv``, and its error against
+    execution order as ``node_errors.png`` (the divergence marked): where the error appears, at a glance."""
+    import csv
+
+    rows = result.details.get("node_errors") or []
+    if not rows:
+        return
+    fields = ["order", "module", "node", "max_abs_error", "input_max_abs_error"]
+    with open(target / "node_errors.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for i, row in enumerate(rows):
+            writer.writerow({"order": i, **row})
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:  # the table is kept; the plot needs matplotlib
+        return
+    errors = [max(float(r["max_abs_error"]), 1e-12) if r.get("max_abs_error") is not None else 1e-12 for r in rows]
+    errors = [e if e != float("inf") else max([x for x in errors if x != float("inf")] + [1.0]) * 10 for e in errors]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot(range(len(errors)), errors, marker="o", markersize=3, linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("execution order")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("max abs error vs eager")
+    if result.atol:
+        ax.axhline(result.atol, color="grey", linestyle="--", linewidth=1, label=f"atol {result.atol:g}")
+    div = result.divergence or {}
+    at = next((i for i, r in enumerate(rows) if div and r.get("node") == div.get("node")), None)
+    if at is not None:
+        ax.plot([at], [errors[at]], marker="X", markersize=10, color="red", linestyle="none",
+                label=f"diverges first: {div.get('module') or '(model)'} ({div.get('type')})")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{result.test} on {result.backend}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(target / "node_errors.png", dpi=100)
+    plt.close(fig)
 
 
 def ctx_backend(ctx):

@@ -29,6 +29,8 @@ HELP_RECHECK = ("run every check even when the same check (same model code, weig
 HELP_ISOLATE = ("which checks run in a worker process, so a crash fails only that check: 'native' (the default: "
                 "tvm, tensorrt, aoti, onnx), 'all', or 'none'")
 HELP_TIMEOUT = "fail a check whose stage (export, compile, run, ...) runs longer than SECONDS; default: no limit"
+HELP_LOCALIZE_BUDGET = ("seconds a failing check (outputs differ) may spend finding the first module whose output "
+                        "diverges from eager PyTorch; 0 turns it off; default: 60")
 HELP_KEEP = ("keep the artifacts of failing checks in DIR, with the failing inputs, eager outputs and a "
              "standalone repro.py")
 HELP_MARKDOWN = ("write the summary as Markdown to this path (the matrix, failures with their stage and cause, "
@@ -95,6 +97,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def budget_seconds(text: str) -> float:
+    """A time budget: a number of seconds, 0 (off) included."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 (off) or more seconds")
+    return value
+
+
 def seed_value(text: str) -> int:
     if str(text).strip().lower() == "random":
         import random
@@ -128,6 +141,8 @@ def add_options(parser) -> None:
                     help=HELP_ISOLATE)
     group.addoption("--deploy-timeout", dest="deploy_timeout", type=positive_seconds, default=None, metavar="SECONDS",
                     help=HELP_TIMEOUT)
+    group.addoption("--deploy-localize-budget", dest="deploy_localize_budget", type=budget_seconds, default=None,
+                    metavar="SECONDS", help=HELP_LOCALIZE_BUDGET)
     group.addoption("--deploy-keep-artifacts", dest="deploy_keep_artifacts", default=None, metavar="DIR",
                     help=HELP_KEEP)
     group.addoption("--deploy-markdown", dest="deploy_markdown", default=None, metavar="PATH", help=HELP_MARKDOWN)
@@ -153,6 +168,7 @@ def add_options(parser) -> None:
     parser.addini("deploy_cache_dir", HELP_CACHE_DIR, default=None)
     parser.addini("deploy_isolate", HELP_ISOLATE, default=None)
     parser.addini("deploy_timeout", HELP_TIMEOUT, default=None)
+    parser.addini("deploy_localize_budget", HELP_LOCALIZE_BUDGET, default=None)
     parser.addini("deploy_precision", HELP_PRECISION, default=None)
 
 
@@ -213,7 +229,8 @@ def read_settings(config) -> Settings:
                        "tvm_tune": config.getoption("deploy_tvm_tune"),
                        "precision": read_precision(config),
                        "trt_tf32": config.getoption("deploy_trt_tf32"),
-                       "trt_builder": config.getoption("deploy_trt_builder")}
+                       "trt_builder": config.getoption("deploy_trt_builder"),
+                       "localize_budget": read_localize_budget(config)}
     isolate = config.getoption("deploy_isolate") or (config.getini("deploy_isolate") or "").strip() or "native"
     if isolate not in ("none", "native", "all"):
         raise SpecError(f"ini deploy_isolate: {isolate!r} is not one of none, native, all")
@@ -231,6 +248,17 @@ def read_settings(config) -> Settings:
                     config.getoption("deploy_markdown") or config.getini("deploy_markdown") or None,
                     not config.getoption("deploy_no_step_summary"),
                     config.getoption("deploy_html") or config.getini("deploy_html") or None)
+
+
+def read_localize_budget(config) -> float | None:
+    """``--deploy-localize-budget`` over ini ``deploy_localize_budget``; None when neither is set (the default)."""
+    budget = config.getoption("deploy_localize_budget")
+    if budget is None and config.getini("deploy_localize_budget"):
+        try:
+            budget = budget_seconds(str(config.getini("deploy_localize_budget")).strip())
+        except argparse.ArgumentTypeError as exc:
+            raise SpecError(f"ini deploy_localize_budget: {exc}") from None
+    return budget
 
 
 def read_precision(config) -> str | None:

@@ -30,6 +30,8 @@ class Result:
     seed: int | None = None
     artifact: str | None = None
     branches: list[dict[str, Any]] = field(default_factory=list)
+    #: where a comparison failure starts: the first diverging module (pytest_deploy.localize); None when not located
+    divergence: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     @property

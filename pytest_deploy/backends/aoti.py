@@ -59,3 +59,10 @@ class AotiBackend(Backend):
         with ctx.stage("load"), quiet_torch_logs():
             runner = torch._inductor.aoti_load_package(path)
         return lambda args: ctx.call(runner, args)
+
+    def localize(self, ctx, args, deadline):
+        from ..localize import LocalizationError
+
+        raise LocalizationError("aoti: the compiled package runs as one sequence of generated kernels, with no "
+                                "intermediate values or submodules to compare; the export backend checks the same "
+                                "exported program uncompiled and locates divergences in it")

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..localize import Finding, LocalizationError
 from ..sources import cap, first_line, is_model_code, is_user_file, short_path, user_frame
 
 #: A loaded artifact: called with one example's inputs (in the spec's order), returns outputs (nested, or Leaves).
@@ -143,6 +144,15 @@ class Backend:
         check is not 'run the artifact on inputs' (checkpoint) override this."""
         runner = self.build(ctx)
         ctx.run_examples(runner)
+
+    def localize(self, ctx: Check, args: tuple, deadline: float) -> Finding:
+        """Where the check's failure on ``args`` (its shrunk failing input) starts: the first module whose output
+        diverges from eager PyTorch while its inputs agree. Called only after a failure at compare or branches,
+        with ``ctx.runner`` the runner that failed; stop at ``time.perf_counter() > deadline`` with the best
+        finding so far. The shared machinery is in :mod:`pytest_deploy.localize`. Raise
+        :class:`~pytest_deploy.localize.LocalizationError` saying why where the backend cannot localise."""
+        raise LocalizationError(f"{self.name}: pytest-deploy cannot look inside this backend's artifact to find "
+                                "where its outputs start to differ")
 
 
 def spawned_runtime(ctx: Check, label: str, factory: str, config: dict) -> Any:

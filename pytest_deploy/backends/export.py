@@ -7,6 +7,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..errors import StageError
+from ..localize import ModuleRunner
 from ..sources import first_line, frame_from_stack, short_path, user_frame
 from .base import Backend, quiet_torch_logs
 
@@ -101,8 +102,35 @@ class ExportBackend(Backend):
 
         path = ctx.cached_files("export", {}, [PROGRAM], save) / PROGRAM
         with ctx.stage("load"), quiet_torch_logs():
-            module = torch.export.load(str(path)).module()
-        return lambda args: ctx.call(module, args)
+            loaded = torch.export.load(str(path))
+            module = loaded.module()
+        return ModuleRunner(ctx.call, module, source=loaded)
+
+    def localize(self, ctx, args, deadline):
+        """Replay (:func:`pytest_deploy.localize.replay`) through ``torch.export.unflatten`` of the loaded program:
+        one graph module per submodule of the original, each run on the inputs eager gave that submodule."""
+        import torch
+
+        from ..localize import LocalizationError, replay
+        from ..tensors import clone_args
+
+        runner = ctx.runner
+        if not isinstance(runner, ModuleRunner) or runner.source is None:
+            raise LocalizationError("export: the check's runner does not keep the loaded program")
+        with quiet_torch_logs():
+            unflat = torch.export.unflatten(runner.source)
+
+        def resolve(path: str):
+            module: Any = unflat
+            for part in path.split("."):
+                module = dict(module.named_children()).get(part)
+                if module is None:
+                    return None
+            return module
+
+        with torch.no_grad(), quiet_torch_logs():
+            output = runner(clone_args(args))
+            return replay(ctx.model, lambda: ctx.eager(args), output, resolve, ctx.tol, deadline)
 
 
 def op_source(program, op: str):

@@ -17,8 +17,8 @@ import re
 
 from ..errors import StageError
 from ..sources import first_line, short_path
-from ..tensors import from_numpy, is_tensor, to_numpy
-from .base import Backend, spawned_runtime
+from ..tensors import clone_args, from_numpy, is_tensor, to_numpy
+from .base import Backend, quiet_torch_logs, spawned_runtime
 from .onnx_export import (
     EXPORTERS,
     EXTERNAL_DATA_THRESHOLD,
@@ -117,6 +117,70 @@ class OnnxBackend(Backend):
                     comparison=err.comparison,
                 ) from None
             raise err from None
+
+    def localize(self, ctx, args, deadline):
+        """Graph localisation (:mod:`pytest_deploy.localize`): ONNX Runtime gives every intermediate value of the
+        graph that failed, named after the exported program's nodes; the program run node by node gives eager's."""
+        import torch
+
+        from ..localize import LocalizationError, first_divergence, program_nodes, program_values, representatives
+        from .export import export_program
+
+        if (ctx.options.get("onnx_exporter") or "dynamo") != "dynamo":
+            raise LocalizationError("onnx: localisation needs the dynamo exporter, whose graph names its values after "
+                                    "the exported program's nodes (--deploy-onnx-exporter=torchscript does not)")
+        if (ctx.options.get("precision") or "fp32") != "fp32":
+            raise LocalizationError("onnx: localisation compares float32 graphs only; at reduced precision see "
+                                    "details.precision_overflow")
+        program = export_program(ctx)  # the common root; reused: exported earlier in this process
+        canonical, canonical_kwargs = ctx.space.split(ctx.canonical.clone_args())
+        with quiet_torch_logs():
+            # the program torch.onnx converts (decomposed for ONNX): its node names are the graph's value names
+            onnx_program = torch.onnx.export(program, canonical, kwargs=canonical_kwargs or None, dynamo=True,
+                                             opset_version=ctx.options.get("onnx_opset"), verbose=False)
+        assert onnx_program is not None  # dynamo=True always returns an ONNXProgram
+        nodes = program_nodes(program)
+        # which ONNX value carries each root node's output (decomposition may split one node into several)
+        carriers = representatives(onnx_program.exported_program, {n.name for n in nodes})
+        call_args, call_kwargs = ctx.space.split(clone_args(args))
+        expected = program_values(program, call_args, call_kwargs)  # eager values, node by node
+        finding = None
+        graphs = [ctx.path("model.onnx")] + ([ctx.path("model.sim.onnx")] if os.path.exists(ctx.path("model.sim.onnx"))
+                                             else [])
+        for path in graphs:  # the simplified graph when the raw one does not diverge (a failure at simplify)
+            values = _intermediates(ctx, path, set(carriers), args)
+            actual = {carriers[name]: value for name, value in values.items() if name in carriers}
+            finding = first_divergence(nodes, expected, actual, ctx.tol, deadline)
+            if finding.culprit is not None or finding.budget_exhausted:
+                if path != graphs[0]:
+                    finding.error = "located in the simplified graph (onnxsim); the raw graph does not diverge"
+                break
+        assert finding is not None
+        return finding
+
+
+def _intermediates(ctx, path: str, names: set[str], args: tuple) -> dict:
+    """Every value named in ``names`` that the ONNX graph at ``path`` computes on ``args``: each is made a graph
+    output (as Polygraphy's ``ModifyOutputs`` marks all) and ONNX Runtime runs the graph once."""
+    import onnx
+
+    from ..localize import LocalizationError
+
+    model = onnx.load(path)
+    if model.ByteSize() > _PROTO_LIMIT:
+        raise LocalizationError("onnx: the graph is over 2 GB; it cannot be rewritten in memory to expose its "
+                                "intermediate values")
+    outputs = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for name in node.output:
+            if name in names and name not in outputs:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+                outputs.add(name)
+    probe = ctx.path("localize.onnx")
+    onnx.save_model(model, probe)
+    # the same runtime as the check's (a spawned worker's for a CUDA check); outputs come in the graph's order
+    values = _session(ctx, probe).run(args)
+    return {o.name: v for o, (_, v) in zip(model.graph.output, values)}
 
 
 # ------------------------------------------------------------------------------ reduced precision

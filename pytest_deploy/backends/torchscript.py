@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import warnings
 
+from ..localize import LocalizationError, ModuleRunner, replay
 from ..sources import short_path
+from ..tensors import clone_args
 from .base import Backend, quiet_torch_logs
 
 _SCRIPT_HINT = (
@@ -28,7 +30,29 @@ def _load_runner(ctx, path):
 
     with ctx.stage("load"), quiet_torch_logs():
         loaded = torch.jit.load(str(path), map_location="cpu")
-    return lambda args: ctx.call(loaded, args)
+    return ModuleRunner(ctx.call, loaded)
+
+
+def _localize(ctx, args: tuple, deadline: float):
+    """Replay each submodule of the loaded TorchScript module on the inputs eager gave it (see localize.replay)."""
+    import torch
+
+    runner = ctx.runner
+    if not isinstance(runner, ModuleRunner):
+        raise LocalizationError(f"{ctx.backend}: the check's runner does not keep the loaded module")
+    loaded = runner.module
+
+    def resolve(path: str):
+        module = loaded
+        for part in path.split("."):
+            module = dict(module.named_children()).get(part)
+            if module is None:
+                return None
+        return module
+
+    with torch.no_grad(), quiet_torch_logs():
+        output = runner(clone_args(args))
+    return replay(ctx.model, lambda: ctx.eager(args), output, resolve, ctx.tol, deadline)
 
 
 class TraceBackend(Backend):
@@ -55,6 +79,9 @@ class TraceBackend(Backend):
         _save(ctx, traced)
         return _load_runner(ctx, ctx.path(ARCHIVE))
 
+    def localize(self, ctx, args, deadline):
+        return _localize(ctx, args, deadline)
+
 
 class ScriptBackend(Backend):
     name = "script"
@@ -75,6 +102,9 @@ class ScriptBackend(Backend):
             _save(ctx, scripted)
 
         return _load_runner(ctx, ctx.cached_files("script", {}, [ARCHIVE], script) / ARCHIVE)
+
+    def localize(self, ctx, args, deadline):
+        return _localize(ctx, args, deadline)
 
 
 def _script_error_text(exc: BaseException, max_lines: int = 14) -> str:

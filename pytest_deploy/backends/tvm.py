@@ -12,7 +12,7 @@ import re
 
 from ..errors import StageError
 from ..sources import first_line, frame_from_stack, short_path
-from ..tensors import from_numpy, to_numpy
+from ..tensors import clone_args, from_numpy, to_numpy
 from .base import Backend, quiet_torch_logs, spawned_runtime
 from .export import export_program, op_source
 
@@ -146,6 +146,35 @@ class TvmBackend(Backend):
         runner = self.build(ctx)
         ctx.run_examples(runner, reference=lambda args: Leaves(
             (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
+
+    def localize(self, ctx, args, deadline):
+        """Module level only: TVM's compiled module returns the graph's outputs and keeps none of the exported
+        program's node names, so each submodule call is replayed instead (:func:`pytest_deploy.localize.replay`):
+        exported alone on the inputs eager gave it, compiled by TVM for the check's target and run, outermost
+        first, descending into the one that diverges. Each replay compiles, so the time budget bounds it."""
+        import torch
+
+        from ..localize import LocalizationError, replay
+
+        if ctx.spawn_runtime:
+            raise LocalizationError("tvm: not localised on a GPU target: each replay would open the device in pytest's "
+                                    "process, which CUDA checks never do (their runtime lives in a spawned worker)")
+        target = parse_target(ctx.options.get("tvm_target") or DEFAULT_TARGET)
+        device = device_for(target)
+        modules = dict(ctx.model.named_modules())
+
+        def resolve(path: str):
+            module = modules.get(path)
+            return None if module is None else lambda *a, **k: _compile_and_run(module, a, k, target, device)
+
+        with torch.no_grad():
+            output = ctx.runner(clone_args(args))
+        finding = replay(ctx.model, lambda: ctx.eager(args), output, resolve, ctx.tol, deadline)
+        finer = ("tvm: located to a module, not finer: the compiled TVM module keeps none of the exported program's "
+                 "node names and returns only the graph's outputs, so intermediate values inside a module cannot be "
+                 "compared")
+        finding.error = finer + (f"; {finding.error}" if finding.error else "")
+        return finding
 
     def _compile(self, ctx, target) -> None:
         """Import, compile for ``target`` and write the library to the work directory."""
@@ -359,6 +388,23 @@ def _dim_names(module, space) -> dict[str, str]:
             if isinstance(dim, str) and not isinstance(value, int) and not hasattr(value, "value"):
                 names.setdefault(str(value), dim)
     return names
+
+
+def _compile_and_run(module, args: tuple, kwargs: dict, target, device) -> list:
+    """``module`` exported alone (static shapes: these inputs), compiled by TVM for ``target`` and run on them."""
+    import torch
+    import torch.utils._pytree as pytree
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    with quiet_torch_logs():
+        program = torch.export.export(module, args, kwargs or None)
+        executable = tvm.compile(from_exported_program(program), target=target)
+    vm = relax.VirtualMachine(executable, device)
+    make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
+    inputs = [make(to_numpy(a), device) for a in pytree.tree_leaves((args, kwargs)) if hasattr(a, "dtype")]
+    return [from_numpy(t.numpy()) for t in _leaves(vm["main"](*inputs))]
 
 
 def _leaves(out) -> list:

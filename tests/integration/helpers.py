@@ -18,6 +18,13 @@ def site(test_file: str, source: str) -> str:
     return f"{short_path(test_file)}:{line}  `{source}`"
 
 
+def line_of(test_file: str, source: str, after: str | None = None) -> int:
+    """The number of the first line of ``test_file`` that reads ``source`` (after the first line reading ``after``)."""
+    lines = [text.strip() for text in Path(test_file).read_text().splitlines()]
+    start = lines.index(after) if after is not None else 0
+    return next(n for n, text in enumerate(lines[start:], start + 1) if text == source)
+
+
 def check(backend: str, model, inputs, dims, *, examples: int = 5, **kwargs) -> tuple[Result, str | None]:
     """verify() on ``backend``; the result, and the failure message (None when it passed).
 

@@ -20,18 +20,19 @@ PACKAGE = Path(pytest_deploy.__file__).parent
 LAYERS = {
     0: ["errors", "results"],
     1: ["names", "sources", "tensors"],
-    2: ["spec", "validate", "compare", "cache", "isolation", "worker", "decisions", "fingerprint"],
+    2: ["spec", "validate", "compare", "cache", "isolation", "worker", "decisions", "fingerprint",
+        "localize"],
     3: ["backends.base"],
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
     5: ["backends"],
-    6: ["keep", "report", "report_html"],
+    6: ["keep", "report", "report_html", "divergence"],
     7: ["check"],
     8: ["options", "plugin", "", "__main__"],
 }
 SAME_LAYER = {
     ("spec", "validate"), ("worker", "compare"), ("worker", "isolation"), ("fingerprint", "cache"),
-    ("backends.aoti", "backends.export"), ("backends.onnx_export", "backends.export"),
+    ("backends.aoti", "backends.export"), ("backends.onnx_export", "backends.export"), ("backends.onnx", "backends.export"),
     ("backends.onnx", "backends.onnx_export"), ("backends.onnx", "backends.precision"),
     ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
     ("backends.tvm", "backends.onnx_export"), ("backends.tvm", "backends.tvm_tuning"),
