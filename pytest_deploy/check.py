@@ -118,6 +118,10 @@ class CheckContext:
         #: data-dependent decisions seen while eager PyTorch ran (and, for tracing backends, while tracing)
         self.analysis = BranchAnalysis()
         self.freezes_decisions = False
+        # the model's files count as user code from here on (an installed package's too, such as transformers'):
+        # registered before the line-tracing decision reads them, so that decision does not depend on which
+        # check of the session came first
+        add_model_files(model)
         self.line_tracing = needs_line_tracing(model)
         #: seconds one stage may take (--deploy-timeout), or None
         self.timeout: float | None = None
@@ -646,6 +650,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     tol = widen_for_precision(tol, resolve_tolerance(name), precision)
     result.atol, result.rtol = tol.float32
     _require_module(model, "the test")
+    add_model_files(model)  # before anything reads which files are the user's: the cache key, the line tracer
     if examples is None:
         examples = DEFAULT_EXAMPLES
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
@@ -740,7 +745,6 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
     ctx.allow_vacuous = bool(allow_vacuous)
     for text in _input_warnings(space):
         ctx.warn(text)
-    add_model_files(model)
     try:
         with _temporary_files_in(path / "tmp"), isolation.guard("reference", timeout):
             _check_reference(ctx)
