@@ -183,6 +183,9 @@ class CheckContext:
         from .cache import make_key
         from .fingerprint import environment, stable
 
+        if not self.cache.enabled:  # nothing to look up or store: no key, so no hashing of the weights
+            build()
+            return self.workdir
         key = make_key("artifact", kind, stable(parts), self.content_key, environment())
         self.note("cache_key", key[:16])
         try:
@@ -214,6 +217,26 @@ class CheckContext:
         space = stable({"specs": self.space.specs, "dims": self.space.dims, "strategy": self.space.strategy_override,
                         "canonical": list(self.canonical.args)}, files)
         return make_key(model_digest(self.model), files_digest(reachable_files(self.model, files)), space)
+
+    @property
+    def model_key(self) -> str:
+        """A key of the model's current state and the input space, for sharing work within this process (one
+        ``torch.export`` for every backend that starts from it): :attr:`content_key` when the cache is on (it
+        is computed for the artifact keys anyway); without a cache, no byte is hashed: the model object itself,
+        each parameter's and buffer's storage and version counter (bumped by every in-place change, an
+        optimizer step or ``load_state_dict`` included)."""
+        if self.cache.enabled:
+            return self.content_key
+        return self._identity_key
+
+    @functools.cached_property
+    def _identity_key(self) -> str:
+        from .cache import make_key
+        from .fingerprint import identity, stable
+
+        space = stable({"specs": self.space.specs, "dims": self.space.dims, "strategy": self.space.strategy_override,
+                        "canonical": list(self.canonical.args)})
+        return make_key("identity", identity(self.model), space)
 
     def artifact(self, name: str, path: str) -> None:
         """Register a file the backend built outside the work directory (a cache entry's) for --deploy-keep-artifacts."""

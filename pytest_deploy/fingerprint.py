@@ -50,6 +50,17 @@ def model_digest(model) -> str:
     return h.hexdigest()
 
 
+def identity(model) -> list:
+    """The model object and the state of its tensors, without hashing a byte: its id, structure, and each
+    parameter's and buffer's storage address and version counter (which every in-place change bumps). Two
+    equal identities within one process, while the model is alive, are the same model in the same state;
+    a writer through ``.data`` (which has a version counter of its own) goes unseen."""
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return [id(model), _ADDRESS.sub("", repr(model)), [m.training for m in model.modules()],
+            [(name, t.data_ptr() if t.device.type != "meta" else 0, t._version, str(t.dtype), list(t.shape))
+             for name, t in tensors]]
+
+
 def reachable_files(model, extra: Iterable[str | os.PathLike] = ()) -> list[str]:
     """The user's source files the model can reach (see the module docstring), sorted."""
     from .sources import is_user_file

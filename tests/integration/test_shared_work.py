@@ -55,3 +55,56 @@ def test_the_first_check_of_a_session_traces_the_lines_of_an_installed_models_fi
     assert first.details["branch_recording"] == "tensor conversions and if/while outcomes"
     assert second.cached and "reused" in second.details
     assert second.details["branch_recording"] == first.details["branch_recording"]
+
+
+# ------------------------------------------------------------------------- no cache, no hashing
+
+
+class TwoLayers(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(6, 8)
+        self.b = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def make_two_layers():
+    torch.manual_seed(0)
+    return TwoLayers().eval()
+
+
+@pytest.mark.parametrize("backend", ["state_dict", "pickle", "trace", "script", "export", "onnx"])
+def test_without_a_cache_the_weights_are_never_hashed(monkeypatch, backend):
+    """With no cache (verify()'s default, --deploy-no-cache) no key is looked up, so no weight is hashed: the
+    model digest and the exported program's fingerprint are never called (each would raise here)."""
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    from pytest_deploy import cache, fingerprint
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were hashed without a cache")
+
+    monkeypatch.setattr(fingerprint, "model_digest", refuse)
+    monkeypatch.setattr(cache, "program_fingerprint", refuse)
+    model = make_two_layers()
+    result = verify(model, backend, factory=make_two_layers, inputs=[tensor("batch", 6)], dims={"batch": (1, 3)},
+                    examples=2, isolate="none")
+    assert result.outcome == "passed"
+    assert "cache_key" not in result.details
+
+
+def test_without_a_cache_an_export_is_still_shared_by_the_backends_of_one_model_and_redone_after_a_change():
+    """The exported program is shared without hashing (the model object and its tensors' version counters),
+    and a change to the weights in place makes a new export."""
+    model = make_two_layers()
+    kw = dict(inputs=[tensor("batch", 6)], dims={"batch": (1, 3)}, examples=1, isolate="none")
+    first = verify(model, "export", **kw)
+    again = verify(model, "export", **kw)
+    with torch.no_grad():
+        model.a.weight.mul_(2)
+    changed = verify(model, "export", **kw)
+    assert "exported_program" not in first.details
+    assert again.details["exported_program"].startswith("reused")
+    assert "exported_program" not in changed.details
