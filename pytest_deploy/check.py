@@ -641,7 +641,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
               reproduce: str | None = None, cache=None, isolate: str = isolation.DEFAULT_MODE,
               timeout: float | None = None, keep_artifacts: str | os.PathLike | None = None, recheck: bool = False,
               source_files: tuple[str, ...] = (), allow_nonfinite: bool = False, compare_masked: bool = False,
-              allow_vacuous: bool = False, precision: str | None = None) -> Result:
+              allow_vacuous: bool = False, precision: str | None = None, keep_passing: bool = True) -> Result:
     """Check ``model`` against one backend. Returns the passing :class:`Result`.
 
     Raises :class:`DeployFailure` when the backend does not reproduce eager PyTorch,
@@ -653,6 +653,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     bounds each stage; ``keep_artifacts`` is where a failing check leaves its artifact, inputs and a
     repro script. ``source_files`` are source files the model's construction depends on (the test file).
     ``precision`` (fp32, fp16, bf16; a marker's or call's) wins over ``options["precision"]`` (the command line's).
+    ``keep_passing=False`` removes ``workdir`` when the check passes (a failing check's stays).
     """
     from .backends import canonical_name, get_backend
 
@@ -706,7 +707,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         return _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed, workdir=workdir,
                         factory=factory, options=options, cache=cache, timeout=timeout, keep_artifacts=keep_artifacts,
                         source_files=source_files, allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
-                        allow_vacuous=allow_vacuous)
+                        allow_vacuous=allow_vacuous, keep_passing=keep_passing)
 
     # one check at a time per key: a second pytest-xdist worker with the same check waits, then reuses the result
     with cache.lock(key) if key is not None else contextlib.nullcontext():
@@ -752,9 +753,11 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
              keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
-             allow_vacuous=False) -> tuple[str, Result]:
-    """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result)."""
+             allow_vacuous=False, keep_passing=True) -> tuple[str, Result]:
+    """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result). The work
+    directory is removed at the end when this made it, and when the check passed unless ``keep_passing``."""
     owned = workdir is None
+    passed = False
     path = Path(tempfile.mkdtemp(prefix=f"pytest-deploy-{impl.name}-")) if owned else Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
     result.artifact = None if owned else str(path)
@@ -782,10 +785,13 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
 
             result.message += keep_failure(ctx, err, keep_artifacts)
         return "failed", result
+    else:
+        passed = True
     finally:
-        ctx.cleanup.close()
-        if owned:
+        ctx.cleanup.close()  # sessions, worker processes and open files first: then the files can go
+        if owned or (passed and not keep_passing):
             shutil.rmtree(path, ignore_errors=True)
+            result.artifact = None
     return "passed", result
 
 

@@ -94,7 +94,8 @@ class DeploySession:
                 test_id=test, workdir=self.workdir(item), options={"train": train, **self.settings.backend_options},
                 reproduce=f"pytest '{item.nodeid}' --deploy-seed={self.settings.seed}", cache=self.cache,
                 isolate=self.settings.isolate, timeout=self.settings.timeout, recheck=self.settings.recheck,
-                keep_artifacts=self.settings.keep_artifacts, source_files=(str(item.path),), **kw,
+                keep_artifacts=self.settings.keep_artifacts, keep_passing=self.settings.keep_passing,
+                source_files=(str(item.path),), **kw,
             )
         except DeployFailure as failure:
             self.results[item.nodeid] = failure.result

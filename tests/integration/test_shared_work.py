@@ -108,3 +108,68 @@ def test_without_a_cache_an_export_is_still_shared_by_the_backends_of_one_model_
     assert "exported_program" not in first.details
     assert again.details["exported_program"].startswith("reused")
     assert "exported_program" not in changed.details
+
+
+# ------------------------------------------------------------------------- what a run leaves on disk
+
+LEFT_BEHIND = """
+import torch
+from pytest_deploy import deployable, tensor
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class Leaky(torch.nn.Module):
+    # float(x.sum()) becomes a constant when traced: any other input gives another output
+    def forward(self, x):
+        return x + float(x.sum())
+
+
+INPUTS = dict(inputs=[tensor("batch", 6)], dims={"batch": (1, 3)}, examples=2)
+
+
+@deployable(backends=["state_dict", "pickle", "trace", "export", "onnx"], **INPUTS)
+def test_passes():
+    return Net().eval()
+
+
+@deployable(backends=["trace"], **INPUTS)
+def test_leaks():
+    return Leaky()
+"""
+
+
+def files_under(root) -> dict[str, int]:
+    """Every file below ``root`` (relative path -> bytes)."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, root)] = os.path.getsize(path)
+    return out
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["default", "keep-passing"])
+def test_passing_checks_leave_nothing_in_pytests_temp_dir_and_failing_ones_keep_their_artifact(pytester, keep):
+    pytester.makepyfile(test_left=LEFT_BEHIND)
+    basetemp = pytester.path / "basetemp"
+    args = ["-p", "no:cacheprovider", f"--basetemp={basetemp}", "-p", "no:randomly"]
+    result = pytester.runpytest(*args, *(["--deploy-keep-passing"] if keep else []))
+    result.assert_outcomes(passed=5, failed=1)
+    left = files_under(basetemp)
+    passing = {p: n for p, n in left.items() if "test_passes" in p}
+    failing = {p: n for p, n in left.items() if "test_leaks" in p}
+    assert any(p.endswith("model.pt") for p in failing)  # the failing trace check keeps its archive, as before
+    if keep:
+        for name in ("state_dict.pt", "model.pt", "model.pt2", "model.onnx", "model.sim.onnx"):
+            assert any(p.endswith(name) for p in passing), (name, sorted(passing))
+    else:
+        assert passing == {}
+        assert set(left) == set(failing)
