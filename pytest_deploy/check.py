@@ -54,6 +54,11 @@ VACUOUS_FLOOR = 1e-30
 #: and this many seconds per check.
 EXPLORE_RUNS = 48
 EXPLORE_SECONDS = 5.0
+#: Within those bounds the budget follows the model's cost: as many runs as this many seconds of recorded
+#: eager runs on the canonical example allow, but never fewer than EXPLORE_MIN_RUNS (the systematic plan's
+#: first patterns at every corner of the dims).
+EXPLORE_COST_SECONDS = 2.0
+EXPLORE_MIN_RUNS = 12
 
 LOST_BRANCH_FIX = "torch.jit.script, or torch.cond for export"
 
@@ -271,9 +276,18 @@ class CheckContext:
         self.analysis = BranchAnalysis(run)
         self.freezes_decisions = True
 
-    def recorded_eager(self, args: tuple):
-        """Eager reference outputs, with the decisions taken on the way counted into the analysis."""
-        with isolation.guard("reference", self.timeout), Recorder(self.line_tracing) as rec:
+    def varying_inputs(self, args: tuple) -> list | None:
+        """The input tensors of ``args`` whose values the spec lets vary (not those it holds constant); None
+        when the spec does not say (a hypothesis strategy, example inputs only)."""
+        if self.space.strategy_override is not None or len(self.space.specs) != len(args):
+            return None
+        return [a for a, spec in zip(args, self.space.specs) if is_tensor(a) and not spec.holds_constant()]
+
+    def recorded_eager(self, args: tuple, *, track: bool = False):
+        """Eager reference outputs, with the decisions taken on the way counted into the analysis; ``track``:
+        also which decisions depend on the inputs the spec lets vary (:class:`decisions.Taint`)."""
+        varying = self.varying_inputs(args) if track else None
+        with isolation.guard("reference", self.timeout), Recorder(self.line_tracing, varying) as rec:
             out = self.eager(args)
         self.analysis.observe(rec.run)
         self.result.details["branch_recording"] = (
@@ -282,28 +296,38 @@ class CheckContext:
             else "tensor conversions only (another tracer, e.g. coverage or a debugger, owns sys.settrace)")
         return out
 
-    def explore(self) -> list[Example]:
+    def explore(self, run_seconds: float = 0.0) -> list[Example]:
         """Search for inputs reaching the outcomes no input has reached yet; return those that did.
 
         Only eager PyTorch runs here (it is cheap); the examples found are then run through the
-        backend like any other. Stops when every recorded branch has both outcomes, or the budget ends.
+        backend like any other. Stops when every recorded branch has both outcomes, or the budget ends:
+        EXPLORE_COST_SECONDS of runs at ``run_seconds`` each (one recorded eager run on the canonical
+        example), between EXPLORE_MIN_RUNS and EXPLORE_RUNS runs, and never past EXPLORE_SECONDS.
+
+        A decision that no declared input can change (it read only the weights, inputs the spec holds
+        constant such as an all-ones mask, and shapes: :class:`decisions.Taint`) is chased only at the
+        corners of the dims, where a shape can still flip it; after that it stays uncovered, and is said to.
         """
         if self.space.strategy_override is not None or not self.analysis.sites:
             return []
         found: list[Example] = []
         start = time.perf_counter()
+        budget = EXPLORE_RUNS if run_seconds <= 0 else \
+            max(EXPLORE_MIN_RUNS, min(EXPLORE_RUNS, int(EXPLORE_COST_SECONDS / run_seconds)))
         candidates = self.space.exploration()
         # the search starts at each corner of the dims: there, an if/while that read no tensor (a branch
         # on a shape) is given its chance to go the other way and so become a decision
         corners = len(self.space.dim_corners()) if any(lo != hi for lo, hi in self.space.dims.values()) else 0
-        for i in range(EXPLORE_RUNS):
-            missing = self.analysis.missing_outcomes(candidates=i < corners)
+        runs = 0
+        for i in range(budget):
+            missing = self.analysis.missing_outcomes(candidates=i < corners, fixed=i < corners)
             if not missing or time.perf_counter() - start > EXPLORE_SECONDS:
                 break
             ex = next(candidates)
             seen = self.analysis.seen()
+            runs += 1
             try:
-                _, run = record(self.eager, ex.args, lines=self.line_tracing)
+                _, run = record(self.eager, ex.args, lines=self.line_tracing, varying=self.varying_inputs(ex.args))
             except Exception:  # a failing input is for the example loop to report, not the search
                 continue
             new = {(site, outcome) for (site, _), (_, outcome) in run.decisions().items()} - seen
@@ -311,7 +335,14 @@ class CheckContext:
                 self.analysis.observe(run)
                 ex.label = "found by the branch search"
                 found.append(ex)
+            else:
+                self.analysis.note_fixed(run)  # a decision this input made depend on it is chased again
         self.result.details["branch_search_runs"] = len(found)
+        fixed = self.analysis.fixed_uncovered()
+        self.result.details["branch_search"] = {
+            "runs": runs, "budget": budget,
+            "not_chased": [f"{s.site.describe()}: no declared input can change it (it reads only weights, shapes "
+                           "and inputs the spec holds constant)" for s in fixed]}
         return found
 
     def fresh_model(self):
@@ -357,9 +388,10 @@ class CheckContext:
         self.runner = runner
         found: list[Example] = []
         if record:
-            self.recorded_eager(self.canonical.args)  # the sites to search from
+            began = time.perf_counter()
+            self.recorded_eager(self.canonical.args, track=True)  # the sites to search from
             with isolation.guard("reference", self.timeout):
-                found = self.explore()
+                found = self.explore(time.perf_counter() - began)
         state = _RunCounts()
 
         def one(ex: Example) -> None:
