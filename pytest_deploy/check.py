@@ -32,6 +32,7 @@ from .compare import (
 )
 from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
+from .modeltest import ModelTest, Work
 from .results import Result
 from .sources import add_model_files, describe_exception, short_path
 from .spec import SPECIAL_LABEL, Example, InputSpace
@@ -148,6 +149,10 @@ class CheckContext:
         self._masked_paths: dict[str, int] | None = None
         #: what the eager outputs looked like over the examples: the largest float magnitude, whether any changed
         self._reference = _ReferenceStats()
+        #: work shared with the other backends of the model test (modeltest.Work), or None
+        self.shared: Work | None = None
+        #: the branch search's steps, kept for the other backends while it runs: ("observe" | "note_fixed", run)
+        self._search_steps: list[tuple[str, Any]] | None = None
 
     # -- helpers for backends -------------------------------------------------------------------
 
@@ -214,14 +219,19 @@ class CheckContext:
     def content_key(self) -> str:
         """Hash of what an artifact built from this check is made of: the model's structure and weights,
         the user source files it reaches (and the test file), the input space and the canonical example.
-        Computed once per check; artifact and exported-program keys start from it."""
+        Computed once per model test (the backends share it); artifact and exported-program keys start from it."""
         from .cache import make_key
         from .fingerprint import files_digest, model_digest, reachable_files, stable
 
+        if self.shared is not None and self.shared.content_key is not None:
+            return self.shared.content_key
         files: set[str] = set(self.source_files)
         space = stable({"specs": self.space.specs, "dims": self.space.dims, "strategy": self.space.strategy_override,
                         "canonical": list(self.canonical.args)}, files)
-        return make_key(model_digest(self.model), files_digest(reachable_files(self.model, files)), space)
+        key = make_key(model_digest(self.model), files_digest(reachable_files(self.model, files)), space)
+        if self.shared is not None:
+            self.shared.content_key = key
+        return key
 
     @property
     def model_key(self) -> str:
@@ -272,7 +282,11 @@ class CheckContext:
         The path is recorded from eager PyTorch on the same input, not while tracing: under the tracer
         shape reads are tensors (``len(x)`` and ``range(x.shape[1])`` convert them) and library modules
         take their tracing branches, decisions no eager run makes."""
-        _, run = record(self.eager, self.canonical.args, lines=self.line_tracing)
+        run = self.shared.traced_run if self.shared is not None else None
+        if run is None:
+            _, run = record(self.eager, self.canonical.args, lines=self.line_tracing)
+            if self.shared is not None:
+                self.shared.traced_run = run
         self.analysis = BranchAnalysis(run)
         self.freezes_decisions = True
 
@@ -285,16 +299,38 @@ class CheckContext:
 
     def recorded_eager(self, args: tuple, *, track: bool = False):
         """Eager reference outputs, with the decisions taken on the way counted into the analysis; ``track``:
-        also which decisions depend on the inputs the spec lets vary (:class:`decisions.Taint`)."""
+        also which decisions depend on the inputs the spec lets vary (:class:`decisions.Taint`).
+
+        The backends of one model test share them: an example another backend's check ran gives its outputs
+        (as :class:`compare.Leaves`) and its recorded decisions without running eager PyTorch again."""
+        shared = self.shared if not track else None
+        hit = shared.reference(args) if shared is not None else None
+        if hit is not None:
+            leaves, run, mode = hit
+            self.analysis.observe(run)
+            self.result.details["branch_recording"] = mode
+            self._count("references_reused")
+            return leaves
         varying = self.varying_inputs(args) if track else None
         with isolation.guard("reference", self.timeout), Recorder(self.line_tracing, varying) as rec:
             out = self.eager(args)
         self.analysis.observe(rec.run)
-        self.result.details["branch_recording"] = (
+        if self._search_steps is not None and track:
+            self._search_steps.append(("observe", rec.run))
+        mode = self.result.details["branch_recording"] = (
             "tensor conversions and if/while outcomes" if rec.line_tracing
             else "tensor conversions only (the model's code has no if/while)" if not self.line_tracing
             else "tensor conversions only (another tracer, e.g. coverage or a debugger, owns sys.settrace)")
+        if shared is not None:
+            self._count("references_computed")
+            with contextlib.suppress(Exception):  # an output compare cannot flatten is reported by the loop
+                shared.keep_reference(args, Leaves(flatten(out)), rec.run, mode)
         return out
+
+    def _count(self, what: str) -> None:
+        """Count shared work in ``details.model_test`` (what this check took from its model test, what it did)."""
+        counts = self.result.details.setdefault("model_test", {})
+        counts[what] = counts.get(what, 0) + 1
 
     def explore(self, run_seconds: float = 0.0) -> list[Example]:
         """Search for inputs reaching the outcomes no input has reached yet; return those that did.
@@ -331,12 +367,13 @@ class CheckContext:
             except Exception:  # a failing input is for the example loop to report, not the search
                 continue
             new = {(site, outcome) for (site, _), (_, outcome) in run.decisions().items()} - seen
+            step = "observe" if new else "note_fixed"  # note_fixed: a decision this input steers is chased again
+            getattr(self.analysis, step)(run)
+            if self._search_steps is not None:
+                self._search_steps.append((step, run))
             if new:
-                self.analysis.observe(run)
                 ex.label = "found by the branch search"
                 found.append(ex)
-            else:
-                self.analysis.note_fixed(run)  # a decision this input made depend on it is chased again
         self.result.details["branch_search_runs"] = len(found)
         fixed = self.analysis.fixed_uncovered()
         self.result.details["branch_search"] = {
@@ -388,10 +425,7 @@ class CheckContext:
         self.runner = runner
         found: list[Example] = []
         if record:
-            began = time.perf_counter()
-            self.recorded_eager(self.canonical.args, track=True)  # the sites to search from
-            with isolation.guard("reference", self.timeout):
-                found = self.explore(time.perf_counter() - began)
+            found = self._branch_search()
         state = _RunCounts()
 
         def one(ex: Example) -> None:
@@ -459,6 +493,31 @@ class CheckContext:
                 self.result.details["branch_summary"] = self.analysis.summary()
         self.result.examples = state.passed
         self._judge_reference()
+
+    def _branch_search(self) -> list[Example]:
+        """Record the canonical example and search for the decisions' other outcomes, once per model test:
+        a check whose model test already searched folds the recorded runs into its own analysis instead."""
+        done = self.shared.search if self.shared is not None else None
+        if done is not None:
+            for step, run in done.steps:
+                getattr(self.analysis, step)(run)
+            self.result.details.update(done.details)
+            self.result.details.setdefault("model_test", {})["branch_search"] = "shared"
+            return list(done.found)
+        self._search_steps = [] if self.shared is not None else None
+        began = time.perf_counter()
+        self.recorded_eager(self.canonical.args, track=True)  # the sites to search from
+        with isolation.guard("reference", self.timeout):
+            found = self.explore(time.perf_counter() - began)
+        if self.shared is not None and self._search_steps is not None:
+            from .modeltest import Search
+
+            keys = ("branch_recording", "branch_search_runs", "branch_search")
+            self.shared.search = Search(list(found), self._search_steps,
+                                        {k: self.result.details[k] for k in keys if k in self.result.details})
+            self._search_steps = None
+            self.result.details.setdefault("model_test", {})["branch_search"] = "ran"
+        return found
 
     def _shrink_dims(self, failure: _ExampleFailed, runner, reference) -> _ExampleFailed:
         """A failing special-pattern example with its dims made as small as still fails (each dim in turn,
@@ -673,7 +732,8 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
               reproduce: str | None = None, cache=None, isolate: str = isolation.DEFAULT_MODE,
               timeout: float | None = None, keep_artifacts: str | os.PathLike | None = None, recheck: bool = False,
               source_files: tuple[str, ...] = (), allow_nonfinite: bool = False, compare_masked: bool = False,
-              allow_vacuous: bool = False, precision: str | None = None, keep_passing: bool = True) -> Result:
+              allow_vacuous: bool = False, precision: str | None = None, keep_passing: bool = True,
+              shared: ModelTest | None = None) -> Result:
     """Check ``model`` against one backend. Returns the passing :class:`Result`.
 
     Raises :class:`DeployFailure` when the backend does not reproduce eager PyTorch,
@@ -685,7 +745,9 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     bounds each stage; ``keep_artifacts`` is where a failing check leaves its artifact, inputs and a
     repro script. ``source_files`` are source files the model's construction depends on (the test file).
     ``precision`` (fp32, fp16, bf16; a marker's or call's) wins over ``options["precision"]`` (the command line's).
-    ``keep_passing=False`` removes ``workdir`` when the check passes (a failing check's stays).
+    ``keep_passing=False`` removes ``workdir`` when the check passes (a failing check's stays). ``shared`` (a
+    :class:`modeltest.ModelTest`) holds the work the backends of one model test share: eager references, the
+    branch search, the reference check, the content key.
     """
     from .backends import canonical_name, get_backend
 
@@ -735,11 +797,20 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         key = check_key(model, name, declared=declared, options=options, files=source_files)
     options.setdefault("reproduce", reproduce or f"seed={seed}")
 
+    work = shared.work(model, space, bool(allow_nonfinite)) if shared is not None else None
+
     def execute() -> tuple[str, Result]:
         return _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed, workdir=workdir,
                         factory=factory, options=options, cache=cache, timeout=timeout, keep_artifacts=keep_artifacts,
                         source_files=source_files, allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
-                        allow_vacuous=allow_vacuous, keep_passing=keep_passing)
+                        allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work)
+
+    def execute_in_worker() -> tuple[str, Result, bytes | None]:
+        """In the worker: the check, and what it added to the model test's shared work (sent back with it)."""
+        if work is not None:
+            work.mark()
+        outcome, res = execute()
+        return outcome, res, work.added() if work is not None else None
 
     # one check at a time per key: a second pytest-xdist worker with the same check waits, then reuses the result
     with cache.lock(key) if key is not None else contextlib.nullcontext():
@@ -762,11 +833,13 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
             result.details["isolated"] = "worker process"
             impl.prepare()
             try:
-                outcome, result = isolation.run_in_worker(execute, label=name, timeout=timeout)
+                outcome, result, added = isolation.run_in_worker(execute_in_worker, label=name, timeout=timeout)
             except isolation.WorkerCrash as crash:
                 result.outcome, result.stage = "failed", crash.stage
                 result.message = f"{name}: stage {crash.stage}: {crash.message}"
                 raise DeployFailure(result.message, result) from None
+            if work is not None:
+                work.merge(added)
         else:
             outcome, result = execute()
         _emit_warnings(result)
@@ -785,7 +858,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
              keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
-             allow_vacuous=False, keep_passing=True) -> tuple[str, Result]:
+             allow_vacuous=False, keep_passing=True, shared: Work | None = None) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result). The work
     directory is removed at the end when this made it, and when the check passed unless ``keep_passing``."""
     owned = workdir is None
@@ -796,6 +869,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
     ctx = CheckContext(model=model, backend=impl.name, space=space, tol=tol, examples=examples, seed=seed,
                        workdir=path, factory=factory, options=options, result=result)
     ctx.cache = cache
+    ctx.shared = shared
     ctx.timeout = timeout
     ctx.source_files = tuple(source_files)
     ctx.allow_nonfinite = bool(allow_nonfinite)
@@ -805,7 +879,10 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
         ctx.warn(text)
     try:
         with _temporary_files_in(path / "tmp"), isolation.guard("reference", timeout):
-            _check_reference(ctx)
+            if shared is None or not shared.reference_checked:  # once per model test: it passed for every backend
+                _check_reference(ctx)
+                if shared is not None:
+                    shared.reference_checked = True
         with _temporary_files_in(path / "tmp"):
             impl.verify(ctx)
     except StageError as err:

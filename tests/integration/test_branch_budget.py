@@ -13,9 +13,8 @@ import time
 import torch
 from torch import nn
 
-from pytest_deploy import verify
 from pytest_deploy import check as check_module
-from pytest_deploy import tensor
+from pytest_deploy import tensor, verify
 
 ONES = tensor("batch", 4, dtype=torch.int64, low=1, high=2)  # an all-ones mask: the spec holds it constant
 X = tensor("batch", 4)

@@ -5,6 +5,7 @@ Each test counts what it is about (model builds, eager runs, digests, files on d
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -173,3 +174,92 @@ def test_passing_checks_leave_nothing_in_pytests_temp_dir_and_failing_ones_keep_
     else:
         assert passing == {}
         assert set(left) == set(failing)
+
+
+# ------------------------------------------------------------- one model, one reference, one search per model test
+
+SHARED = """
+import torch
+from pytest_deploy import deployable, tensor
+from pytest_deploy.check import CheckContext
+
+BUILDS = []
+EAGER = []
+_eager = CheckContext.eager
+
+
+def counted_eager(self, args, model=None):
+    EAGER.append(self.backend)
+    return _eager(self, args, model)
+
+
+CheckContext.eager = counted_eager
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        if bool(x.sum() > 100):  # a decision the search chases (x in [-1, 1] never gets there)
+            return self.fc(x) * 2
+        return self.fc(x)
+
+
+class PlainNet(Net):
+    def forward(self, x):
+        return self.fc(x)
+
+
+@deployable(backends=BACKENDS, inputs=[tensor("batch", 6)], dims={"batch": (1, 3)}, examples=5)
+def test_net():
+    BUILDS.append(1)
+    torch.manual_seed(0)
+    return (Net if DECIDE else PlainNet)().eval()
+
+
+def test_counts():
+    CheckContext.eager = _eager
+    with open("counts.txt", "w") as out:
+        out.write(f"{len(BUILDS)} {len(EAGER)}")
+"""
+
+
+def shared_run(pytester, backends, *args, decide=True):
+    pytester.makepyfile(test_shared=f"BACKENDS = {backends!r}\nDECIDE = {decide!r}\n" + SHARED)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", "--deploy-report=report.json", *args)
+    result.assert_outcomes(passed=len(backends) + 1)
+    builds, eager = map(int, (pytester.path / "counts.txt").read_text().split())
+
+    report = json.loads((pytester.path / "report.json").read_text())
+    return builds, eager, {r["backend"]: r["details"] for r in report["results"]}
+
+
+def test_the_backends_of_a_model_test_build_the_model_once_and_share_references_and_the_branch_search(pytester):
+    """Four in-process backends, five examples: the model is built once (and once more for state_dict's fresh
+    copy), each example's eager reference is computed once, the branch search and the reference check run
+    once. Before, each backend built its own model and ran every eager run again: 5 builds and 4x the runs."""
+    builds, eager, details = shared_run(pytester, ["state_dict", "pickle", "trace", "script"], "--deploy-isolate=none")
+    assert builds == 2
+    # the reference check's second run, the search's runs, the five references, trace's path: once each
+    search_runs = details["state_dict"]["branch_search"]["runs"]
+    assert eager == 1 + (1 + search_runs) + 5 + 1
+    first, *others = ("state_dict", "pickle", "trace", "script")
+    assert details[first]["model_test"]["branch_search"] == "ran"
+    assert details[first]["model_test"]["references_computed"] == 5
+    for backend in others:
+        assert details[backend]["model_test"] == {"branch_search": "shared", "references_reused": 5}
+        assert details[backend]["branch_search"] == details[first]["branch_search"]
+
+
+def test_what_a_forked_worker_computes_for_its_model_test_comes_back_to_the_next_backend(pytester):
+    """onnx runs in a forked worker first: the references and the search it made there reach trace, in pytest's
+    own process, which runs eager PyTorch only for its traced path (a check of its own)."""
+    pytest.importorskip("onnxruntime")
+    _, eager, details = shared_run(pytester, ["onnx", "trace"], decide=False)  # torch.export refuses the decision
+    assert details["onnx"]["isolated"] == "worker process"
+    assert details["onnx"]["model_test"]["references_computed"] == 5
+    assert details["onnx"]["model_test"]["branch_search"] == "ran"
+    assert details["trace"]["model_test"] == {"branch_search": "shared", "references_reused": 5}
+    assert eager == 1  # in this process: trace's path; the rest ran in the worker and came back
