@@ -263,3 +263,21 @@ def test_what_a_forked_worker_computes_for_its_model_test_comes_back_to_the_next
     assert details["onnx"]["model_test"]["branch_search"] == "ran"
     assert details["trace"]["model_test"] == {"branch_search": "shared", "references_reused": 5}
     assert eager == 1  # in this process: trace's path; the rest ran in the worker and came back
+
+
+def test_a_passing_state_dict_check_keeps_no_copy_of_the_model_alive():
+    """The fresh instance state_dict loads into lives as long as its check: one model copy per process."""
+    import gc
+    import weakref
+
+    built = []
+
+    def factory():
+        model = make_two_layers()
+        built.append(weakref.ref(model))
+        return model
+
+    verify(make_two_layers(), "state_dict", factory=factory, inputs=[tensor("batch", 6)], dims={"batch": (1, 3)},
+           examples=2, isolate="none")
+    gc.collect()
+    assert built and all(ref() is None for ref in built)
