@@ -47,8 +47,9 @@ class Work:
     search: Search | None = None
     #: the eager run a tracing backend's path is recorded from (decisions.Run)
     traced_run: Any = None
-    #: the reference sanity check passed on this model and canonical example
-    reference_checked: bool = False
+    #: the kinds of backend (what the reference check asks of the outputs for them) whose reference sanity check
+    #: passed on this model and canonical example
+    reference_checked: set = field(default_factory=set)
     content_key: str | None = None
     #: keys added in this process since :meth:`mark` (what a worker sends back)
     _new: set[bytes] = field(default_factory=set)
@@ -75,7 +76,7 @@ class Work:
         """Remember what is here now: :meth:`added` then gives what came later (in a forked worker)."""
         self._new = set()
         self._marked = {"search": self.search is not None, "traced": self.traced_run is not None,
-                        "checked": self.reference_checked, "key": self.content_key is not None}
+                        "checked": set(self.reference_checked), "key": self.content_key is not None}
 
     def added(self) -> bytes | None:
         """What this process added since :meth:`mark`, pickled; None when nothing was, or it does not pickle."""
@@ -84,8 +85,8 @@ class Work:
             part["search"] = self.search
         if self.traced_run is not None and not self._marked.get("traced"):
             part["traced_run"] = self.traced_run
-        if self.reference_checked and not self._marked.get("checked"):
-            part["reference_checked"] = True
+        if self.reference_checked - self._marked.get("checked", set()):
+            part["reference_checked"] = set(self.reference_checked)
         if self.content_key is not None and not self._marked.get("key"):
             part["content_key"] = self.content_key
         if not any(part.values()):
@@ -115,7 +116,7 @@ class Work:
             self.search = part["search"]
         if self.traced_run is None and part.get("traced_run") is not None:
             self.traced_run = part["traced_run"]
-        self.reference_checked = self.reference_checked or bool(part.get("reference_checked"))
+        self.reference_checked |= part.get("reference_checked") or set()
         if self.content_key is None:
             self.content_key = part.get("content_key")
 

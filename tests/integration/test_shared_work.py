@@ -242,9 +242,10 @@ def test_the_backends_of_a_model_test_build_the_model_once_and_share_references_
     once. Before, each backend built its own model and ran every eager run again: 5 builds and 4x the runs."""
     builds, eager, details = shared_run(pytester, ["state_dict", "pickle", "trace", "script"], "--deploy-isolate=none")
     assert builds == 2
-    # the reference check's second run, the search's runs, the five references, trace's path: once each
+    # the reference check's second run once per kind of backend (state_dict, pickle and script; trace: a tensor
+    # graph), the search's runs, the five references and trace's path: once each
     search_runs = details["state_dict"]["branch_search"]["runs"]
-    assert eager == 1 + (1 + search_runs) + 5 + 1
+    assert eager == 2 + (1 + search_runs) + 5 + 1
     first, *others = ("state_dict", "pickle", "trace", "script")
     assert details[first]["model_test"]["branch_search"] == "ran"
     assert details[first]["model_test"]["references_computed"] == 5
@@ -255,14 +256,16 @@ def test_the_backends_of_a_model_test_build_the_model_once_and_share_references_
 
 def test_what_a_forked_worker_computes_for_its_model_test_comes_back_to_the_next_backend(pytester):
     """onnx runs in a forked worker first: the references and the search it made there reach trace, in pytest's
-    own process, which runs eager PyTorch only for its traced path (a check of its own)."""
+    own process, which runs eager PyTorch only for its reference check and its traced path."""
     pytest.importorskip("onnxruntime")
     _, eager, details = shared_run(pytester, ["onnx", "trace"], decide=False)  # torch.export refuses the decision
     assert details["onnx"]["isolated"] == "worker process"
     assert details["onnx"]["model_test"]["references_computed"] == 5
     assert details["onnx"]["model_test"]["branch_search"] == "ran"
     assert details["trace"]["model_test"] == {"branch_search": "shared", "references_reused": 5}
-    assert eager == 1  # in this process: trace's path; the rest ran in the worker and came back
+    # in this process: trace's reference check (a kind of its own) and its path; the rest ran in the worker and
+    # came back
+    assert eager == 2
 
 
 def test_a_passing_state_dict_check_keeps_no_copy_of_the_model_alive():
@@ -281,3 +284,30 @@ def test_a_passing_state_dict_check_keeps_no_copy_of_the_model_alive():
            examples=2, isolate="none")
     gc.collect()
     assert built and all(ref() is None for ref in built)
+
+
+def test_the_shared_reference_check_still_asks_each_kind_of_backend_what_it_needs(pytester):
+    """A string output is fine for state_dict and no tensor graph can return it: the trace check after a passing
+    state_dict check of the same model test still refuses it, at stage run."""
+    pytester.makepyfile(test_labels="""
+        import torch
+        from pytest_deploy import deployable, tensor
+
+
+        class Labelled(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(4, 2)
+
+            def forward(self, x):
+                return self.fc(x), "label"
+
+
+        @deployable(backends=["state_dict", "trace"], inputs=[tensor("batch", 4)], dims={"batch": (1, 2)},
+                    examples=2)
+        def test_labels():
+            return Labelled().eval()
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--deploy-isolate=none")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*trace: stage run: output[1] is a str ('label')*"])
