@@ -153,6 +153,8 @@ class CheckContext:
         self.shared: Work | None = None
         #: the branch search's steps, kept for the other backends while it runs: ("observe" | "note_fixed", run)
         self._search_steps: list[tuple[str, Any]] | None = None
+        #: the model fails under the dispatch mode that tracks which decisions the inputs steer
+        self._untrackable = False
 
     # -- helpers for backends -------------------------------------------------------------------
 
@@ -293,7 +295,7 @@ class CheckContext:
     def varying_inputs(self, args: tuple) -> list | None:
         """The input tensors of ``args`` whose values the spec lets vary (not those it holds constant); None
         when the spec does not say (a hypothesis strategy, example inputs only)."""
-        if self.space.strategy_override is not None or len(self.space.specs) != len(args):
+        if self.space.strategy_override is not None or len(self.space.specs) != len(args) or self._untrackable:
             return None
         return [a for a, spec in zip(args, self.space.specs) if is_tensor(a) and not spec.holds_constant()]
 
@@ -312,8 +314,19 @@ class CheckContext:
             self._count("references_reused")
             return leaves
         varying = self.varying_inputs(args) if track else None
-        with isolation.guard("reference", self.timeout), Recorder(self.line_tracing, varying) as rec:
-            out = self.eager(args)
+        try:
+            with isolation.guard("reference", self.timeout), Recorder(self.line_tracing, varying) as rec:
+                out = self.eager(args)
+        except (StageError, KeyboardInterrupt):
+            raise
+        except Exception:
+            if varying is None:
+                raise
+            # a model that does not run under the dispatch mode that tracks the inputs: recorded without it (its
+            # decisions are then all chased, as they were before the tracking), and the search does without it too
+            self._untrackable = True
+            with isolation.guard("reference", self.timeout), Recorder(self.line_tracing) as rec:
+                out = self.eager(args)
         self.analysis.observe(rec.run)
         if self._search_steps is not None and track:
             self._search_steps.append(("observe", rec.run))

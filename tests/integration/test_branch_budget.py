@@ -135,3 +135,29 @@ def test_the_search_budget_follows_the_models_cost():
     fast = run(Fast()).details["branch_search"]
     assert slow["budget"] == slow["runs"] == check_module.EXPLORE_MIN_RUNS
     assert fast["budget"] == fast["runs"] == check_module.EXPLORE_RUNS
+
+
+class RefusesDispatchModes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.runs = 0
+
+    def forward(self, x, mask):
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        if _get_current_dispatch_mode() is not None:
+            raise RuntimeError("this model does not run under a dispatch mode")
+        self.runs += 1
+        if bool((x.abs() > 100).any()):
+            x = x * 0
+        return x + 1
+
+
+def test_a_model_that_fails_under_the_tracking_mode_is_recorded_and_searched_without_it():
+    model = RefusesDispatchModes()
+    result = run(model)
+    search = result.details["branch_search"]
+    assert result.outcome == "passed"
+    assert search["not_chased"] == []
+    assert search["runs"] == search["budget"]
+    assert model.runs >= search["budget"]  # every search run ran the model (none was refused)
