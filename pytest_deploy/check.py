@@ -230,7 +230,8 @@ class CheckContext:
         files: set[str] = set(self.source_files)
         space = stable({"specs": self.space.specs, "dims": self.space.dims, "strategy": self.space.strategy_override,
                         "canonical": list(self.canonical.args)}, files)
-        key = make_key(model_digest(self.model), files_digest(reachable_files(self.model, files)), space)
+        digest = self.shared.model_digest(self.model) if self.shared is not None else model_digest(self.model)
+        key = make_key(digest, files_digest(reachable_files(self.model, files)), space)
         if self.shared is not None:
             self.shared.content_key = key
         return key
@@ -800,6 +801,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     cache = cache if cache is not None else ArtifactCache(None)
 
     key = None
+    work = shared.work(model, space, bool(allow_nonfinite)) if shared is not None else None
     if cache.enabled:
         from .fingerprint import check_key
 
@@ -807,10 +809,9 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                     "seed": seed, "atol": atol, "rtol": rtol, "tolerances": tolerances,
                     "allow_nonfinite": bool(allow_nonfinite), "compare_masked": bool(compare_masked),
                     "allow_vacuous": bool(allow_vacuous)}
-        key = check_key(model, name, declared=declared, options=options, files=source_files)
+        key = check_key(model, name, declared=declared, options=options, files=source_files,
+                        digest=work.model_digest(model) if work is not None else None)
     options.setdefault("reproduce", reproduce or f"seed={seed}")
-
-    work = shared.work(model, space, bool(allow_nonfinite)) if shared is not None else None
 
     def execute() -> tuple[str, Result]:
         return _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed, workdir=workdir,

@@ -194,13 +194,14 @@ def environment() -> dict[str, Any]:
 
 
 def check_key(model, backend: str, *, declared: dict[str, Any], options: dict[str, Any],
-              files: Iterable[str | os.PathLike] = ()) -> str:
+              files: Iterable[str | os.PathLike] = (), digest: str | None = None) -> str:
     """The result-cache key of one check. ``declared`` holds what the test declared (inputs, dims, examples,
-    seed, tolerances, example inputs); ``options`` the backend options; ``files`` extra source files (the test's)."""
+    seed, tolerances, example inputs); ``options`` the backend options; ``files`` extra source files (the test's);
+    ``digest`` the model's :func:`model_digest` when already known (the backends of a model test share it)."""
     from .cache import make_key
 
     extra = {str(f) for f in files}
     parts = {"declared": stable(declared, extra), "options": stable(options, extra)}
     sources = reachable_files(model, extra)
-    return make_key("result", backend, model_digest(model), files_digest(sources), parts, plugin_digest(),
+    return make_key("result", backend, digest or model_digest(model), files_digest(sources), parts, plugin_digest(),
                     environment())

@@ -51,9 +51,19 @@ class Work:
     #: passed on this model and canonical example
     reference_checked: set = field(default_factory=set)
     content_key: str | None = None
+    #: the model's weights and structure hashed (fingerprint.model_digest), for the result and artifact keys
+    digest: str | None = None
     #: keys added in this process since :meth:`mark` (what a worker sends back)
     _new: set[bytes] = field(default_factory=set)
     _marked: dict[str, Any] = field(default_factory=dict)
+
+    def model_digest(self, model) -> str:
+        """``fingerprint.model_digest(model)``, hashed once for every backend of the model test."""
+        if self.digest is None:
+            from .fingerprint import model_digest
+
+            self.digest = model_digest(model)
+        return self.digest
 
     # -- references ----------------------------------------------------------------------------
 
@@ -76,7 +86,8 @@ class Work:
         """Remember what is here now: :meth:`added` then gives what came later (in a forked worker)."""
         self._new = set()
         self._marked = {"search": self.search is not None, "traced": self.traced_run is not None,
-                        "checked": set(self.reference_checked), "key": self.content_key is not None}
+                        "checked": set(self.reference_checked), "key": self.content_key is not None,
+                        "digest": self.digest is not None}
 
     def added(self) -> bytes | None:
         """What this process added since :meth:`mark`, pickled; None when nothing was, or it does not pickle."""
@@ -89,6 +100,8 @@ class Work:
             part["reference_checked"] = set(self.reference_checked)
         if self.content_key is not None and not self._marked.get("key"):
             part["content_key"] = self.content_key
+        if self.digest is not None and not self._marked.get("digest"):
+            part["digest"] = self.digest
         if not any(part.values()):
             return None
         try:
@@ -119,6 +132,8 @@ class Work:
         self.reference_checked |= part.get("reference_checked") or set()
         if self.content_key is None:
             self.content_key = part.get("content_key")
+        if self.digest is None:
+            self.digest = part.get("digest")
 
 
 class ModelTest:

@@ -195,6 +195,19 @@ def counted_eager(self, args, model=None):
 
 CheckContext.eager = counted_eager
 
+from pytest_deploy import fingerprint
+
+DIGESTS = []
+_digest = fingerprint.model_digest
+
+
+def counted_digest(model):
+    DIGESTS.append(1)
+    return _digest(model)
+
+
+fingerprint.model_digest = counted_digest
+
 
 class Net(torch.nn.Module):
     def __init__(self):
@@ -223,9 +236,10 @@ def test_counts(request):
     from pytest_deploy.plugin import SESSION_KEY
 
     CheckContext.eager = _eager
+    fingerprint.model_digest = _digest
     held = len(request.config.stash[SESSION_KEY].model_tests)  # let go of after the model test's last item
     with open("counts.txt", "w") as out:
-        out.write(f"{len(BUILDS)} {len(EAGER)} {held}")
+        out.write(f"{len(BUILDS)} {len(EAGER)} {held} {len(DIGESTS)}")
 """
 
 
@@ -233,19 +247,21 @@ def shared_run(pytester, backends, *args, decide=True):
     pytester.makepyfile(test_shared=f"BACKENDS = {backends!r}\nDECIDE = {decide!r}\n" + SHARED)
     result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", "--deploy-report=report.json", *args)
     result.assert_outcomes(passed=len(backends) + 1)
-    builds, eager, held = map(int, (pytester.path / "counts.txt").read_text().split())
+    builds, eager, held, digests = map(int, (pytester.path / "counts.txt").read_text().split())
     assert held == 0
 
     report = json.loads((pytester.path / "report.json").read_text())
-    return builds, eager, {r["backend"]: r["details"] for r in report["results"]}
+    return builds, eager, digests, {r["backend"]: r["details"] for r in report["results"]}
 
 
 def test_the_backends_of_a_model_test_build_the_model_once_and_share_references_and_the_branch_search(pytester):
     """Four in-process backends, five examples: the model is built once (and once more for state_dict's fresh
     copy), each example's eager reference is computed once, the branch search and the reference check run
     once. Before, each backend built its own model and ran every eager run again: 5 builds and 4x the runs."""
-    builds, eager, details = shared_run(pytester, ["state_dict", "pickle", "trace", "script"], "--deploy-isolate=none")
+    builds, eager, digests, details = shared_run(pytester, ["state_dict", "pickle", "trace", "script"],
+                                                 "--deploy-isolate=none")
     assert builds == 2
+    assert digests == 0  # no cache: nothing hashed
     # the reference check's second run once per kind of backend (state_dict, pickle and script; trace: a tensor
     # graph), the search's runs, the five references and trace's path: once each
     search_runs = details["state_dict"]["branch_search"]["runs"]
@@ -262,7 +278,7 @@ def test_what_a_forked_worker_computes_for_its_model_test_comes_back_to_the_next
     """onnx runs in a forked worker first: the references and the search it made there reach trace, in pytest's
     own process, which runs eager PyTorch only for its reference check and its traced path."""
     pytest.importorskip("onnxruntime")
-    _, eager, details = shared_run(pytester, ["onnx", "trace"], decide=False)  # torch.export refuses the decision
+    _, eager, _, details = shared_run(pytester, ["onnx", "trace"], decide=False)  # torch.export refuses the decision
     assert details["onnx"]["isolated"] == "worker process"
     assert details["onnx"]["model_test"]["references_computed"] == 5
     assert details["onnx"]["model_test"]["branch_search"] == "ran"
@@ -315,3 +331,11 @@ def test_the_shared_reference_check_still_asks_each_kind_of_backend_what_it_need
     result = pytester.runpytest("-p", "no:cacheprovider", "--deploy-isolate=none")
     result.assert_outcomes(passed=1, failed=1)
     assert "trace: stage run: output[1] is a str ('label')" in result.stdout.str()
+
+
+def test_with_a_cache_the_weights_are_hashed_once_per_model_test(pytester, tmp_path):
+    """The result keys of four backends and the artifact key of script start from one digest of the weights."""
+    _, _, digests, details = shared_run(pytester, ["state_dict", "pickle", "trace", "script"], "--deploy-isolate=none",
+                                        f"--deploy-cache-dir={tmp_path / 'cache'}")
+    assert "cache_key" in details["script"]
+    assert digests == 1
