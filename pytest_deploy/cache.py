@@ -333,14 +333,15 @@ def program_fingerprint(program) -> str:
     return h.hexdigest()
 
 
-def _tensor_bytes(t) -> bytes:
+def _tensor_bytes(t) -> bytes | memoryview:
+    """The tensor's bytes for a hash: a view of its memory where numpy can give one (no copy of the weights)."""
     import io
 
     import torch
 
     t = t.detach().cpu().contiguous()
     try:
-        return t.view(-1).view(torch.uint8).numpy().tobytes()
+        return memoryview(t.view(-1).view(torch.uint8).numpy())
     except (RuntimeError, TypeError):  # no numpy, or a dtype uint8 cannot view
         buf = io.BytesIO()
         torch.save(t.clone(), buf)

@@ -58,6 +58,17 @@ class Run:
     events: list[tuple[Site, int, str, str]] = field(default_factory=list)
     #: if/while sites whose test converted no tensor, any time it ran (filled by a line-tracing Recorder)
     plain_tests: set[Site] = field(default_factory=set)
+    #: per event, whether its value may depend on an input the spec lets vary (see :class:`Taint`); None when
+    #: the run did not track that
+    tainted: list[bool] | None = None
+
+    def fixed_sites(self) -> set[Site] | None:
+        """Sites whose every decision in this run depended on nothing the declared inputs can change (the
+        weights, inputs the spec holds constant, shapes); None when the run did not track it."""
+        if self.tainted is None:
+            return None
+        varying = {e[0] for e, t in zip(self.events, self.tainted) if t}
+        return {e[0] for e in self.events} - varying
 
     def decisions(self) -> dict[tuple[Site, int], tuple[str, str]]:
         """One outcome per (site, occurrence). A branch outcome wins over the conversions on its line."""
@@ -84,10 +95,15 @@ def _format_value(value: Any) -> str:
 class Recorder:
     """Context manager recording the decisions of the code run inside it (main thread only)."""
 
-    def __init__(self, lines: bool = True) -> None:
-        """``lines=False`` records tensor conversions only (no line tracer: no cost in Python calls)."""
+    def __init__(self, lines: bool = True, varying: list | None = None) -> None:
+        """``lines=False`` records tensor conversions only (no line tracer: no cost in Python calls).
+        ``varying``: the input tensors whose values the spec lets vary; given, each decision is marked with
+        whether its value may depend on them (:class:`Taint`)."""
         self.run = Run()
         self._lines = lines
+        self._taint = Taint(varying) if varying is not None else None
+        if self._taint is not None:
+            self.run.tainted = []
         self._occurrence: dict[Site, int] = {}
         self._saved: dict[str, Any] = {}
         self.line_tracing = True
@@ -104,20 +120,26 @@ class Recorder:
             frame = frame.f_back
         return None
 
-    def _record(self, site: Site, kind: str, outcome: str) -> None:
+    def _record(self, site: Site, kind: str, outcome: str, tainted: bool = True) -> None:
         n = self._occurrence.get(site, 0)
         self._occurrence[site] = n + 1
         self.run.events.append((site, n, kind, outcome))
+        if self.run.tainted is not None:
+            self.run.tainted.append(tainted)
 
     def _wrap(self, name: str, original):
         recorder = self
         kind = name.strip("_")
 
         def wrapper(tensor, *args, **kwargs):
+            taint = recorder._taint
+            tainted = taint is None or taint.tainted(tensor)
             value = original(tensor, *args, **kwargs)
+            if tainted and taint is not None:
+                taint.leaked = True  # a Python value from a varying input: whatever follows may depend on it
             site = recorder._user_site()
             if site is not None:
-                recorder._record(site, kind, str(bool(value)) if kind == "bool" else _format_value(value))
+                recorder._record(site, kind, str(bool(value)) if kind == "bool" else _format_value(value), tainted)
             return value
 
         # not functools.wraps: on a builtin method it raises and catches AttributeErrors (no __module__,
@@ -162,9 +184,13 @@ class Recorder:
                 if event in ("line", "return"):
                     taken = state["taken"] or (event == "line" and info.body_start <= line <= info.body_end)
                     site = Site(frame.f_code.co_filename, pending)
-                    if any(e[2] != "branch" for e in events[state["mark"]:]):
+                    steered = any(e[2] != "branch" for e in events[state["mark"]:])
+                    if steered:
                         recorder._steered.add(site)  # the test converted a tensor
-                    recorder._record(site, "branch", str(taken))
+                    flags = recorder.run.tainted
+                    # a branch no conversion steered may follow any Python value: counted as varying
+                    tainted = not steered or flags is None or any(flags[state["mark"]:])
+                    recorder._record(site, "branch", str(taken), tainted)
                     state["pending"] = None
                     frame.f_trace_opcodes = False
             if event == "line" and line in branches:
@@ -179,6 +205,8 @@ class Recorder:
     def __enter__(self) -> Recorder:
         import torch
 
+        if self._taint is not None:
+            self._taint.__enter__()
         for name in _CONVERSIONS:
             original = getattr(torch.Tensor, name)
             self._saved[name] = torch.Tensor.__dict__.get(name, _MISSING)
@@ -200,9 +228,79 @@ class Recorder:
                 delattr(torch.Tensor, name)
             else:
                 setattr(torch.Tensor, name, saved)
+        if self._taint is not None:
+            self._taint.__exit__(*exc)
 
 
 _MISSING = object()
+
+
+class Taint:
+    """Which tensors' values may depend on the inputs the spec lets vary, while a run is recorded.
+
+    Every tensor op of the run passes through a ``TorchDispatchMode`` that marks its outputs' storages
+    when any input's storage is marked (the varying inputs start marked; the weights, the inputs the spec
+    holds constant and tensors made from shapes do not). Storages, not tensors, carry the mark, so a write
+    into a view marks its base. A Python number taken from a marked tensor (``bool()``, ``.item()``, an op
+    returning a Python scalar) can steer anything after it: from then on everything counts as marked.
+    What this misses is a value read without an op (``.numpy()``, ``.data_ptr()``); the search uses the
+    marks only to leave alone decisions it cannot flip, never to report anything.
+    """
+
+    def __init__(self, varying: list) -> None:
+        self.marked: dict[int, bool] = {}
+        self.leaked = False
+        self._mode: Any = None
+        for tensor in varying:
+            self.marked[_storage(tensor)] = True
+
+    def tainted(self, tensor) -> bool:
+        key = _storage(tensor)
+        return self.leaked or key == -1 or self.marked.get(key, False)  # unseen: a weight, a constant
+
+    def __enter__(self) -> Taint:
+        self._mode = _taint_mode(self)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(*exc)
+            self._mode = None
+
+
+def _storage(tensor) -> int:
+    """The address of a tensor's storage; -1 (unknown: counted as varying) where it has none."""
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except Exception:  # sparse, nested or a subclass without storage
+        return -1
+
+
+def _taint_mode(taint: Taint):
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class TaintMode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            marked = taint.marked
+            any_marked = False
+            for leaf in tree_leaves((args, kwargs)):
+                if isinstance(leaf, torch.Tensor):
+                    key = _storage(leaf)
+                    any_marked = any_marked or key == -1 or marked.get(key, False)
+            for leaf in tree_leaves(out):
+                if isinstance(leaf, torch.Tensor):
+                    # a new storage takes its inputs' mark; one written in place (or viewed) is among the
+                    # inputs, so it keeps its own mark too
+                    marked[_storage(leaf)] = any_marked
+                elif any_marked and isinstance(leaf, (bool, int, float)):
+                    taint.leaked = True
+            return out
+
+    return TaintMode()
 
 
 _is_user = is_user_file  # cached there; the cache is cleared when a model's files are added
@@ -272,6 +370,8 @@ class SiteStats:
     plain: bool = True
     varied: bool = False
     path: tuple[str, ...] | None = None
+    #: whether every tracked run found it independent of the inputs the spec lets vary (None: no run tracked it)
+    fixed: bool | None = None
 
     @property
     def is_branch(self) -> bool:
@@ -353,14 +453,27 @@ class BranchAnalysis:
             stats = self._stats(site, kind)
             stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
             paths.setdefault(site, []).append(outcome)
+        fixed = run.fixed_sites()
         for site, path in paths.items():
             stats = self.sites[site]
             stats.note_path(tuple(path))
             stats.plain = stats.plain and site in run.plain_tests
+            if fixed is not None:
+                stats.fixed = stats.fixed is not False and site in fixed
         divergences = self.divergences(run)
         for d in divergences:
             self._stats(d.site, d.kind).lost = True
         return divergences
+
+    def note_fixed(self, run: Run) -> None:
+        """Fold in which of the run's decisions depended on a varying input, without counting its outcomes."""
+        fixed = run.fixed_sites()
+        if fixed is None:
+            return
+        for site in {s for s, _, _, _ in run.events}:
+            stats = self.sites.get(site)
+            if stats is not None:
+                stats.fixed = stats.fixed is not False and site in fixed
 
     def divergences(self, run: Run) -> list[Divergence]:
         """Decisions of ``run`` whose outcome differs from the traced one, in execution order."""
@@ -402,15 +515,21 @@ class BranchAnalysis:
     def to_json(self) -> list[dict[str, Any]]:
         return [s.to_json() for s in self.reported()]
 
-    def missing_outcomes(self, candidates: bool = False) -> set[tuple[Site, str]]:
+    def missing_outcomes(self, candidates: bool = False, fixed: bool = True) -> set[tuple[Site, str]]:
         """Outcomes no run reached, of the decisions; ``candidates``: of every if/while seen (shape
-        branches read no tensor: they become decisions once some input size takes the other way)."""
-        return {(s.site, o) for s in self.sites.values() if candidates or s.is_decision for o in s.uncovered}
+        branches read no tensor: they become decisions once some input size takes the other way);
+        ``fixed=False``: not of the decisions no declared input can change (:attr:`SiteStats.fixed`)."""
+        return {(s.site, o) for s in self.sites.values() if (candidates or s.is_decision)
+                and (fixed or s.fixed is not True) for o in s.uncovered}
+
+    def fixed_uncovered(self) -> list[SiteStats]:
+        """The reported decisions with an outcome no input reached that no declared input can change."""
+        return [s for s in self.reported() if s.fixed is True and s.uncovered]
 
 
-def record(fn, *args, lines: bool = True) -> tuple[Any, Run]:
+def record(fn, *args, lines: bool = True, varying: list | None = None) -> tuple[Any, Run]:
     """Run ``fn(*args)`` under a :class:`Recorder`; return its result and the decisions."""
-    with Recorder(lines) as rec:
+    with Recorder(lines, varying) as rec:
         value = fn(*args)
     return value, rec.run
 

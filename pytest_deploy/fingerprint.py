@@ -50,6 +50,17 @@ def model_digest(model) -> str:
     return h.hexdigest()
 
 
+def identity(model) -> list:
+    """The model object and the state of its tensors, without hashing a byte: its id, structure, and each
+    parameter's and buffer's storage address and version counter (which every in-place change bumps). Two
+    equal identities within one process, while the model is alive, are the same model in the same state;
+    a writer through ``.data`` (which has a version counter of its own) goes unseen."""
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return [id(model), _ADDRESS.sub("", repr(model)), [m.training for m in model.modules()],
+            [(name, t.data_ptr() if t.device.type != "meta" else 0, t._version, str(t.dtype), list(t.shape))
+             for name, t in tensors]]
+
+
 def reachable_files(model, extra: Iterable[str | os.PathLike] = ()) -> list[str]:
     """The user's source files the model can reach (see the module docstring), sorted."""
     from .sources import is_user_file
@@ -187,14 +198,15 @@ UNKEYED_OPTIONS = ("localize_budget",)
 
 
 def check_key(model, backend: str, *, declared: dict[str, Any], options: dict[str, Any],
-              files: Iterable[str | os.PathLike] = ()) -> str:
+              files: Iterable[str | os.PathLike] = (), digest: str | None = None) -> str:
     """The result-cache key of one check. ``declared`` holds what the test declared (inputs, dims, examples,
-    seed, tolerances, example inputs); ``options`` the backend options; ``files`` extra source files (the test's)."""
+    seed, tolerances, example inputs); ``options`` the backend options; ``files`` extra source files (the test's);
+    ``digest`` the model's :func:`model_digest` when already known (the backends of a model test share it)."""
     from .cache import make_key
 
     extra = {str(f) for f in files}
     options = {k: v for k, v in options.items() if k not in UNKEYED_OPTIONS}
     parts = {"declared": stable(declared, extra), "options": stable(options, extra)}
     sources = reachable_files(model, extra)
-    return make_key("result", backend, model_digest(model), files_digest(sources), parts, plugin_digest(),
+    return make_key("result", backend, digest or model_digest(model), files_digest(sources), parts, plugin_digest(),
                     environment())

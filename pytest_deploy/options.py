@@ -33,6 +33,8 @@ HELP_LOCALIZE_BUDGET = ("seconds a failing check (outputs differ) may spend find
                         "diverges from eager PyTorch; 0 turns it off; default: 60")
 HELP_KEEP = ("keep the artifacts of failing checks in DIR, with the failing inputs, eager outputs and a "
              "standalone repro.py")
+HELP_KEEP_PASSING = ("keep the work directories of passing checks (their artifacts) in pytest's temp dir; by default a "
+                     "check that passes removes its own (the cache keeps what is worth keeping)")
 HELP_MARKDOWN = ("write the summary as Markdown to this path (the matrix, failures with their stage and cause, "
                  "the data-dependent decisions)")
 HELP_NO_STEP_SUMMARY = "do not append the Markdown summary to $GITHUB_STEP_SUMMARY (appended by default when it is set)"
@@ -145,6 +147,8 @@ def add_options(parser) -> None:
                     metavar="SECONDS", help=HELP_LOCALIZE_BUDGET)
     group.addoption("--deploy-keep-artifacts", dest="deploy_keep_artifacts", default=None, metavar="DIR",
                     help=HELP_KEEP)
+    group.addoption("--deploy-keep-passing", dest="deploy_keep_passing", action="store_true", default=None,
+                    help=HELP_KEEP_PASSING)
     group.addoption("--deploy-markdown", dest="deploy_markdown", default=None, metavar="PATH", help=HELP_MARKDOWN)
     group.addoption("--deploy-no-step-summary", dest="deploy_no_step_summary", action="store_true", default=False,
                     help=HELP_NO_STEP_SUMMARY)
@@ -170,6 +174,7 @@ def add_options(parser) -> None:
     parser.addini("deploy_timeout", HELP_TIMEOUT, default=None)
     parser.addini("deploy_localize_budget", HELP_LOCALIZE_BUDGET, default=None)
     parser.addini("deploy_precision", HELP_PRECISION, default=None)
+    parser.addini("deploy_keep_passing", HELP_KEEP_PASSING, type="bool", default=False)
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,8 @@ class Settings:
     markdown: str | None = None
     step_summary: bool = True
     html: str | None = None
+    #: keep passing checks' work directories (by default a passing check removes its own)
+    keep_passing: bool = False
 
 
 def read_settings(config) -> Settings:
@@ -240,6 +247,9 @@ def read_settings(config) -> Settings:
             timeout = positive_seconds(str(config.getini("deploy_timeout")).strip())
         except argparse.ArgumentTypeError as exc:
             raise SpecError(f"ini deploy_timeout: {exc}") from None
+    keep_passing = config.getoption("deploy_keep_passing")
+    if keep_passing is None:
+        keep_passing = bool(config.getini("deploy_keep_passing"))
     return Settings(tuple(backends) if backends else None, examples, strict, report, 0 if seed is None else seed,
                     {k: v for k, v in backend_options.items() if v is not None},
                     config.getoption("deploy_cache_dir") or config.getini("deploy_cache_dir") or None,
@@ -247,7 +257,8 @@ def read_settings(config) -> Settings:
                     isolate, timeout, config.getoption("deploy_keep_artifacts"),
                     config.getoption("deploy_markdown") or config.getini("deploy_markdown") or None,
                     not config.getoption("deploy_no_step_summary"),
-                    config.getoption("deploy_html") or config.getini("deploy_html") or None)
+                    config.getoption("deploy_html") or config.getini("deploy_html") or None,
+                    keep_passing=keep_passing)
 
 
 def read_localize_budget(config) -> float | None:

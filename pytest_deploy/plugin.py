@@ -22,6 +22,7 @@ from .results import Result
 
 if TYPE_CHECKING:  # imported where the cache is first used, not when the plugin loads
     from .cache import ArtifactCache
+    from .modeltest import ModelTest
 
 PARAM = "deploy_backend"
 #: report attribute that carries a check's result from an xdist worker to the controller
@@ -39,6 +40,19 @@ class DeploySession:
         self.notes: list[str] = []
         self._workroot: str | os.PathLike[str] | None = None
         self._cache: ArtifactCache | None = None
+        #: model test id -> what its backends' items share (the model, eager references, the branch search);
+        #: dropped after its last item
+        self.model_tests: dict[str, ModelTest] = {}
+
+    def model_test(self, item) -> ModelTest:
+        """The shared state of the model test ``item`` belongs to (one per model test, in this process)."""
+        from .modeltest import ModelTest
+
+        test = row_id(item)
+        shared = self.model_tests.get(test)
+        if shared is None:
+            shared = self.model_tests[test] = ModelTest(test)
+        return shared
 
     @property
     def cache(self):
@@ -94,7 +108,8 @@ class DeploySession:
                 test_id=test, workdir=self.workdir(item), options={"train": train, **self.settings.backend_options},
                 reproduce=f"pytest '{item.nodeid}' --deploy-seed={self.settings.seed}", cache=self.cache,
                 isolate=self.settings.isolate, timeout=self.settings.timeout, recheck=self.settings.recheck,
-                keep_artifacts=self.settings.keep_artifacts, source_files=(str(item.path),), **kw,
+                keep_artifacts=self.settings.keep_artifacts, keep_passing=self.settings.keep_passing,
+                source_files=(str(item.path),), shared=self.model_test(item), **kw,
             )
         except DeployFailure as failure:
             self.results[item.nodeid] = failure.result
@@ -309,7 +324,8 @@ def pytest_pyfunc_call(pyfuncitem):
     if argnames is None:
         argnames = list(inspect.signature(fn).parameters)
     funcargs = {name: pyfuncitem.funcargs[name] for name in argnames}
-    seed = pyfuncitem.config.stash[SESSION_KEY].seed_for(pyfuncitem)
+    session = pyfuncitem.config.stash[SESSION_KEY]
+    seed = session.seed_for(pyfuncitem)
 
     def factory():
         # the same weights in every run and for every backend, also for a model built without a seed
@@ -317,7 +333,10 @@ def pytest_pyfunc_call(pyfuncitem):
 
         return seeded_call(lambda: fn(**funcargs), seed)
 
-    returned = factory()
+    # one model for every backend of the model test (same seed, same weights); the factory makes fresh copies
+    # for the backends that load into one (state_dict, checkpoint)
+    shared = session.model_test(pyfuncitem)
+    returned = shared.built if shared.built is not None else factory()
     model, example_inputs = returned, None
     if isinstance(returned, tuple):
         if len(returned) != 2:
@@ -329,8 +348,22 @@ def pytest_pyfunc_call(pyfuncitem):
     if returned is None:
         pytest.fail(f"{pyfuncitem.name} returned None; a @deployable test must return the model "
                     "(or (model, example_inputs))", pytrace=False)
-    pyfuncitem.config.stash[SESSION_KEY].run(pyfuncitem, model, factory=factory, example_inputs=example_inputs)
+    shared.built = returned
+    session.run(pyfuncitem, model, factory=factory, example_inputs=example_inputs)
     return True
+
+
+def pytest_runtest_teardown(item, nextitem) -> None:
+    """After the last item of a model test (the next one belongs to another, or there is none), let go of what its
+    backends shared: the model, its eager outputs."""
+    session = item.config.stash.get(SESSION_KEY, None)
+    callspec = getattr(item, "callspec", None)
+    if session is None or callspec is None or PARAM not in callspec.params:
+        return
+    test = row_id(item)
+    following = getattr(nextitem, "callspec", None)
+    if following is None or PARAM not in following.params or row_id(nextitem) != test:
+        session.model_tests.pop(test, None)
 
 
 @pytest.hookimpl(wrapper=True)

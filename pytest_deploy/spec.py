@@ -107,6 +107,14 @@ class TensorSpec:
     def concrete_shape(self, dims: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
 
+    def holds_constant(self) -> bool:
+        """Whether every value of this input is the same whatever the example (``low=1, high=2`` for integers:
+        an all-ones mask; ``low == high`` for floats): only its shape can change."""
+        lo, hi = self.bounds()
+        if isinstance(lo, str) or isinstance(hi, str) or _is_bool(self.torch_dtype):
+            return False
+        return lo == hi if _is_float(self.torch_dtype) else hi - lo <= 1
+
     def describe(self) -> str:
         shape = ", ".join(str(d) for d in self.shape)
         lo, hi = self.bounds()
@@ -148,6 +156,9 @@ class MaskSpec(TensorSpec):
 
     def bounds(self, dims: Mapping[str, int] | None = None) -> tuple[Any, Any]:
         return (0, 2)
+
+    def holds_constant(self) -> bool:
+        return False  # its padding varies
 
     def describe(self) -> str:
         shape = ", ".join(str(d) for d in self.shape)

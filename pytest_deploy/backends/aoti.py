@@ -37,8 +37,11 @@ class AotiBackend(Backend):
         from ..cache import library_versions, machine, make_key, program_fingerprint
 
         program = export_program(ctx)
-        key = make_key("aoti", program_fingerprint(program), library_versions(["torch"]), machine())
-        ctx.note("cache_key", key[:16])
+        # without a cache there is nothing to look up: the program's weights are not hashed
+        key = make_key("aoti", program_fingerprint(program), library_versions(["torch"]), machine()) \
+            if ctx.cache.enabled else "uncached"
+        if ctx.cache.enabled:
+            ctx.note("cache_key", key[:16])
         with ctx.cache.lock(key):
             entry = ctx.cache.lookup(key)
             if entry is not None:

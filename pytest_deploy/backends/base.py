@@ -54,6 +54,11 @@ class Check(Protocol):
     def content_key(self) -> str:
         """Hash of the model's structure, weights, reachable source and the input space."""
 
+    @property
+    def model_key(self) -> str:
+        """Names the model's current state and the inputs within this process, for work shared by backends:
+        the content key when the cache is on, else one that hashes no weights."""
+
     def path(self, name: str) -> str: ...
     def note(self, key: str, value: Any) -> None: ...
     def stage(self, name: str, hint: str | None = None) -> AbstractContextManager[None]: ...

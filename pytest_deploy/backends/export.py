@@ -56,9 +56,10 @@ def explain_export_error(exc: BaseException) -> str:
     return f"torch.export failed: {first_line(exc)}{at}"
 
 
-#: Exported programs of this process by model content and inputs, newest last: the backends that start from
-#: torch.export (export, aoti, onnx, tvm) export a model test's model once. Forked check workers inherit it.
-_PROGRAMS: OrderedDict[str, Any] = OrderedDict()
+#: Exported programs of this process by model key (``Check.model_key``: content, or without a cache the model
+#: object's identity, then kept with a weak reference to it) and inputs, newest last: the backends that start
+#: from torch.export (export, aoti, onnx, tvm) export a model test's model once. Forked check workers inherit it.
+_PROGRAMS: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 _PROGRAMS_KEPT = 4
 
 
@@ -68,20 +69,23 @@ def export_program(ctx):
     starts from the exported program (export, aoti, onnx, tvm); a program exported earlier in this
     process from the same model content and inputs is reused (the consumers derive new programs from
     it and never change it)."""
+    import weakref
+
     import torch
 
-    key = ctx.content_key
-    if key in _PROGRAMS:
+    key = ctx.model_key
+    kept = _PROGRAMS.get(key)
+    if kept is not None and (kept[0] is None or kept[0]() is ctx.model):  # an identity key: that very model
         _PROGRAMS.move_to_end(key)
         ctx.note("exported_program", "reused: exported earlier in this session from the same model and inputs")
-        return _PROGRAMS[key]
+        return kept[1]
     with ctx.stage("export"), quiet_torch_logs():
         try:
             args, kwargs = ctx.space.split(ctx.canonical.clone_args())
             program = torch.export.export(ctx.model, args, kwargs or None, dynamic_shapes=dynamic_shapes(ctx.space))
         except Exception as exc:
             raise StageError("export", explain_export_error(exc), cause=exc) from None
-    _PROGRAMS[key] = program
+    _PROGRAMS[key] = (None if ctx.cache.enabled else weakref.ref(ctx.model), program)
     while len(_PROGRAMS) > _PROGRAMS_KEPT:
         _PROGRAMS.popitem(last=False)
     return program

@@ -73,14 +73,15 @@ class StateDictBackend(Backend):
         with ctx.stage("load", "the fresh model from the factory must have the same parameter and buffer names"):
             fresh = ctx.fresh_model()
             fresh.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"), strict=True)
-        self._fresh = fresh
-        self._diagnosis = state_outside_state_dict(ctx.model, fresh)
-        ctx.note("not_in_state_dict", self._diagnosis)
+        diagnosis = state_outside_state_dict(ctx.model, fresh)
+        ctx.note("not_in_state_dict", diagnosis)
         return lambda args: ctx.call(fresh, args)
 
     def verify(self, ctx):
+        # the fresh model lives as long as the check's runner, not on this backend object (one per session):
+        # a passing check leaves no model copy behind
         runner = self.build(ctx)
-        _with_diagnosis(lambda: ctx.run_examples(runner), self._diagnosis,
+        _with_diagnosis(lambda: ctx.run_examples(runner), ctx.result.details.get("not_in_state_dict") or [],
                         "register the buffer with persistent=True (or as a parameter), or recompute it in __init__")
 
 
