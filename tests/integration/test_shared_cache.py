@@ -277,6 +277,12 @@ def pytest_runtest_logstart(nodeid, location):
 '''
 
 
+def _outside_xdist() -> dict[str, str]:
+    """This environment without the pytest-xdist worker variables it has when this suite runs under -n: the
+    session started below has its own controller, which must not pass for one of its workers."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+
+
 def test_under_xdist_each_models_backends_run_on_one_worker(tmp_path):
     root = runner(tmp_path, "runner-1")
     (root / "test_project.py").write_text(TWO_MODELS)
@@ -284,7 +290,7 @@ def test_under_xdist_each_models_backends_run_on_one_worker(tmp_path):
     log = tmp_path / "workers.log"
     out = subprocess.run([sys.executable, "-m", "pytest", "-v", "-n", "2", "-p", "no:cacheprovider",
                           "--deploy-report=report.json"], cwd=root, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "WORKER_LOG": str(log)})
+                         env={**_outside_xdist(), "WORKER_LOG": str(log)})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "scheduling tests via ModelScheduling" in out.stdout
     workers: dict[str, set[str]] = {}
