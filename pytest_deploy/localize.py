@@ -301,12 +301,15 @@ def replay(model, args_call: Callable[[], Any], loaded_output: Any, resolve: Cal
                 break
             fn = resolve(c.path)
             if fn is None:
-                skipped.append(c.path)
+                skipped.append(f"{c.path}, which is not in the artifact")
                 continue
             try:
                 out = fn(*c.args, **c.kwargs)
+            except AttributeError:  # resolved lazily: the loaded artifact has no submodule at that path
+                skipped.append(f"{c.path}, which is not in the artifact")
+                continue
             except Exception as exc:  # the artifact's submodule refuses the eager inputs: say so, go on
-                skipped.append(f"{c.path} ({type(exc).__name__})")
+                skipped.append(f"{c.path}, which refuses eager's inputs ({type(exc).__name__})")
                 continue
             worst, ok = error(c.output, out, tol)
             file, line, code = module_source(modules[c.path], c.site)
@@ -330,8 +333,9 @@ def replay(model, args_call: Callable[[], Any], loaded_output: Any, resolve: Cal
     else:
         finding.error = "no submodule diverges when replayed on eager's inputs, and neither does the whole model"
     if skipped:
-        note = ("could not replay " + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-                + ": the artifact has no such submodule, or it refused eager's inputs")
+        note = ("could not replay " + "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+                + ("; a traced artifact keeps only the submodules its traced path called"
+                   if any(x.endswith("which is not in the artifact") for x in skipped) else ""))
         finding.error = f"{finding.error}; {note}" if finding.error else note
     return finding
 

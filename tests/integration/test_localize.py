@@ -77,6 +77,20 @@ class GateNet(nn.Module):
         return self.post(self.gate(self.pre(x)))
 
 
+class EarlyExit(nn.Module):
+    """Takes ``deep`` only for some inputs: a trace built from the other path has no ``deep`` submodule."""
+
+    def __init__(self):
+        super().__init__()
+        self.quick = nn.Linear(4, 3)
+        self.deep = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        if x.mean() > 0:
+            return self.quick(x)
+        return self.deep(x)
+
+
 class PairGate(nn.Module):
     """A child whose output is a tuple."""
 
@@ -247,6 +261,18 @@ def test_trace_data_dependent_if_located_to_the_child():
     assert div["line"] == helpers.line_of(__file__, "def forward(self, x):", after="class Gate(nn.Module):")
     assert "\ndiverges first at gate (Gate) at " in message
     assert [r["module"] for r in result.details["node_errors"]] == ["", "pre", "gate", "gate.lin"]
+
+
+def test_trace_lost_branch_whose_submodule_the_artifact_lacks_says_so():
+    torch.manual_seed(0)
+    result, message = located("trace", EarlyExit(), [tensor("batch", 4)], {"batch": (1, 4)})
+    assert result.stage == "branches"
+    div = result.divergence
+    assert div is not None and div["module"] == "", result.details.get("divergence_error")  # the model itself
+    error = result.details["divergence_error"]
+    missing = "quick" if "could not replay quick, which is not in the artifact" in error else "deep"
+    assert f"could not replay {missing}, which is not in the artifact" in error
+    assert "a traced artifact keeps only the submodules its traced path called" in error
 
 
 def test_script_int_overflow_located_to_the_child():
