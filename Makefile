@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pytest-deploy-installed
+# pytest-xdist workers for make test (every backend of a model test runs on one worker); JOBS=0 runs serially
+JOBS   ?= 2
 
 .PHONY: setup demo test lint hf-corpus clean
 
@@ -21,7 +23,7 @@ demo: setup
 	$(BIN)/python -m pytest examples -rfEsx --deploy-report=deploy-report.json
 
 test: setup
-	$(BIN)/python -m pytest tests -rs
+	$(BIN)/python -m pytest tests -rs -n $(JOBS)
 
 # ruff (lint and import order) and mypy (types of the pytest_deploy package), configured in pyproject.toml
 lint: setup
