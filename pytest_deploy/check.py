@@ -820,12 +820,20 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                         digest=work.model_digest(model) if work is not None else None)
     options.setdefault("reproduce", reproduce or f"seed={seed}")
 
+    # a work directory of our own is made (and removed) here, in pytest's process: a worker killed mid-check
+    # (a crash, a timeout) cannot remove it itself
+    owned = workdir is None
+    cleanup_owned = contextlib.ExitStack()
+    if owned:
+        workdir = tempfile.mkdtemp(prefix=f"pytest-deploy-{name}-")
+        cleanup_owned.callback(shutil.rmtree, workdir, True)
+
     def execute() -> tuple[str, Result]:
         return _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed, workdir=workdir,
                         factory=factory, options=options, cache=cache, timeout=timeout, keep_artifacts=keep_artifacts,
                         source_files=source_files, allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
                         allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work,
-                        spawn_runtime=spawn)
+                        spawn_runtime=spawn, owned=owned)
 
     def execute_in_worker() -> tuple[str, Result, bytes | None]:
         """In the worker: the check, and what it added to the model test's shared work (sent back with it)."""
@@ -835,7 +843,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         return outcome, res, work.added() if work is not None else None
 
     # one check at a time per key: a second pytest-xdist worker with the same check waits, then reuses the result
-    with cache.lock(key) if key is not None else contextlib.nullcontext():
+    with cleanup_owned, cache.lock(key) if key is not None else contextlib.nullcontext():
         if key is not None and not recheck:
             reused = cache.load_result(key)
             if reused is not None:
@@ -884,12 +892,12 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
              keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
              allow_vacuous=False, keep_passing=True, shared: Work | None = None,
-             spawn_runtime=False) -> tuple[str, Result]:
+             spawn_runtime=False, owned=False) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result). The work
-    directory is removed at the end when this made it, and when the check passed unless ``keep_passing``."""
-    owned = workdir is None
+    directory is removed at the end when it is the check's own (``owned``: no ``workdir`` was given), and when
+    the check passed unless ``keep_passing``."""
     passed = False
-    path = Path(tempfile.mkdtemp(prefix=f"pytest-deploy-{impl.name}-")) if owned else Path(workdir)
+    path = Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
     result.artifact = None if owned else str(path)
     ctx = CheckContext(model=model, backend=impl.name, space=space, tol=tol, examples=examples, seed=seed,

@@ -383,3 +383,27 @@ def test_on_a_gpu_cuda_fails_in_a_forked_worker_so_cuda_checks_stay_in_process()
     register_backend(kept.backend, replace=True)
     result = verify(_net(), "cuda_kept", **spec)
     assert result.passed and kept.build_pid == os.getpid()
+
+
+def test_a_worker_killed_mid_check_leaves_no_work_directory(tmp_path, monkeypatch):
+    """A check given no workdir makes its own; the worker that is killed (here: a timeout) cannot remove it,
+    so pytest's process does."""
+    import tempfile
+    import time
+
+    from pytest_deploy import Backend, DeployFailure, register_backend, tensor, verify
+
+    class Hangs(Backend):
+        name = "hang_demo"
+        native = True
+
+        def build(self, ctx):
+            with ctx.stage("compile"):
+                open(ctx.path("partial.bin"), "wb").close()
+                time.sleep(60)
+
+    register_backend(Hangs, replace=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(DeployFailure, match="timed out"):
+        verify(_net(), "hang_demo", inputs=[tensor("batch", 4)], dims={"batch": (1, 2)}, examples=2, timeout=2)
+    assert not list(tmp_path.glob("pytest-deploy-*"))
