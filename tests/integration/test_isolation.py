@@ -220,7 +220,9 @@ def test_ctrl_c_in_a_worker_stops_the_session_and_the_report_is_written(pytester
 
 class Interrupts(Net):
     def forward(self, x):
-        os.kill(os.getppid(), signal.SIGINT)  # the worker's parent is pytest: as if Ctrl-C was pressed
+        with open("forward.pid", "w") as fh:
+            fh.write(str(os.getpid()))
+        os.kill(int(os.environ["PYTEST_SESSION_PID"]), signal.SIGINT)  # pytest's process: as if Ctrl-C was pressed
         time.sleep(30)
 
 
@@ -238,9 +240,22 @@ def test_b_interrupted():
 def test_c_never_runs():
     return Net().eval()
 """)
+    # the session's pid for the model (never this process, whatever runs the model), and Ctrl-C handled as in a
+    # terminal, whatever SIGINT disposition the session inherits from the process that started it
+    pytester.makeconftest("""
+import os
+import signal
+
+os.environ["PYTEST_SESSION_PID"] = str(os.getpid())
+signal.signal(signal.SIGINT, signal.default_int_handler)
+with open("session.pid", "w") as fh:
+    fh.write(str(os.getpid()))
+""")
     result = pytester.runpytest_subprocess(*NO_CACHE, "--deploy-isolate=all", "--deploy-report=report.json",
                                            timeout=120)
     assert result.ret == pytest.ExitCode.INTERRUPTED
+    # the model ran in the check's worker process, not in pytest's
+    assert (pytester.path / "forward.pid").read_text() != (pytester.path / "session.pid").read_text()
     data = json.loads((pytester.path / "report.json").read_text())
     assert data["interrupted"] is True
     assert [(r["test"].split("::")[-1], r["outcome"]) for r in data["results"]] == [("test_a_first", "passed")]
