@@ -11,7 +11,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -958,7 +957,6 @@ def _temporary_files_in(directory: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        _unpin_inductor_headers(directory, pinned["TORCHINDUCTOR_CACHE_DIR"])
         shutil.rmtree(directory, ignore_errors=True)  # before --deploy-keep-artifacts copies the work directory
         tempfile.tempdir = saved_dir
         for key, saved in saved_env.items():
@@ -966,17 +964,6 @@ def _temporary_files_in(directory: Path) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = saved
-
-
-def _unpin_inductor_headers(directory: Path, cache_dir: str) -> None:
-    """Inductor fixes where it keeps precompiled headers when ``torch._inductor.codecache`` is first imported, from
-    the temp dir of that moment. Imported during a check, that is the check's ``directory``: point it back under
-    inductor's cache, or later checks would write headers into (and so re-create) a work directory removed."""
-    codecache = sys.modules.get("torch._inductor.codecache")
-    header = getattr(codecache, "_HEADER_DIR", None)
-    if isinstance(header, str) and Path(header).is_relative_to(directory):
-        codecache._HEADER_DIR = os.path.join(cache_dir, "precompiled_headers")  # type: ignore[union-attr]
-        codecache._HEADER_LOCK_DIR = os.path.join(codecache._HEADER_DIR, "locks")  # type: ignore[union-attr]
 
 
 def _inductor_cache_dir() -> str:

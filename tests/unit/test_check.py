@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -89,28 +86,3 @@ def test_deterministic_model_in_eval_mode_passes_trace():
     assert result.passed and result.backend == "trace"
     assert result.examples >= 1
     assert result.max_abs_error is not None and result.max_abs_error < 1e-3
-
-
-def test_inductor_imported_during_a_check_keeps_its_headers_out_of_the_work_directory(tmp_path):
-    """torch._inductor.codecache fixes its precompiled-header directory from the temp dir when first imported;
-    imported inside a check, that is the check's work directory, which later checks would re-create."""
-    import subprocess
-    import sys
-
-    code = f"""
-import os, tempfile
-from pathlib import Path
-import torch
-from pytest_deploy.check import _temporary_files_in
-work = Path({str(tmp_path / "work")!r})
-with _temporary_files_in(work / "tmp"):
-    import torch._inductor.codecache as codecache
-    assert Path(codecache._HEADER_DIR).is_relative_to(work), codecache._HEADER_DIR  # what inductor chose
-print(codecache._HEADER_DIR)
-print(codecache._HEADER_LOCK_DIR)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    header, lock = out.stdout.split()
-    assert not Path(header).is_relative_to(tmp_path) and header.endswith("precompiled_headers")
-    assert lock == os.path.join(header, "locks")
