@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchutil import BENCH, ROOT, bench_env, copy_workload, machine, stats, warm_up
+from benchutil import BENCH, ROOT, Run, bench_env, copy_workload, machine, stats, warm_up
 
 BACKENDS = ("state_dict", "pickle", "trace", "export", "onnx", "tvm")
 EXAMPLES = 5
@@ -257,24 +257,12 @@ def hand(size: str) -> int:
 
 
 @dataclass
-class Measured:
-    label: str
-    seconds: float
-    returncode: int
+class Measured(Run):
+    """A :class:`benchutil.Run` with the peak memory of its process tree and the disk it left behind."""
+
     peak_mib: float
     memory_kind: str
     disk_mib: float
-    log: Path
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-    def tail(self, lines: int = 25) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 def _tree_memory(proc) -> tuple[float, str]:
@@ -344,7 +332,7 @@ def measured(label: str, cmd: list[str], *, cwd: Path, logdir: Path, env: dict[s
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()
-    return Measured(label, seconds, code, peak[0] / 1024**2, str(peak[1]), disk_mib(*left), log)
+    return Measured(label, seconds, code, log, peak[0] / 1024**2, str(peak[1]), disk_mib(*left))
 
 
 def fmt(xs: list[float], digits: int = 1) -> str:

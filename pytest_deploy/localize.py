@@ -275,6 +275,17 @@ def module_source(module, site: tuple[str, int, str] | None = None) -> tuple[str
     return site if site is not None else (None, None, None)
 
 
+def submodule_at(root, path: str):
+    """The child of ``root`` (a loaded module: TorchScript, an unflattened exported program) at the dotted
+    ``path`` eager's ``named_modules`` gives, by its named children; None when the artifact has no such child."""
+    module = root
+    for part in path.split("."):
+        module = dict(module.named_children()).get(part)
+        if module is None:
+            return None
+    return module
+
+
 def replay(model, args_call: Callable[[], Any], loaded_output: Any, resolve: Callable[[str], Callable | None],
            tol, deadline: float) -> Finding:
     """Locate by replaying each submodule call of the artifact on the inputs eager gave it (see the module doc).

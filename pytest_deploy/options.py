@@ -241,12 +241,7 @@ def read_settings(config) -> Settings:
     isolate = config.getoption("deploy_isolate") or (config.getini("deploy_isolate") or "").strip() or "native"
     if isolate not in ("none", "native", "all"):
         raise SpecError(f"ini deploy_isolate: {isolate!r} is not one of none, native, all")
-    timeout = config.getoption("deploy_timeout")
-    if timeout is None and config.getini("deploy_timeout"):
-        try:
-            timeout = positive_seconds(str(config.getini("deploy_timeout")).strip())
-        except argparse.ArgumentTypeError as exc:
-            raise SpecError(f"ini deploy_timeout: {exc}") from None
+    timeout = _seconds_setting(config, "deploy_timeout", positive_seconds)
     keep_passing = config.getoption("deploy_keep_passing")
     if keep_passing is None:
         keep_passing = bool(config.getini("deploy_keep_passing"))
@@ -263,13 +258,19 @@ def read_settings(config) -> Settings:
 
 def read_localize_budget(config) -> float | None:
     """``--deploy-localize-budget`` over ini ``deploy_localize_budget``; None when neither is set (the default)."""
-    budget = config.getoption("deploy_localize_budget")
-    if budget is None and config.getini("deploy_localize_budget"):
+    return _seconds_setting(config, "deploy_localize_budget", budget_seconds)
+
+
+def _seconds_setting(config, name: str, parse) -> float | None:
+    """The command-line option ``name`` over the ini key of that name (read with ``parse``, the option's own
+    argparse type); None when neither is set."""
+    value = config.getoption(name)
+    if value is None and config.getini(name):
         try:
-            budget = budget_seconds(str(config.getini("deploy_localize_budget")).strip())
+            value = parse(str(config.getini(name)).strip())
         except argparse.ArgumentTypeError as exc:
-            raise SpecError(f"ini deploy_localize_budget: {exc}") from None
-    return budget
+            raise SpecError(f"ini {name}: {exc}") from None
+    return value
 
 
 def read_precision(config) -> str | None:

@@ -115,7 +115,7 @@ class ExportBackend(Backend):
         one graph module per submodule of the original, each run on the inputs eager gave that submodule."""
         import torch
 
-        from ..localize import LocalizationError, replay
+        from ..localize import LocalizationError, replay, submodule_at
         from ..tensors import clone_args
 
         runner = ctx.runner
@@ -123,18 +123,10 @@ class ExportBackend(Backend):
             raise LocalizationError("export: the check's runner does not keep the loaded program")
         with quiet_torch_logs():
             unflat = torch.export.unflatten(runner.source)
-
-        def resolve(path: str):
-            module: Any = unflat
-            for part in path.split("."):
-                module = dict(module.named_children()).get(part)
-                if module is None:
-                    return None
-            return module
-
         with torch.no_grad(), quiet_torch_logs():
             output = runner(clone_args(args))
-            return replay(ctx.model, lambda: ctx.eager(args), output, resolve, ctx.tol, deadline)
+            return replay(ctx.model, lambda: ctx.eager(args), output, lambda path: submodule_at(unflat, path), ctx.tol,
+                          deadline)
 
 
 def op_source(program, op: str):

@@ -291,12 +291,13 @@ class TensorRTBackend(Backend):
         ctx.note("trt_tf32", settings["tf32"])
         onnx_path = _export(ctx, precision)
         shapes = profile_shapes(ctx.space)
+        declared = _declared(ctx)
         shape_values = {}
-        for spec, name in zip(ctx.space.specs, _declared(ctx)):
+        for spec, name in zip(ctx.space.specs, declared):
             if len(spec.shape) == 1 and isinstance(spec.shape[0], int) and not spec.torch_dtype.is_floating_point:
                 shape_values[name] = shape_tensor_values(ctx.space, name)  # used only for inputs TensorRT marks so
         config = {"onnx": onnx_path, "shapes": {n: [list(x) for x in s] for n, s in shapes.items()},
-                  "shape_values": shape_values, "settings": dict(settings), "declared": _declared(ctx),
+                  "shape_values": shape_values, "settings": dict(settings), "declared": declared,
                   "outputs": _graph_outputs(onnx_path)}
         if ctx.spawn_runtime:
             from ..worker import Runtime

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from ..localize import LocalizationError, ModuleRunner, replay
+from ..localize import LocalizationError, ModuleRunner, replay, submodule_at
 from ..sources import short_path
 from ..tensors import clone_args
 from .base import Backend, quiet_torch_logs
@@ -41,18 +41,10 @@ def _localize(ctx, args: tuple, deadline: float):
     if not isinstance(runner, ModuleRunner):
         raise LocalizationError(f"{ctx.backend}: the check's runner does not keep the loaded module")
     loaded = runner.module
-
-    def resolve(path: str):
-        module = loaded
-        for part in path.split("."):
-            module = dict(module.named_children()).get(part)
-            if module is None:
-                return None
-        return module
-
     with torch.no_grad(), quiet_torch_logs():
         output = runner(clone_args(args))
-    return replay(ctx.model, lambda: ctx.eager(args), output, resolve, ctx.tol, deadline)
+    return replay(ctx.model, lambda: ctx.eager(args), output, lambda path: submodule_at(loaded, path), ctx.tol,
+                  deadline)
 
 
 class TraceBackend(Backend):
