@@ -3,7 +3,7 @@
 Two users: the pickle backend (a pickled model must load in a process that never saw its classes) and
 :class:`Runtime`, a backend's runtime started in a fresh interpreter (spawned, never forked). CUDA cannot
 be initialised in a forked child once its parent has so much as counted devices, so a check that uses
-CUDA (TensorRT, ONNX Runtime's CUDA provider) builds and runs its engine here: a crash in the GPU stack
+CUDA (TensorRT, ONNX Runtime's CUDA provider, TVM on a GPU) builds and runs its engine here: a crash in the GPU stack
 ends this process and fails that one check, while pytest's process, which never initialises CUDA for a
 check, goes on.
 
