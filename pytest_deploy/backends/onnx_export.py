@@ -25,9 +25,18 @@ def weight_bytes(model) -> int:
 
 
 def export_dynamo(ctx, path: str, opset: int | None, external: bool) -> None:
+    onnx_program = dynamo_program(ctx, export_program(ctx), opset)
+    with ctx.stage("save"), quiet_torch_logs():
+        onnx_program.save(path, external_data=external)
+
+
+def dynamo_program(ctx, program, opset: int | None = None):
+    """``torch.onnx.export`` (dynamo) of the exported ``program`` at ``opset`` (the exporter's own when None),
+    its dynamic dims named from the spec (:func:`name_dynamic_axes`), as an ``ONNXProgram``; a conversion
+    failure fails at stage export naming the op and the user's line. Shared by the onnx and tensorrt backends
+    and the tvm backend's ONNX fallback."""
     import torch
 
-    program = export_program(ctx)
     args, kwargs = ctx.space.split(ctx.canonical.clone_args())
     with ctx.stage("export"), quiet_torch_logs():
         try:
@@ -50,13 +59,14 @@ def export_dynamo(ctx, path: str, opset: int | None, external: bool) -> None:
             raise StageError("export", f"torch.onnx did not produce opset {opset}: the exported graph is opset "
                                        f"{written} (the version converter could not convert it)\n  fix: {fix}")
         name_dynamic_axes(onnx_program, ctx.space)
-    with ctx.stage("save"), quiet_torch_logs():
-        onnx_program.save(path, external_data=external)
+    return onnx_program
 
 
 def name_dynamic_axes(onnx_program, space) -> None:
     """Give the graph's dynamic dims the spec's names (``batch``, not torch.export's ``s77``), as the
-    TorchScript exporter does."""
+    TorchScript exporter does. A dim that torch.export gave several symbols (one per input; torch 2.13 does
+    so for a dim declared ``(1, 2)``) becomes one name again, so a consumer that reads the names (TVM's ONNX
+    frontend) sees one dim."""
     if not hasattr(onnx_program, "rename_axes"):  # torch < 2.8
         return
     names = input_names(space, len(space.specs))

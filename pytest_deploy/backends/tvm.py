@@ -1,7 +1,8 @@
 """Apache TVM (Relax): import → ``tvm.compile`` → ``export_library`` → load → Relax VM.
 
 The model is imported from its ``torch.export`` program (named dims become symbolic shapes); when that
-importer refuses it, the ONNX frontend is tried instead and the report says so.
+importer refuses it, or what it imported does not compile with a dynamic dim, the ONNX route is tried instead
+(the graph's dims named from the spec, so a dim shared by several inputs is one symbol) and the verdict says so.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from .export import export_program, op_source
 
 DEFAULT_TARGET = "llvm"
 LIBRARY = "model.so"
+#: how the library was imported (the ``tvm_importer*`` and ``tvm_fallback`` details), kept beside it in the cache
+IMPORT_NOTES = "import.json"
+_IMPORT_KEYS = ("tvm_importer", "tvm_importer_refusal", "tvm_compile_failure", "tvm_fallback")
 
 
 def parse_target(text: str):
@@ -124,8 +128,10 @@ class TvmBackend(Backend):
             self._compile(ctx, target)
             path = ctx.path(LIBRARY)
         else:
-            built = ctx.cached_files("tvm", {"target": str(target)}, [LIBRARY], lambda: self._compile(ctx, target))
+            built = ctx.cached_files("tvm", {"target": str(target)}, [LIBRARY, IMPORT_NOTES],
+                                     lambda: self._compile(ctx, target))
             path = str(built / LIBRARY)
+            _restore_import_notes(ctx, built / IMPORT_NOTES)
         config = {"path": path, "target": ctx.options.get("tvm_target") or DEFAULT_TARGET}
         with ctx.stage("load"):
             if ctx.spawn_runtime:  # a GPU target: the device is opened in a spawned worker, never here
@@ -143,9 +149,17 @@ class TvmBackend(Backend):
     def verify(self, ctx) -> None:
         from ..compare import Leaves, flatten
 
-        runner = self.build(ctx)
-        ctx.run_examples(runner, reference=lambda args: Leaves(
-            (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
+        try:
+            runner = self.build(ctx)
+            ctx.run_examples(runner, reference=lambda args: Leaves(
+                (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
+        except StageError as err:
+            # a verdict on the ONNX route says so, right under its first line
+            note = ctx.result.details.get("tvm_fallback")
+            if note and note not in err.message:
+                first, _, rest = err.message.partition("\n")
+                err.message = f"{first}\n  {note}" + (f"\n{rest}" if rest else "")
+            raise
 
     def localize(self, ctx, args, deadline):
         """Module level only: TVM's compiled module returns the graph's outputs and keeps none of the exported
@@ -177,14 +191,41 @@ class TvmBackend(Backend):
         return finding
 
     def _compile(self, ctx, target) -> None:
-        """Import, compile for ``target`` and write the library to the work directory."""
+        """Import, compile for ``target`` and write the library (and how it was imported) to the work directory.
+        What the exported-program importer gave that does not compile with a dynamic dim is imported again
+        through ONNX; when that fails too, the check fails with the first error and a line on the second."""
+        program, module = self._import(ctx)
+        try:
+            executable = self._executable(ctx, module, target)
+        except StageError as err:
+            if program is None or err.stage != "compile" or err.message.startswith("timed out") \
+                    or not _has_dynamic_dim(ctx.space):
+                raise
+            ctx.note("tvm_compile_failure", err.message)
+            try:
+                executable = self._executable(ctx, self._import_onnx(ctx, program), target)
+            except StageError as fallback:
+                raise StageError("compile", f"{err.message}\n  the ONNX fallback fails too: "
+                                            f"{_compile_reason(fallback.message)}") from None
+            self._fell_back(ctx, f"torch.export import does not compile: {_compile_reason(err.message)}")
+        with ctx.stage("save"):
+            # TVM's own temporary build directory would live in the system temp dir, where TVM's exit handler
+            # of any process forked with it can remove it: build in the check's work directory instead
+            workspace = ctx.path("tvm-build")
+            os.makedirs(workspace, exist_ok=True)
+            executable.export_library(ctx.path(LIBRARY), workspace_dir=workspace)
+            details = ctx.result.details
+            with open(ctx.path(IMPORT_NOTES), "w") as f:
+                json.dump({k: details[k] for k in _IMPORT_KEYS if k in details}, f)
+
+    def _executable(self, ctx, module, target):
+        """``module`` compiled for ``target`` (with the tuning database under ``--deploy-tvm-tune``)."""
         import tvm
 
-        module = self._import(ctx)
         executable = self._tuned(ctx, module, target) if ctx.options.get("tvm_tune") else None
         with ctx.stage("compile"), quiet_torch_logs():
             try:
-                executable = executable or tvm.compile(module, target=target)
+                return executable or tvm.compile(module, target=target)
             except Exception as exc:
                 text = f"tvm.compile fails for target {target.kind.name}: {first_line(exc, 600)}"
                 left, first = _unlowered_ops(module, ctx.space)
@@ -197,14 +238,11 @@ class TvmBackend(Backend):
                                  "dim (a fixed-size table cut to table[:seq], padding trimmed with x[..., :-n]): TVM "
                                  "cannot prove the result has that dim's size; where it is a table, gather the rows "
                                  "instead (table[torch.arange(seq)]), which keeps the shape seq")
+                    split = _split_dims(module, ctx.space)
+                    if split:
+                        text += "\n  " + split
                     text += "\n  fix: try static dims (min == max) for this model, or another TVM version"
                 raise StageError("compile", text) from None
-        with ctx.stage("save"):
-            # TVM's own temporary build directory would live in the system temp dir, where TVM's exit handler
-            # of any process forked with it can remove it: build in the check's work directory instead
-            workspace = ctx.path("tvm-build")
-            os.makedirs(workspace, exist_ok=True)
-            executable.export_library(ctx.path(LIBRARY), workspace_dir=workspace)
 
     @staticmethod
     def _tuned(ctx, module, target):
@@ -222,6 +260,9 @@ class TvmBackend(Backend):
     # -- import --------------------------------------------------------------------------------
 
     def _import(self, ctx):
+        """``(program, module)``: the Relax module from the exported program's importer (with ``program``, the
+        torch.export program it came from), or from the ONNX route when that importer refuses (``program``
+        None: there is no other route left to try)."""
         from tvm.relax.frontend.torch import from_exported_program
 
         program = export_program(ctx)
@@ -229,41 +270,44 @@ class TvmBackend(Backend):
             try:
                 module = from_exported_program(program)
                 ctx.note("tvm_importer", "exported_program")
-                return module
+                return program, module
             except Exception as exc:
                 refusal = _explain_import_error(exc, program)
         ctx.note("tvm_importer_refusal", refusal)
-        module = self._import_onnx(ctx, program, refusal)
-        ctx.note("tvm_importer", "onnx (fallback: the exported-program importer refused the model)")
-        return module
+        try:
+            module = self._import_onnx(ctx, program)
+        except StageError as fallback:
+            raise StageError("export", f"{refusal}\n  the ONNX fallback fails too: {fallback.message}") from None
+        self._fell_back(ctx, f"torch.export import failed: {refusal.splitlines()[0]}")
+        return None, module
 
     @staticmethod
-    def _import_onnx(ctx, program, refusal: str):
-        import torch
+    def _fell_back(ctx, reason: str) -> None:
+        ctx.note("tvm_importer", f"onnx (fallback: {reason})")
+        ctx.note("tvm_fallback", f"tvm: imported through ONNX ({reason})")
 
+    @staticmethod
+    def _import_onnx(ctx, program):
+        """``program`` converted by torch.onnx with the spec's dim names (as the onnx backend exports it) and
+        imported by TVM's ONNX frontend; a StageError whose message is one line saying why not."""
+        from .onnx_export import dynamo_program
+
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+            from tvm.relax.frontend.onnx import from_onnx
+        except ImportError:
+            raise StageError("export", "it needs onnx and onnxscript (pip install 'pytest-deploy[onnx]')") from None
+        try:
+            proto = dynamo_program(ctx, program).model_proto
+        except StageError as err:
+            # its first line names the op torch.onnx cannot convert; the user's line is in the message above
+            raise StageError("export", err.message.splitlines()[0]) from None
         with ctx.stage("export"), quiet_torch_logs():
-            try:
-                import onnx  # noqa: F401
-                from tvm.relax.frontend.onnx import from_onnx
-            except ImportError:
-                raise StageError("export", f"{refusal}\n  (the ONNX fallback needs pip install 'pytest-deploy[onnx]')"
-                                 ) from None
-            try:
-                args, kwargs = ctx.space.split(ctx.canonical.clone_args())
-                # dynamo=True always returns an ONNXProgram: torch's annotation (ONNXProgram | None) covers dynamo=False
-                proto = torch.onnx.export(program, args, kwargs=kwargs or None, dynamo=True,  # type: ignore[union-attr]
-                                          verbose=False).model_proto
-            except Exception as exc:
-                from .onnx_export import explain_conversion_error
-
-                # its first line names the op torch.onnx cannot convert; the user's line is in the refusal above
-                why = explain_conversion_error(exc, program).splitlines()[0]
-                raise StageError("export", f"{refusal}\n  the ONNX fallback fails too: {why}") from None
             try:
                 return from_onnx(proto, keep_params_in_input=False)
             except Exception as exc:
-                raise StageError("export", f"{refusal}\n  the ONNX fallback fails too: TVM's ONNX frontend: "
-                                           f"{first_line(exc)}") from None
+                raise StageError("export", f"TVM's ONNX frontend: {first_line(exc)}") from None
 
 
 class TvmRuntime:
@@ -376,8 +420,9 @@ def _unlowered_ops(module, space=None) -> tuple[list[str], str | None]:
         return [], None
 
 
-def _dim_names(module, space) -> dict[str, str]:
-    """TVM's symbolic dims (``s77``) → the spec's dim names (``batch``), read off ``main``'s inputs."""
+def _dim_names(module, space, all_symbols: bool = False) -> dict[str, str]:
+    """TVM's symbolic dims (``s77``) → the spec's dim names (``batch``), read off ``main``'s inputs. A name
+    that several symbols stand for is given to the first only, unless ``all_symbols``."""
     if space is None or "main" not in [g.name_hint for g in module.functions]:
         return {}
     names: dict[str, str] = {}
@@ -385,9 +430,49 @@ def _dim_names(module, space) -> dict[str, str]:
         info = getattr(param, "ty", None) or getattr(param, "struct_info", None)
         shape = getattr(getattr(info, "shape", None), "values", None) or ()
         for value, dim in zip(shape, spec.shape):
-            if isinstance(dim, str) and not isinstance(value, int) and not hasattr(value, "value"):
+            symbolic = isinstance(dim, str) and not isinstance(value, int) and not hasattr(value, "value")
+            if symbolic and (all_symbols or dim not in names.values()):
                 names.setdefault(str(value), dim)
     return names
+
+
+def _has_dynamic_dim(space) -> bool:
+    return any(lo != hi for lo, hi in space.dims.values())
+
+
+def _compile_reason(message: str) -> str:
+    """A compile failure in one line: the first operator left unlowered (and the dims split into several
+    symbols) when known, else the message's first line."""
+    op = re.search(r"^  the first, whose output shape TVM could not infer: ([\w.]+)\(", message, re.M)
+    if not op:
+        return message.splitlines()[0]
+    split = re.search(r"^  (\w+ is \d+ symbols \(.*?\)(?:; \w+ is \d+ symbols \(.*?\))*) that ", message, re.M)
+    return f"{op.group(1)} left unlowered" + (f": {split.group(1)} that TVM cannot prove equal" if split else "")
+
+
+def _split_dims(module, space) -> str | None:
+    """A line naming the spec's dims that the imported module holds as several unrelated symbols, or None."""
+    symbols: dict[str, list[str]] = {}
+    for symbol, name in _dim_names(module, space, all_symbols=True).items():
+        symbols.setdefault(name, []).append(symbol)
+    split = {name: found for name, found in symbols.items() if len(found) > 1}
+    if not split:
+        return None
+    what = "; ".join(f"{name} is {len(found)} symbols ({', '.join(found)})" for name, found in split.items())
+    return (f"{what} that TVM cannot prove equal: torch.export gave a dim shared by several inputs a symbol per "
+            "input")
+
+
+def _restore_import_notes(ctx, path) -> None:
+    """A library from the cache: the details of how it was imported, as when it was built."""
+    try:
+        with open(path) as f:
+            notes = json.load(f)
+    except (OSError, ValueError):  # an entry made before the notes were kept
+        return
+    for key, value in notes.items():
+        if key in _IMPORT_KEYS:
+            ctx.result.details.setdefault(key, value)
 
 
 def _compile_and_run(module, args: tuple, kwargs: dict, target, device) -> list:

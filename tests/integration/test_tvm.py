@@ -5,7 +5,11 @@ Models that pass (a CNN with BatchNorm, an MLP, a token encoder with a padding m
 checked with a dynamic batch (and sequence) dim, and a spy on the Relax VM proves that several sizes really
 ran through the one compiled module. An op the exported-program importer lacks but the ONNX route converts
 goes through the ONNX fallback, and the report says so; ops neither route converts fail at stage export
-naming the aten op and the user's line. A construct TVM 0.27 cannot lower with a symbolic dim (slicing a
+naming the aten op and the user's line. Two inputs sharing a batch dim declared ``(1, 2)``, which torch.export
+gives a symbol each, go through the ONNX route as one symbol (the graph's dims named from the spec): after an
+importer refusal, and after the exported program's import fails to compile; with the names dropped (the old
+fallback) they fail, the message saying the model went through ONNX, or keeping the first error and one line
+on the fallback's. A construct TVM 0.27 cannot lower with a symbolic dim (slicing a
 fixed-size table to a dynamic length) fails at stage compile naming the operator and the clamped shape.
 Targets: a JSON dict target compiles, a bad one fails at stage compile, and a CUDA target without a device
 is unavailable (skipped through pytest, failed under ``--deploy-strict``).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import textwrap
 
 import pytest
@@ -147,6 +152,32 @@ class Histogram(nn.Module):
         return self.fc(x), torch.histc(x, bins=4, min=-1.0, max=1.0)
 
 
+class HistogramOfSum(nn.Module):
+    """Two inputs sharing the batch dim (added together) and an op only the ONNX route converts."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, y):
+        return self.fc(x) + y, torch.histc(x, bins=4, min=-1.0, max=1.0)
+
+
+class Conditioned(nn.Module):
+    """Features plus a class embedding, each input with the batch dim (as a DiT adds its timestep and class
+    embeddings). Declared ``batch: (1, 2)``, torch 2.13's export gives each input's batch its own symbol."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 4)
+        self.classes = nn.Embedding(10, 4)
+
+    def forward(self, x, label):
+        return self.fc(x) + self.classes(label)
+
+
 class Eigen(nn.Module):
     def forward(self, x):
         return torch.linalg.eigvals(x).real
@@ -163,6 +194,9 @@ class Erfinv(nn.Module):
 
 
 BATCH = [tensor("batch", 4)]
+SHARED = [tensor("batch", 4), tensor("batch", 3)]
+CONDITIONED = [tensor("batch", 4), tensor("batch", dtype=torch.int64, low=0, high=10)]
+PAIR = {"batch": (1, 2)}
 TOKENS = [tensor("batch", "seq", dtype=torch.int64, low=0, high=50), tensor("batch", "seq", dtype=torch.bool)]
 SEQ_DIMS = {"batch": (1, 4), "seq": (2, 6)}
 
@@ -218,7 +252,10 @@ def test_positions_sliced_to_a_dynamic_length_fail_at_compile_naming_the_operato
     assert ("\n  the first, whose output shape TVM could not infer: relax.add("
             'R.Tensor((batch, seq, 8), dtype="float32"), R.Tensor((T.min(') in message
     assert "gather the rows instead (table[torch.arange(seq)])" in message
-    assert message.endswith("fix: try static dims (min == max) for this model, or another TVM version")
+    assert "\n  fix: try static dims (min == max) for this model, or another TVM version\n" in message
+    if HAS_ONNX:  # the ONNX route is tried too, and fails: one line on why
+        assert message.splitlines()[-1].startswith("  the ONNX fallback fails too: TVM's ONNX frontend: ")
+    assert "tvm_fallback" not in result.details
 
 
 def test_positions_sliced_to_a_static_length_pass_with_a_dynamic_batch(vm_runs):
@@ -237,12 +274,127 @@ def test_an_op_only_the_onnx_route_converts_passes_through_the_fallback(vm_runs)
     result, message = check(Histogram(), BATCH, {"batch": (1, 6)})
     assert message is None and result.passed
     assert result.max_abs_error <= 1e-4
-    assert result.details["tvm_importer"] == "onnx (fallback: the exported-program importer refused the model)"
+    refused = "torch.export import failed: TVM's exported-program importer has no conversion for aten.histc.default"
+    assert result.details["tvm_importer"] == f"onnx (fallback: {refused})"
+    assert result.details["tvm_fallback"] == f"tvm: imported through ONNX ({refused})"
     refusal = result.details["tvm_importer_refusal"]
     assert refusal.startswith("TVM's exported-program importer has no conversion for aten.histc.default\n")
     assert f"aten.histc.default at {site('return self.fc(x), torch.histc(x, bins=4, min=-1.0, max=1.0)')}" in refusal
     # the ONNX graph keeps the batch dynamic: one module, several batch sizes
     assert len(sizes(vm_runs, 0, 0)) >= 3
+
+
+@pytest.fixture
+def onnx_imports(monkeypatch):
+    """Every Relax module TVM's ONNX frontend returns during the test."""
+    from tvm.relax.frontend import onnx as frontend
+
+    modules = []
+    real = frontend.from_onnx
+
+    def from_onnx(*args, **kwargs):
+        modules.append(real(*args, **kwargs))
+        return modules[-1]
+
+    monkeypatch.setattr(frontend, "from_onnx", from_onnx)
+    return modules
+
+
+def batch_symbols(module) -> list:
+    """The first dim of each input of ``main``, as the module holds it."""
+    return [param.ty.shape.values[0] for param in module["main"].params]
+
+
+@pytest.fixture
+def unnamed_onnx_dims(monkeypatch):
+    """The ONNX export as it was before it named the graph's dims from the spec: torch.export's symbols."""
+    from pytest_deploy.backends import onnx_export
+
+    monkeypatch.setattr(onnx_export, "name_dynamic_axes", lambda onnx_program, space: None)
+
+
+HISTC_REFUSED = "TVM's exported-program importer has no conversion for aten.histc.default"
+SPLIT = r"batch is 2 symbols \((s\d+), (s\d+)\)"
+
+
+@needs_onnx
+def test_two_inputs_sharing_the_batch_dim_pass_through_the_onnx_fallback_as_one_symbol(vm_runs, onnx_imports):
+    """torch.export gives each input's batch (declared (1, 2)) its own symbol; the ONNX graph names both
+    ``batch`` from the spec, so TVM's ONNX frontend makes them one symbol and the sum compiles."""
+    result, message = check(HistogramOfSum(), SHARED, PAIR, examples=3)
+    assert message is None and result.passed
+    assert result.max_abs_error <= 1e-4
+    assert result.details["tvm_importer"] == f"onnx (fallback: torch.export import failed: {HISTC_REFUSED})"
+    assert result.details["tvm_fallback"] == f"tvm: imported through ONNX (torch.export import failed: {HISTC_REFUSED})"
+    assert result.details["tvm_importer_refusal"].startswith(HISTC_REFUSED + "\n")
+    assert "tvm_compile_failure" not in result.details
+    (module,) = onnx_imports
+    x, y = batch_symbols(module)
+    assert x.same_as(y) and str(x) == "batch"
+    assert sizes(vm_runs, 0, 0) == {1, 2} and all(run[0][1][0] == run[1][1][0] for run in vm_runs)
+
+
+@needs_onnx
+def test_with_the_dim_names_dropped_the_fallback_fails_at_compile_and_the_message_says_it_went_through_onnx(
+        unnamed_onnx_dims):
+    """The fallback as it was: the ONNX graph keeps torch.export's two symbols, TVM cannot prove the sum's
+    operands have one batch, and the failure says the model went through the ONNX route."""
+    result, message = check(HistogramOfSum(), SHARED, PAIR, examples=2)
+    assert result.stage == "compile"
+    first, second = message.splitlines()[:2]
+    assert first.startswith("tvm: stage compile: tvm.compile fails for target llvm: ")
+    assert second == f"  tvm: imported through ONNX (torch.export import failed: {HISTC_REFUSED})"
+    assert re.search(rf"\n  {SPLIT} that TVM cannot prove equal: torch.export gave a dim shared by several inputs "
+                     "a symbol per input\n", message)
+    assert result.details["tvm_fallback"] == second.strip()
+
+
+@needs_onnx
+def test_what_the_exported_program_import_cannot_compile_for_a_dynamic_dim_passes_through_the_onnx_fallback(
+        vm_runs, onnx_imports):
+    result, message = check(Conditioned(), CONDITIONED, PAIR, examples=3)
+    assert message is None and result.passed
+    assert result.max_abs_error <= 1e-4
+    # the exported-program route imported, did not compile, and says why
+    assert result.details["tvm_compile_failure"].startswith("tvm.compile fails for target llvm: ")
+    m = re.fullmatch(rf"tvm: imported through ONNX \(torch.export import does not compile: relax.add left unlowered: "
+                     rf"{SPLIT} that TVM cannot prove equal\)", result.details["tvm_fallback"])
+    assert m, result.details["tvm_fallback"]
+    reason = result.details["tvm_fallback"].removeprefix("tvm: imported through ONNX (")
+    assert result.details["tvm_importer"] == f"onnx (fallback: {reason}"
+    assert "tvm_importer_refusal" not in result.details
+    # the first unlowered operator names both symbols, not two dims that read the same
+    assert (f'relax.add(R.Tensor((batch, 4), dtype="float32"), R.Tensor(({m.group(2)}, 4), dtype="float32"))'
+            in result.details["tvm_compile_failure"])
+    (module,) = onnx_imports
+    x, label = batch_symbols(module)
+    assert x.same_as(label)
+    assert sizes(vm_runs, 0, 0) == {1, 2}
+
+
+@needs_onnx
+def test_when_the_onnx_fallback_fails_too_the_first_compile_error_is_kept_and_the_fallback_is_one_line(
+        unnamed_onnx_dims):
+    result, message = check(Conditioned(), CONDITIONED, PAIR, examples=2)
+    assert result.stage == "compile"
+    lines = message.splitlines()
+    assert lines[0].startswith("tvm: stage compile: tvm.compile fails for target llvm: ")
+    assert lines[-2] == "  fix: try static dims (min == max) for this model, or another TVM version"
+    assert re.fullmatch(rf"  the ONNX fallback fails too: relax.add left unlowered: {SPLIT} that TVM cannot prove "
+                        "equal", lines[-1]), lines[-1]
+    assert "tvm_fallback" not in result.details and "imported through ONNX" not in message
+    assert result.details["tvm_compile_failure"] in message
+
+
+@needs_onnx
+def test_a_library_from_the_cache_keeps_how_it_was_imported(tmp_path):
+    spec = dict(inputs=CONDITIONED, dims=PAIR, examples=2, cache_dir=tmp_path, isolate="none")
+    built = verify(Conditioned().eval(), "tvm", **spec)
+    loaded = verify(Conditioned().eval(), "tvm", recheck=True, **spec)  # the library, not the passing result
+    assert built.passed and not built.cached and loaded.passed and loaded.cached
+    assert loaded.timings["build"] < built.timings["build"]
+    for key in ("tvm_importer", "tvm_compile_failure", "tvm_fallback"):
+        assert loaded.details[key] == built.details[key]
 
 
 @needs_onnx
@@ -338,6 +490,17 @@ class Eigen(nn.Module):
     def forward(self, x):
         return torch.linalg.eigvals(x).real
 
+
+class Conditioned(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 4)
+        self.classes = nn.Embedding(10, 4)
+
+    def forward(self, x, label):
+        return self.fc(x) + self.classes(label)
+
 """
 
 MLP_TEST = """
@@ -376,6 +539,22 @@ def test_pytest_run_with_the_target_option(pytester):
     assert mlp_entry["timings"]["build"] > 0
     eigen = entries["test_eigen"]
     assert eigen["stage"] == "export" and "aten.linalg_eig.default at " in eigen["details"]["tvm_importer_refusal"]
+
+
+@needs_onnx
+def test_the_json_report_of_a_pass_through_the_onnx_fallback_says_so(pytester):
+    result, _, entries = run_with_report(pytester, """
+    @deployable(backends=["tvm"], inputs=[tensor("batch", 4), tensor("batch", dtype=torch.int64, low=0, high=10)],
+                dims={"batch": (1, 2)}, examples=2)
+    def test_conditioned():
+        return Conditioned().eval()
+    """)
+    result.assert_outcomes(passed=1)
+    entry = entries["test_conditioned"]
+    assert entry["outcome"] == "passed" and entry["message"] is None
+    assert entry["details"]["tvm_fallback"].startswith(
+        "tvm: imported through ONNX (torch.export import does not compile: relax.add left unlowered: batch is 2 symbols")
+    assert entry["details"]["tvm_importer"].startswith("onnx (fallback: torch.export import does not compile: ")
 
 
 def test_pytest_run_with_a_target_tvm_cannot_parse(pytester):
