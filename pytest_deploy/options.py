@@ -7,8 +7,10 @@ imports only the standard library and pytest.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
@@ -228,7 +230,7 @@ def read_settings(config) -> Settings:
     strict = config.getoption("deploy_strict")
     if strict is None:
         strict = bool(config.getini("deploy_strict"))
-    report = config.getoption("deploy_report") or config.getini("deploy_report") or None
+    report = report_path(config, "deploy_report")
     seed = config.getoption("deploy_seed")
     backend_options = {"onnx_exporter": config.getoption("deploy_onnx_exporter"),
                        "onnx_opset": config.getoption("deploy_onnx_opset"),
@@ -250,10 +252,32 @@ def read_settings(config) -> Settings:
                     config.getoption("deploy_cache_dir") or config.getini("deploy_cache_dir") or None,
                     bool(config.getoption("deploy_no_cache")), bool(config.getoption("deploy_recheck")),
                     isolate, timeout, config.getoption("deploy_keep_artifacts"),
-                    config.getoption("deploy_markdown") or config.getini("deploy_markdown") or None,
-                    not config.getoption("deploy_no_step_summary"),
-                    config.getoption("deploy_html") or config.getini("deploy_html") or None,
+                    report_path(config, "deploy_markdown"), not config.getoption("deploy_no_step_summary"),
+                    report_path(config, "deploy_html"),
                     keep_passing=keep_passing)
+
+
+def report_path(config, name: str) -> str | None:
+    """A report's path (option over ini), refused at start-up when it cannot be written as a file: the checks
+    would all run and the report be lost at the end."""
+    path = config.getoption(name) or config.getini(name) or None
+    if not path:
+        return None
+    where = f"--{name.replace('_', '-')}" if config.getoption(name) else f"ini {name}"
+    example = {"deploy_report": "deploy-report.json", "deploy_markdown": "deploy-summary.md",
+               "deploy_html": "deploy-report.html"}[name]
+    target = Path(path)
+    if target.is_dir() or str(path).endswith(("/", os.sep)):
+        raise SpecError(f"{where}={path}: is a directory; the report is one file: give a file path, "
+                        f"such as {target / example}")
+    for parent in target.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SpecError(f"{where}={path}: {parent} is a file, not a directory; give a path under a directory")
+            if not os.access(parent, os.W_OK):
+                raise SpecError(f"{where}={path}: {parent} is not writable; give a path under a writable directory")
+            break
+    return str(path)
 
 
 def read_localize_budget(config) -> float | None:

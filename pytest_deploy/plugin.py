@@ -11,6 +11,7 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -43,6 +44,8 @@ class DeploySession:
         #: model test id -> what its backends' items share (the model, eager references, the branch search);
         #: dropped after its last item
         self.model_tests: dict[str, ModelTest] = {}
+        #: report label -> why it could not be written at the session's end (told in the summary)
+        self.write_errors: dict[str, str] = {}
 
     def model_test(self, item) -> ModelTest:
         """The shared state of the model test ``item`` belongs to (one per model test, in this process)."""
@@ -417,8 +420,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(line)
     for label, path in (("JSON report", session.settings.report), ("Markdown summary", session.settings.markdown),
                         ("HTML report", session.settings.html)):
-        if path:
+        if path and label in session.write_errors:
+            terminalreporter.write_line(f"pytest-deploy: {session.write_errors[label]}", red=True)
+        elif path:
             terminalreporter.write_line(f"{label}: {path}")
+    if "GitHub step summary" in session.write_errors:
+        terminalreporter.write_line(f"pytest-deploy: {session.write_errors['GitHub step summary']}", red=True)
 
 
 @pytest.hookimpl(trylast=True)
@@ -435,18 +442,32 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
     results = list(deploy.results.values())
     settings = deploy.settings
+    interrupted = exitstatus == 2
+
+    def write(label: str, path: str, writer: Callable[[], None]) -> None:
+        """A report that cannot be written is told in the summary and fails the run; the others are still written."""
+        try:
+            writer()
+        except OSError as exc:
+            deploy.write_errors[label] = f"could not write the {label} to {path}: {exc.strerror or exc}"
+            if session.exitstatus == 0:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
     if settings.report:
-        write_json(settings.report, results, interrupted=exitstatus == 2)
+        write("JSON report", settings.report, lambda: write_json(settings.report, results, interrupted=interrupted))
     if settings.markdown:
-        write_markdown(settings.markdown, results)
+        write("Markdown summary", settings.markdown, lambda: write_markdown(settings.markdown, results))
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary and settings.step_summary:
-        write_markdown(step_summary, results, append=True)
+        write("GitHub step summary", step_summary, lambda: write_markdown(step_summary, results, append=True))
     if settings.html:
         from .report_html import write_html
 
-        data = report_dict(results, interrupted=exitstatus == 2)
-        write_html(settings.html, data["results"], data["environment"])
+        def html() -> None:
+            data = report_dict(results, interrupted=interrupted)
+            write_html(settings.html, data["results"], data["environment"])
+
+        write("HTML report", settings.html, html)
 
 
 class _XdistController:

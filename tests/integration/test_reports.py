@@ -188,3 +188,33 @@ def test_html_report_from_a_real_session(pytester):
 
     if importlib.util.find_spec("matplotlib") is not None:
         assert page.count('src="data:image/png;base64,') >= 2  # error against tolerance, time per backend
+
+
+@pytest.mark.parametrize("option", ["--deploy-html", "--deploy-report", "--deploy-markdown"])
+def test_a_report_path_that_is_a_directory_is_refused_before_any_check_runs(pytester, option):
+    (pytester.path / "reports").mkdir()
+    result = run(pytester, f"{option}=reports")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines([f"*{option}=reports: is a directory; the report is one file: give a file path, "
+                                 "such as reports/deploy-*"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert "passed" not in result.stdout.str()  # refused at start-up: no check ran
+
+
+def test_a_report_under_a_file_is_refused_and_one_that_fails_late_keeps_the_summary(pytester):
+    (pytester.path / "taken").write_text("a file")
+    result = run(pytester, "--deploy-report=taken/report.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--deploy-report=taken/report.json: *taken is a file, not a directory*"])
+    # a path that becomes unwritable during the run: the summary and the other reports survive, the run fails
+    pytester.makeconftest('''
+import os, shutil
+def pytest_sessionfinish(session):
+    os.makedirs("late/report.json", exist_ok=True)
+''')
+    result = run(pytester, "--deploy-report=late/report.json", "--deploy-markdown=summary.md")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*pytest-deploy summary*", "*pytest-deploy: could not write the JSON report to "
+                                 "late/report.json: *", "Markdown summary: summary.md"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert "test_branchy_model_whose_trace_freezes_an_if" in (pytester.path / "summary.md").read_text()
