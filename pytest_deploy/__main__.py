@@ -1,5 +1,9 @@
-"""``python -m pytest_deploy merge a.json b.json ...`` (or ``pytest-deploy merge ...``): the JSON reports of
-several runs (CI shards, matrix jobs) as one report, one table, one Markdown summary and one HTML report."""
+"""The ``pytest-deploy`` command (also ``python -m pytest_deploy``), for what happens outside a pytest session.
+
+``pytest-deploy merge a.json b.json ...`` joins the JSON reports of several runs (CI shards, matrix jobs) into one
+report, one table, one Markdown summary and one HTML report. ``pytest-deploy backends`` lists every backend, its
+aliases, and whether it can run on this machine (and if not, what to install).
+"""
 
 from __future__ import annotations
 
@@ -46,14 +50,22 @@ def _number(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pytest_deploy", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="pytest-deploy", description="Tools around pytest-deploy's checks, which themselves run under pytest.",
+        epilog="The checks run under pytest: 'pytest --deploy-backends=onnx,tvm' (every option: 'pytest --help', "
+               "section deploy). Documentation: docs/ in the project's repository.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("backends", help="list the backends, their aliases, and whether each can run here",
+                        description="List every registered backend with its aliases and whether it can run on this "
+                                    "machine; for one that cannot, why and what to install.")
     merge = commands.add_parser("merge", help="merge the JSON reports of several runs (shards) into one")
     merge.add_argument("reports", nargs="+", metavar="REPORT.json")
     merge.add_argument("-o", "--output", metavar="PATH", help="write the merged JSON report here")
     merge.add_argument("--markdown", metavar="PATH", help="write the merged Markdown summary here")
     merge.add_argument("--html", metavar="PATH", help="write the merged HTML report here")
     args = parser.parse_args(argv)
+    if args.command == "backends":
+        return list_backends()
     results, env, interrupted = load_results(args.reports)
     width = shutil.get_terminal_size().columns
     print("\n".join(summary_lines(results, width=width)))
@@ -71,6 +83,23 @@ def main(argv: list[str] | None = None) -> int:
         write_html(args.html, data["results"], env or current_environment())
         print(f"HTML report: {args.html}")
     return 1 if any(r.outcome in ("failed", "xpassed") for r in results) else 0
+
+
+def list_backends() -> int:
+    """Print one line per backend: name, aliases, and "runs here" or why not."""
+    from .backends import get_backend
+    from .names import backend_names
+
+    rows = []
+    for name in backend_names():
+        backend = get_backend(name)
+        aliases = ", ".join(backend.aliases)
+        rows.append((name, aliases, backend.unavailable_reason() or "runs here"))
+    width = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    print(f"{'backend':<{width[0]}}  {'aliases':<{width[1]}}  here")
+    for name, aliases, state in rows:
+        print(f"{name:<{width[0]}}  {aliases:<{width[1]}}  {state}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ backend. :mod:`pytest_deploy.backends` registers each backend's names here.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from typing import overload
 
@@ -48,7 +49,9 @@ def canonical_name(name: str) -> str:
         raise SpecError(f"backend {name!r} must be a string; known backends: {known_names_text()}")
     key = name.strip().lower()
     if key not in _ALIASES:
-        raise SpecError(f"unknown backend {name!r}; known backends: {known_names_text()}")
+        close = difflib.get_close_matches(key, [*_ALIASES, "all"], n=1, cutoff=0.6)
+        hint = f" (did you mean {_ALIASES.get(close[0], close[0])!r}?)" if close else ""
+        raise SpecError(f"unknown backend {name!r}{hint}; known backends: {known_names_text()}")
     return _ALIASES[key]
 
 

@@ -1,7 +1,7 @@
 """Option names, help texts, parsing and precedence (marker > command line > ini).
 
 Help texts are constants shared by the command-line option and its ini twin. Everything here
-imports only the standard library and pytest.
+imports only the standard library, pytest and the package's leaf modules (errors, names).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
+from .names import known_names_text
 
-HELP_BACKENDS = "comma-separated backend names or aliases to check (or 'all'); narrows each model's declared backends"
+HELP_BACKENDS = (f"comma-separated backend names or aliases to check, or 'all': {known_names_text().removesuffix(', all')} ('python -m "
+                 "pytest_deploy backends' says which run here); narrows each model's declared backends")
 HELP_EXAMPLES = "hypothesis examples per backend (a marker's examples= wins); default 20"
 HELP_STRICT = "fail, instead of skip, when a backend cannot run here"
 HELP_REPORT = "write the JSON report of every deployability check to this path"

@@ -494,7 +494,7 @@ def test_form3_verify_raises_deploy_failure_naming_backend_and_stage():
 
 def test_form3_verify_unknown_backend_or_argument():
     with pytest.raises(pytest_deploy.SpecError,
-                       match=r"unknown backend 'onxx'; known backends: .*trace \[torchscript-trace\]"):
+                       match=r"unknown backend 'onxx' \(did you mean 'onnx'\?\); known backends: .*trace \[torchscript-trace\]"):
         verify(_linear(), backend="onxx", inputs=[tensor(2, 4)])
     with pytest.raises(pytest_deploy.SpecError, match="unknown argument.*xfail"):
         verify(_linear(), backend="trace", inputs=[tensor(2, 4)], xfail={"trace": "no"})

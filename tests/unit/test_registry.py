@@ -78,7 +78,7 @@ def test_unknown_name_lists_known_names():
     with pytest.raises(SpecError) as info:
         canonical_name("torchscript")
     msg = str(info.value)
-    assert msg.startswith("unknown backend 'torchscript'; known backends: ")
+    assert msg.startswith("unknown backend 'torchscript' (did you mean 'trace'?); known backends: ")
     for name in backend_names():
         assert name in msg
     assert "trace [torchscript-trace]" in msg
@@ -126,7 +126,22 @@ def test_parse_backends_empty_list(empty):
 def test_parse_backends_unknown_names_the_source():
     with pytest.raises(SpecError) as info:
         parse_backends("trace,onnxx", where="--deploy-backends")
-    assert str(info.value).startswith("--deploy-backends: unknown backend 'onnxx'; known backends: ")
+    assert str(info.value).startswith("--deploy-backends: unknown backend 'onnxx' (did you mean 'onnx'?); known backends: ")
+
+
+def test_an_unknown_name_far_from_every_known_one_gets_no_guess():
+    with pytest.raises(SpecError) as info:
+        canonical_name("coreml")
+    assert str(info.value).startswith("unknown backend 'coreml'; known backends: ")
+
+
+def test_the_backends_option_help_lists_every_builtin_backend_and_alias():
+    from pytest_deploy.names import BUILTINS
+    from pytest_deploy.options import HELP_BACKENDS
+
+    for _, _, name, aliases in BUILTINS:
+        for word in (name, *aliases):
+            assert word in HELP_BACKENDS
 
 
 # -------------------------------------------------------------------------- register_backend
