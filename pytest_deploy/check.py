@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -913,13 +914,13 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
     for text in _input_warnings(space):
         ctx.warn(text)
     try:
-        with _temporary_files_in(path / "tmp"), isolation.guard("reference", timeout):
+        with _temporary_files_in(path / "tmp", _inductor_home(cache)), isolation.guard("reference", timeout):
             kind = _reference_kind(impl.name)
             if shared is None or kind not in shared.reference_checked:  # once per model test and kind of backend
                 _check_reference(ctx)
                 if shared is not None:
                     shared.reference_checked.add(kind)
-        with _temporary_files_in(path / "tmp"):
+        with _temporary_files_in(path / "tmp", _inductor_home(cache)):
             impl.verify(ctx)
     except StageError as err:
         result.outcome = "failed"
@@ -941,22 +942,29 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
 
 
 @contextlib.contextmanager
-def _temporary_files_in(directory: Path) -> Iterator[None]:
+def _temporary_files_in(directory: Path, inductor_home: str | None = None) -> Iterator[None]:
     """Temporary files and directories made during the check (by Python's tempfile, TVM, compilers it runs)
     go to ``directory`` in the check's work directory: no other process's clean-up can remove them mid-check,
-    and removing the work directory at the end leaves nothing behind."""
+    and removing the work directory at the end leaves nothing behind.
+
+    Inductor's caches (compiled kernels, and AOTInductor's precompiled headers: 283 MB) stay out of it, under
+    ``inductor_home`` (the artifact cache's, so that they are reused and nothing is left in the system temp dir),
+    else under inductor's own default; a TORCHINDUCTOR_CACHE_DIR the user set wins."""
     directory.mkdir(parents=True, exist_ok=True)
     saved_dir = tempfile.tempdir
-    # caches that live in the temp dir by default stay where they were (inductor's compiled kernels)
-    pinned = {"TORCHINDUCTOR_CACHE_DIR": _inductor_cache_dir()}
-    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", *pinned)}
-    for key, value in pinned.items():
-        os.environ.setdefault(key, value)
+    default = _inductor_cache_dir()
+    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR")}
+    # unset, or inductor's default (which inductor itself writes into the environment when it first looks)
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_home or default
+    headers = os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "precompiled_headers")
+    _point_inductor_headers(headers)
     tempfile.tempdir = str(directory)
     os.environ["TMPDIR"] = str(directory)
     try:
         yield
     finally:
+        _point_inductor_headers(headers)  # imported during the check: fixed from the check's temp dir
         shutil.rmtree(directory, ignore_errors=True)  # before --deploy-keep-artifacts copies the work directory
         tempfile.tempdir = saved_dir
         for key, saved in saved_env.items():
@@ -964,6 +972,22 @@ def _temporary_files_in(directory: Path) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = saved
+
+
+def _point_inductor_headers(headers: str) -> None:
+    """Inductor fixes where it keeps AOTInductor's precompiled headers when ``torch._inductor.codecache`` is first
+    imported, from the temp dir of that moment (not from TORCHINDUCTOR_CACHE_DIR). Imported during a check, that
+    is the check's work directory: later compiles would write 283 MB there, re-creating a directory removed."""
+    codecache = sys.modules.get("torch._inductor.codecache")
+    if codecache is not None and isinstance(getattr(codecache, "_HEADER_DIR", None), str):
+        codecache._HEADER_DIR = headers  # type: ignore[attr-defined]
+        codecache._HEADER_LOCK_DIR = os.path.join(headers, "locks")  # type: ignore[attr-defined]
+
+
+def _inductor_home(cache) -> str | None:
+    """Where inductor's caches go during checks: under the local artifact cache, when there is one."""
+    root = getattr(cache, "root", None)
+    return str(Path(root) / "inductor") if root else None
 
 
 def _inductor_cache_dir() -> str:

@@ -55,6 +55,18 @@ def test_aoti_compiles_runs_and_matches_eager_across_batch_sizes(cold):
     assert len(set(sizes)) >= 3, f"only batch sizes {sorted(set(sizes))} ran"
 
 
+def test_inductor_keeps_its_precompiled_headers_in_the_artifact_cache(cold, cache_dir):
+    """283 MB of headers: under the artifact cache (reused next session), never in a check's work directory or
+    the system temp dir, whichever check first imported inductor's code cache."""
+    import sys
+    from pathlib import Path
+
+    codecache = sys.modules["torch._inductor.codecache"]
+    assert Path(codecache._HEADER_DIR) == cache_dir / "inductor" / "precompiled_headers"
+    headers = list((cache_dir / "inductor" / "precompiled_headers").glob("*.gch"))
+    assert headers, "the compile precompiled no header in the artifact cache"
+
+
 def test_second_run_loads_the_package_from_the_cache(cold, cache_dir):
     first, _ = cold
     # recheck: run the check again (not reuse its passing result), so the package is loaded from the cache
@@ -77,7 +89,8 @@ def test_second_run_loads_the_package_from_the_cache(cold, cache_dir):
 def test_a_corrupt_cache_entry_is_rebuilt_not_loaded(cold, cache_dir, tmp_path):
     # copy the warm cache, then truncate the package in the copy
     copy = tmp_path / "cache"
-    shutil.copytree(cache_dir, copy)
+    shutil.copytree(cache_dir, copy, ignore=shutil.ignore_patterns("inductor"))
+    (copy / "inductor").symlink_to(cache_dir / "inductor")  # inductor's headers (283 MB) shared, not copied
     (package,) = list(copy.rglob(aoti_backend.PACKAGE))
     package.write_bytes(package.read_bytes()[:100])
     result = verify(MLP().eval(), "aoti", cache_dir=copy, recheck=True, **SPEC)

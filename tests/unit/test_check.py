@@ -86,3 +86,25 @@ def test_deterministic_model_in_eval_mode_passes_trace():
     assert result.passed and result.backend == "trace"
     assert result.examples >= 1
     assert result.max_abs_error is not None and result.max_abs_error < 1e-3
+
+
+def test_inductor_imported_during_a_check_keeps_its_headers_out_of_the_work_directory(tmp_path):
+    """torch._inductor.codecache fixes its precompiled-header directory from the temp dir when first imported;
+    imported inside a check, that is the check's work directory, which later compiles would re-create."""
+    import subprocess
+    import sys
+
+    code = f"""
+from pathlib import Path
+import torch
+from pytest_deploy.check import _temporary_files_in
+work, home = Path({str(tmp_path / "work")!r}), Path({str(tmp_path / "home")!r})
+with _temporary_files_in(work / "tmp", str(home)):
+    import torch._inductor.codecache as codecache
+    assert Path(codecache._HEADER_DIR).is_relative_to(work), codecache._HEADER_DIR  # what inductor chose
+print(codecache._HEADER_DIR)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "home" / "precompiled_headers")
+    assert not (tmp_path / "work" / "tmp").exists()
