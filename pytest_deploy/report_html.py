@@ -47,6 +47,8 @@ _DEFAULT_ORDER = ("state_dict", "pickle", "checkpoint", "trace", "script", "expo
 _ENV_KEYS = ("python", "torch", "onnxruntime", "tvm", "tensorrt", "cuda", "machine")
 #: a details value longer than this (as JSON) is cut, with a note of how much was left out
 DETAIL_LIMIT = 300
+#: plot text sizes (points at 100 dpi): read at the width the page shows a plot (about 720 px)
+_FONT = {"tick": 11, "label": 12, "title": 13, "note": 10.5, "legend": 11}
 _INSTALL_NOTE = "Plots need matplotlib, which is not installed here: pip install matplotlib"
 
 _CSS = """
@@ -107,7 +109,7 @@ dl.kv dd { margin: 0; word-break: break-all; }
 .cut { color: #888; font-style: italic; }
 .note { background: #fff4d6; border: 1px solid #e6c46a; border-radius: 4px; padding: 8px 12px; }
 .plots { display: flex; flex-wrap: wrap; gap: 8px 24px; align-items: flex-start; }
-.plots figure { flex: 0 1 580px; }
+.plots figure { flex: 0 1 720px; }
 figure { margin: 10px 0 18px; max-width: 100%; }
 figure img { width: 100%; max-width: 900px; height: auto; border: 1px solid #e0e0e0; background: #fff; }
 figcaption { color: #444; font-size: 12.5px; max-width: 640px; }
@@ -337,7 +339,9 @@ def _divergence(result: dict) -> str:
     if isinstance(div, dict):
         where = f"{div.get('file')}:{div.get('line')}" if div.get("file") else ""
         kind = f" ({div['type']})" if div.get("type") else ""
-        parts = [f"diverges first at <code>{_e(div.get('module') or '?')}</code>{_e(kind)}"]
+        module = div.get("module")
+        name = "the model itself" if module == "" else f"<code>{_e(module or '?')}</code>"
+        parts = [f"diverges first at {name}{_e(kind)}"]
         if where:
             parts.append(f"<span class=\"mono\">{_e(where)}</span>")
         if div.get("node"):
@@ -351,7 +355,9 @@ def _divergence(result: dict) -> str:
     return ""
 
 
-def _check(result: dict, anchor: str, node_plot: str | None) -> str:
+def _check(result: dict, anchor: str, node_plot: str | None, same_branches: tuple[str, str] | None = None) -> str:
+    """One check's card. ``same_branches`` (backend, anchor) names an earlier card of the model test with the same
+    branch sites: a passing card then links to that table instead of repeating it."""
     outcome = _outcome(result)
     timings = result.get("timings") or {}
     facts = [("outcome", _e(outcome)), ("stage", _e(result.get("stage") or "-"))]
@@ -377,7 +383,10 @@ def _check(result: dict, anchor: str, node_plot: str | None) -> str:
     if node_plot:
         parts.append(node_plot)
     branches = result.get("branches") or []
-    if branches:
+    if branches and same_branches and outcome not in ("failed", "xpassed"):
+        parts.append(f'<h4>branch sites ({len(branches)})</h4><p class="same-sites">the same as '
+                     f'<a href="#{_e(same_branches[1])}">[{_e(same_branches[0])}]</a>\'s</p>')
+    elif branches:
         parts.append(f"<h4>branch sites ({len(branches)})</h4>" + _branch_table(branches))
     details = result.get("details") or {}
     if details:
@@ -420,48 +429,78 @@ def _log_floor(values: Iterable[float]) -> float:
     return min(positive) / 10 if positive else 1e-12
 
 
+def _marker(outcome: str) -> dict[str, Any]:
+    """One outcome's marker, the same on the plot and in its legend (scatter sizes are areas: size**2)."""
+    failed = outcome in ("failed", "xpassed")
+    return {"marker": "X" if failed else "o", "size": 9.5 if failed else 6.0, "color": COLORS[outcome][1],
+            "edge": "black" if failed else COLORS[outcome][1]}
+
+
 def _plot_errors(results: list[dict], backends: list[str]) -> str | None:
-    """Max abs error per check against its atol, one column per backend (log scale); failures marked."""
+    """Max abs error per check against its atol, one column per backend (log scale); failures marked. A check that
+    failed before any output was compared (no error) sits in a band at the top, labelled with its stage, so a
+    column of failures never looks clean."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     points = _finite_errors(results)
-    if not points:
+    early = [r for r in results if _num(r.get("max_abs_error")) is None and _outcome(r) in ("failed", "xpassed")]
+    if not points and not early:
         return None
-    columns = [b for b in backends if any(str(r.get("backend")) == b for r, _ in points)]
+    columns = [b for b in backends if any(str(r.get("backend")) == b for r in [p for p, _ in points] + early)]
     atols = [a for r, _ in points if (a := _num(r.get("atol"))) is not None]
     floor = _log_floor([e for _, e in points] + atols)
     ceiling = max([e for _, e in points if math.isfinite(e)] + atols + [floor * 10]) * 10
-    fig = Figure(figsize=(max(6.0, 1.1 * len(columns) + 2.5), 4.2), dpi=100)
+    band = ceiling * 100  # failures without an error, above every error
+    fig = Figure(figsize=(max(7.5, 1.4 * len(columns) + 3.5), 4.8), dpi=100)
     ax = fig.add_subplot()
     seen: set[str] = set()
     for x, backend in enumerate(columns):
-        group = [(r, e) for r, e in points if str(r.get("backend")) == backend]
+        group: list[tuple[dict, float | None]] = [(r, e) for r, e in points if str(r.get("backend")) == backend]
+        group += [(r, None) for r in early if str(r.get("backend")) == backend]
         for i, (r, err) in enumerate(group):
             offset = 0.0 if len(group) == 1 else -0.28 + 0.56 * i / (len(group) - 1)
-            y = floor if err <= 0 else (ceiling if math.isinf(err) else err)
+            y = band if err is None else (floor if err <= 0 else (ceiling if math.isinf(err) else err))
             outcome = _outcome(r)
-            failed = outcome == "failed"
-            ax.scatter([x + offset], [y], s=90 if failed else 36, marker="X" if failed else "o",
-                       color=COLORS[outcome][1], edgecolors="black" if failed else "none", linewidths=0.8, zorder=3)
-            if err <= 0 or math.isinf(err):
-                ax.annotate("0" if err <= 0 else "inf", (x + offset, y), xytext=(6, 0), textcoords="offset points",
-                            va="center", fontsize=8, color=COLORS[outcome][1])
+            m = _marker(outcome)
+            ax.scatter([x + offset], [y], s=m["size"] ** 2, marker=m["marker"], color=m["color"],
+                       edgecolors=m["edge"], linewidths=0.8, zorder=3)
+            label = (str(r.get("stage") or "?") if err is None
+                     else "0" if err <= 0 else "inf" if math.isinf(err) else None)
+            if label:  # beside a lone marker; above and below in turn where markers share a column
+                xytext, ha = ((7, 0), "left") if len(group) == 1 else ((0, 9 if i % 2 == 0 else -17), "center")
+                ax.annotate(label, (x + offset, y), xytext=xytext, textcoords="offset points", va="bottom",
+                            ha=ha, fontsize=_FONT["note"], color=m["color"])
             seen.add(outcome)
         for atol in sorted({a for r, _ in group if (a := _num(r.get("atol"))) is not None}):
             ax.hlines(atol, x - 0.4, x + 0.4, colors="#1d1d1f", linestyles="--", linewidth=1.5, zorder=2)
     ax.set_yscale("log")
-    ax.set_ylim(floor / 3, ceiling * 3)
+    if early:  # the band has no scale: no error was measured there
+        from matplotlib.ticker import FuncFormatter
+
+        ax.axhspan(band / 20, band * 20, color="#fbd0cc", alpha=0.35, zorder=1, linewidth=0)
+        scale = ax.yaxis.get_major_formatter()
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, pos: "" if v > ceiling * 1.01 else scale(v, pos)))
+    ax.set_ylim(floor / 3, band * 20 if early else ceiling * 3)
     ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels(columns)
+    ax.set_xticklabels(columns, fontsize=_FONT["tick"])
+    ax.tick_params(axis="y", labelsize=_FONT["tick"])
     ax.set_xlim(-0.6, len(columns) - 0.4)
-    ax.set_ylabel("max abs error (log)")
+    ax.set_ylabel("max abs error (log)", fontsize=_FONT["label"])
     ax.grid(axis="y", which="major", color="#e0e0e0", zorder=0)
-    ax.set_title("max abs error per check against atol")
-    handles = [Line2D([], [], linestyle="none", marker="X" if o == "failed" else "o", color=COLORS[o][1],
-                      markeredgecolor="black" if o == "failed" else COLORS[o][1], label=o) for o in OUTCOMES if o in seen]
+    ax.set_title("max abs error per check against atol", fontsize=_FONT["title"])
+    handles: list[Any] = []
+    for o in OUTCOMES:
+        if o in seen:
+            m = _marker(o)
+            handles.append(Line2D([], [], linestyle="none", marker=m["marker"], markersize=m["size"],
+                                  markerfacecolor=m["color"], markeredgecolor=m["edge"], markeredgewidth=0.8, label=o))
     handles.append(Line2D([], [], linestyle="--", color="#1d1d1f", label="atol"))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    if early:
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(color="#fbd0cc", alpha=0.6, label="failed before compare\n(no error; its stage)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=_FONT["legend"])
     fig.tight_layout()
     return _figure_uri(fig)
 
@@ -480,7 +519,7 @@ def _plot_timings(results: list[dict], backends: list[str]) -> str | None:
     columns = [b for b in backends if sum(sums[b].values()) > 0]
     if not columns:
         return None
-    fig = Figure(figsize=(max(6.0, 1.1 * len(columns) + 2.5), 3.8), dpi=100)
+    fig = Figure(figsize=(max(6.5, 1.2 * len(columns) + 3.0), 4.2), dpi=100)
     ax = fig.add_subplot()
     bottom = [0.0] * len(columns)
     for stage, color in zip(stages, ("#3b6ea8", "#e0a030", "#3f9f8f")):
@@ -488,15 +527,16 @@ def _plot_timings(results: list[dict], backends: list[str]) -> str | None:
         ax.bar(range(len(columns)), heights, bottom=bottom, color=color, label=stage, width=0.6, zorder=3)
         bottom = [a + h for a, h in zip(bottom, heights)]
     for x, total in enumerate(bottom):
-        ax.annotate(f"{total:.1f} s", (x, total), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+        ax.annotate(f"{total:.1f} s", (x, total), ha="center", va="bottom", fontsize=_FONT["note"], xytext=(0, 2),
                     textcoords="offset points")
     ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels(columns)
-    ax.set_ylabel("seconds (sum over checks)")
+    ax.set_xticklabels(columns, fontsize=_FONT["tick"])
+    ax.tick_params(axis="y", labelsize=_FONT["tick"])
+    ax.set_ylabel("seconds (sum over checks)", fontsize=_FONT["label"])
     ax.set_ylim(0, max(bottom) * 1.15)
     ax.grid(axis="y", color="#e0e0e0", zorder=0)
-    ax.set_title("time per backend")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    ax.set_title("time per backend", fontsize=_FONT["title"])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=_FONT["legend"])
     fig.tight_layout()
     return _figure_uri(fig)
 
@@ -528,15 +568,16 @@ def _plot_nodes(result: dict) -> str | None:
         ax.scatter([first], [ys[first]], s=90, marker="X", color=COLORS["failed"][1], edgecolors="black", zorder=4,
                    label=f"first beyond atol: {labels[first]}")
     ax.set_yscale("log")
-    ax.set_xlabel("node, in execution order")
-    ax.set_ylabel("max abs error (log)")
+    ax.set_xlabel("node, in execution order", fontsize=_FONT["label"])
+    ax.set_ylabel("max abs error (log)", fontsize=_FONT["label"])
+    ax.tick_params(axis="y", labelsize=_FONT["tick"])
     if not many:
         ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=_FONT["note"])
     ax.grid(axis="y", color="#e0e0e0", zorder=0)
-    ax.set_title(f"per-node error: {result.get('test')} [{result.get('backend')}]", fontsize=10)
+    ax.set_title(f"per-node error: {result.get('test')} [{result.get('backend')}]", fontsize=_FONT["title"])
     if atol or first is not None:
-        ax.legend(loc="upper left", fontsize=8, frameon=False)
+        ax.legend(loc="upper left", fontsize=_FONT["legend"], frameon=False)
     fig.tight_layout()
     return _figure_uri(fig)
 
@@ -560,7 +601,9 @@ def _plots(results: list[dict], backends: list[str]) -> tuple[str, list[str | No
     parts = []
     for what, draw, caption in (
         ("error", _plot_errors, "Max abs error of each check (one marker; failed checks as a large X) against the "
-                                "atol it was held to (dashed), per backend. Log scale; an error of 0 sits at the bottom."),
+                                "atol it was held to (dashed), per backend. Log scale; an error of 0 sits at the bottom, "
+                                "and a check that failed before any output was compared sits in the red band at the "
+                                "top, labelled with its stage."),
         ("timing", _plot_timings, "Build, load and run time per backend, summed over its checks "
                                   "(cached checks count what this run spent)."),
     ):
@@ -602,7 +645,15 @@ def render_html(results: list[dict], environment: dict, *, title: str = "pytest-
         rows.setdefault(str(r.get("test")), []).append(i)
     position = {b: i for i, b in enumerate(backends)}
     ordered = [i for indices in rows.values() for i in sorted(indices, key=lambda i: position[str(results[i].get("backend"))])]
-    checks = "".join(_check(results[i], anchors[i], node_plots[i]) for i in ordered)
+    shown: dict[tuple[str, str], tuple[str, str]] = {}  # (test, branch sites as JSON) -> the card with the table
+    cards = []
+    for i in ordered:
+        r = results[i]
+        key = (str(r.get("test")), json.dumps(r.get("branches") or [], sort_keys=True, default=str))
+        cards.append(_check(r, anchors[i], node_plots[i], shown.get(key)))
+        if r.get("branches") and _outcome(r) not in ("failed", "xpassed"):
+            shown.setdefault(key, (str(r.get("backend")), anchors[i]))
+    checks = "".join(cards)
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

@@ -447,3 +447,79 @@ def test_report_renders_in_headless_chromium(tmp_path):
     for outcome in ("passed", "failed", "skipped", "xfailed", "xpassed"):
         want = tuple(int(COLORS[outcome][0][i:i + 2], 16) for i in (1, 3, 5))
         assert want in colours, f"the {outcome} cells' colour {COLORS[outcome][0]} is not on screen"
+
+
+# ------------------------------------------------------------------ what a newcomer found (issue 25, item 6)
+
+def _figure_of(monkeypatch, draw, results):
+    """The matplotlib figure a plot function draws, instead of its PNG."""
+    monkeypatch.setattr(report_html, "_figure_uri", lambda fig: fig)
+    return draw(results, report_html._backend_order(results))
+
+
+def test_a_divergence_at_the_root_module_is_the_model_itself():
+    result = _result("t.py::test_reg", "trace", "failed", stage="compare", max_abs_error=0.2,
+                     divergence={"module": "", "type": "AutoScaledRegressor", "file": "m.py", "line": 3,
+                                 "max_abs_error": 0.2, "input_max_abs_error": 0.0})
+    text = render_html([result], ENVIRONMENT)
+    assert "diverges first at the model itself (AutoScaledRegressor)" in html.unescape(re_tags(text))
+    assert "?" not in report_html._divergence(result)
+
+
+def re_tags(text: str) -> str:
+    import re
+
+    return re.sub(r"<[^>]+>", "", text)
+
+
+def test_failures_before_compare_are_on_the_error_plot_with_their_stage(monkeypatch):
+    pytest.importorskip("matplotlib")
+    results = [_result("t.py::test_a", "onnx", "failed", stage="export", message="onnx: stage export: ..."),
+               _result("t.py::test_b", "onnx", "failed", stage="compile", message="onnx: stage compile: ..."),
+               _result("t.py::test_a", "trace", max_abs_error=1e-7)]
+    fig = _figure_of(monkeypatch, report_html._plot_errors, results)
+    ax = fig.axes[0]
+    points = [tuple(off) for c in _scatters(ax) for off in c.get_offsets()]
+    assert len(points) == 3  # every check has a marker, the two without an error included
+    notes = {t.get_text() for t in ax.texts}
+    assert {"export", "compile"} <= notes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("failed before compare" in label for label in labels)
+
+
+def test_legend_markers_are_the_plot_markers_and_text_is_readable(monkeypatch):
+    pytest.importorskip("matplotlib")
+    results = [_result("t.py::test_a", "onnx", "failed", stage="compare", max_abs_error=0.3),
+               _result("t.py::test_a", "trace", max_abs_error=1e-7)]
+    fig = _figure_of(monkeypatch, report_html._plot_errors, results)
+    ax = fig.axes[0]
+    handles = {h.get_label(): h for h in ax.get_legend().legend_handles}
+    for collection in _scatters(ax):
+        face = tuple(collection.get_facecolor()[0])
+        outcome = "failed" if face[:3] == pytest.approx(_rgb(COLORS["failed"][1])) else "passed"
+        handle = handles[outcome]
+        assert collection.get_sizes()[0] == pytest.approx(handle.get_markersize() ** 2)
+        from matplotlib.colors import to_rgb
+
+        assert to_rgb(handle.get_markerfacecolor()) == pytest.approx(face[:3])
+    texts = [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.yaxis.label, ax.title, *ax.get_legend().get_texts()]
+    assert min(t.get_fontsize() for t in texts if t.get_text()) >= 10  # 10 pt at 100 dpi; shown at about 720 px
+
+
+def _scatters(ax) -> list:
+    from matplotlib.collections import PathCollection
+
+    return [c for c in ax.collections if isinstance(c, PathCollection)]
+
+
+def _rgb(hex_colour: str) -> tuple[float, ...]:
+    return tuple(int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+def test_passing_cards_of_a_model_test_show_its_branch_sites_once():
+    results = [_result("t.py::test_m", b, branches=BRANCHES) for b in ("trace", "export", "onnx")]
+    results.append(_result("t.py::test_m", "tvm", "failed", stage="compare", max_abs_error=1.0, branches=BRANCHES))
+    page = render_html(results, ENVIRONMENT)
+    assert page.count('<table class="branches">') == 2  # the first passing card's, and the failing card's own
+    assert page.count('class="same-sites"') == 2
+    assert page.count(">[trace]</a>") == 2  # both later passing cards link to trace's table
