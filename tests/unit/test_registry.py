@@ -16,6 +16,7 @@ from pytest_deploy.backends import (
 )
 from pytest_deploy.backends.base import first_line
 from pytest_deploy.errors import SpecError
+from pytest_deploy.sources import short_path
 
 BUILTINS = ["state_dict", "pickle", "checkpoint", "trace", "script", "export"]
 
@@ -238,6 +239,28 @@ def test_long_messages_are_cut_at_a_sentence_end_and_say_so():
             "or route the operator to an external codegen.")
     assert out == f"{kept} [cut: {len('RuntimeError: ' + text) - len(kept)} more characters]"
     assert "However, the given in" not in out
+
+
+def test_a_torchscript_interpreter_error_is_named_by_its_cause_and_the_models_line():
+    from pytest_deploy.sources import describe_exception, torchscript_error
+
+    here = __file__
+    text = ("The following operation failed in the TorchScript interpreter.\n"
+            "Traceback of TorchScript, original code (most recent call last):\n"
+            f"{here}(3): forward\n/usr/lib/python3/site-packages/torch/nn/modules/module.py(1768): _slow_forward\n"
+            "RuntimeError: shape '[2, 3, 1]' is invalid for input of size 3\n")
+    exc = RuntimeError(text)
+    assert first_line(exc) == "RuntimeError: shape '[2, 3, 1]' is invalid for input of size 3 (in the TorchScript interpreter)"
+    assert describe_exception(exc).splitlines()[1].startswith(f"  at {short_path(here)}:3  ")
+    assert torchscript_error(exc) == text.strip()
+    assert torchscript_error(ValueError("The shape is wrong")) is None
+    # a scripted module's traceback: innermost frame last; the serialized code is no file of the user's
+    scripted = ("The following operation failed in the TorchScript interpreter.\n"
+                'Traceback of TorchScript, serialized code (most recent call last):\n  File "code/__torch__.py", line 8\n'
+                f'Traceback of TorchScript, original code:\n  File "{here}", line 2, in forward\n    def forward(x):\n'
+                f'  File "{here}", line 5, in inner\n    return x.view(2)\n'
+                "RuntimeError: shape '[2]' is invalid for input of size 3\n")
+    assert describe_exception(RuntimeError(scripted)).splitlines()[1].startswith(f"  at {short_path(here)}:5  ")
 
 
 def test_the_builtin_table_matches_each_backend_class():
