@@ -128,20 +128,33 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return cap(text, limit)
 
 
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n|[.!?]$")
+
+
 def cap(text: str, limit: int) -> str:
-    """``text`` cut to about ``limit`` characters, never mid-sentence: at the last sentence end (or clause
-    end, or word end) before the limit, saying how much was left out."""
+    """``text`` cut to about ``limit`` characters, never mid-sentence, and marked where it was cut (``… (N more
+    characters)``). It ends at the last sentence or line end before the limit; when the first sentence alone is
+    longer, the whole of it is kept if that stays within twice the limit. Only a first sentence longer than that
+    is cut within (at a word end)."""
     if len(text) <= limit:
         return text
-    head = text[:limit]
-    for marks in ((". ", "! ", "? "), ("; ", ": ", ", ")):
-        end = max(head.rfind(m) for m in marks)
-        if end > limit // 3:
-            head = head[: end + 1]
-            break
-    else:
-        head = head[: head.rfind(" ")] if head.rfind(" ") > limit // 3 else head
-    return f"{head.rstrip()} [cut: {len(text) - len(head.rstrip())} more characters]"
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    before = [e for e in ends if limit // 4 < e <= limit]
+    after = [e for e in ends if limit < e <= 2 * limit]
+    short = [e for e in ends if e <= limit // 4]
+    if before:
+        head = text[: before[-1]]
+    elif after:  # a long sentence, kept whole
+        head = text[: after[0]]
+    elif short:  # the short sentences before a very long one
+        head = text[: short[-1]]
+    else:  # one very long sentence: cut at a word end
+        space = text.rfind(" ", 0, limit)
+        head = text[:space] if space > limit // 3 else text[:limit]
+    head = head.rstrip()
+    if len(head) >= len(text.rstrip()):
+        return text
+    return f"{head} \u2026 ({len(text) - len(head)} more characters)"
 
 
 def frame_from_stack(stack: str):
