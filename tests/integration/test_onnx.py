@@ -261,8 +261,9 @@ def test_recurrent_model_fails_with_the_dynamo_exporter_naming_the_specialised_s
     result, message = check(Recurrent(cell), [tensor("batch", "seq", 4)], SEQ_DIMS)
     assert result.stage == "export"
     assert "torch.export specialised a dim declared dynamic" in message
-    assert "seq" in message and "torch.export suggests: seq = 3" in message
-    assert "fix: make forward work for every size in dims=, or narrow dims=" in message
+    assert "seq (declared 2 to 6 in dims=) is fixed to " in message
+    assert "`out, state = self.rnn(x)`  (the guard seq == " in message  # the model's line that calls the cell
+    assert "or declare seq static in the spec" in message and "suggests" not in message
 
 
 def test_embedding_model_with_integer_tokens_passes(ort_runs):

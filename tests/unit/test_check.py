@@ -178,3 +178,48 @@ def test_a_run_failure_from_a_frozen_shape_number_names_the_conversion():
     assert info.value.result.stage == "run"
     assert message.splitlines()[0].startswith("trace: stage run: RuntimeError: shape '[2, 3, 1]' is invalid")
     assert f"trace-frozen number at tests/unit/test_check.py:{line}  `return x.reshape(int(x.shape[0]), 3, 1) * 2`" in message
+
+
+# ------------------------------------------- torch.export specialising a dynamic dim (issue 22 item 5)
+
+
+class FloatOfWidth(torch.nn.Module):
+    def forward(self, x):
+        w = x.shape[-1]
+        return x - float(w - 1) / 2
+
+
+def test_a_specialised_dim_is_blamed_at_the_line_that_added_the_guard_with_a_fix_in_spec_terms():
+    with pytest.raises(DeployFailure) as info:
+        pytest_deploy.verify(FloatOfWidth().eval(), "export", inputs=[tensor(2, "w")], dims={"w": (2, 8)}, examples=3)
+    message = info.value.message
+    line = _line_of(FloatOfWidth, "float(w - 1)")
+    first, at, fix = message.splitlines()[:3]
+    assert first == "export: stage export: torch.export specialised a dim declared dynamic: w (declared 2 to 8 in " \
+                    "dims=) is fixed to 3"
+    assert at == (f"  at tests/unit/test_check.py:{line}  `return x - float(w - 1) / 2`  (the guard w - 1 == 2 is added "
+                  "there, as torch.export.draft_export reports)")
+    assert fix.startswith("  fix: keep the number on the shape, without float()/int() (`(w - 1) / 2`")
+    assert fix.endswith("or declare w static in the spec (dims={'w': (3, 3)}) if the model supports only that size")
+    for advice in ("mark_dynamic", "Dim.DYNAMIC", "suggests", "w = 3", "TORCH_LOGS"):
+        assert advice not in message, advice
+    guard = info.value.result.details["export_guard"]
+    assert guard["line"] == line and guard["guard"].startswith("Eq(")
+
+
+def test_a_failing_draft_export_leaves_the_specialisation_verdict_clear(monkeypatch):
+    """draft_export is extra: when it raises, the verdict and its message stand, without the line."""
+    from pytest_deploy.backends import export as export_backend
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("draft_export broke")
+
+    monkeypatch.setattr(torch.export, "draft_export", broken)
+    export_backend._PROGRAMS.clear()
+    with pytest.raises(DeployFailure) as info:
+        pytest_deploy.verify(FloatOfWidth().eval(), "export", inputs=[tensor(2, "w")], dims={"w": (2, 8)}, examples=3)
+    result = info.value.result
+    assert result.stage == "export"
+    assert info.value.message.startswith("export: stage export: torch.export specialised a dim declared dynamic: w ")
+    assert "draft_export broke" not in info.value.message and "declare w static in the spec" in info.value.message
+    assert result.details["export_guard"].startswith("not found")
