@@ -81,6 +81,10 @@ SHAPE_NUMBER_FIX = ("keep it on the shape, without float()/int(): `(w - 1) / 2` 
 
 DEFAULT_EXAMPLES = 20
 
+#: a failing trace check traces the model twice more to find the numbers computed from shapes that the trace froze
+#: (:meth:`CheckContext._frozen_shape_numbers`); not when building the artifact took longer than this
+RETRACE_BUDGET_S = 20.0
+
 
 @dataclass
 class _RunCounts:
@@ -638,11 +642,11 @@ class CheckContext:
         tracer does (a shape is a tensor under it, and it warns when converting one). Where it warned at a line
         of the user's that eager converts nothing at, the model is traced again on the canonical example and on
         ``example`` with the conversions recorded, and the values compared. Never raises."""
-        if self._retrace is None:
+        if self._retrace is None or self.result.timings.get("build", 0.0) > RETRACE_BUDGET_S:
             return []
         eager_sites = {short_path(site.file) + f":{site.line}" for site, _ in self.analysis.traced}
         warned = {f"{w['file']}:{w['line']}" for w in self.result.details.get("tracer_warnings") or []
-                  if str(w.get("message", "")).startswith("Converting a tensor to a Python")}
+                  if re.match(r"Converting a tensor to a Python (?:float|integer|number|index)", str(w.get("message")))}
         if not warned - eager_sites:
             return []
         try:
