@@ -223,3 +223,24 @@ def test_a_failing_draft_export_leaves_the_specialisation_verdict_clear(monkeypa
     assert info.value.message.startswith("export: stage export: torch.export specialised a dim declared dynamic: w ")
     assert "draft_export broke" not in info.value.message and "declare w static in the spec" in info.value.message
     assert result.details["export_guard"].startswith("not found")
+
+
+class CentreThenBranch(torch.nn.Module):
+    def forward(self, x):
+        w = x.shape[-1]
+        centre = float(w - 1) / 2
+        shift = torch.full((1,), centre)
+        if shift.item() > 0.75:  # a symptom: it follows the frozen number (traced at w=3: True)
+            return x - shift
+        return x + shift
+
+
+def test_a_frozen_shape_number_is_blamed_before_the_decisions_it_changes_further_on():
+    with pytest.raises(DeployFailure) as info:
+        pytest_deploy.verify(CentreThenBranch().eval(), "trace", inputs=[tensor(2, "w")], dims={"w": (2, 8)},
+                             examples=6)
+    message = info.value.message
+    conversion, symptom = _line_of(CentreThenBranch, "float(w - 1)"), _line_of(CentreThenBranch, "if shift.item()")
+    assert message.startswith(f"trace: stage branches: trace-frozen number at tests/unit/test_check.py:{conversion}  ")
+    assert "fix: torch.jit.script, or torch.cond" not in message
+    assert f"the failing input also leaves the traced path at: tests/unit/test_check.py:{symptom}" in message
