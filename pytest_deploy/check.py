@@ -735,6 +735,11 @@ class CheckContext:
                     )
             if len(cmp.errors) > 5:
                 lines.append(f"  ... and {len(cmp.errors) - 5} more outputs differ")
+            worst, here = self.result.max_abs_error, cmp.max_abs
+            if worst is not None and format_number(worst) != format_number(here):
+                # the reports' figure is the worst over the run; this input (often shrunk) can differ from it
+                lines.append(f"  the errors above are this input's; the worst over every example run is max abs "
+                             f"error {format_number(worst)}, the figure the reports show")
         else:
             lines.append(failure.text)
         lines.append(f"  {which}:")
