@@ -848,6 +848,16 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         outcome, res = execute()
         return outcome, res, work.added() if work is not None else None
 
+    earlier = None if work is None else work.reference_failed.get("all") or work.reference_failed.get(
+        repr(_reference_kind(name)))
+    if earlier is not None:  # eager PyTorch itself failed for another backend: said once, not run again
+        first, stage, text = earlier
+        result.outcome, result.stage = "failed", stage
+        result.details["same_failure_as"] = first
+        result.message = (f"{name}: stage {stage}: fails for the same reason as this model test's {first} check, "
+                          f"before any backend runs (its message has the whole text): {text.splitlines()[0]}")
+        raise DeployFailure(result.message, result)
+
     # one check at a time per key: a second pytest-xdist worker with the same check waits, then reuses the result
     with cleanup_owned, cache.lock(key) if key is not None else contextlib.nullcontext():
         if key is not None and not recheck:
@@ -859,7 +869,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 reused.timings = {"build": 0.0, "load": 0.0, "run": 0.0}
                 reused.details["reused"] = ("this check passed before with the same model code, weights, inputs, "
                                             "options and library versions; --deploy-recheck runs it again")
-                _emit_warnings(reused)
+                _emit_warnings(reused, work)
                 warn_cache(cache)
                 return reused
         if spawn:
@@ -881,11 +891,16 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 work.merge(added)
         else:
             outcome, result = execute()
-        _emit_warnings(result)
+        _emit_warnings(result, work)
         gone = result.details.get("shared_cache_error")
         if gone and cache.remote_error is None:  # a worker process found the shared store gone: stop using it
             cache.remote, cache.remote_error = None, gone
         if outcome == "failed":
+            scope = result.details.get("reference_failed")
+            if work is not None and scope:
+                text = (result.message or "").removeprefix(f"{name}: stage {result.stage}: ")
+                work.reference_failed["all" if scope == "all" else repr(_reference_kind(name))] = (
+                    name, result.stage or "run", text)
             warn_cache(cache)
             assert result.message is not None  # _execute sets it with the outcome
             raise DeployFailure(result.message, result)
@@ -922,7 +937,11 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
         with _temporary_files_in(path / "tmp", _inductor_home(cache)), isolation.guard("reference", timeout):
             kind = _reference_kind(impl.name)
             if shared is None or kind not in shared.reference_checked:  # once per model test and kind of backend
-                _check_reference(ctx)
+                try:
+                    _check_reference(ctx)
+                except StageError as err:  # eager PyTorch itself: the model test's failure, not this backend's
+                    result.details["reference_failed"] = "kind" if getattr(err, "backend_kind_only", False) else "all"
+                    raise
                 if shared is not None:
                     shared.reference_checked.add(kind)
         with _temporary_files_in(path / "tmp", _inductor_home(cache)):
@@ -1039,7 +1058,11 @@ def _check_reference(ctx: CheckContext) -> None:
         leaves = flatten(first)
     except UnsupportedOutput as exc:
         raise StageError("run", f"eager PyTorch returns an output pytest-deploy cannot compare: {exc}") from None
-    check_output_leaves(leaves, ctx.backend)
+    try:
+        check_output_leaves(leaves, ctx.backend)
+    except StageError as err:
+        err.backend_kind_only = True  # type: ignore[attr-defined]  # other kinds of backend take these outputs
+        raise
     cmp = compare_outputs(first, second, Tolerance({}))
     if not cmp.ok:
         hint = "call model.eval() to turn dropout off" if ctx.model.training else "seed or remove randomness in forward"
@@ -1140,21 +1163,22 @@ def _input_warnings(space) -> list[str]:
 def warn_cache(cache: ArtifactCache) -> None:
     """The one warning of a session whose shared cache cannot be used."""
     if cache.remote_error and not cache.remote_warned:
-        import warnings
-
-        from .errors import CacheWarning
+        from .errors import CacheWarning, warn
 
         cache.remote_warned = True
-        warnings.warn(CacheWarning(cache.remote_error), stacklevel=3)
+        warn(CacheWarning(cache.remote_error))
 
 
-def _emit_warnings(result: Result) -> None:
-    import warnings
-
-    from .errors import InputWarning
+def _emit_warnings(result: Result, work: Work | None) -> None:
+    """The check's warnings, at the model test; each said once per model test (every backend sees the same
+    declaration), though every result keeps its own in ``details.warnings``."""
+    from .errors import InputWarning, warn
 
     for text in result.details.get("warnings", ()):
-        warnings.warn(InputWarning(text), stacklevel=3)
+        if work is None or text not in work.warned:
+            warn(InputWarning(text))
+        if work is not None:
+            work.warned.add(text)
 
 
 def _forward_arg_names(model, count: int = 0) -> list[str]:

@@ -51,6 +51,12 @@ class Work:
     #: passed on this model and canonical example
     reference_checked: set = field(default_factory=set)
     content_key: str | None = None
+    #: the warnings already issued for this model test (each is said once, whichever backend found it)
+    warned: set = field(default_factory=set)
+    #: "all" (or a kind of backend, for outputs only some kinds cannot take) -> (the backend, stage, message) of a
+    #: failure of eager PyTorch itself (the reference check): the model test's other backends fail for the same
+    #: reason without running (kept in pytest's process)
+    reference_failed: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     #: the model's weights and structure hashed (fingerprint.model_digest), for the result and artifact keys
     digest: str | None = None
     #: keys added in this process since :meth:`mark` (what a worker sends back)

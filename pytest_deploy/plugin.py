@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import FACTORY_ATTR
-from .errors import BackendUnavailable, DeployFailure, SpecError
+from .errors import WARNING_SITE, BackendUnavailable, DeployFailure, SpecError
 from .options import CALL_KWARGS, MARKER_DOC, Settings, add_options, read_settings, validate_kwargs
 from .results import Result
 
@@ -105,6 +105,8 @@ class DeploySession:
         test = row_id(item)
         # pytest.skip/fail are called outside the except clauses, so the report does not show the caught
         # exception again ("During handling of the above exception, another exception occurred").
+        path, line = item.reportinfo()[:2]
+        site = WARNING_SITE.set((os.fspath(path), (line or 0) + 1))  # warnings point at the model test
         try:
             result = run_check(
                 model, backend, factory=factory, example_inputs=example_inputs, seed=self.seed_for(item),
@@ -121,6 +123,8 @@ class DeploySession:
             result = Result(test=test, backend=backend, outcome="skipped", message=str(exc))
         except SpecError as exc:
             result = Result(test=test, backend=backend, outcome="failed", message=str(exc))
+        finally:
+            WARNING_SITE.reset(site)
         self.results[item.nodeid] = result
         if result.outcome == "skipped":
             assert result.message is not None  # only BackendUnavailable skips, and its text is the reason

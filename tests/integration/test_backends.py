@@ -164,6 +164,7 @@ def test_pickle_passes_and_reports_weights_only_and_the_user_modules_it_needs(py
     result.stdout.fnmatch_lines(["*UnsafeLoadWarning: pickle: loads only with torch.load(weights_only=False), which "
                                  "runs code from the file (*TinyMLP is not an allowed global); ship a state_dict*"])
     warning = next(line for line in result.stdout.lines if "UnsafeLoadWarning" in line)
+    assert "pytest_deploy" not in warning.split("UnsafeLoadWarning")[0]  # at the user's test, not in the plugin
     message = warning.split("UnsafeLoadWarning: ", 1)[1]
     assert len(message.replace("test_pickle_passes_and_reports_weights_only_and_the_user_modules_it_needs.", "")) < 200
 
