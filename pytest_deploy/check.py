@@ -35,7 +35,7 @@ from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
 from .modeltest import ModelTest, Work
 from .results import Result
-from .sources import add_model_files, describe_exception, short_path
+from .sources import add_model_files, describe_exception, short_path, torchscript_error
 from .spec import SPECIAL_LABEL, Example, InputSpace
 from .tensors import clone_args, is_tensor
 
@@ -275,6 +275,9 @@ class CheckContext:
         except (StageError, _ExampleFailed, DeployFailure, BackendUnavailable, KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
+            full = torchscript_error(exc)
+            if full is not None:  # the message keeps the cause; the report keeps the interpreter's whole text
+                self.note("error_text", full)
             raise StageError(name, describe_exception(exc, hint), cause=exc) from exc
         finally:
             bucket = _TIMING_BUCKET.get(name, "build")

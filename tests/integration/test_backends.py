@@ -350,6 +350,32 @@ def test_trace_fails_at_branches_for_a_data_dependent_branch(pytester):
     result.stdout.fnmatch_lines(["*test_branchy*FAIL(branches)*1 sites, lost 1, uncovered 0*"])
 
 
+def test_trace_run_failure_names_the_interpreters_cause_and_the_line(pytester):
+    """The TorchScript interpreter's error says only that an operation failed on its first line; the cause is on
+    its last (issue 22 item 5)."""
+    result, report = run_with_report(pytester, """
+        class FrozenBatch(nn.Module):
+            def forward(self, x):
+                return x.reshape(int(x.shape[0]), 3, 1) * 2  # int() freezes the traced batch
+
+        @deployable(backends=["trace"], inputs=[tensor("batch", 3)], dims={"batch": (1, 4)}, examples=3)
+        def test_frozen():
+            return FrozenBatch().eval()
+    """)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*trace: stage run: RuntimeError: shape '[[]2, 3, 1[]]' is invalid for input of size * "
+        "(in the TorchScript interpreter)",
+        "*at test_trace_run_failure_names*.py:*  `return x.reshape(int(x.shape[[]0[]]), 3, 1) * 2 *`",
+    ])
+    entry = report[("test_frozen", "trace")]
+    assert entry["message"].splitlines()[0].startswith("trace: stage run: RuntimeError: shape '[2, 3, 1]' is invalid")
+    assert "The following operation failed" not in entry["message"]
+    full = entry["details"]["error_text"]  # the interpreter's whole text, its traceback included
+    assert full.startswith("The following operation failed in the TorchScript interpreter.")
+    assert "Traceback of TorchScript" in full and "is invalid for input of size" in full.splitlines()[-1]
+
+
 # ---------------------------------------------------------------------------------------- script
 
 
