@@ -404,14 +404,16 @@ class CheckContext:
 
     def fresh_model(self):
         """A new instance from the factory (the decorated test, or ``factory=``), in the same mode, built with
-        the RNGs seeded from the check's seed."""
+        the RNGs seeded from another seed than the model's (:func:`fresh_seed`): a serving process builds its own
+        instance, so what construction draws at random and the saved state does not carry (a non-persistent
+        buffer from ``torch.randn``) differs there, and must differ here too."""
         if self.factory is None:
             raise StageError(
                 "load",
                 f"{self.backend} needs a fresh instance of the model to load into; pass factory=<zero-argument "
                 "callable returning a new model> to deploy()/verify()",
             )
-        fresh = seeded_call(self.factory, self.seed)
+        fresh = seeded_call(self.factory, fresh_seed(self.seed))
         if isinstance(fresh, tuple):
             fresh = fresh[0]
         _require_module(fresh, "the factory")
@@ -1211,6 +1213,12 @@ def _require_module(obj, who: str) -> None:
     from .validate import require_materialised
 
     require_materialised(obj, who)
+
+
+def fresh_seed(seed: int) -> int:
+    """The seed a fresh instance of the model is built with: always another than the model's ``seed`` (for torch's,
+    numpy's and Python's RNGs alike), the same one on every run."""
+    return seed ^ 0x5EED
 
 
 def seeded_call(fn: Callable[[], Any], seed: int) -> Any:

@@ -335,15 +335,19 @@ def pytest_pyfunc_call(pyfuncitem):
     seed = session.seed_for(pyfuncitem)
 
     def factory():
-        # the same weights in every run and for every backend, also for a model built without a seed
+        return fn(**funcargs)
+
+    # one model for every backend of the model test, built under the model test's seed: the same weights in every
+    # run and for every backend, also for a model built without a seed. The factory makes fresh instances for the
+    # backends that load into one (state_dict, checkpoint); CheckContext.fresh_model seeds those with another seed,
+    # as a serving process builds its own
+    shared = session.model_test(pyfuncitem)
+    if shared.built is None:
         from .check import seeded_call
 
-        return seeded_call(lambda: fn(**funcargs), seed)
-
-    # one model for every backend of the model test (same seed, same weights); the factory makes fresh copies
-    # for the backends that load into one (state_dict, checkpoint)
-    shared = session.model_test(pyfuncitem)
-    returned = shared.built if shared.built is not None else factory()
+        returned = seeded_call(factory, seed)
+    else:
+        returned = shared.built
     model, example_inputs = returned, None
     if isinstance(returned, tuple):
         if len(returned) != 2:
