@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -32,6 +33,57 @@ CACHE_VERSION = 2
 
 #: A result-cache entry's one file.
 RESULT_FILE = "result.json"
+
+
+#: A manifest's file names: relative paths of plain components (letters, digits, ``.``, ``_``, ``-``) joined by ``/``.
+_NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+#: The longest name a manifest may give (a name is a file the cache writes).
+MAX_NAME = 200
+#: A writer's id (``uuid4().hex``) and a file's SHA-256, as manifests record them.
+_WRITER = re.compile(r"[0-9a-f]{32}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+class BadManifest(ValueError):
+    """A manifest that cannot be trusted to name files: the entry is a cache miss."""
+
+
+def check_name(name: object) -> str:
+    """``name`` when it is a plain relative path (no absolute path, ``..``, ``.``, backslash, empty part, a name
+    over :data:`MAX_NAME` characters, or the manifest's own name); else :class:`BadManifest`."""
+    if not isinstance(name, str):
+        raise BadManifest(f"file name {name!r} is not a string")
+    if not name or len(name) > MAX_NAME:
+        raise BadManifest(f"file name of {len(name)} characters (1 to {MAX_NAME} allowed)")
+    if name == "manifest.json" or not all(_NAME_PART.fullmatch(part) for part in name.split("/")):
+        raise BadManifest(f"file name {name[:80]!r} is not a plain relative path")
+    return name
+
+
+def inside(root: Path, name: str) -> Path:
+    """``root / name``, refused (:class:`BadManifest`) when it resolves outside ``root`` (a symlink on the way)."""
+    target = root / name
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(target)]) != real_root:
+        raise BadManifest(f"file name {name!r} leads outside the entry (a symlink)")
+    return target
+
+
+def check_manifest(manifest: object, *, writer: bool) -> dict[str, str]:
+    """The ``{name: digest}`` of a manifest read from the cache, every name and digest checked, and the writer's id
+    when ``writer``; :class:`BadManifest` says what is wrong."""
+    if not isinstance(manifest, dict):
+        raise BadManifest("the manifest is not a JSON object")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BadManifest("the manifest names no files")
+    for name, digest in files.items():
+        check_name(name)
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            raise BadManifest(f"the digest of {name!r} is not a SHA-256")
+    if writer and not (isinstance(manifest.get("writer"), str) and _WRITER.fullmatch(manifest["writer"])):
+        raise BadManifest(f"writer id {str(manifest.get('writer'))[:80]!r} is not one pytest-deploy writes")
+    return dict(files)
 
 
 def is_url(location: str | os.PathLike | None) -> bool:
@@ -87,14 +139,19 @@ class RemoteStore:
     def fetch(self, key: str, into: Path) -> dict[str, str] | None:
         """Download the entry's files into ``into``; its manifest's ``{name: digest}``, or None when absent."""
         try:
-            manifest = json.loads(self.fs.cat_file(f"{self._entry(key)}/manifest.json"))
+            raw = self.fs.cat_file(f"{self._entry(key)}/manifest.json")
         except FileNotFoundError:
             return None
-        files = dict(manifest.get("files", {}))
-        writer = manifest.get("writer", "")
+        try:
+            manifest = json.loads(raw)
+        except ValueError:
+            raise BadManifest("the manifest is not JSON") from None
+        files = check_manifest(manifest, writer=True)  # before any name becomes a path
+        writer = manifest["writer"]
         for name in files:
             target = into / name
             target.parent.mkdir(parents=True, exist_ok=True)
+            inside(into, name)
             self.fs.get_file(f"{self._entry(key)}/{writer}/{name}", str(target))
         return files
 
@@ -136,6 +193,20 @@ class ArtifactCache:
             root = local
         self.root = Path(local_path(root)) if root else None
         self.events: list[str] = []  # what happened, for the report ("corrupt entry ... rebuilt")
+        #: warnings to show (one CacheWarning each, by :func:`pytest_deploy.check.warn_cache`), and every one ever
+        #: queued, so that each is shown once per session
+        self.pending_warnings: list[str] = []
+        self._warned: set[str] = set()
+
+    def warn(self, message: str) -> None:
+        """Queue ``message`` for one ``CacheWarning`` (once per session)."""
+        if message not in self._warned:
+            self._warned.add(message)
+            self.pending_warnings.append(message)
+
+    def _bad_manifest(self, key: str, where: str, exc: BadManifest) -> None:
+        self.warn(f"{where} cache entry {key} not used: {exc}; it is treated as a miss (never loaded); if this cache "
+                  "is shared, check who can write to it")
 
     def give_up_remote(self, url: str, exc: BaseException) -> None:
         """Go on with the local cache only, remembering why (shown once, as a warning, by the caller)."""
@@ -169,6 +240,10 @@ class ArtifactCache:
         try:
             try:
                 files = self.remote.fetch(key, tmp)
+            except BadManifest as exc:
+                self.events.append(f"shared cache entry {key[:12]} not used ({exc}); rebuilt")
+                self._bad_manifest(key, "shared", exc)
+                return None
             except Exception as exc:  # the store went away: go on locally
                 self.give_up_remote(self.remote.url, exc)
                 return None
@@ -200,8 +275,16 @@ class ArtifactCache:
             if entry.exists():
                 self._discard(entry, "unreadable manifest")
             return None
-        for name, digest in manifest.get("files", {}).items():
-            path = entry / name
+        try:
+            inside(self.root, f"{key[:2]}/{key}")  # the entry itself is no symlink out of the cache
+            files = check_manifest(manifest, writer=False)
+            paths = {name: inside(entry, name) for name in files}
+        except BadManifest as exc:
+            self._bad_manifest(key, "local", exc)
+            self._discard(entry, str(exc))
+            return None
+        for name, digest in files.items():
+            path = paths[name]
             if not path.is_file() or file_digest(path) != digest:
                 self._discard(entry, f"{name} does not match its recorded hash")
                 return None
@@ -218,7 +301,7 @@ class ArtifactCache:
         try:
             digests = {}
             for name, source in files.items():
-                target = tmp / name
+                target = tmp / check_name(name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
                 digests[name] = file_digest(target)
