@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import platform
@@ -28,8 +29,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-#: Bump when the layout of entries or what keys cover changes.
-CACHE_VERSION = 2
+#: Bump when the layout of entries or what keys cover changes (3: manifests name their key and writer and may carry
+#: a signature).
+CACHE_VERSION = 3
+
+#: The environment variable holding the secret that signs and verifies cache entries (--deploy-cache-key-env names
+#: another).
+KEY_ENV = "PYTEST_DEPLOY_CACHE_KEY"
 
 #: A result-cache entry's one file.
 RESULT_FILE = "result.json"
@@ -69,11 +75,17 @@ def inside(root: Path, name: str) -> Path:
     return target
 
 
-def check_manifest(manifest: object, *, writer: bool) -> dict[str, str]:
+def check_manifest(manifest: object, *, writer: bool = True, key: str | None = None,
+                   secret: bytes | None = None) -> dict[str, str]:
     """The ``{name: digest}`` of a manifest read from the cache, every name and digest checked, and the writer's id
-    when ``writer``; :class:`BadManifest` says what is wrong."""
+    when ``writer``; with ``key``, the manifest must be that key's, and with ``secret`` its signature must be
+    right; :class:`BadManifest` says what is wrong."""
     if not isinstance(manifest, dict):
         raise BadManifest("the manifest is not a JSON object")
+    if manifest.get("version") != CACHE_VERSION:
+        raise BadManifest(f"manifest version {str(manifest.get('version'))[:20]!r} is not {CACHE_VERSION}")
+    if key is not None and manifest.get("key") != key:
+        raise BadManifest("the manifest is another key's")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BadManifest("the manifest names no files")
@@ -83,7 +95,38 @@ def check_manifest(manifest: object, *, writer: bool) -> dict[str, str]:
             raise BadManifest(f"the digest of {name!r} is not a SHA-256")
     if writer and not (isinstance(manifest.get("writer"), str) and _WRITER.fullmatch(manifest["writer"])):
         raise BadManifest(f"writer id {str(manifest.get('writer'))[:80]!r} is not one pytest-deploy writes")
+    if secret is not None:
+        given = manifest.get("signature")
+        if not isinstance(given, str) or not given:
+            raise Unsigned("it carries no signature, and a cache key is set")
+        if not hmac.compare_digest(given, sign(secret, manifest)):
+            raise Unsigned("its signature is wrong (written without this cache key, or edited)")
     return dict(files)
+
+
+class Unsigned(BadManifest):
+    """A manifest without a right signature while a cache key is set: its entry is never loaded."""
+
+
+def sign(secret: bytes, manifest: dict) -> str:
+    """HMAC-SHA256 of the manifest without its signature: its version, key, writer and every file's name and hash."""
+    body = json.dumps({k: v for k, v in manifest.items() if k != "signature"}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()
+
+
+def make_manifest(key: str, files: dict[str, str], secret: bytes | None, writer: str | None = None) -> dict:
+    """A new entry's manifest (signed when there is a ``secret``)."""
+    manifest: dict[str, Any] = {"version": CACHE_VERSION, "key": key, "writer": writer or uuid.uuid4().hex,
+                                "files": files}
+    if secret is not None:
+        manifest["signature"] = sign(secret, manifest)
+    return manifest
+
+
+def secret_from_env(name: str | None = None) -> bytes | None:
+    """The signing secret held by the environment variable ``name`` (default :data:`KEY_ENV`); None when unset."""
+    value = os.environ.get(name or KEY_ENV, "")
+    return value.encode() if value else None
 
 
 def is_url(location: str | os.PathLike | None) -> bool:
@@ -136,8 +179,8 @@ class RemoteStore:
         except FileNotFoundError:
             raise FileNotFoundError(f"bucket {bucket!r} does not exist") from None
 
-    def fetch(self, key: str, into: Path) -> dict[str, str] | None:
-        """Download the entry's files into ``into``; its manifest's ``{name: digest}``, or None when absent."""
+    def manifest(self, key: str) -> dict | None:
+        """The entry's manifest as stored (to be checked by the caller), or None when there is none."""
         try:
             raw = self.fs.cat_file(f"{self._entry(key)}/manifest.json")
         except FileNotFoundError:
@@ -146,8 +189,11 @@ class RemoteStore:
             manifest = json.loads(raw)
         except ValueError:
             raise BadManifest("the manifest is not JSON") from None
-        files = check_manifest(manifest, writer=True)  # before any name becomes a path
-        writer = manifest["writer"]
+        return manifest
+
+    def download(self, key: str, manifest: dict, into: Path) -> None:
+        """Download the files of a checked manifest (:func:`check_manifest`) into ``into``."""
+        writer, files = manifest["writer"], manifest["files"]
         for name in files:
             target = into / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -155,13 +201,11 @@ class RemoteStore:
             self.fs.get_file(f"{self._entry(key)}/{writer}/{name}", str(target))
         return files
 
-    def put(self, key: str, entry: Path, files: dict[str, str]) -> None:
-        """Upload ``entry``'s files, then the manifest that makes them the entry."""
-        writer = uuid.uuid4().hex
-        for name in files:
-            self.fs.put_file(str(entry / name), f"{self._entry(key)}/{writer}/{name}")
-        manifest = json.dumps({"version": CACHE_VERSION, "files": files, "writer": writer})
-        self.fs.pipe_file(f"{self._entry(key)}/manifest.json", manifest.encode())
+    def put(self, key: str, entry: Path, manifest: dict) -> None:
+        """Upload ``entry``'s files under the manifest's writer, then the manifest that makes them the entry."""
+        for name in manifest["files"]:
+            self.fs.put_file(str(entry / name), f"{self._entry(key)}/{manifest['writer']}/{name}")
+        self.fs.pipe_file(f"{self._entry(key)}/manifest.json", json.dumps(manifest).encode())
 
     def discard(self, key: str) -> None:
         self.fs.rm(self._entry(key), recursive=True)
@@ -171,9 +215,18 @@ class ArtifactCache:
     """``ArtifactCache(None)`` is a disabled cache: lookups miss, stores keep nothing.
 
     ``root`` is a local directory, a ``file://`` URL, or an fsspec URL of a shared store; for the last, entries
-    are also kept in ``local`` (default: a directory under the system temp dir named after the URL)."""
+    are also kept in ``local`` (default: a directory under the system temp dir named after the URL).
 
-    def __init__(self, root: str | os.PathLike | None, *, local: str | os.PathLike | None = None):
+    ``key_env`` names the environment variable holding the secret (default ``PYTEST_DEPLOY_CACHE_KEY``): when it is
+    set, every manifest written is signed with it (HMAC-SHA256) and an entry without a right signature is never
+    used."""
+
+    def __init__(self, root: str | os.PathLike | None, *, local: str | os.PathLike | None = None,
+                 key_env: str | None = None, readonly: bool = False):
+        #: the signing secret (None: entries are verified by hash only)
+        self.secret = secret_from_env(key_env)
+        #: read and verify, never write (no store, upload or discard)
+        self.readonly = readonly
         self.remote: RemoteStore | None = None
         #: why the shared store was given up (the cache then goes on locally); None while it works
         self.remote_error: str | None = None
@@ -197,6 +250,10 @@ class ArtifactCache:
         #: queued, so that each is shown once per session
         self.pending_warnings: list[str] = []
         self._warned: set[str] = set()
+        if key_env and self.secret is None and not readonly and self.root is not None:
+            self.warn(f"the cache key's environment variable {key_env} (--deploy-cache-key-env) is not set: cache "
+                      "entries are neither signed nor checked for a signature; set it, or run with "
+                      "--deploy-cache-readonly")
 
     def warn(self, message: str) -> None:
         """Queue ``message`` for one ``CacheWarning`` (once per session)."""
@@ -205,8 +262,9 @@ class ArtifactCache:
             self.pending_warnings.append(message)
 
     def _bad_manifest(self, key: str, where: str, exc: BadManifest) -> None:
-        self.warn(f"{where} cache entry {key} not used: {exc}; it is treated as a miss (never loaded); if this cache "
-                  "is shared, check who can write to it")
+        hint = ("only a writer holding the cache key makes entries that are used; this run rebuilds it"
+                if isinstance(exc, Unsigned) else "if this cache is shared, check who can write to it")
+        self.warn(f"{where} cache entry {key} not used: {exc}; it is treated as a miss (never loaded); {hint}")
 
     def give_up_remote(self, url: str, exc: BaseException) -> None:
         """Go on with the local cache only, remembering why (shown once, as a warning, by the caller)."""
@@ -239,15 +297,17 @@ class ArtifactCache:
         tmp.mkdir()
         try:
             try:
-                files = self.remote.fetch(key, tmp)
+                manifest = self.remote.manifest(key)
+                if manifest is None:
+                    return None
+                files = check_manifest(manifest, key=key, secret=self.secret)  # before any name becomes a path
+                self.remote.download(key, manifest, tmp)
             except BadManifest as exc:
                 self.events.append(f"shared cache entry {key[:12]} not used ({exc}); rebuilt")
                 self._bad_manifest(key, "shared", exc)
                 return None
             except Exception as exc:  # the store went away: go on locally
                 self.give_up_remote(self.remote.url, exc)
-                return None
-            if files is None:
                 return None
             bad = [name for name, digest in files.items() if file_digest(tmp / name) != digest]
             if bad:
@@ -256,7 +316,7 @@ class ArtifactCache:
                 with contextlib.suppress(Exception):
                     self.remote.discard(key)
                 return None
-            (tmp / "manifest.json").write_text(json.dumps({"version": CACHE_VERSION, "files": files}))
+            (tmp / "manifest.json").write_text(json.dumps(manifest))  # as signed
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
             os.replace(tmp, entry)
@@ -277,7 +337,7 @@ class ArtifactCache:
             return None
         try:
             inside(self.root, f"{key[:2]}/{key}")  # the entry itself is no symlink out of the cache
-            files = check_manifest(manifest, writer=False)
+            files = check_manifest(manifest, key=key, secret=self.secret)
             paths = {name: inside(entry, name) for name in files}
         except BadManifest as exc:
             self._bad_manifest(key, "local", exc)
@@ -305,7 +365,8 @@ class ArtifactCache:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
                 digests[name] = file_digest(target)
-            (tmp / "manifest.json").write_text(json.dumps({"version": CACHE_VERSION, "files": digests}))
+            manifest = make_manifest(key, digests, self.secret)
+            (tmp / "manifest.json").write_text(json.dumps(manifest))
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
             os.replace(tmp, entry)
@@ -313,7 +374,7 @@ class ArtifactCache:
             shutil.rmtree(tmp, ignore_errors=True)
         if self.remote is not None:
             try:
-                self.remote.put(key, entry, digests)
+                self.remote.put(key, entry, manifest)
             except Exception as exc:  # a store that refuses writes (read-only, gone) is given up
                 self.give_up_remote(self.remote.url, exc)
         return entry

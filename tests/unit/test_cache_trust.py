@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_deploy.cache import ArtifactCache, make_key
+from pytest_deploy.cache import CACHE_VERSION, ArtifactCache, make_key
 from pytest_deploy.check import warn_cache
 from pytest_deploy.errors import CacheWarning
 
@@ -40,6 +40,8 @@ def _memory():
 def plant_remote(url: str, key: str, manifest: dict, payloads: dict[str, bytes]) -> None:
     """Write a manifest and payload objects into the shared store, as anyone with write access could."""
     fs = _memory()
+    if isinstance(manifest, dict):
+        manifest = {"version": CACHE_VERSION, "key": key, **manifest}
     base = f"/{url.removeprefix('memory://')}/{key[:2]}/{key}"
     for path, data in payloads.items():
         fs.pipe_file(f"{base}/{path}", data)
@@ -78,7 +80,7 @@ def test_a_shared_manifest_naming_a_path_outside_the_entry_is_a_miss_and_writes_
     local = tmp_path / "local"
     key = make_key("hostile", name)
     hostile = HOSTILE_NAMES[name].format(outside=outside)
-    plant_remote(memory_url, key, {"version": 2, "writer": WRITER, "files": {hostile: DIGEST}},
+    plant_remote(memory_url, key, {"writer": WRITER, "files": {hostile: DIGEST}},
                  {f"{WRITER}/{hostile.lstrip('/')}": PAYLOAD} if hostile else {})
     cache = ArtifactCache(memory_url, local=local)
     before = files_under(tmp_path)
@@ -95,7 +97,7 @@ def test_a_shared_manifest_naming_a_path_outside_the_entry_is_a_miss_and_writes_
 @pytest.mark.parametrize("writer", ["../../outside", "/abs", "", None, 7, "A" * 32])
 def test_a_writer_id_not_in_its_own_format_is_a_miss(tmp_path, memory_url, writer):
     key = make_key("writer", str(writer))
-    manifest = {"version": 2, "files": {"model.so": DIGEST}}
+    manifest: dict = {"files": {"model.so": DIGEST}}
     if writer is not None:
         manifest["writer"] = writer
     plant_remote(memory_url, key, manifest, {f"{writer}/model.so": PAYLOAD})
@@ -121,7 +123,8 @@ def test_a_malformed_shared_manifest_is_a_miss(tmp_path, memory_url, manifest):
 def _local_entry(cache: ArtifactCache, key: str, files: dict[str, str]):
     entry = cache.root / key[:2] / key
     entry.mkdir(parents=True)
-    (entry / "manifest.json").write_text(json.dumps({"version": 2, "files": files}))
+    manifest = {"version": CACHE_VERSION, "key": key, "writer": WRITER, "files": files}
+    (entry / "manifest.json").write_text(json.dumps(manifest))
     return entry
 
 
@@ -158,7 +161,8 @@ def test_a_local_entry_directory_that_is_a_symlink_is_never_used(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "model.so").write_bytes(PAYLOAD)
-    (elsewhere / "manifest.json").write_text(json.dumps({"version": 2, "files": {"model.so": DIGEST}}))
+    (elsewhere / "manifest.json").write_text(json.dumps({"version": CACHE_VERSION, "key": key, "writer": WRITER,
+                                                         "files": {"model.so": DIGEST}}))
     (cache.root / key[:2]).mkdir(parents=True)
     (cache.root / key[:2] / key).symlink_to(elsewhere)
     assert cache.lookup(key) is None
@@ -187,3 +191,107 @@ def test_a_good_shared_entry_is_still_used(tmp_path, memory_url):
     entry = reader.lookup(key)
     assert entry is not None and (entry / "sub" / "notes.json").read_bytes() == PAYLOAD
     assert shown(reader) == []
+
+
+# ------------------------------------------------------------------------------------------- signed entries
+
+KEY_ENV = "PYTEST_DEPLOY_CACHE_KEY"
+
+
+def _source(tmp_path):
+    source = tmp_path / "src" / "model.so"
+    source.parent.mkdir(exist_ok=True)
+    source.write_bytes(PAYLOAD)
+    return source
+
+
+def test_with_a_key_every_manifest_is_signed_and_read_back(tmp_path, memory_url, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "s3cret")
+    key = make_key("signed")
+    writer = ArtifactCache(memory_url, local=tmp_path / "writer")
+    entry = writer.store(key, {"model.so": _source(tmp_path)})
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert len(manifest["signature"]) == 64 and manifest["key"] == key
+    assert writer.lookup(key) == entry  # the local copy verifies too
+    reader = ArtifactCache(memory_url, local=tmp_path / "reader")
+    assert reader.lookup(key) is not None and shown(reader) == []
+
+
+@pytest.mark.parametrize("writer_key", [None, "another secret"], ids=["unsigned", "other-key"])
+@pytest.mark.parametrize("where", ["shared", "local"])
+def test_with_a_key_an_entry_without_a_right_signature_is_never_used(tmp_path, memory_url, monkeypatch, writer_key,
+                                                                      where):
+    if writer_key is None:
+        monkeypatch.delenv(KEY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(KEY_ENV, writer_key)
+    key = make_key("forged", where)
+    root = memory_url if where == "shared" else tmp_path / "c"
+    ArtifactCache(root, local=tmp_path / "writer").store(key, {"model.so": _source(tmp_path)})
+    monkeypatch.setenv(KEY_ENV, "s3cret")
+    reader = ArtifactCache(root, local=tmp_path / "reader")
+    assert reader.lookup(key) is None and reader.lookup(key) is None
+    messages = shown(reader)
+    assert len(messages) == 1 and key in messages[0], messages  # reported once
+    assert ("no signature" if writer_key is None else "signature is wrong") in messages[0]
+    if where == "shared":
+        assert reader.remote is not None  # the shared cache stays on
+
+
+def test_a_signed_manifest_edited_by_a_writer_without_the_key_is_never_used(tmp_path, memory_url, monkeypatch):
+    """A writer of the bucket swaps the payload and fixes its hash in the manifest: the signature no longer fits."""
+    monkeypatch.setenv(KEY_ENV, "s3cret")
+    key = make_key("edited")
+    ArtifactCache(memory_url, local=tmp_path / "writer").store(key, {"model.so": _source(tmp_path)})
+    fs = _memory()
+    base = f"/{memory_url.removeprefix('memory://')}/{key[:2]}/{key}"
+    manifest = json.loads(fs.cat_file(f"{base}/manifest.json"))
+    evil = b"evil library"
+    fs.pipe_file(f"{base}/{manifest['writer']}/model.so", evil)
+    manifest["files"]["model.so"] = hashlib.sha256(evil).hexdigest()
+    fs.pipe_file(f"{base}/manifest.json", json.dumps(manifest).encode())
+    reader = ArtifactCache(memory_url, local=tmp_path / "reader")
+    assert reader.lookup(key) is None
+    assert not list((tmp_path / "reader").rglob("model.so"))  # not even downloaded
+    assert "signature is wrong" in shown(reader)[0]
+
+
+def test_a_forged_result_is_never_reused_when_a_key_is_set(tmp_path, monkeypatch):
+    """A passing check's result, forged in the cache by someone without the key (its hash fixed in the manifest):
+    with the key set, the check runs and its verdict is the one computed here."""
+    import torch
+
+    import pytest_deploy
+    from pytest_deploy import tensor
+    from pytest_deploy.cache import RESULT_FILE
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    cache_dir = tmp_path / "c"
+
+    def check():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+        return pytest_deploy.verify(model, "export", inputs=[tensor("batch", 4)], dims={"batch": (1, 3)}, examples=4,
+                                    cache_dir=cache_dir)
+
+    assert not check().cached
+    forged = 0
+    for manifest_path in cache_dir.rglob("manifest.json"):
+        entry = manifest_path.parent
+        if (entry / RESULT_FILE).exists():
+            data = json.loads((entry / RESULT_FILE).read_text())
+            data.update(message="FORGED", max_abs_error=123.0)
+            (entry / RESULT_FILE).write_text(json.dumps(data))
+            manifest = json.loads(manifest_path.read_text())
+            manifest["files"][RESULT_FILE] = hashlib.sha256((entry / RESULT_FILE).read_bytes()).hexdigest()
+            manifest_path.write_text(json.dumps(manifest))
+            forged += 1
+    assert forged == 1
+    assert check().message == "FORGED"  # without a key, hashes alone cannot tell a forged entry
+    monkeypatch.setenv(KEY_ENV, "s3cret")
+    with pytest.warns(CacheWarning, match="no signature"):
+        result = check()
+    assert not result.cached and result.message != "FORGED" and result.max_abs_error != 123.0
+    assert any("not used" in e or "discarded" in e for e in result.details.get("cache_events", [])), result.details
+    again = check()  # rebuilt and signed: now reused
+    assert again.cached and again.message != "FORGED"
