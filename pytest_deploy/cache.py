@@ -225,8 +225,10 @@ class ArtifactCache:
                  key_env: str | None = None, readonly: bool = False):
         #: the signing secret (None: entries are verified by hash only)
         self.secret = secret_from_env(key_env)
-        #: read and verify, never write (no store, upload or discard)
+        #: read and verify, never write (no store, upload or discard); the local copy of a shared store, the
+        #: runner's own, still takes what is downloaded
         self.readonly = readonly
+        self._local_copy = is_url(root)
         self.remote: RemoteStore | None = None
         #: why the shared store was given up (the cache then goes on locally); None while it works
         self.remote_error: str | None = None
@@ -313,8 +315,9 @@ class ArtifactCache:
             if bad:
                 self.events.append(f"shared cache entry {key[:12]} discarded ({bad[0]} does not match its recorded "
                                    "hash); rebuilt")
-                with contextlib.suppress(Exception):
-                    self.remote.discard(key)
+                if not self.readonly:
+                    with contextlib.suppress(Exception):
+                        self.remote.discard(key)
                 return None
             (tmp / "manifest.json").write_text(json.dumps(manifest))  # as signed
             if entry.exists():
@@ -351,8 +354,9 @@ class ArtifactCache:
         return entry
 
     def store(self, key: str, files: dict[str, str | os.PathLike]) -> Path | None:
-        """Copy ``files`` ({name in entry: source path}) into the entry for ``key``; return its directory."""
-        if self.root is None:
+        """Copy ``files`` ({name in entry: source path}) into the entry for ``key``; return its directory (None when
+        the cache is disabled or read-only)."""
+        if self.root is None or self.readonly:
             return None
         entry = self._dir(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -381,7 +385,7 @@ class ArtifactCache:
 
     def store_result(self, key: str, result) -> None:
         """Keep a passing check's result (its JSON), so the same check is not run again."""
-        if self.root is None:
+        if self.root is None or self.readonly:
             return
         import tempfile
 
@@ -407,8 +411,9 @@ class ArtifactCache:
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Serialise builders of one key across processes (pytest-xdist workers)."""
-        if self.root is None:
+        """Serialise builders of one key across processes (pytest-xdist workers); a read-only cache directory gets no
+        lock file (nothing is built into it)."""
+        if self.root is None or (self.readonly and not self._local_copy):
             yield
             return
         from filelock import FileLock
@@ -418,6 +423,9 @@ class ArtifactCache:
             yield
 
     def _discard(self, entry: Path, why: str) -> None:
+        if self.readonly and not self._local_copy:
+            self.events.append(f"cache entry {entry.name[:12]} not used ({why}); left as it is (read-only cache)")
+            return
         self.events.append(f"cache entry {entry.name[:12]} discarded ({why}); rebuilt")
         shutil.rmtree(entry, ignore_errors=True)
 

@@ -295,3 +295,47 @@ def test_a_forged_result_is_never_reused_when_a_key_is_set(tmp_path, monkeypatch
     assert any("not used" in e or "discarded" in e for e in result.details.get("cache_events", [])), result.details
     again = check()  # rebuilt and signed: now reused
     assert again.cached and again.message != "FORGED"
+
+
+# ------------------------------------------------------------------------------------------- read-only
+
+def _tree(fs, url):
+    base = f"/{url.removeprefix('memory://')}"
+    return {path: fs.cat_file(path) for path in fs.find(base)}
+
+
+def test_a_read_only_local_cache_reads_and_never_writes(tmp_path):
+    source = _source(tmp_path)
+    root = tmp_path / "c"
+    key, other = make_key("ro"), make_key("ro-other")
+    entry = ArtifactCache(root).store(key, {"model.so": source})
+    broken = ArtifactCache(root).store(other, {"model.so": source})
+    (broken / "model.so").write_bytes(b"truncated")
+    before = {p: p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+    cache = ArtifactCache(root, readonly=True)
+    assert cache.lookup(key) == entry  # read and verified
+    assert cache.lookup(other) is None  # verified: the damaged entry is not used ...
+    with cache.lock(make_key("new")):
+        assert cache.store(make_key("new"), {"model.so": source}) is None
+    cache.store_result(make_key("result"), type("R", (), {"to_json": lambda self: {}})())
+    after = {p: p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+    assert after == before  # ... nor removed, and nothing new was written (no lock file either)
+
+
+def test_a_read_only_shared_cache_reads_and_never_uploads_or_discards(tmp_path, memory_url):
+    source = _source(tmp_path)
+    key, corrupt = make_key("ro-shared"), make_key("ro-corrupt")
+    writer = ArtifactCache(memory_url, local=tmp_path / "writer")
+    writer.store(key, {"model.so": source})
+    writer.store(corrupt, {"model.so": source})
+    fs = _memory()
+    payload = next(p for p in fs.find(f"/{memory_url.removeprefix('memory://')}/{corrupt[:2]}")
+                   if p.endswith("model.so"))
+    fs.pipe_file(payload, b"corrupted")
+    before = _tree(fs, memory_url)
+    cache = ArtifactCache(memory_url, local=tmp_path / "reader", readonly=True)
+    entry = cache.lookup(key)
+    assert entry is not None and (entry / "model.so").read_bytes() == PAYLOAD
+    assert cache.lookup(corrupt) is None
+    assert cache.store(make_key("ro-new"), {"model.so": source}) is None
+    assert _tree(fs, memory_url) == before and cache.remote is not None
