@@ -840,11 +840,15 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         cleanup_owned.callback(shutil.rmtree, workdir, True)
 
     def execute() -> tuple[str, Result]:
-        return _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed, workdir=workdir,
-                        factory=factory, options=options, cache=cache, timeout=timeout, keep_artifacts=keep_artifacts,
-                        source_files=source_files, allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
-                        allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work,
-                        spawn_runtime=spawn, owned=owned)
+        outcome, res = _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed,
+                                workdir=workdir, factory=factory, options=options, cache=cache, timeout=timeout,
+                                keep_artifacts=keep_artifacts, source_files=source_files,
+                                allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
+                                allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work,
+                                spawn_runtime=spawn, owned=owned)
+        if cache.pending_warnings:  # shown by pytest's process (this may be a worker's)
+            res.details["cache_warnings"] = list(cache.pending_warnings)
+        return outcome, res
 
     def execute_in_worker() -> tuple[str, Result, bytes | None]:
         """In the worker: the check, and what it added to the model test's shared work (sent back with it)."""
@@ -897,6 +901,8 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         else:
             outcome, result = execute()
         _emit_warnings(result, work)
+        for text in result.details.get("cache_warnings", ()):
+            cache.warn(text)
         gone = result.details.get("shared_cache_error")
         if gone and cache.remote_error is None:  # a worker process found the shared store gone: stop using it
             cache.remote, cache.remote_error = None, gone
@@ -1166,12 +1172,15 @@ def _input_warnings(space) -> list[str]:
 
 
 def warn_cache(cache: ArtifactCache) -> None:
-    """The one warning of a session whose shared cache cannot be used."""
-    if cache.remote_error and not cache.remote_warned:
-        from .errors import CacheWarning, warn
+    """The one warning of a session whose shared cache cannot be used, and one for each cache entry that could not
+    be trusted (a bad manifest), found in this process or (``details.cache_warnings``) a worker's."""
+    from .errors import CacheWarning, warn
 
+    if cache.remote_error and not cache.remote_warned:
         cache.remote_warned = True
         warn(CacheWarning(cache.remote_error))
+    while cache.pending_warnings:
+        warn(CacheWarning(cache.pending_warnings.pop(0)))
 
 
 def _emit_warnings(result: Result, work: Work | None) -> None:

@@ -71,7 +71,8 @@ class DeploySession:
                     # pytest's cache dir: the cache itself, or the local read-through copy of a shared one
                     local = str(pytest_cache.mkdir("pytest-deploy"))
                     root = root or local
-            self._cache = ArtifactCache(root, local=local)
+            self._cache = ArtifactCache(root, local=local, key_env=self.settings.cache_key_env,
+                                        readonly=self.settings.cache_readonly)
         return self._cache
 
     # -- running one check --------------------------------------------------------------------
