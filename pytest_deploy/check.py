@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,15 @@ from .compare import (
     resolve_tolerance,
     widen_for_precision,
 )
-from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
+from .decisions import (
+    BranchAnalysis,
+    Divergence,
+    Recorder,
+    describe_divergence,
+    describe_frozen_number,
+    needs_line_tracing,
+    record,
+)
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
 from .modeltest import ModelTest, Work
 from .results import Result
@@ -63,6 +72,12 @@ EXPLORE_COST_SECONDS = 2.0
 EXPLORE_MIN_RUNS = 12
 
 LOST_BRANCH_FIX = "torch.jit.script, or torch.cond for export"
+#: a Python number computed from a shape (``float(w - 1) / 2``) that torch.jit.trace froze: checked to follow the
+#: input under trace (a shape is a tensor there) and under torch.export (a symbol there)
+SHAPE_NUMBER_FIX = ("keep it on the shape, without float()/int(): `(w - 1) / 2` instead of `float(w - 1) / 2`, "
+                    "`w // 2` instead of `int(w * 0.5)`; under torch.jit.trace a shape is a tensor and under "
+                    "torch.export a symbol, so the number follows the input (torch.jit.script and torch.cond do "
+                    "not help here)")
 
 DEFAULT_EXAMPLES = 20
 
@@ -125,6 +140,9 @@ class CheckContext:
         #: data-dependent decisions seen while eager PyTorch ran (and, for tracing backends, while tracing)
         self.analysis = BranchAnalysis()
         self.freezes_decisions = False
+        #: for a tracing backend: trace the model on given inputs (the artifact is thrown away), to read the Python
+        #: numbers the tracer froze (:meth:`_frozen_shape_numbers`)
+        self._retrace: Callable[[tuple], Any] | None = None
         # the model's files count as user code from here on (an installed package's too, such as transformers'):
         # registered before the line-tracing decision reads them, so that decision does not depend on which
         # check of the session came first
@@ -283,10 +301,12 @@ class CheckContext:
             bucket = _TIMING_BUCKET.get(name, "build")
             self.result.timings[bucket] = self.result.timings.get(bucket, 0.0) + time.perf_counter() - start
 
-    def traced_decisions(self) -> None:
+    def traced_decisions(self, retrace: Callable[[tuple], Any] | None = None) -> None:
         """Called by a backend whose artifact follows the path of the input it was built from
         (torch.jit.trace): decisions whose outcome differs from that path's are trace-lost, and a
-        mismatch on such an example fails at stage branches.
+        mismatch on such an example fails at stage branches. ``retrace(args)``: trace the model again on
+        ``args`` (run only when a check fails, to find the Python numbers computed from shapes that the trace
+        froze).
 
         The path is recorded from eager PyTorch on the same input, not while tracing: under the tracer
         shape reads are tensors (``len(x)`` and ``range(x.shape[1])`` convert them) and library modules
@@ -298,6 +318,7 @@ class CheckContext:
                 self.shared.traced_run = run
         self.analysis = BranchAnalysis(run)
         self.freezes_decisions = True
+        self._retrace = retrace
 
     def varying_inputs(self, args: tuple) -> list | None:
         """The input tensors of ``args`` whose values the spec lets vary (not those it holds constant); None
@@ -495,9 +516,14 @@ class CheckContext:
             self.failed_example = failure.example
             self.result.examples = state.passed + 1
             stage, text = failure.stage, self._failure_text(failure, shrunk=state.runs > 1)
-            lost = self._lost_branch_text(failure) if failure.comparison is not None else None
-            if lost:
-                stage, text = "branches", lost + "\n" + text
+            if failure.comparison is not None:
+                lost = self._lost_branch_text(failure)
+                if lost:
+                    stage, text = "branches", lost + "\n" + text
+            elif stage == "run" and self.freezes_decisions:  # a frozen shape number can break the run itself
+                frozen = self._frozen_shape_numbers(failure.example)
+                if frozen:
+                    text += "\n" + describe_frozen_number(frozen[0], "the failing input") + f"\n  fix: {SHAPE_NUMBER_FIX}"
             from .divergence import locate
 
             text += locate(self, failure.example.args, stage)  # where it broke; never raises
@@ -573,28 +599,72 @@ class CheckContext:
         return best
 
     def _lost_branch_text(self, failure: _ExampleFailed) -> str | None:
-        """When a tracing backend's mismatch comes with a trace-lost decision, say where it is."""
+        """When a tracing backend's mismatch comes with a trace-lost decision, say where it is: a Python number
+        computed from a shape that the trace froze (:meth:`_frozen_shape_numbers`) first, as the decisions that
+        differ after it are mostly its symptoms."""
         if not self.freezes_decisions:
             return None
+        frozen = self._frozen_shape_numbers(failure.example)
         try:
             _, run = record(self.eager, failure.example.args, lines=self.line_tracing)
         except Exception:
+            run = None
+        divergences = self.analysis.divergences(run) if run is not None else []
+        if not divergences and not frozen:
             return None
-        divergences = self.analysis.divergences(run)
-        if not divergences:
-            return None
-        first = divergences[0]
-        self.analysis.mark_diverged(first.site)
-        assert failure.comparison is not None  # called for a failed comparison only
-        worst = max(failure.comparison.errors, key=lambda e: e.max_abs)
-        atol, _ = self.tol.for_dtype(worst.dtype)
-        text = describe_divergence(first, "the failing input")
-        text += f"; max abs error {format_number(worst.max_abs)} > atol {atol:g}\n  fix: {LOST_BRANCH_FIX}"
-        others = list(dict.fromkeys(d.site for d in divergences[1:] if d.site != first.site))
+        if failure.comparison is not None:
+            worst = max(failure.comparison.errors, key=lambda e: e.max_abs)
+            atol, _ = self.tol.for_dtype(worst.dtype)
+            error = f"; max abs error {format_number(worst.max_abs)} > atol {atol:g}"
+        else:
+            error = ""
+        if frozen:
+            text = describe_frozen_number(frozen[0], "the failing input") + f"{error}\n  fix: {SHAPE_NUMBER_FIX}"
+            others = [f"{short_path(d.site.file)}:{d.site.line}" for d in frozen[1:]]
+            others += [f"{short_path(d.site.file)}:{d.site.line}" for d in divergences]
+        else:
+            first = divergences[0]
+            self.analysis.mark_diverged(first.site)
+            text = describe_divergence(first, "the failing input") + f"{error}\n  fix: {LOST_BRANCH_FIX}"
+            others = [f"{short_path(d.site.file)}:{d.site.line}" for d in divergences[1:] if d.site != first.site]
+        others = list(dict.fromkeys(others))
         if others:
-            text += "\n  the failing input also leaves the traced path at: " + ", ".join(
-                f"{short_path(s.file)}:{s.line}" for s in others[:5])
+            text += "\n  the failing input also leaves the traced path at: " + ", ".join(others[:5])
         return text
+
+    def _frozen_shape_numbers(self, example: Example) -> list[Divergence]:
+        """Python numbers computed from a tensor's shape (``float(w - 1) / 2``, ``int(x.shape[-1] * 0.5)``) that
+        the trace froze and that ``example`` gives another value: kind ``shape``, at the line that converts.
+
+        Eager PyTorch converts no tensor there (a shape is a Python int), so the recorder cannot see them; the
+        tracer does (a shape is a tensor under it, and it warns when converting one). Where it warned at a line
+        of the user's that eager converts nothing at, the model is traced again on the canonical example and on
+        ``example`` with the conversions recorded, and the values compared. Never raises."""
+        if self._retrace is None:
+            return []
+        eager_sites = {short_path(site.file) + f":{site.line}" for site, _ in self.analysis.traced}
+        warned = {f"{w['file']}:{w['line']}" for w in self.result.details.get("tracer_warnings") or []
+                  if str(w.get("message", "")).startswith("Converting a tensor to a Python")}
+        if not warned - eager_sites:
+            return []
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _, traced = record(self._retrace, self.canonical.args, lines=False)
+                _, other = record(self._retrace, example.args, lines=False)
+        except Exception:
+            return []
+        theirs = {(site, n): (kind, value) for site, n, kind, value in other.events}
+        found: list[Divergence] = []
+        for site, n, kind, value in traced.events:
+            where = short_path(site.file) + f":{site.line}"
+            if kind in ("bool", "tolist") or where in eager_sites or where not in warned:
+                continue
+            mine = theirs.get((site, n))
+            if mine is not None and mine[1] != value and all(d.site != site for d in found):
+                found.append(Divergence(site, n, "shape", value, mine[1]))
+                self.analysis.add_frozen(site, value, mine[1])
+        return found
 
     def _run_one(self, ex: Example, runner, reference) -> None:
         try:

@@ -21,6 +21,10 @@ An ``if``/``while`` is reported only when it is data-dependent: a tensor was con
 ran, or its path (outcomes in order) differed between inputs. One that goes the same way every time
 without reading a tensor (``if self.training:``, ``while i < 3:``) is configuration, not a decision.
 Likewise ``len(t)``, a shape read, only when its value changed between inputs.
+
+A Python number computed from a shape (``float(w - 1) / 2`` with ``w = x.shape[-1]``) converts no tensor in
+eager PyTorch, so it is not recorded here; torch.jit.trace freezes it all the same. The checker finds those when
+a traced check fails, by tracing again (:meth:`BranchAnalysis.add_frozen`, kind ``shape``).
 """
 
 from __future__ import annotations
@@ -496,6 +500,17 @@ class BranchAnalysis:
     def seen(self) -> set[tuple[Site, str]]:
         return {(s.site, o) for s in self.sites.values() for o in (*s.outcomes, *s.traced_outcomes)}
 
+    def add_frozen(self, site: Site, traced: str, value: str) -> None:
+        """A Python number computed from a shape at ``site`` that the trace froze at ``traced`` and another input
+        gives ``value``: a lost decision of kind ``shape`` that changed the outputs."""
+        stats = self._stats(site, "shape")
+        stats.kind = "shape"
+        stats.traced = traced
+        stats.traced_outcomes.add(traced)
+        for outcome in (traced, value):
+            stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
+        stats.lost = stats.diverged = True
+
     def mark_diverged(self, site: Site) -> None:
         if site in self.sites:
             self.sites[site].diverged = True
@@ -532,6 +547,12 @@ def record(fn, *args, lines: bool = True, varying: list | None = None) -> tuple[
     with Recorder(lines, varying) as rec:
         value = fn(*args)
     return value, rec.run
+
+
+def describe_frozen_number(d: Divergence, example_label: str) -> str:
+    """A Python number computed from a shape that the trace froze (kind ``shape``)."""
+    return (f"trace-frozen number at {d.site.describe()}: a Python number computed from a tensor's shape, which "
+            f"torch.jit.trace records as a constant\n  traced with value {d.traced}; {example_label} gives {d.example}")
 
 
 def describe_divergence(d: Divergence, example_label: str) -> str:
