@@ -297,11 +297,12 @@ class CheckContext:
         self.freezes_decisions = True
 
     def varying_inputs(self, args: tuple) -> list | None:
-        """The input tensors of ``args`` whose values the spec lets vary (not those it holds constant); None
-        when the spec does not say (a hypothesis strategy, example inputs only)."""
+        """Each input tensor of ``args`` whose values the spec lets vary, None in the place of one it holds
+        constant (a decision's sources are these positions); None when the spec does not say (a hypothesis
+        strategy, example inputs only)."""
         if self.space.strategy_override is not None or len(self.space.specs) != len(args) or self._untrackable:
             return None
-        return [a for a, spec in zip(args, self.space.specs) if is_tensor(a) and not spec.holds_constant()]
+        return [a if is_tensor(a) and not spec.holds_constant() else None for a, spec in zip(args, self.space.specs)]
 
     def recorded_eager(self, args: tuple, *, track: bool = False):
         """Eager reference outputs, with the decisions taken on the way counted into the analysis; ``track``:
@@ -371,12 +372,21 @@ class CheckContext:
         # the search starts at each corner of the dims: there, an if/while that read no tensor (a branch
         # on a shape) is given its chance to go the other way and so become a decision
         corners = len(self.space.dim_corners()) if any(lo != hi for lo, hi in self.space.dims.values()) else 0
+        # then, before the rest of the plan, the constant corners (all zero, all at an end of the range) of the
+        # integer inputs that feed a decision with an outcome not reached yet: flags and ids take them in real use
+        cornered: set[int] = set()
+        queue: list[Example] = []
         runs = 0
         for i in range(budget):
             missing = self.analysis.missing_outcomes(candidates=i < corners, fixed=i < corners)
             if not missing or time.perf_counter() - start > EXPLORE_SECONDS:
                 break
-            ex = next(candidates)
+            if i >= corners:
+                feeding = self.analysis.missing_sources()
+                todo = [k for k in range(len(self.space.specs)) if feeding >> k & 1 and k not in cornered]
+                cornered.update(todo)
+                queue.extend(self.space.corner_examples(todo))
+            ex = queue.pop(0) if queue and i >= corners else next(candidates)
             seen = self.analysis.seen()
             runs += 1
             try:

@@ -161,3 +161,27 @@ def test_a_model_that_fails_under_the_tracking_mode_is_recorded_and_searched_wit
     assert search["not_chased"] == []
     assert search["runs"] == search["budget"]
     assert model.runs >= search["budget"]  # every search run ran the model (none was refused)
+
+
+class OnFlags(nn.Module):
+    """Token ids and integer flags in [0, 2): random flags almost always hold a 1; only the all-zero corner of the
+    flags (Longformer's global-attention mask, all zero in the common case) takes the other outcome."""
+
+    def forward(self, ids, flags):
+        if bool((flags > 0).any()):
+            return ids * 2
+        return ids - 1
+
+
+def test_the_search_tries_the_constant_corners_of_the_integer_inputs_that_feed_an_unreached_outcome(monkeypatch):
+    # the budget of a 110M-parameter model: the plan's dims corners, sign flips and reseeds would spend it all
+    monkeypatch.setattr(check_module, "EXPLORE_RUNS", check_module.EXPLORE_MIN_RUNS)
+    ids = tensor("batch", 16, dtype=torch.int64, low=0, high=100)
+    flags = tensor("batch", 16, dtype=torch.int64, low=0, high=2)
+    model = OnFlags().eval()
+    result = verify(model, "state_dict", factory=lambda: model, inputs=[ids, flags], dims=DIMS, examples=1,
+                    isolate="none")
+    assert site_of(result, "if bool((flags > 0)")["uncovered"] == []
+    search = result.details["branch_search"]
+    # the dims' corners first, then the flags' all-zero corner: the ids feed no decision, their corners are not run
+    assert search["runs"] == CORNERS + 1, search
