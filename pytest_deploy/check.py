@@ -33,7 +33,7 @@ from .compare import (
 )
 from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
-from .modeltest import ModelTest, Work
+from .modeltest import ModelState, ModelTest, Work
 from .results import Result
 from .sources import add_model_files, describe_exception, short_path
 from .spec import SPECIAL_LABEL, Example, InputSpace
@@ -154,6 +154,8 @@ class CheckContext:
         self._reference = _ReferenceStats()
         #: work shared with the other backends of the model test (modeltest.Work), or None
         self.shared: Work | None = None
+        #: the model's state when its model test's first check began (put back before each eager run and build)
+        self.state: ModelState | None = None
         #: the branch search's steps, kept for the other backends while it runs: ("observe" | "note_fixed", run)
         self._search_steps: list[tuple[str, Any]] | None = None
         #: the model fails under the dispatch mode that tracks which decisions the inputs steer
@@ -432,8 +434,15 @@ class CheckContext:
         import torch
 
         model = self.model if model is None else model
+        if model is self.model:
+            self.reset_state()  # a reference depends on the input only, whichever runs came before
         with torch.no_grad():
             return self.call(model, clone_args(args))
+
+    def reset_state(self) -> None:
+        """Put the model back in the state its model test's first check began with, noting what changed."""
+        if self.state is not None:
+            _note_state_changes(self.result, self.state.reset(self.model))
 
     # -- the example loop --------------------------------------------------------------------------
 
@@ -821,6 +830,9 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     cache = cache if cache is not None else ArtifactCache(None)
 
     key = None
+    # every backend starts from the state the model was built with, also when an earlier check's eager runs
+    # filled a cache in it (restored before anything hashes or runs the model)
+    state = shared.model_state(model) if shared is not None else ModelState(model)
     work = shared.work(model, space, bool(allow_nonfinite)) if shared is not None else None
     if cache.enabled:
         from .fingerprint import check_key
@@ -846,7 +858,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                         factory=factory, options=options, cache=cache, timeout=timeout, keep_artifacts=keep_artifacts,
                         source_files=source_files, allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
                         allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work,
-                        spawn_runtime=spawn, owned=owned)
+                        spawn_runtime=spawn, owned=owned, state=state)
 
     def execute_in_worker() -> tuple[str, Result, bytes | None]:
         """In the worker: the check, and what it added to the model test's shared work (sent back with it)."""
@@ -888,6 +900,14 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 work.merge(added)
         else:
             outcome, result = execute()
+        changed = result.details.get("model_state_changed")
+        if changed and (shared is None or not shared.state_reported):
+            if shared is not None:
+                shared.state_reported = True
+            result.details.setdefault("warnings", []).append(
+                f"forward changes the model's state: {', '.join(changed[:8])}"
+                f"{f' and {len(changed) - 8} more' if len(changed) > 8 else ''}; every backend's check starts from "
+                "the state the model was built with (restored before each check and before each build)")
         _emit_warnings(result)
         gone = result.details.get("shared_cache_error")
         if gone and cache.remote_error is None:  # a worker process found the shared store gone: stop using it
@@ -905,7 +925,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
              keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
              allow_vacuous=False, keep_passing=True, shared: Work | None = None,
-             spawn_runtime=False, owned=False) -> tuple[str, Result]:
+             spawn_runtime=False, owned=False, state: ModelState | None = None) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result). The work
     directory is removed at the end when it is the check's own (``owned``: no ``workdir`` was given), and when
     the check passed unless ``keep_passing``."""
@@ -917,6 +937,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
                        workdir=path, factory=factory, options=options, result=result)
     ctx.cache = cache
     ctx.shared = shared
+    ctx.state = state
     ctx.timeout = timeout
     ctx.source_files = tuple(source_files)
     ctx.allow_nonfinite = bool(allow_nonfinite)
@@ -932,6 +953,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
                 _check_reference(ctx)
                 if shared is not None:
                     shared.reference_checked.add(kind)
+        ctx.reset_state()  # the eager runs so far may have changed it: the backend builds from the start state
         with _temporary_files_in(path / "tmp", _inductor_home(cache)):
             impl.verify(ctx)
     except StageError as err:
@@ -946,6 +968,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
     else:
         passed = True
     finally:
+        ctx.reset_state()
         ctx.cleanup.close()  # sessions, worker processes and open files first: then the files can go
         if owned or (passed and not keep_passing):
             shutil.rmtree(path, ignore_errors=True)
@@ -1153,6 +1176,13 @@ def warn_cache(cache: ArtifactCache) -> None:
 
         cache.remote_warned = True
         warnings.warn(CacheWarning(cache.remote_error), stacklevel=3)
+
+
+def _note_state_changes(result: Result, changes: list[str]) -> None:
+    """Keep what ``forward`` changed in the model (``details.model_state_changed``), for the one warning."""
+    if changes:
+        kept = result.details.setdefault("model_state_changed", [])
+        kept.extend(c for c in changes if c not in kept)
 
 
 def _emit_warnings(result: Result) -> None:
