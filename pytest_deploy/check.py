@@ -42,7 +42,7 @@ from .decisions import (
     record,
 )
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
-from .modeltest import ModelTest, Work
+from .modeltest import ModelState, ModelTest, Work
 from .results import Result
 from .sources import add_model_files, describe_exception, short_path, torchscript_error
 from .spec import SPECIAL_LABEL, Example, InputSpace
@@ -172,6 +172,8 @@ class CheckContext:
         self._reference = _ReferenceStats()
         #: work shared with the other backends of the model test (modeltest.Work), or None
         self.shared: Work | None = None
+        #: the model's state when its model test's first check began (put back before each eager run and build)
+        self.state: ModelState | None = None
         #: the branch search's steps, kept for the other backends while it runs: ("observe" | "note_fixed", run)
         self._search_steps: list[tuple[str, Any]] | None = None
         #: the model fails under the dispatch mode that tracks which decisions the inputs steer
@@ -321,11 +323,12 @@ class CheckContext:
         self._retrace = retrace
 
     def varying_inputs(self, args: tuple) -> list | None:
-        """The input tensors of ``args`` whose values the spec lets vary (not those it holds constant); None
-        when the spec does not say (a hypothesis strategy, example inputs only)."""
+        """Each input tensor of ``args`` whose values the spec lets vary, None in the place of one it holds
+        constant (a decision's sources are these positions); None when the spec does not say (a hypothesis
+        strategy, example inputs only)."""
         if self.space.strategy_override is not None or len(self.space.specs) != len(args) or self._untrackable:
             return None
-        return [a for a, spec in zip(args, self.space.specs) if is_tensor(a) and not spec.holds_constant()]
+        return [a if is_tensor(a) and not spec.holds_constant() else None for a, spec in zip(args, self.space.specs)]
 
     def recorded_eager(self, args: tuple, *, track: bool = False):
         """Eager reference outputs, with the decisions taken on the way counted into the analysis; ``track``:
@@ -395,12 +398,21 @@ class CheckContext:
         # the search starts at each corner of the dims: there, an if/while that read no tensor (a branch
         # on a shape) is given its chance to go the other way and so become a decision
         corners = len(self.space.dim_corners()) if any(lo != hi for lo, hi in self.space.dims.values()) else 0
+        # then, before the rest of the plan, the constant corners (all zero, all at an end of the range) of the
+        # integer inputs that feed a decision with an outcome not reached yet: flags and ids take them in real use
+        cornered: set[int] = set()
+        queue: list[Example] = []
         runs = 0
         for i in range(budget):
             missing = self.analysis.missing_outcomes(candidates=i < corners, fixed=i < corners)
             if not missing or time.perf_counter() - start > EXPLORE_SECONDS:
                 break
-            ex = next(candidates)
+            if i >= corners:
+                feeding = self.analysis.missing_sources()
+                todo = [k for k in range(len(self.space.specs)) if feeding >> k & 1 and k not in cornered]
+                cornered.update(todo)
+                queue.extend(self.space.corner_examples(todo))
+            ex = queue.pop(0) if queue and i >= corners else next(candidates)
             seen = self.analysis.seen()
             runs += 1
             try:
@@ -446,8 +458,15 @@ class CheckContext:
         import torch
 
         model = self.model if model is None else model
+        if model is self.model:
+            self.reset_state()  # a reference depends on the input only, whichever runs came before
         with torch.no_grad():
             return self.call(model, clone_args(args))
+
+    def reset_state(self) -> None:
+        """Put the model back in the state its model test's first check began with, noting what changed."""
+        if self.state is not None:
+            _note_state_changes(self.result, self.state.reset(self.model))
 
     # -- the example loop --------------------------------------------------------------------------
 
@@ -889,6 +908,9 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     cache = cache if cache is not None else ArtifactCache(None)
 
     key = None
+    # every backend starts from the state the model was built with, also when an earlier check's eager runs
+    # filled a cache in it (restored before anything hashes or runs the model)
+    state = shared.model_state(model) if shared is not None else ModelState(model)
     work = shared.work(model, space, bool(allow_nonfinite)) if shared is not None else None
     if cache.enabled:
         from .fingerprint import check_key
@@ -915,7 +937,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                                 keep_artifacts=keep_artifacts, source_files=source_files,
                                 allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
                                 allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work,
-                                spawn_runtime=spawn, owned=owned)
+                                spawn_runtime=spawn, owned=owned, state=state)
         if cache.pending_warnings:  # shown by pytest's process (this may be a worker's)
             res.details["cache_warnings"] = list(cache.pending_warnings)
         return outcome, res
@@ -970,6 +992,14 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 work.merge(added)
         else:
             outcome, result = execute()
+        changed = result.details.get("model_state_changed")
+        if changed and (shared is None or not shared.state_reported):
+            if shared is not None:
+                shared.state_reported = True
+            result.details.setdefault("warnings", []).append(
+                f"forward changes the model's state: {', '.join(changed[:8])}"
+                f"{f' and {len(changed) - 8} more' if len(changed) > 8 else ''}; every backend's check starts from "
+                "the state the model was built with (restored before each check and before each build)")
         _emit_warnings(result, work)
         for text in result.details.get("cache_warnings", ()):
             cache.warn(text)
@@ -994,7 +1024,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
              keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
              allow_vacuous=False, keep_passing=True, shared: Work | None = None,
-             spawn_runtime=False, owned=False) -> tuple[str, Result]:
+             spawn_runtime=False, owned=False, state: ModelState | None = None) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result). The work
     directory is removed at the end when it is the check's own (``owned``: no ``workdir`` was given), and when
     the check passed unless ``keep_passing``."""
@@ -1006,6 +1036,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
                        workdir=path, factory=factory, options=options, result=result)
     ctx.cache = cache
     ctx.shared = shared
+    ctx.state = state
     ctx.timeout = timeout
     ctx.source_files = tuple(source_files)
     ctx.allow_nonfinite = bool(allow_nonfinite)
@@ -1025,6 +1056,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
                     raise
                 if shared is not None:
                     shared.reference_checked.add(kind)
+        ctx.reset_state()  # the eager runs so far may have changed it: the backend builds from the start state
         with _temporary_files_in(path / "tmp", _inductor_home(cache)):
             impl.verify(ctx)
     except StageError as err:
@@ -1039,6 +1071,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
     else:
         passed = True
     finally:
+        ctx.reset_state()
         ctx.cleanup.close()  # sessions, worker processes and open files first: then the files can go
         if owned or (passed and not keep_passing):
             shutil.rmtree(path, ignore_errors=True)
@@ -1251,6 +1284,13 @@ def warn_cache(cache: ArtifactCache) -> None:
         warn(CacheWarning(cache.remote_error))
     while cache.pending_warnings:
         warn(CacheWarning(cache.pending_warnings.pop(0)))
+
+
+def _note_state_changes(result: Result, changes: list[str]) -> None:
+    """Keep what ``forward`` changed in the model (``details.model_state_changed``), for the one warning."""
+    if changes:
+        kept = result.details.setdefault("model_state_changed", [])
+        kept.extend(c for c in changes if c not in kept)
 
 
 def _emit_warnings(result: Result, work: Work | None) -> None:
