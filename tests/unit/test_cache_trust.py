@@ -517,3 +517,17 @@ def test_the_probe_lists_the_prefix_it_uses_not_the_bucket_root(tmp_path):
     fsspec.register_implementation("scopedtest", Scoped, clobber=True)
     cache = ArtifactCache("scopedtest://bucket/team-a", local=tmp_path / "local")
     assert cache.remote is not None, cache.remote_error
+
+
+def test_a_named_key_variable_that_is_not_set_is_one_warning_and_no_signing(tmp_path, monkeypatch):
+    monkeypatch.delenv("CI_DEPLOY_KEY", raising=False)
+    cache = ArtifactCache(tmp_path / "c", key_env="CI_DEPLOY_KEY")
+    entry = cache.store(make_key("unset"), {"model.so": _source(tmp_path)})
+    assert "signature" not in json.loads((entry / "manifest.json").read_text())
+    messages = shown(cache)
+    assert len(messages) == 1 and "CI_DEPLOY_KEY" in messages[0] and "not set" in messages[0]
+    monkeypatch.setenv("CI_DEPLOY_KEY", "s3cret")
+    signed = ArtifactCache(tmp_path / "d", key_env="CI_DEPLOY_KEY")
+    entry = signed.store(make_key("set"), {"model.so": _source(tmp_path)})
+    assert "signature" in json.loads((entry / "manifest.json").read_text()) and shown(signed) == []
+    assert ArtifactCache(tmp_path / "e", key_env="CI_DEPLOY_KEY", readonly=True).pending_warnings == []
