@@ -288,7 +288,6 @@ def private_copy_dir(url: str) -> Path:
         with contextlib.suppress(FileExistsError):
             directory.mkdir(mode=0o700)
         info = os.lstat(directory)
-
         if not stat.S_ISDIR(info.st_mode):
             raise UnsafeDirectory(f"the local copy's directory {directory} is not a directory (a symlink?); remove "
                                   "it, or set XDG_CACHE_HOME to a directory of your own")
@@ -296,6 +295,8 @@ def private_copy_dir(url: str) -> Path:
             raise UnsafeDirectory(f"the local copy's directory {directory} is owned by user id {info.st_uid}, not by "
                                   f"you ({uid}), who could fill it with entries; remove it, or set XDG_CACHE_HOME to "
                                   "a directory of your own")
+        if info.st_mode & 0o077:  # our own, made by something else with a wider mode: others could write to it
+            os.chmod(directory, 0o700)
     return path
 
 
@@ -327,8 +328,9 @@ class ArtifactCache:
             try:
                 if local is None:
                     local = private_copy_dir(url)
-            except UnsafeDirectory as exc:  # a copy another user could fill is not used: no cache this session
-                self.remote_error = f"shared cache {url} not used: {exc}; checks run without a cache"
+            except (UnsafeDirectory, OSError) as exc:  # a copy another user could fill is not used: no cache
+                why = exc if isinstance(exc, UnsafeDirectory) else f"the local copy's directory cannot be made ({exc})"
+                self.remote_error = f"shared cache {url} not used: {why}; checks run without a cache"
                 root = local = None
             else:
                 try:

@@ -464,6 +464,9 @@ def test_outside_pytest_the_local_copy_is_a_private_directory_of_the_users_own(t
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setitem(__import__("sys").modules, "platformdirs", None)  # the XDG route, whatever is installed
+    made_before = tmp_path / "xdg" / "pytest-deploy"
+    made_before.mkdir(parents=True)
+    made_before.chmod(0o777)  # the user's own, left writable for others by something else: tightened
     cache = ArtifactCache(memory_url)
     assert cache.remote is not None
     assert cache.root.is_relative_to(tmp_path / "xdg" / "pytest-deploy" / "shared")
