@@ -370,6 +370,9 @@ def environment() -> dict:
     }
 
 
+_environment = environment  # report_dict's parameter of that name shadows it
+
+
 def _onnxruntime_version() -> str | None:
     """onnxruntime's version; ``"<version> (onnxruntime-gpu)"`` when the GPU build is what is installed."""
     cpu = _version("onnxruntime")
@@ -377,11 +380,15 @@ def _onnxruntime_version() -> str | None:
     return f"{gpu} (onnxruntime-gpu)" if gpu else cpu
 
 
-def report_dict(results: list[Result], *, interrupted: bool = False) -> dict:
+def report_dict(results: list[Result], *, interrupted: bool = False, environment: dict | None = None,
+                extra: dict | None = None) -> dict:
+    """The JSON report; ``environment`` is this machine's unless given (``merge`` gives the runs'), ``extra`` adds
+    top-level fields (``merge``'s ``environments``)."""
     return {
         "version": 1,
         "interrupted": interrupted,
-        "environment": environment(),
+        "environment": environment if environment is not None else _environment(),
+        **(extra or {}),
         "results": [_finite(r.to_json()) for r in results],
     }
 
@@ -399,9 +406,10 @@ def _finite(obj):
     return obj
 
 
-def write_json(path: str, results: list[Result], *, interrupted: bool = False) -> None:
+def write_json(path: str, results: list[Result], *, interrupted: bool = False, environment: dict | None = None,
+               extra: dict | None = None) -> None:
     """Write atomically: a reader never sees half a report."""
-    data = report_dict(results, interrupted=interrupted)
+    data = report_dict(results, interrupted=interrupted, environment=environment, extra=extra)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"

@@ -329,7 +329,7 @@ def test_17_18_intended_infinities_pass_with_allow_nonfinite_and_are_still_compa
             mask[int(x.shape[0]) - 1:] = -math.inf
             return x[:, :1] + mask
 
-    with pytest.raises(DeployFailure, match="stage compare"):
+    with pytest.raises(DeployFailure, match="stage branches: trace-frozen number at .*`mask\\[int\\(x.shape\\[0\\]\\)"):
         verify(Frozen().eval(), "trace", allow_nonfinite=True, **spec)
 
 
@@ -341,17 +341,18 @@ def test_17_a_positive_input_range_is_the_fix():
 
 
 def test_19_integer_outputs_must_match_exactly():
-    # int() of a shape is frozen by tracing: other batch sizes return the traced size
+    # int() of a shape is frozen by tracing: other batch sizes return the traced size (blamed at the int() line,
+    # stage branches, with the outputs' comparison below it)
     exc = failure(Lambda(lambda m, x: torch.zeros(x.shape[0], dtype=torch.long) + int(x.shape[0])).eval(),
                   examples=3)
-    assert exc.result.stage == "compare"
+    assert exc.result.stage == "branches" and "trace-frozen number" in str(exc)
     assert_words(str(exc), "outputs differ from eager PyTorch", "output [int64, shape (1,)]",
                  "(integer and bool outputs must match exactly)", "expected 1, got 2", "failing input")
 
 
 def test_20_bool_outputs_must_match_exactly():
     exc = failure(Lambda(lambda m, x: (x[:, 0] * 0 + int(x.shape[0])) > 1.5).eval(), examples=3)
-    assert exc.result.stage == "compare"
+    assert exc.result.stage == "branches" and "trace-frozen number" in str(exc)
     assert_words(str(exc), "output [bool, shape (1,)]", "(integer and bool outputs must match exactly)",
                  "expected False, got True")
 
@@ -490,3 +491,36 @@ def test_35_a_negative_tolerance():
 
 def test_36_a_misspelt_argument():
     assert_words(refusal(linear(), exampels=3), "unknown argument(s) exampels", "known: inputs, dims, examples")
+
+
+# ------------------------------------------------------------------------- said once per model test
+
+
+def test_a_mistake_in_the_declaration_is_said_once_per_model_test_and_warnings_point_at_the_test(pytester):
+    """A dtype mistake fails eager PyTorch itself: the first backend's item says why in full, the model test's other
+    items fail for the same reason in one line without running (it printed the same message once per backend). An
+    input warning is issued once, at the user's test, not at a line inside pytest-deploy."""
+    result, out = run_user_file(pytester, """
+        @deployable(backends=["trace", "export", "state_dict"], inputs=[tensor("batch", 4, dtype=torch.int64)],
+                    dims={"batch": (1, 3)}, examples=2)
+        def test_wrong_dtype():
+            return Linear().eval()
+
+        class Masked(torch.nn.Module):
+            def forward(self, x, attention_mask):
+                return x * attention_mask
+
+        @deployable(backends=["trace", "export"],
+                    inputs=[tensor("batch", 4), tensor("batch", 4, dtype=torch.int64, low=0, high=2)],
+                    dims={"batch": (1, 3)}, examples=2)
+        def test_zero_one_input():
+            return Masked()
+    """)
+    result.assert_outcomes(failed=3, passed=2)
+    assert out.count("fix: check that inputs= matches forward's arguments") == 1, out
+    failures = out.split("warnings summary", 1)[0]
+    assert failures.count("fails for the same reason as this model test's trace check, before any backend runs") == 2
+    warnings_part = out.split("warnings summary", 1)[1].split("-- Docs:", 1)[0]
+    assert "pytest_deploy" not in warnings_part, warnings_part
+    lines = [ln for ln in warnings_part.splitlines() if "InputWarning" in ln]
+    assert len(lines) == 1 and "test_a_mistake_in_the_declaration" in lines[0], warnings_part

@@ -8,6 +8,7 @@ import torch
 import pytest_deploy
 from pytest_deploy import DeployFailure, tensor
 from pytest_deploy.check import _check_arity
+from pytest_deploy.compare import format_number
 from pytest_deploy.errors import StageError
 
 
@@ -108,6 +109,38 @@ print(codecache._HEADER_DIR)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path / "home" / "precompiled_headers")
     assert not (tmp_path / "work" / "tmp").exists()
+
+
+def test_a_failure_says_which_error_the_reports_show_when_the_failing_input_is_not_the_worst():
+    """The message's errors are the failing (shrunk) input's; the reports show the worst over the run. When the two
+    differ the message says so, with the reports' figure (a newcomer saw 0.0627 in one and 0.0639 in the other)."""
+    from pytest_deploy import Backend, names, register_backend
+    from pytest_deploy import backends as registry
+
+    saved = [dict(t) for t in (registry._REGISTRY, registry._PENDING, names._NAMES, names._ALIASES)]
+
+    class Drifts(Backend):  # off by 0.01 per row once a batch has more than 2 rows: worse as batches grow
+        name = "drift_demo"
+
+        def build(self, ctx):
+            model = ctx.model
+            return lambda args: model(*args) + (0.01 * args[0].shape[0] if args[0].shape[0] > 2 else 0.0)
+
+    try:
+        register_backend(Drifts, replace=True)
+        with pytest.raises(DeployFailure) as info:
+            pytest_deploy.verify(torch.nn.Linear(4, 3), "drift_demo", inputs=[tensor("batch", 4)],
+                                 dims={"batch": (1, 16)}, examples=10)
+    finally:
+        for table, copy in zip((registry._REGISTRY, registry._PENDING, names._NAMES, names._ALIASES), saved):
+            table.clear()
+            table.update(copy)
+    result = info.value.result
+    message = result.message
+    worst = format_number(result.max_abs_error)
+    assert result.max_abs_error > 0.031  # a batch larger than the failing input's 3 rows was run
+    assert f"the worst over every example run is max abs error {worst}, the figure the reports show" in message
+    assert "max abs error 0.03," in message  # the failing input's own, 3 rows
 
 
 # ------------------------------------------------------- Python numbers computed from shapes (issue 22 item 5)
