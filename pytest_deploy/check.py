@@ -38,6 +38,7 @@ from .decisions import (
     Recorder,
     describe_divergence,
     describe_frozen_number,
+    fix_for,
     needs_line_tracing,
     record,
 )
@@ -71,7 +72,6 @@ EXPLORE_SECONDS = 5.0
 EXPLORE_COST_SECONDS = 2.0
 EXPLORE_MIN_RUNS = 12
 
-LOST_BRANCH_FIX = "torch.jit.script, or torch.cond for export"
 #: a Python number computed from a shape (``float(w - 1) / 2``) that torch.jit.trace froze: checked to follow the
 #: input under trace (a shape is a tensor there) and under torch.export (a symbol there)
 SHAPE_NUMBER_FIX = ("keep it on the shape, without float()/int(): `(w - 1) / 2` instead of `float(w - 1) / 2`, "
@@ -648,7 +648,9 @@ class CheckContext:
         else:
             first = divergences[0]
             self.analysis.mark_diverged(first.site)
-            text = describe_divergence(first, "the failing input") + f"{error}\n  fix: {LOST_BRANCH_FIX}"
+            stats = self.analysis.sites.get(first.site)
+            fix = fix_for(first, plain=stats is not None and stats.plain)
+            text = describe_divergence(first, "the failing input") + f"{error}\n  fix: {fix}"
             others = [f"{short_path(d.site.file)}:{d.site.line}" for d in divergences[1:] if d.site != first.site]
         others = list(dict.fromkeys(others))
         if others:
@@ -1183,11 +1185,18 @@ def _check_reference(ctx: CheckContext) -> None:
         raise
     cmp = compare_outputs(first, second, Tolerance({}))
     if not cmp.ok:
-        hint = "call model.eval() to turn dropout off" if ctx.model.training else "seed or remove randomness in forward"
+        from .sources import rng_sites
+
+        sites = [] if ctx.model.training else rng_sites(ctx.model)
+        hint = ("call model.eval() to turn dropout off" if ctx.model.training else
+                "draw random numbers only in training (`if self.training:`), or move the randomness out of forward; "
+                "a deployed model (and trace, which freezes Python's and numpy's draws) needs the same output for "
+                "the same input" if sites else "seed or remove randomness in forward")
         raise StageError(
             "run",
             "eager PyTorch is nondeterministic: two runs on the same input differ "
-            f"({cmp.errors[0].text}); no backend can be compared against it. Fix: {hint}",
+            f"({cmp.errors[0].text}); no backend can be compared against it"
+            + "".join(f"\n  random draw at {where}" for where in sites) + f"\n  fix: {hint}",
         )
     if not ctx.allow_nonfinite:
         check_finite(leaves, example)

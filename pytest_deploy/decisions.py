@@ -1,7 +1,7 @@
 """Data-dependent decisions: record them while eager PyTorch runs, find the ones a trace lost.
 
 A *decision* is a point where a tensor's value (or a varying shape) steers Python: ``bool(t)``,
-``t.item()``, ``int(t)``, ``float(t)``, ``t.tolist()``, ``t.__index__()``, ``len(t)``, and the
+``t.item()``, ``int(t)``, ``float(t)``, ``t.tolist()``, ``t.numpy()``, ``t.__index__()``, ``len(t)``, and the
 outcome of an ``if``/``while`` statement in the user's code. ``torch.jit.trace`` records only the
 path its one input took, so any decision whose outcome differs for another input is *lost*: the
 deployed model silently does what the traced input did.
@@ -38,9 +38,9 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sources import is_user_file, short_path
+from .sources import RNG_CALL, is_user_file, short_path
 
-_CONVERSIONS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__len__")
+_CONVERSIONS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__len__", "numpy")
 
 
 @dataclass(frozen=True)
@@ -98,10 +98,19 @@ class Run:
 
 
 def _format_value(value: Any) -> str:
+    """A decision's outcome as text, equal for equal values only: long ones end in a digest of the whole value
+    (a numpy array's repr elides its middle, so its bytes are hashed)."""
+    import hashlib
+
     if isinstance(value, float):
         return f"{value:.6g}"
+    if hasattr(value, "tobytes") and hasattr(value, "shape"):  # a numpy array (Tensor.numpy)
+        digest = hashlib.sha1(value.tobytes() + str((value.dtype, value.shape)).encode()).hexdigest()[:10]
+        return f"array{list(value.shape)} #{digest}"
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    if len(text) <= 80:
+        return text
+    return text[:64] + "... #" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 class Recorder:
@@ -586,6 +595,44 @@ def describe_frozen_number(d: Divergence, example_label: str) -> str:
     """A Python number computed from a shape that the trace froze (kind ``shape``)."""
     return (f"trace-frozen number at {d.site.describe()}: a Python number computed from a tensor's shape, which "
             f"torch.jit.trace records as a constant\n  traced with value {d.traced}; {example_label} gives {d.example}")
+
+
+#: The fix for a trace-lost decision, per kind: what keeps the decision in the deployed graph for that kind.
+_FIXES = {
+    "value": ("keep it a tensor: drop the conversion ({call}) and compute with the tensor itself (tensor "
+              "arithmetic, torch.where, torch.clamp), so the graph computes it for every input; export and "
+              "torch.jit.script keep it too"),
+    "numpy": ("do it in torch: replace the numpy call with the torch op (np.abs -> torch.abs, .max() on the tensor), "
+              "which trace, script and export keep in the graph; numpy runs outside it, so trace records its result "
+              "as a constant"),
+    "len": ("read the size from the tensor: `x.size(0)` (or `x.shape[0]`) instead of `len(x)`; trace records "
+            "len() as a constant but keeps size() following the input"),
+    "tensor branch": ("compute both sides and pick with torch.where(condition, a, b), which every backend keeps; "
+                      "or keep the `if` with torch.jit.script (or torch.cond under torch.export)"),
+    "shape branch": ("a branch on a shape: torch.export decides it per dim range (declare the dims in the spec) and "
+                     "torch.jit.script keeps it; under trace, make both sides one tensor expression"),
+    "rng": ("randomness in forward: trace freezes the draw of Python's or numpy's RNG; draw with torch "
+            "(torch.rand, which the graph keeps) and only in training, or move it out of forward"),
+}
+
+_CALLS = {"item": "`.item()`", "tolist": "`.tolist()`", "int": "`int()`", "float": "`float()`",
+          "index": "the index", "bool": "`bool()`"}
+
+
+def fix_for(d: Divergence, plain: bool = False) -> str:
+    """The fix line for the trace-lost decision ``d``, by its kind (``plain``: an if/while whose test converted
+    no tensor, so it compares shapes or Python values)."""
+    if RNG_CALL.search(d.site.source):
+        return _FIXES["rng"]
+    if d.kind == "numpy":
+        return _FIXES["numpy"]
+    if d.kind == "len":
+        return _FIXES["len"]
+    if d.kind == "branch":
+        return _FIXES["shape branch" if plain else "tensor branch"]
+    if d.kind == "bool":
+        return _FIXES["tensor branch"]
+    return _FIXES["value"].format(call=_CALLS.get(d.kind, "the conversion"))
 
 
 def describe_divergence(d: Divergence, example_label: str) -> str:

@@ -371,7 +371,8 @@ def test_trace_fails_at_branches_for_a_data_dependent_branch(pytester):
     result.stdout.fnmatch_lines([
         "*trace: stage branches: trace-lost branch at test_trace_fails*.py:*  `if x.sum() > 0:`",
         "*traced with outcome *; the failing input takes *; max abs error * > atol 1e-05",
-        "*fix: torch.jit.script, or torch.cond for export",
+        "*fix: compute both sides and pick with torch.where(condition, a, b), which every backend keeps; or keep "
+        "the `if` with torch.jit.script (or torch.cond under torch.export)",
         "*outputs differ from eager PyTorch*",
         "*output [[]float32, shape *]: * elements exceed atol 1e-05 + rtol 0.0001*|expected|*",
         "*max abs error *, max rel error *; smallest tolerance that passes: atol=*",
