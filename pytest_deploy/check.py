@@ -26,6 +26,7 @@ from .compare import (
     Comparison,
     Leaves,
     Tolerance,
+    UnsupportedOutput,
     compare_outputs,
     flatten,
     format_number,
@@ -42,10 +43,22 @@ from .decisions import (
     needs_line_tracing,
     record,
 )
-from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
+from .errors import INTERNAL, BackendUnavailable, DeployFailure, InternalError, SpecError, StageError
+from .localize import LocalizationError
 from .modeltest import ModelState, ModelTest, Work
 from .results import Result
-from .sources import add_model_files, describe_exception, short_path, torchscript_error
+from .sources import (
+    PACKAGE_DIR,
+    add_model_files,
+    describe_exception,
+    first_line,
+    is_model_code,
+    origin_frame,
+    package_frame,
+    package_path,
+    short_path,
+    torchscript_error,
+)
 from .spec import SPECIAL_LABEL, Example, InputSpace
 from .tensors import clone_args, is_tensor
 
@@ -296,9 +309,13 @@ class CheckContext:
         try:
             with isolation.guard(name, self.timeout):
                 yield
-        except (StageError, _ExampleFailed, DeployFailure, BackendUnavailable, KeyboardInterrupt, SystemExit):
+        except (StageError, _ExampleFailed, DeployFailure, BackendUnavailable, InternalError, KeyboardInterrupt,
+                SystemExit):
             raise
         except BaseException as exc:
+            internal = internal_error(exc, staged=True)
+            if internal is not None:
+                raise internal from exc
             full = torchscript_error(exc)
             if full is not None:  # the message keeps the cause; the report keeps the interpreter's whole text
                 self.note("error_text", full)
@@ -552,6 +569,9 @@ class CheckContext:
             text += locate(self, failure.example.args, stage)  # where it broke; never raises
             raise StageError(stage, text, comparison=failure.comparison) from None
         except Flaky as exc:
+            bug = next((e for e in getattr(exc, "exceptions", ()) or () if isinstance(e, InternalError)), None)
+            if bug is not None:
+                raise bug from None
             inner = _first_example_failure(exc)
             text = (
                 f"{self.backend}: a failure did not reproduce when hypothesis replayed the same input, so the model "
@@ -696,7 +716,12 @@ class CheckContext:
             expected = reference(ex.args)
         except StageError as err:
             raise _ExampleFailed(ex, err.stage, err.message) from None
+        except InternalError:
+            raise
         except Exception as exc:  # the reference itself fails: the spec does not fit forward
+            internal = internal_error(exc, staged=True)
+            if internal is not None:
+                raise internal from exc
             raise _ExampleFailed(ex, "run", "eager PyTorch (the reference) fails on this input: " + describe_exception(
                 exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")) from None
         try:
@@ -851,6 +876,27 @@ class CheckContext:
 # ------------------------------------------------------------------------------------ run_check
 
 
+def _bugs_fail_the_check(run: Callable[..., Result]) -> Callable[..., Result]:
+    """``run_check`` failing at stage ``internal`` where pytest-deploy's own code raises outside the check proper
+    (reading the declaration, the cache): a :class:`DeployFailure` whose result says it is a pytest-deploy bug."""
+
+    @functools.wraps(run)
+    def checked(model, backend: str, **kwargs: Any) -> Result:
+        try:
+            return run(model, backend, **kwargs)
+        except Exception as exc:
+            bug = internal_error(exc, staged=True)
+            if bug is None:
+                raise
+            result = Result(test=kwargs.get("test_id", "verify"), backend=str(backend), seed=kwargs.get("seed", 0),
+                            outcome="failed", stage=INTERNAL, message=f"{backend}: stage {INTERNAL}: {bug.message}")
+            result.details["internal_traceback"] = bug.traceback
+            raise DeployFailure(result.message or "", result) from None
+
+    return checked
+
+
+@_bugs_fail_the_check
 def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | None = None, atol=None, rtol=None,
               tolerances=None, factory=None, example_inputs=None, seed: int = 0, test_id: str = "verify",
               workdir: str | os.PathLike | None = None, options: dict[str, Any] | None = None,
@@ -1074,6 +1120,14 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
 
             result.message += keep_failure(ctx, err, keep_artifacts)
         return "failed", result
+    except Exception as exc:
+        bug = exc if isinstance(exc, InternalError) else internal_error(exc, staged=False)
+        if bug is None:
+            raise
+        result.outcome, result.stage = "failed", INTERNAL
+        result.message = f"{impl.name}: stage {INTERNAL}: {bug.message}"
+        result.details["internal_traceback"] = bug.traceback
+        return "failed", result
     else:
         passed = True
     finally:
@@ -1169,6 +1223,9 @@ def _check_reference(ctx: CheckContext) -> None:
         first, written = run_watching_inputs(lambda *xs: ctx.call(ctx.model, xs), args)
         second = ctx.eager(args)
     except Exception as exc:
+        internal = internal_error(exc, staged=True)
+        if internal is not None:
+            raise internal from exc
         raise StageError("run", "eager PyTorch (the reference) fails on the first example: " + describe_exception(
             exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")
             + "\n  first example:\n    " + example.replace("\n", "\n    ")) from None
@@ -1200,6 +1257,39 @@ def _check_reference(ctx: CheckContext) -> None:
         )
     if not ctx.allow_nonfinite:
         check_finite(leaves, example)
+
+
+#: Exceptions pytest-deploy raises on purpose: verdicts, bad declarations, an unavailable backend. Never a bug.
+_DELIBERATE = (StageError, DeployFailure, BackendUnavailable, SpecError, InternalError, Warning)
+#: Exceptions a stage meets through no fault of pytest-deploy's code, even raised in a frame of it: errors from the
+#: compiled functions of torch and the runtimes it calls (RuntimeError, TVM's and torch's), the machine's (OSError,
+#: MemoryError), and its own explanations that a stage turns into the verdict's message.
+_NOT_A_BUG_IN_A_STAGE = (RuntimeError, OSError, MemoryError, UnsupportedOutput, LocalizationError)
+
+
+def internal_error(exc: BaseException, *, staged: bool) -> InternalError | None:
+    """``exc`` as a pytest-deploy bug, or None when it is not one.
+
+    Inside a stage (``staged``), it is one when pytest-deploy's own code raised it (the innermost frame outside
+    the standard library is in the package; ``_NOT_A_BUG_IN_A_STAGE`` excepted); raised in torch, a backend's
+    library or the model, it is the backend's verdict. An exception that escaped every stage and handler of the
+    check is one unless the model's code raised it. What pytest-deploy raises on purpose never is."""
+    if not isinstance(exc, Exception) or isinstance(exc, _DELIBERATE):
+        return None
+    origin = origin_frame(exc.__traceback__)
+    if staged and (origin is None or not origin[0].startswith(PACKAGE_DIR) or isinstance(exc, _NOT_A_BUG_IN_A_STAGE)):
+        return None
+    if not staged and origin is not None and is_model_code(origin[0]):
+        return None
+    import traceback
+
+    where = package_frame(exc.__traceback__)
+    text = "pytest-deploy failed inside itself: " + first_line(exc)
+    if where is not None:
+        text += f"\n  at {package_path(where[0])}:{where[1]} in {where[2]}"
+    text += ("\n  this is a bug in pytest-deploy, not a verdict on the model or the backend; please report it: open "
+             "an issue with this message and the JSON report's details.internal_traceback (--deploy-report=PATH)")
+    return InternalError(text, "".join(traceback.format_exception(exc)))
 
 
 def _reference_kind(backend: str) -> tuple[bool, bool, bool]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import SpecError
-from .tensors import is_tensor
+from .tensors import elementwise_error, is_tensor
 
 #: Default (atol, rtol) per backend family and output dtype. Serialization round trips run the same
 #: kernels on the same weights, but a reloaded tensor's memory alignment can steer CPU kernels onto
@@ -317,11 +317,7 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance, keep: Any =
     wide = torch.complex128 if e.is_complex() else torch.float64  # complex: the distance in the complex plane
     e64, g64 = e.to(wide), g.to(wide)
     nan_e, nan_g = torch.isnan(e64), torch.isnan(g64)
-    same_inf = torch.isinf(e64) & (e64 == g64)
-    diff = (e64 - g64).abs()
-    diff = torch.where(nan_e & nan_g, torch.zeros_like(diff), diff)
-    diff = torch.where(nan_e ^ nan_g, torch.full_like(diff, math.inf), diff)
-    diff = torch.where(same_inf, torch.zeros_like(diff), diff)
+    diff = elementwise_error(e64, g64)
     mag = e64.abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
     allowed = atol + rtol * mag
     bad = diff > allowed

@@ -184,12 +184,17 @@ def _given(space) -> Any:
 
 
 def args_digest(args: tuple) -> bytes:
-    """A digest of one example's inputs: dtypes, shapes and bytes of every tensor, the repr of anything else."""
+    """A digest of one example's inputs: their structure, and the dtype, shape and bytes of every tensor leaf (inside
+    dicts, lists and every pytree type too), the repr of any other leaf. A tensor's repr would not do: it
+    summarises tensors over 1000 elements, so two examples differing in one element would share a digest."""
+    from torch.utils._pytree import tree_flatten
+
     from .cache import _tensor_bytes
     from .tensors import is_tensor
 
-    h = hashlib.sha256()
-    for a in args:
+    leaves, structure = tree_flatten(args)
+    h = hashlib.sha256(str(structure).encode())
+    for a in leaves:
         if is_tensor(a):
             h.update(f"{a.dtype}{tuple(a.shape)}".encode())
             h.update(_tensor_bytes(a))

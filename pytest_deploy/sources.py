@@ -90,6 +90,39 @@ def user_frame(tb) -> tuple[str, int, str] | None:
     return found
 
 
+#: The pytest_deploy package's own directory: a frame there is pytest-deploy's code.
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+
+
+def _is_stdlib(filename: str) -> bool:
+    return filename.startswith("<frozen ") or (
+        filename.startswith(os.path.join(sysconfig.get_paths()["stdlib"], "")) and not _installed(filename))
+
+
+def origin_frame(tb) -> tuple[str, int, str] | None:
+    """The innermost traceback frame outside the standard library, where an exception was raised (a standard
+    library function raises on behalf of its caller): (file, line, function)."""
+    found = None
+    for frame, lineno in traceback.walk_tb(tb):
+        if not _is_stdlib(frame.f_code.co_filename):
+            found = (frame.f_code.co_filename, lineno, frame.f_code.co_name)
+    return found
+
+
+def package_frame(tb) -> tuple[str, int, str] | None:
+    """The innermost traceback frame in pytest-deploy's own code: (file, line, function)."""
+    found = None
+    for frame, lineno in traceback.walk_tb(tb):
+        if frame.f_code.co_filename.startswith(PACKAGE_DIR):
+            found = (frame.f_code.co_filename, lineno, frame.f_code.co_name)
+    return found
+
+
+def package_path(filename: str) -> str:
+    """``pytest_deploy/compare.py`` for a file of the package, wherever it is installed."""
+    return "pytest_deploy/" + os.path.relpath(filename, PACKAGE_DIR).replace(os.sep, "/")
+
+
 def short_path(filename: str) -> str:
     """A path relative to the working directory when it lies below it."""
     try:
