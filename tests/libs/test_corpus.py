@@ -41,6 +41,13 @@ DEFECTS: dict[tuple[str, str], str] = {
                                 "used as a value (kornia/filters/median.py)"),
     ("ssim_loss", "script"): ("export: torch.jit.script cannot compile kornia's ssim: a module-level set used as a "
                               "value (kornia/metrics)"),
+    # monai
+    ("swin_unetr", "script"): ("export: torch.jit.script cannot compile MONAI's PatchEmbed: a tuple indexed past "
+                               "its length in the 3-D branch of a 2-D model (patchembedding.py)"),
+    **{("dice_loss", backend): ("export: torch.export cannot follow DiceLoss's reduce_axis = "
+                                "torch.arange(2, len(input.shape)).tolist() (dice.py): data-dependent ints used as "
+                                "torch.sum dims, with static shapes too")
+       for backend in ("export", "onnx", "tvm")},
     # torch_geometric
     ("gcn", "script"): ("load: the scripted GCNConv does not load back: torch.jit.load finds edge_index typed Tensor "
                         "in one branch and SparseTensor in the other (gcn_conv.py's cached normalisation)"),
