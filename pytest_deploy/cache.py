@@ -18,20 +18,115 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import platform
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-#: Bump when the layout of entries or what keys cover changes.
-CACHE_VERSION = 2
+#: Bump when the layout of entries or what keys cover changes (3: manifests name their key and writer and may carry
+#: a signature).
+CACHE_VERSION = 3
+
+#: The environment variable holding the secret that signs and verifies cache entries (--deploy-cache-key-env names
+#: another).
+KEY_ENV = "PYTEST_DEPLOY_CACHE_KEY"
 
 #: A result-cache entry's one file.
 RESULT_FILE = "result.json"
+
+
+#: A manifest's file names: relative paths of plain components (letters, digits, ``.``, ``_``, ``-``) joined by ``/``.
+_NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+#: The longest name a manifest may give (a name is a file the cache writes).
+MAX_NAME = 200
+#: A writer's id (``uuid4().hex``) and a file's SHA-256, as manifests record them.
+_WRITER = re.compile(r"[0-9a-f]{32}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+class BadManifest(ValueError):
+    """A manifest that cannot be trusted to name files: the entry is a cache miss."""
+
+
+def check_name(name: object) -> str:
+    """``name`` when it is a plain relative path (no absolute path, ``..``, ``.``, backslash, empty part, a name
+    over :data:`MAX_NAME` characters, or the manifest's own name); else :class:`BadManifest`."""
+    if not isinstance(name, str):
+        raise BadManifest(f"file name {name!r} is not a string")
+    if not name or len(name) > MAX_NAME:
+        raise BadManifest(f"file name of {len(name)} characters (1 to {MAX_NAME} allowed)")
+    if name == "manifest.json" or not all(_NAME_PART.fullmatch(part) for part in name.split("/")):
+        raise BadManifest(f"file name {name[:80]!r} is not a plain relative path")
+    return name
+
+
+def inside(root: Path, name: str) -> Path:
+    """``root / name``, refused (:class:`BadManifest`) when it resolves outside ``root`` (a symlink on the way)."""
+    target = root / name
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(target)]) != real_root:
+        raise BadManifest(f"file name {name!r} leads outside the entry (a symlink)")
+    return target
+
+
+def check_manifest(manifest: object, *, writer: bool = True, key: str | None = None,
+                   secret: bytes | None = None) -> dict[str, str]:
+    """The ``{name: digest}`` of a manifest read from the cache, every name and digest checked, and the writer's id
+    when ``writer``; with ``key``, the manifest must be that key's, and with ``secret`` its signature must be
+    right; :class:`BadManifest` says what is wrong."""
+    if not isinstance(manifest, dict):
+        raise BadManifest("the manifest is not a JSON object")
+    if manifest.get("version") != CACHE_VERSION:
+        raise BadManifest(f"manifest version {str(manifest.get('version'))[:20]!r} is not {CACHE_VERSION}")
+    if key is not None and manifest.get("key") != key:
+        raise BadManifest("the manifest is another key's")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BadManifest("the manifest names no files")
+    for name, digest in files.items():
+        check_name(name)
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            raise BadManifest(f"the digest of {name!r} is not a SHA-256")
+    if writer and not (isinstance(manifest.get("writer"), str) and _WRITER.fullmatch(manifest["writer"])):
+        raise BadManifest(f"writer id {str(manifest.get('writer'))[:80]!r} is not one pytest-deploy writes")
+    if secret is not None:
+        given = manifest.get("signature")
+        if not isinstance(given, str) or not given:
+            raise Unsigned("it carries no signature, and a cache key is set")
+        if not hmac.compare_digest(given, sign(secret, manifest)):
+            raise Unsigned("its signature is wrong (written without this cache key, or edited)")
+    return dict(files)
+
+
+class Unsigned(BadManifest):
+    """A manifest without a right signature while a cache key is set: its entry is never loaded."""
+
+
+def sign(secret: bytes, manifest: dict) -> str:
+    """HMAC-SHA256 of the manifest without its signature: its version, key, writer and every file's name and hash."""
+    body = json.dumps({k: v for k, v in manifest.items() if k != "signature"}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()
+
+
+def make_manifest(key: str, files: dict[str, str], secret: bytes | None, writer: str | None = None) -> dict:
+    """A new entry's manifest (signed when there is a ``secret``)."""
+    manifest: dict[str, Any] = {"version": CACHE_VERSION, "key": key, "writer": writer or uuid.uuid4().hex,
+                                "files": files}
+    if secret is not None:
+        manifest["signature"] = sign(secret, manifest)
+    return manifest
+
+
+def secret_from_env(name: str | None = None) -> bytes | None:
+    """The signing secret held by the environment variable ``name`` (default :data:`KEY_ENV`); None when unset."""
+    value = os.environ.get(name or KEY_ENV, "")
+    return value.encode() if value else None
 
 
 def is_url(location: str | os.PathLike | None) -> bool:
@@ -84,27 +179,33 @@ class RemoteStore:
         except FileNotFoundError:
             raise FileNotFoundError(f"bucket {bucket!r} does not exist") from None
 
-    def fetch(self, key: str, into: Path) -> dict[str, str] | None:
-        """Download the entry's files into ``into``; its manifest's ``{name: digest}``, or None when absent."""
+    def manifest(self, key: str) -> dict | None:
+        """The entry's manifest as stored (to be checked by the caller), or None when there is none."""
         try:
-            manifest = json.loads(self.fs.cat_file(f"{self._entry(key)}/manifest.json"))
+            raw = self.fs.cat_file(f"{self._entry(key)}/manifest.json")
         except FileNotFoundError:
             return None
-        files = dict(manifest.get("files", {}))
-        writer = manifest.get("writer", "")
+        try:
+            manifest = json.loads(raw)
+        except ValueError:
+            raise BadManifest("the manifest is not JSON") from None
+        return manifest
+
+    def download(self, key: str, manifest: dict, into: Path) -> None:
+        """Download the files of a checked manifest (:func:`check_manifest`) into ``into``."""
+        writer, files = manifest["writer"], manifest["files"]
         for name in files:
             target = into / name
             target.parent.mkdir(parents=True, exist_ok=True)
+            inside(into, name)
             self.fs.get_file(f"{self._entry(key)}/{writer}/{name}", str(target))
         return files
 
-    def put(self, key: str, entry: Path, files: dict[str, str]) -> None:
-        """Upload ``entry``'s files, then the manifest that makes them the entry."""
-        writer = uuid.uuid4().hex
-        for name in files:
-            self.fs.put_file(str(entry / name), f"{self._entry(key)}/{writer}/{name}")
-        manifest = json.dumps({"version": CACHE_VERSION, "files": files, "writer": writer})
-        self.fs.pipe_file(f"{self._entry(key)}/manifest.json", manifest.encode())
+    def put(self, key: str, entry: Path, manifest: dict) -> None:
+        """Upload ``entry``'s files under the manifest's writer, then the manifest that makes them the entry."""
+        for name in manifest["files"]:
+            self.fs.put_file(str(entry / name), f"{self._entry(key)}/{manifest['writer']}/{name}")
+        self.fs.pipe_file(f"{self._entry(key)}/manifest.json", json.dumps(manifest).encode())
 
     def discard(self, key: str) -> None:
         self.fs.rm(self._entry(key), recursive=True)
@@ -114,9 +215,20 @@ class ArtifactCache:
     """``ArtifactCache(None)`` is a disabled cache: lookups miss, stores keep nothing.
 
     ``root`` is a local directory, a ``file://`` URL, or an fsspec URL of a shared store; for the last, entries
-    are also kept in ``local`` (default: a directory under the system temp dir named after the URL)."""
+    are also kept in ``local`` (default: a directory under the system temp dir named after the URL).
 
-    def __init__(self, root: str | os.PathLike | None, *, local: str | os.PathLike | None = None):
+    ``key_env`` names the environment variable holding the secret (default ``PYTEST_DEPLOY_CACHE_KEY``): when it is
+    set, every manifest written is signed with it (HMAC-SHA256) and an entry without a right signature is never
+    used."""
+
+    def __init__(self, root: str | os.PathLike | None, *, local: str | os.PathLike | None = None,
+                 key_env: str | None = None, readonly: bool = False):
+        #: the signing secret (None: entries are verified by hash only)
+        self.secret = secret_from_env(key_env)
+        #: read and verify, never write (no store, upload or discard); the local copy of a shared store, the
+        #: runner's own, still takes what is downloaded
+        self.readonly = readonly
+        self._local_copy = is_url(root)
         self.remote: RemoteStore | None = None
         #: why the shared store was given up (the cache then goes on locally); None while it works
         self.remote_error: str | None = None
@@ -136,6 +248,25 @@ class ArtifactCache:
             root = local
         self.root = Path(local_path(root)) if root else None
         self.events: list[str] = []  # what happened, for the report ("corrupt entry ... rebuilt")
+        #: warnings to show (one CacheWarning each, by :func:`pytest_deploy.check.warn_cache`), and every one ever
+        #: queued, so that each is shown once per session
+        self.pending_warnings: list[str] = []
+        self._warned: set[str] = set()
+        if key_env and self.secret is None and not readonly and self.root is not None:
+            self.warn(f"the cache key's environment variable {key_env} (--deploy-cache-key-env) is not set: cache "
+                      "entries are neither signed nor checked for a signature; set it, or run with "
+                      "--deploy-cache-readonly")
+
+    def warn(self, message: str) -> None:
+        """Queue ``message`` for one ``CacheWarning`` (once per session)."""
+        if message not in self._warned:
+            self._warned.add(message)
+            self.pending_warnings.append(message)
+
+    def _bad_manifest(self, key: str, where: str, exc: BadManifest) -> None:
+        hint = ("only a writer holding the cache key makes entries that are used; this run rebuilds it"
+                if isinstance(exc, Unsigned) else "if this cache is shared, check who can write to it")
+        self.warn(f"{where} cache entry {key} not used: {exc}; it is treated as a miss (never loaded); {hint}")
 
     def give_up_remote(self, url: str, exc: BaseException) -> None:
         """Go on with the local cache only, remembering why (shown once, as a warning, by the caller)."""
@@ -168,20 +299,27 @@ class ArtifactCache:
         tmp.mkdir()
         try:
             try:
-                files = self.remote.fetch(key, tmp)
+                manifest = self.remote.manifest(key)
+                if manifest is None:
+                    return None
+                files = check_manifest(manifest, key=key, secret=self.secret)  # before any name becomes a path
+                self.remote.download(key, manifest, tmp)
+            except BadManifest as exc:
+                self.events.append(f"shared cache entry {key[:12]} not used ({exc}); rebuilt")
+                self._bad_manifest(key, "shared", exc)
+                return None
             except Exception as exc:  # the store went away: go on locally
                 self.give_up_remote(self.remote.url, exc)
-                return None
-            if files is None:
                 return None
             bad = [name for name, digest in files.items() if file_digest(tmp / name) != digest]
             if bad:
                 self.events.append(f"shared cache entry {key[:12]} discarded ({bad[0]} does not match its recorded "
                                    "hash); rebuilt")
-                with contextlib.suppress(Exception):
-                    self.remote.discard(key)
+                if not self.readonly:
+                    with contextlib.suppress(Exception):
+                        self.remote.discard(key)
                 return None
-            (tmp / "manifest.json").write_text(json.dumps({"version": CACHE_VERSION, "files": files}))
+            (tmp / "manifest.json").write_text(json.dumps(manifest))  # as signed
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
             os.replace(tmp, entry)
@@ -200,16 +338,25 @@ class ArtifactCache:
             if entry.exists():
                 self._discard(entry, "unreadable manifest")
             return None
-        for name, digest in manifest.get("files", {}).items():
-            path = entry / name
+        try:
+            inside(self.root, f"{key[:2]}/{key}")  # the entry itself is no symlink out of the cache
+            files = check_manifest(manifest, key=key, secret=self.secret)
+            paths = {name: inside(entry, name) for name in files}
+        except BadManifest as exc:
+            self._bad_manifest(key, "local", exc)
+            self._discard(entry, str(exc))
+            return None
+        for name, digest in files.items():
+            path = paths[name]
             if not path.is_file() or file_digest(path) != digest:
                 self._discard(entry, f"{name} does not match its recorded hash")
                 return None
         return entry
 
     def store(self, key: str, files: dict[str, str | os.PathLike]) -> Path | None:
-        """Copy ``files`` ({name in entry: source path}) into the entry for ``key``; return its directory."""
-        if self.root is None:
+        """Copy ``files`` ({name in entry: source path}) into the entry for ``key``; return its directory (None when
+        the cache is disabled or read-only)."""
+        if self.root is None or self.readonly:
             return None
         entry = self._dir(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -218,11 +365,12 @@ class ArtifactCache:
         try:
             digests = {}
             for name, source in files.items():
-                target = tmp / name
+                target = tmp / check_name(name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
                 digests[name] = file_digest(target)
-            (tmp / "manifest.json").write_text(json.dumps({"version": CACHE_VERSION, "files": digests}))
+            manifest = make_manifest(key, digests, self.secret)
+            (tmp / "manifest.json").write_text(json.dumps(manifest))
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
             os.replace(tmp, entry)
@@ -230,14 +378,14 @@ class ArtifactCache:
             shutil.rmtree(tmp, ignore_errors=True)
         if self.remote is not None:
             try:
-                self.remote.put(key, entry, digests)
+                self.remote.put(key, entry, manifest)
             except Exception as exc:  # a store that refuses writes (read-only, gone) is given up
                 self.give_up_remote(self.remote.url, exc)
         return entry
 
     def store_result(self, key: str, result) -> None:
         """Keep a passing check's result (its JSON), so the same check is not run again."""
-        if self.root is None:
+        if self.root is None or self.readonly:
             return
         import tempfile
 
@@ -263,8 +411,9 @@ class ArtifactCache:
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Serialise builders of one key across processes (pytest-xdist workers)."""
-        if self.root is None:
+        """Serialise builders of one key across processes (pytest-xdist workers); a read-only cache directory gets no
+        lock file (nothing is built into it)."""
+        if self.root is None or (self.readonly and not self._local_copy):
             yield
             return
         from filelock import FileLock
@@ -274,6 +423,9 @@ class ArtifactCache:
             yield
 
     def _discard(self, entry: Path, why: str) -> None:
+        if self.readonly and not self._local_copy:
+            self.events.append(f"cache entry {entry.name[:12]} not used ({why}); left as it is (read-only cache)")
+            return
         self.events.append(f"cache entry {entry.name[:12]} discarded ({why}); rebuilt")
         shutil.rmtree(entry, ignore_errors=True)
 

@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,19 @@ from .compare import (
     resolve_tolerance,
     widen_for_precision,
 )
-from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
+from .decisions import (
+    BranchAnalysis,
+    Divergence,
+    Recorder,
+    describe_divergence,
+    describe_frozen_number,
+    needs_line_tracing,
+    record,
+)
 from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
-from .modeltest import ModelTest, Work
+from .modeltest import ModelState, ModelTest, Work
 from .results import Result
-from .sources import add_model_files, describe_exception, short_path
+from .sources import add_model_files, describe_exception, short_path, torchscript_error
 from .spec import SPECIAL_LABEL, Example, InputSpace
 from .tensors import clone_args, is_tensor
 
@@ -63,6 +72,12 @@ EXPLORE_COST_SECONDS = 2.0
 EXPLORE_MIN_RUNS = 12
 
 LOST_BRANCH_FIX = "torch.jit.script, or torch.cond for export"
+#: a Python number computed from a shape (``float(w - 1) / 2``) that torch.jit.trace froze: checked to follow the
+#: input under trace (a shape is a tensor there) and under torch.export (a symbol there)
+SHAPE_NUMBER_FIX = ("keep it on the shape, without float()/int(): `(w - 1) / 2` instead of `float(w - 1) / 2`, "
+                    "`w // 2` instead of `int(w * 0.5)`; under torch.jit.trace a shape is a tensor and under "
+                    "torch.export a symbol, so the number follows the input (torch.jit.script and torch.cond do "
+                    "not help here)")
 
 DEFAULT_EXAMPLES = 20
 
@@ -125,6 +140,9 @@ class CheckContext:
         #: data-dependent decisions seen while eager PyTorch ran (and, for tracing backends, while tracing)
         self.analysis = BranchAnalysis()
         self.freezes_decisions = False
+        #: for a tracing backend: trace the model on given inputs (the artifact is thrown away), to read the Python
+        #: numbers the tracer froze (:meth:`_frozen_shape_numbers`)
+        self._retrace: Callable[[tuple], Any] | None = None
         # the model's files count as user code from here on (an installed package's too, such as transformers'):
         # registered before the line-tracing decision reads them, so that decision does not depend on which
         # check of the session came first
@@ -154,6 +172,8 @@ class CheckContext:
         self._reference = _ReferenceStats()
         #: work shared with the other backends of the model test (modeltest.Work), or None
         self.shared: Work | None = None
+        #: the model's state when its model test's first check began (put back before each eager run and build)
+        self.state: ModelState | None = None
         #: the branch search's steps, kept for the other backends while it runs: ("observe" | "note_fixed", run)
         self._search_steps: list[tuple[str, Any]] | None = None
         #: the model fails under the dispatch mode that tracks which decisions the inputs steer
@@ -275,15 +295,20 @@ class CheckContext:
         except (StageError, _ExampleFailed, DeployFailure, BackendUnavailable, KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
+            full = torchscript_error(exc)
+            if full is not None:  # the message keeps the cause; the report keeps the interpreter's whole text
+                self.note("error_text", full)
             raise StageError(name, describe_exception(exc, hint), cause=exc) from exc
         finally:
             bucket = _TIMING_BUCKET.get(name, "build")
             self.result.timings[bucket] = self.result.timings.get(bucket, 0.0) + time.perf_counter() - start
 
-    def traced_decisions(self) -> None:
+    def traced_decisions(self, retrace: Callable[[tuple], Any] | None = None) -> None:
         """Called by a backend whose artifact follows the path of the input it was built from
         (torch.jit.trace): decisions whose outcome differs from that path's are trace-lost, and a
-        mismatch on such an example fails at stage branches.
+        mismatch on such an example fails at stage branches. ``retrace(args)``: trace the model again on
+        ``args`` (run only when a check fails, to find the Python numbers computed from shapes that the trace
+        froze).
 
         The path is recorded from eager PyTorch on the same input, not while tracing: under the tracer
         shape reads are tensors (``len(x)`` and ``range(x.shape[1])`` convert them) and library modules
@@ -295,13 +320,15 @@ class CheckContext:
                 self.shared.traced_run = run
         self.analysis = BranchAnalysis(run)
         self.freezes_decisions = True
+        self._retrace = retrace
 
     def varying_inputs(self, args: tuple) -> list | None:
-        """The input tensors of ``args`` whose values the spec lets vary (not those it holds constant); None
-        when the spec does not say (a hypothesis strategy, example inputs only)."""
+        """Each input tensor of ``args`` whose values the spec lets vary, None in the place of one it holds
+        constant (a decision's sources are these positions); None when the spec does not say (a hypothesis
+        strategy, example inputs only)."""
         if self.space.strategy_override is not None or len(self.space.specs) != len(args) or self._untrackable:
             return None
-        return [a for a, spec in zip(args, self.space.specs) if is_tensor(a) and not spec.holds_constant()]
+        return [a if is_tensor(a) and not spec.holds_constant() else None for a, spec in zip(args, self.space.specs)]
 
     def recorded_eager(self, args: tuple, *, track: bool = False):
         """Eager reference outputs, with the decisions taken on the way counted into the analysis; ``track``:
@@ -371,12 +398,21 @@ class CheckContext:
         # the search starts at each corner of the dims: there, an if/while that read no tensor (a branch
         # on a shape) is given its chance to go the other way and so become a decision
         corners = len(self.space.dim_corners()) if any(lo != hi for lo, hi in self.space.dims.values()) else 0
+        # then, before the rest of the plan, the constant corners (all zero, all at an end of the range) of the
+        # integer inputs that feed a decision with an outcome not reached yet: flags and ids take them in real use
+        cornered: set[int] = set()
+        queue: list[Example] = []
         runs = 0
         for i in range(budget):
             missing = self.analysis.missing_outcomes(candidates=i < corners, fixed=i < corners)
             if not missing or time.perf_counter() - start > EXPLORE_SECONDS:
                 break
-            ex = next(candidates)
+            if i >= corners:
+                feeding = self.analysis.missing_sources()
+                todo = [k for k in range(len(self.space.specs)) if feeding >> k & 1 and k not in cornered]
+                cornered.update(todo)
+                queue.extend(self.space.corner_examples(todo))
+            ex = queue.pop(0) if queue and i >= corners else next(candidates)
             seen = self.analysis.seen()
             runs += 1
             try:
@@ -401,14 +437,16 @@ class CheckContext:
 
     def fresh_model(self):
         """A new instance from the factory (the decorated test, or ``factory=``), in the same mode, built with
-        the RNGs seeded from the check's seed."""
+        the RNGs seeded from another seed than the model's (:func:`fresh_seed`): a serving process builds its own
+        instance, so what construction draws at random and the saved state does not carry (a non-persistent
+        buffer from ``torch.randn``) differs there, and must differ here too."""
         if self.factory is None:
             raise StageError(
                 "load",
                 f"{self.backend} needs a fresh instance of the model to load into; pass factory=<zero-argument "
                 "callable returning a new model> to deploy()/verify()",
             )
-        fresh = seeded_call(self.factory, self.seed)
+        fresh = seeded_call(self.factory, fresh_seed(self.seed))
         if isinstance(fresh, tuple):
             fresh = fresh[0]
         _require_module(fresh, "the factory")
@@ -420,8 +458,15 @@ class CheckContext:
         import torch
 
         model = self.model if model is None else model
+        if model is self.model:
+            self.reset_state()  # a reference depends on the input only, whichever runs came before
         with torch.no_grad():
             return self.call(model, clone_args(args))
+
+    def reset_state(self) -> None:
+        """Put the model back in the state its model test's first check began with, noting what changed."""
+        if self.state is not None:
+            _note_state_changes(self.result, self.state.reset(self.model))
 
     # -- the example loop --------------------------------------------------------------------------
 
@@ -490,9 +535,14 @@ class CheckContext:
             self.failed_example = failure.example
             self.result.examples = state.passed + 1
             stage, text = failure.stage, self._failure_text(failure, shrunk=state.runs > 1)
-            lost = self._lost_branch_text(failure) if failure.comparison is not None else None
-            if lost:
-                stage, text = "branches", lost + "\n" + text
+            if failure.comparison is not None:
+                lost = self._lost_branch_text(failure)
+                if lost:
+                    stage, text = "branches", lost + "\n" + text
+            elif stage == "run" and self.freezes_decisions:  # a frozen shape number can break the run itself
+                frozen = self._frozen_shape_numbers(failure.example)
+                if frozen:
+                    text += "\n" + describe_frozen_number(frozen[0], "the failing input") + f"\n  fix: {SHAPE_NUMBER_FIX}"
             from .divergence import locate
 
             text += locate(self, failure.example.args, stage)  # where it broke; never raises
@@ -568,28 +618,72 @@ class CheckContext:
         return best
 
     def _lost_branch_text(self, failure: _ExampleFailed) -> str | None:
-        """When a tracing backend's mismatch comes with a trace-lost decision, say where it is."""
+        """When a tracing backend's mismatch comes with a trace-lost decision, say where it is: a Python number
+        computed from a shape that the trace froze (:meth:`_frozen_shape_numbers`) first, as the decisions that
+        differ after it are mostly its symptoms."""
         if not self.freezes_decisions:
             return None
+        frozen = self._frozen_shape_numbers(failure.example)
         try:
             _, run = record(self.eager, failure.example.args, lines=self.line_tracing)
         except Exception:
+            run = None
+        divergences = self.analysis.divergences(run) if run is not None else []
+        if not divergences and not frozen:
             return None
-        divergences = self.analysis.divergences(run)
-        if not divergences:
-            return None
-        first = divergences[0]
-        self.analysis.mark_diverged(first.site)
-        assert failure.comparison is not None  # called for a failed comparison only
-        worst = max(failure.comparison.errors, key=lambda e: e.max_abs)
-        atol, _ = self.tol.for_dtype(worst.dtype)
-        text = describe_divergence(first, "the failing input")
-        text += f"; max abs error {format_number(worst.max_abs)} > atol {atol:g}\n  fix: {LOST_BRANCH_FIX}"
-        others = list(dict.fromkeys(d.site for d in divergences[1:] if d.site != first.site))
+        if failure.comparison is not None:
+            worst = max(failure.comparison.errors, key=lambda e: e.max_abs)
+            atol, _ = self.tol.for_dtype(worst.dtype)
+            error = f"; max abs error {format_number(worst.max_abs)} > atol {atol:g}"
+        else:
+            error = ""
+        if frozen:
+            text = describe_frozen_number(frozen[0], "the failing input") + f"{error}\n  fix: {SHAPE_NUMBER_FIX}"
+            others = [f"{short_path(d.site.file)}:{d.site.line}" for d in frozen[1:]]
+            others += [f"{short_path(d.site.file)}:{d.site.line}" for d in divergences]
+        else:
+            first = divergences[0]
+            self.analysis.mark_diverged(first.site)
+            text = describe_divergence(first, "the failing input") + f"{error}\n  fix: {LOST_BRANCH_FIX}"
+            others = [f"{short_path(d.site.file)}:{d.site.line}" for d in divergences[1:] if d.site != first.site]
+        others = list(dict.fromkeys(others))
         if others:
-            text += "\n  the failing input also leaves the traced path at: " + ", ".join(
-                f"{short_path(s.file)}:{s.line}" for s in others[:5])
+            text += "\n  the failing input also leaves the traced path at: " + ", ".join(others[:5])
         return text
+
+    def _frozen_shape_numbers(self, example: Example) -> list[Divergence]:
+        """Python numbers computed from a tensor's shape (``float(w - 1) / 2``, ``int(x.shape[-1] * 0.5)``) that
+        the trace froze and that ``example`` gives another value: kind ``shape``, at the line that converts.
+
+        Eager PyTorch converts no tensor there (a shape is a Python int), so the recorder cannot see them; the
+        tracer does (a shape is a tensor under it, and it warns when converting one). Where it warned at a line
+        of the user's that eager converts nothing at, the model is traced again on the canonical example and on
+        ``example`` with the conversions recorded, and the values compared. Never raises."""
+        if self._retrace is None:
+            return []
+        eager_sites = {short_path(site.file) + f":{site.line}" for site, _ in self.analysis.traced}
+        warned = {f"{w['file']}:{w['line']}" for w in self.result.details.get("tracer_warnings") or []
+                  if str(w.get("message", "")).startswith("Converting a tensor to a Python")}
+        if not warned - eager_sites:
+            return []
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _, traced = record(self._retrace, self.canonical.args, lines=False)
+                _, other = record(self._retrace, example.args, lines=False)
+        except Exception:
+            return []
+        theirs = {(site, n): (kind, value) for site, n, kind, value in other.events}
+        found: list[Divergence] = []
+        for site, n, kind, value in traced.events:
+            where = short_path(site.file) + f":{site.line}"
+            if kind in ("bool", "tolist") or where in eager_sites or where not in warned:
+                continue
+            mine = theirs.get((site, n))
+            if mine is not None and mine[1] != value and all(d.site != site for d in found):
+                found.append(Divergence(site, n, "shape", value, mine[1]))
+                self.analysis.add_frozen(site, value, mine[1])
+        return found
 
     def _run_one(self, ex: Example, runner, reference) -> None:
         try:
@@ -735,6 +829,11 @@ class CheckContext:
                     )
             if len(cmp.errors) > 5:
                 lines.append(f"  ... and {len(cmp.errors) - 5} more outputs differ")
+            worst, here = self.result.max_abs_error, cmp.max_abs
+            if worst is not None and format_number(worst) != format_number(here):
+                # the reports' figure is the worst over the run; this input (often shrunk) can differ from it
+                lines.append(f"  the errors above are this input's; the worst over every example run is max abs "
+                             f"error {format_number(worst)}, the figure the reports show")
         else:
             lines.append(failure.text)
         lines.append(f"  {which}:")
@@ -809,6 +908,9 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     cache = cache if cache is not None else ArtifactCache(None)
 
     key = None
+    # every backend starts from the state the model was built with, also when an earlier check's eager runs
+    # filled a cache in it (restored before anything hashes or runs the model)
+    state = shared.model_state(model) if shared is not None else ModelState(model)
     work = shared.work(model, space, bool(allow_nonfinite)) if shared is not None else None
     if cache.enabled:
         from .fingerprint import check_key
@@ -830,11 +932,15 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         cleanup_owned.callback(shutil.rmtree, workdir, True)
 
     def execute() -> tuple[str, Result]:
-        return _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed, workdir=workdir,
-                        factory=factory, options=options, cache=cache, timeout=timeout, keep_artifacts=keep_artifacts,
-                        source_files=source_files, allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
-                        allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work,
-                        spawn_runtime=spawn, owned=owned)
+        outcome, res = _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed,
+                                workdir=workdir, factory=factory, options=options, cache=cache, timeout=timeout,
+                                keep_artifacts=keep_artifacts, source_files=source_files,
+                                allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
+                                allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work,
+                                spawn_runtime=spawn, owned=owned, state=state)
+        if cache.pending_warnings:  # shown by pytest's process (this may be a worker's)
+            res.details["cache_warnings"] = list(cache.pending_warnings)
+        return outcome, res
 
     def execute_in_worker() -> tuple[str, Result, bytes | None]:
         """In the worker: the check, and what it added to the model test's shared work (sent back with it)."""
@@ -842,6 +948,16 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
             work.mark()
         outcome, res = execute()
         return outcome, res, work.added() if work is not None else None
+
+    earlier = None if work is None else work.reference_failed.get("all") or work.reference_failed.get(
+        repr(_reference_kind(name)))
+    if earlier is not None:  # eager PyTorch itself failed for another backend: said once, not run again
+        first, stage, text = earlier
+        result.outcome, result.stage = "failed", stage
+        result.details["same_failure_as"] = first
+        result.message = (f"{name}: stage {stage}: fails for the same reason as this model test's {first} check, "
+                          f"before any backend runs (its message has the whole text): {text.splitlines()[0]}")
+        raise DeployFailure(result.message, result)
 
     # one check at a time per key: a second pytest-xdist worker with the same check waits, then reuses the result
     with cleanup_owned, cache.lock(key) if key is not None else contextlib.nullcontext():
@@ -854,7 +970,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 reused.timings = {"build": 0.0, "load": 0.0, "run": 0.0}
                 reused.details["reused"] = ("this check passed before with the same model code, weights, inputs, "
                                             "options and library versions; --deploy-recheck runs it again")
-                _emit_warnings(reused)
+                _emit_warnings(reused, work)
                 warn_cache(cache)
                 return reused
         if spawn:
@@ -876,11 +992,26 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 work.merge(added)
         else:
             outcome, result = execute()
-        _emit_warnings(result)
+        changed = result.details.get("model_state_changed")
+        if changed and (shared is None or not shared.state_reported):
+            if shared is not None:
+                shared.state_reported = True
+            result.details.setdefault("warnings", []).append(
+                f"forward changes the model's state: {', '.join(changed[:8])}"
+                f"{f' and {len(changed) - 8} more' if len(changed) > 8 else ''}; every backend's check starts from "
+                "the state the model was built with (restored before each check and before each build)")
+        _emit_warnings(result, work)
+        for text in result.details.get("cache_warnings", ()):
+            cache.warn(text)
         gone = result.details.get("shared_cache_error")
         if gone and cache.remote_error is None:  # a worker process found the shared store gone: stop using it
             cache.remote, cache.remote_error = None, gone
         if outcome == "failed":
+            scope = result.details.get("reference_failed")
+            if work is not None and scope:
+                text = (result.message or "").removeprefix(f"{name}: stage {result.stage}: ")
+                work.reference_failed["all" if scope == "all" else repr(_reference_kind(name))] = (
+                    name, result.stage or "run", text)
             warn_cache(cache)
             assert result.message is not None  # _execute sets it with the outcome
             raise DeployFailure(result.message, result)
@@ -893,7 +1024,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
              keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
              allow_vacuous=False, keep_passing=True, shared: Work | None = None,
-             spawn_runtime=False, owned=False) -> tuple[str, Result]:
+             spawn_runtime=False, owned=False, state: ModelState | None = None) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result). The work
     directory is removed at the end when it is the check's own (``owned``: no ``workdir`` was given), and when
     the check passed unless ``keep_passing``."""
@@ -905,6 +1036,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
                        workdir=path, factory=factory, options=options, result=result)
     ctx.cache = cache
     ctx.shared = shared
+    ctx.state = state
     ctx.timeout = timeout
     ctx.source_files = tuple(source_files)
     ctx.allow_nonfinite = bool(allow_nonfinite)
@@ -917,9 +1049,14 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
         with _temporary_files_in(path / "tmp", _inductor_home(cache)), isolation.guard("reference", timeout):
             kind = _reference_kind(impl.name)
             if shared is None or kind not in shared.reference_checked:  # once per model test and kind of backend
-                _check_reference(ctx)
+                try:
+                    _check_reference(ctx)
+                except StageError as err:  # eager PyTorch itself: the model test's failure, not this backend's
+                    result.details["reference_failed"] = "kind" if getattr(err, "backend_kind_only", False) else "all"
+                    raise
                 if shared is not None:
                     shared.reference_checked.add(kind)
+        ctx.reset_state()  # the eager runs so far may have changed it: the backend builds from the start state
         with _temporary_files_in(path / "tmp", _inductor_home(cache)):
             impl.verify(ctx)
     except StageError as err:
@@ -934,6 +1071,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
     else:
         passed = True
     finally:
+        ctx.reset_state()
         ctx.cleanup.close()  # sessions, worker processes and open files first: then the files can go
         if owned or (passed and not keep_passing):
             shutil.rmtree(path, ignore_errors=True)
@@ -1034,7 +1172,11 @@ def _check_reference(ctx: CheckContext) -> None:
         leaves = flatten(first)
     except UnsupportedOutput as exc:
         raise StageError("run", f"eager PyTorch returns an output pytest-deploy cannot compare: {exc}") from None
-    check_output_leaves(leaves, ctx.backend)
+    try:
+        check_output_leaves(leaves, ctx.backend)
+    except StageError as err:
+        err.backend_kind_only = True  # type: ignore[attr-defined]  # other kinds of backend take these outputs
+        raise
     cmp = compare_outputs(first, second, Tolerance({}))
     if not cmp.ok:
         hint = "call model.eval() to turn dropout off" if ctx.model.training else "seed or remove randomness in forward"
@@ -1133,23 +1275,34 @@ def _input_warnings(space) -> list[str]:
 
 
 def warn_cache(cache: ArtifactCache) -> None:
-    """The one warning of a session whose shared cache cannot be used."""
+    """The one warning of a session whose shared cache cannot be used, and one for each cache entry that could not
+    be trusted (a bad manifest), found in this process or (``details.cache_warnings``) a worker's."""
+    from .errors import CacheWarning, warn
+
     if cache.remote_error and not cache.remote_warned:
-        import warnings
-
-        from .errors import CacheWarning
-
         cache.remote_warned = True
-        warnings.warn(CacheWarning(cache.remote_error), stacklevel=3)
+        warn(CacheWarning(cache.remote_error))
+    while cache.pending_warnings:
+        warn(CacheWarning(cache.pending_warnings.pop(0)))
 
 
-def _emit_warnings(result: Result) -> None:
-    import warnings
+def _note_state_changes(result: Result, changes: list[str]) -> None:
+    """Keep what ``forward`` changed in the model (``details.model_state_changed``), for the one warning."""
+    if changes:
+        kept = result.details.setdefault("model_state_changed", [])
+        kept.extend(c for c in changes if c not in kept)
 
-    from .errors import InputWarning
+
+def _emit_warnings(result: Result, work: Work | None) -> None:
+    """The check's warnings, at the model test; each said once per model test (every backend sees the same
+    declaration), though every result keeps its own in ``details.warnings``."""
+    from .errors import InputWarning, warn
 
     for text in result.details.get("warnings", ()):
-        warnings.warn(InputWarning(text), stacklevel=3)
+        if work is None or text not in work.warned:
+            warn(InputWarning(text))
+        if work is not None:
+            work.warned.add(text)
 
 
 def _forward_arg_names(model, count: int = 0) -> list[str]:
@@ -1179,6 +1332,12 @@ def _require_module(obj, who: str) -> None:
     from .validate import require_materialised
 
     require_materialised(obj, who)
+
+
+def fresh_seed(seed: int) -> int:
+    """The seed a fresh instance of the model is built with: always another than the model's ``seed`` (for torch's,
+    numpy's and Python's RNGs alike), the same one on every run."""
+    return seed ^ 0x5EED
 
 
 def seeded_call(fn: Callable[[], Any], seed: int) -> Any:

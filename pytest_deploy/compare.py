@@ -130,12 +130,12 @@ def flatten(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
 
     Tensors, Python numbers, strings and None are leaves; anything else raises :class:`UnsupportedOutput`.
     """
-    from torch.utils._pytree import keystr, tree_flatten_with_path
+    from torch.utils._pytree import keystr
 
     if isinstance(obj, Leaves):  # a runtime's outputs, already flat
         return list(obj)
     out: list[tuple[str, Any]] = []
-    for key, leaf in tree_flatten_with_path(obj, is_leaf=lambda x: x is None)[0]:
+    for key, leaf in key_paths(obj, is_leaf=lambda x: x is None):
         where = path + keystr(key)
         if leaf is None or isinstance(leaf, (bool, int, float, complex, str)) or is_tensor(leaf):
             out.append((where, leaf))
@@ -148,6 +148,24 @@ def flatten(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
                 f"numbers, or tuples, lists, dicts, namedtuples or dataclasses of them; fix: {_output_fix(leaf)}"
             )
     return out
+
+
+def key_paths(tree: Any, is_leaf: Any = None, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+    """``torch.utils._pytree.tree_flatten_with_path``'s ``[(key path, leaf)]``, in ``tree_flatten``'s order, for
+    every registered type: a type registered without a ``flatten_with_keys_fn`` (diffusers' ``BaseOutput``), which
+    that function refuses, gets positional keys (``[0]``, ``[1]``) from its ``flatten_fn``."""
+    from torch.utils._pytree import SUPPORTED_NODES, SequenceKey, _get_node_type
+
+    if is_leaf is not None and is_leaf(tree):
+        return [(prefix, tree)]
+    handler = SUPPORTED_NODES.get(_get_node_type(tree))
+    if handler is None:
+        return [(prefix, tree)]
+    if handler.flatten_with_keys_fn is not None:
+        keyed = handler.flatten_with_keys_fn(tree)[0]
+    else:
+        keyed = [(SequenceKey(i), child) for i, child in enumerate(handler.flatten_fn(tree)[0])]
+    return [pair for key, child in keyed for pair in key_paths(child, is_leaf, (*prefix, key))]
 
 
 def _output_fix(obj: Any) -> str:

@@ -5,6 +5,12 @@ Every message says what failed, where (backend, stage, source line) and what to 
 
 from __future__ import annotations
 
+import contextvars
+import os
+import sys
+import types
+import warnings
+
 #: Stages of one check, in the order they run. Failures name one of them.
 STAGES = ("export", "check", "simplify", "compile", "save", "load", "run", "compare", "branches")
 
@@ -65,3 +71,24 @@ class CacheWarning(UserWarning):
 class InputWarning(UserWarning):
     """A declaration or an eager output that makes a check weaker than it looks (a 0/1 tensor where a padding
     mask belongs, outputs no input changes)."""
+
+
+#: Where a check's warnings point: the model test's ``(file, line)``, set by the plugin around each check. Unset
+#: (``verify()``), they point at the first caller outside pytest-deploy.
+WARNING_SITE: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("deploy_warning_site",
+                                                                                     default=None)
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(warning: Warning) -> None:
+    """Issue ``warning`` at the user's code (the model test, or the call into pytest-deploy), never at a line of
+    pytest-deploy's own, which a user cannot act on."""
+    site = WARNING_SITE.get()
+    if site is not None:
+        warnings.warn_explicit(warning, type(warning), site[0], site[1])
+        return
+    level = 2  # the caller of this function
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(warning, stacklevel=level)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ HELP_ONNX_EXPORTER = ("ONNX exporter: 'dynamo' (torch.export-based, the default)
 HELP_ONNX_OPSET = "ONNX opset version to export (default: the exporter's)"
 HELP_CACHE_DIR = ("where built artifacts (compiled packages, libraries) are cached between runs; default "
                   "pytest's cache dir (.pytest_cache/d/pytest-deploy)")
+HELP_CACHE_KEY_ENV = ("name of the environment variable holding the secret that signs cache entries (HMAC-SHA256); "
+                      "an entry without a right signature is never used; default PYTEST_DEPLOY_CACHE_KEY (when set)")
+HELP_CACHE_READONLY = ("read and verify the cache, never write to it (for untrusted jobs, such as a fork's pull "
+                       "request): nothing is stored, uploaded or discarded")
 HELP_NO_CACHE = "build every artifact afresh: neither read nor write the artifact cache"
 HELP_RECHECK = ("run every check even when the same check (same model code, weights, inputs, options and library "
                 "versions) passed before; artifacts still come from the cache")
@@ -141,6 +146,10 @@ def add_options(parser) -> None:
     group.addoption("--deploy-onnx-opset", dest="deploy_onnx_opset", type=positive_int, default=None, metavar="N",
                     help=HELP_ONNX_OPSET)
     group.addoption("--deploy-cache-dir", dest="deploy_cache_dir", default=None, metavar="DIR", help=HELP_CACHE_DIR)
+    group.addoption("--deploy-cache-key-env", dest="deploy_cache_key_env", default=None, metavar="VAR",
+                    help=HELP_CACHE_KEY_ENV)
+    group.addoption("--deploy-cache-readonly", dest="deploy_cache_readonly", action="store_true", default=None,
+                    help=HELP_CACHE_READONLY)
     group.addoption("--deploy-no-cache", dest="deploy_no_cache", action="store_true", default=False, help=HELP_NO_CACHE)
     group.addoption("--deploy-recheck", dest="deploy_recheck", action="store_true", default=False, help=HELP_RECHECK)
     group.addoption("--deploy-isolate", dest="deploy_isolate", choices=("none", "native", "all"), default=None,
@@ -174,6 +183,8 @@ def add_options(parser) -> None:
     parser.addini("deploy_html", HELP_HTML, default=None)
     parser.addini("deploy_tvm_target", HELP_TVM_TARGET, default=None)
     parser.addini("deploy_cache_dir", HELP_CACHE_DIR, default=None)
+    parser.addini("deploy_cache_key_env", HELP_CACHE_KEY_ENV, default=None)
+    parser.addini("deploy_cache_readonly", HELP_CACHE_READONLY, type="bool", default=False)
     parser.addini("deploy_isolate", HELP_ISOLATE, default=None)
     parser.addini("deploy_timeout", HELP_TIMEOUT, default=None)
     parser.addini("deploy_localize_budget", HELP_LOCALIZE_BUDGET, default=None)
@@ -209,6 +220,10 @@ class Settings:
     html: str | None = None
     #: keep passing checks' work directories (by default a passing check removes its own)
     keep_passing: bool = False
+    #: the environment variable holding the cache's signing secret (None: PYTEST_DEPLOY_CACHE_KEY); never write
+    #: the cache
+    cache_key_env: str | None = None
+    cache_readonly: bool = False
 
 
 def read_settings(config) -> Settings:
@@ -249,6 +264,14 @@ def read_settings(config) -> Settings:
     keep_passing = config.getoption("deploy_keep_passing")
     if keep_passing is None:
         keep_passing = bool(config.getini("deploy_keep_passing"))
+    key_env = (config.getoption("deploy_cache_key_env") or config.getini("deploy_cache_key_env") or "").strip() or None
+    if key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+        where = "--deploy-cache-key-env" if config.getoption("deploy_cache_key_env") else "ini deploy_cache_key_env"
+        raise SpecError(f"{where} is not the name of an environment variable (letters, digits, _): give the "
+                        "variable's name, such as PYTEST_DEPLOY_CACHE_KEY, not the secret itself")  # not echoed
+    readonly = config.getoption("deploy_cache_readonly")
+    if readonly is None:
+        readonly = bool(config.getini("deploy_cache_readonly"))
     return Settings(tuple(backends) if backends else None, examples, strict, report, 0 if seed is None else seed,
                     {k: v for k, v in backend_options.items() if v is not None},
                     config.getoption("deploy_cache_dir") or config.getini("deploy_cache_dir") or None,
@@ -256,7 +279,7 @@ def read_settings(config) -> Settings:
                     isolate, timeout, config.getoption("deploy_keep_artifacts"),
                     report_path(config, "deploy_markdown"), not config.getoption("deploy_no_step_summary"),
                     report_path(config, "deploy_html"),
-                    keep_passing=keep_passing)
+                    keep_passing=keep_passing, cache_key_env=key_env, cache_readonly=readonly)
 
 
 def report_path(config, name: str) -> str | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import FACTORY_ATTR
-from .errors import BackendUnavailable, DeployFailure, SpecError
+from .errors import WARNING_SITE, BackendUnavailable, DeployFailure, SpecError
 from .options import CALL_KWARGS, MARKER_DOC, Settings, add_options, read_settings, validate_kwargs
 from .results import Result
 
@@ -71,7 +71,8 @@ class DeploySession:
                     # pytest's cache dir: the cache itself, or the local read-through copy of a shared one
                     local = str(pytest_cache.mkdir("pytest-deploy"))
                     root = root or local
-            self._cache = ArtifactCache(root, local=local)
+            self._cache = ArtifactCache(root, local=local, key_env=self.settings.cache_key_env,
+                                        readonly=self.settings.cache_readonly)
         return self._cache
 
     # -- running one check --------------------------------------------------------------------
@@ -105,6 +106,8 @@ class DeploySession:
         test = row_id(item)
         # pytest.skip/fail are called outside the except clauses, so the report does not show the caught
         # exception again ("During handling of the above exception, another exception occurred").
+        path, line = item.reportinfo()[:2]
+        site = WARNING_SITE.set((os.fspath(path), (line or 0) + 1))  # warnings point at the model test
         try:
             result = run_check(
                 model, backend, factory=factory, example_inputs=example_inputs, seed=self.seed_for(item),
@@ -121,6 +124,8 @@ class DeploySession:
             result = Result(test=test, backend=backend, outcome="skipped", message=str(exc))
         except SpecError as exc:
             result = Result(test=test, backend=backend, outcome="failed", message=str(exc))
+        finally:
+            WARNING_SITE.reset(site)
         self.results[item.nodeid] = result
         if result.outcome == "skipped":
             assert result.message is not None  # only BackendUnavailable skips, and its text is the reason
@@ -331,15 +336,19 @@ def pytest_pyfunc_call(pyfuncitem):
     seed = session.seed_for(pyfuncitem)
 
     def factory():
-        # the same weights in every run and for every backend, also for a model built without a seed
+        return fn(**funcargs)
+
+    # one model for every backend of the model test, built under the model test's seed: the same weights in every
+    # run and for every backend, also for a model built without a seed. The factory makes fresh instances for the
+    # backends that load into one (state_dict, checkpoint); CheckContext.fresh_model seeds those with another seed,
+    # as a serving process builds its own
+    shared = session.model_test(pyfuncitem)
+    if shared.built is None:
         from .check import seeded_call
 
-        return seeded_call(lambda: fn(**funcargs), seed)
-
-    # one model for every backend of the model test (same seed, same weights); the factory makes fresh copies
-    # for the backends that load into one (state_dict, checkpoint)
-    shared = session.model_test(pyfuncitem)
-    returned = shared.built if shared.built is not None else factory()
+        returned = seeded_call(factory, seed)
+    else:
+        returned = shared.built
     model, example_inputs = returned, None
     if isinstance(returned, tuple):
         if len(returned) != 2:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from importlib import metadata
 
@@ -202,9 +203,42 @@ def _branch_cell(result: Result | None) -> str:
     return f"{len(result.branches)} sites, lost {lost}, uncovered {uncovered}"
 
 
+def _library_file(path: str) -> str | None:
+    """The path of an installed package's file below ``site-packages`` (``einops/einops.py``); None for the user's."""
+    m = re.search(r"[/\\](?:site|dist)-packages[/\\](.+)$", path)
+    return m.group(1).replace("\\", "/") if m else None
+
+
+def split_library_sites(sites: list[dict]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The decision sites a summary lists one by one (the user's files, and any site whose lost branch changed the
+    outputs), and the rest by installed library file: sites inside a package (einops, transformers) whose lost or
+    unreached branch left the outputs alone, which a summary counts instead of listing (the JSON and HTML
+    reports list them all)."""
+    listed: list[dict] = []
+    grouped: dict[str, list[dict]] = {}
+    for b in sites:
+        lib = None if b.get("diverged") else _library_file(str(b.get("file", "")))
+        if lib is None:
+            listed.append(b)
+        else:
+            grouped.setdefault(lib, []).append(b)
+    return listed, grouped
+
+
+def library_count_text(lib: str, sites: list[dict]) -> str:
+    """``12 sites in einops/einops.py, outputs unaffected (lost 10, never reached 2)``."""
+    lost = sum(bool(b.get("lost")) for b in sites)
+    unreached = sum(bool(b.get("uncovered")) and not b.get("lost") for b in sites)
+    parts = [f"lost {lost}"] if lost else []
+    parts += [f"never reached {unreached}"] if unreached else []
+    return f"{plural(len(sites), 'site')} in {lib}, outputs unaffected ({', '.join(parts)})"
+
+
 def _branch_lines(branch_rows: dict[str, Result | None]) -> list[str]:
-    """Every lost or uncovered decision, with its site: what a user has to look at."""
+    """Every lost or uncovered decision, with its site: what a user has to look at. Sites inside installed
+    libraries that left the outputs alone are counted per file (:func:`split_library_sites`)."""
     out = []
+    counted = False
     for test, result in branch_rows.items():
         if result is None:
             continue
@@ -212,7 +246,8 @@ def _branch_lines(branch_rows: dict[str, Result | None]) -> list[str]:
         if not notable:
             continue
         out.append(f"{test} ({result.backend}):")
-        for b in notable:
+        listed, grouped = split_library_sites(notable)
+        for b in listed:
             outcomes = ", ".join(f"{k} x{v}" for k, v in b["outcomes"].items())
             status = []
             if b.get("lost"):
@@ -221,8 +256,14 @@ def _branch_lines(branch_rows: dict[str, Result | None]) -> list[str]:
                 status.append("never reached: " + "/".join(b["uncovered"]))
             traced = f"; traced {b['traced']}" if b.get("traced") is not None else ""
             out.append(f"  {b['file']}:{b['line']}  `{b['source']}`  seen {outcomes}{traced}; {'; '.join(status)}")
+        for lib, sites in grouped.items():
+            out.append(f"  {library_count_text(lib, sites)}")
+            counted = True
     if out:
         out.insert(0, "data-dependent decisions (lost: the traced artifact took another path; never reached: no input found it):")
+    if counted:
+        out.append("(sites inside installed libraries whose outputs were unaffected are counted per file; the JSON and "
+                   "HTML reports list each)")
     return out
 
 
@@ -246,17 +287,27 @@ def markdown(results: list[Result]) -> str:
             cause = _first_cause(r.message)
             stage = f" at stage `{r.stage}`" if r.stage else ""
             out.append(f"- `{_md(names.get(r.test, r.test))}` on **{r.backend}**{stage}: {_md(cause)}")
-    sites = [(test, r, b) for test, r in ((t, _branch_source(by)) for t, by in rows.items()) if r is not None
-             for b in r.branches if b.get("lost") or b.get("uncovered")]
-    if sites:
+    sites = []
+    counted = []
+    for test, by_backend in rows.items():
+        source = _branch_source(by_backend)
+        if source is None:
+            continue
+        listed, grouped = split_library_sites([b for b in source.branches if b.get("lost") or b.get("uncovered")])
+        sites += [(test, b) for b in listed]
+        counted += [(test, lib, group) for lib, group in grouped.items()]
+    if sites or counted:
         out += ["", "### Data-dependent decisions", "", "| model test | site | source | seen | traced | verdict |",
                 "| --- | --- | --- | --- | --- | --- |"]
-        for test, _, b in sites:
+        for test, b in sites:
             seen = ", ".join(f"{k} x{v}" for k, v in b["outcomes"].items())
             verdict = ("lost, outputs diverge" if b.get("diverged") else "lost, outputs unaffected") if b.get("lost") \
                 else "never reached: " + "/".join(b["uncovered"])
             out.append(f"| `{_md(names[test])}` | `{_md(b['file'])}:{b['line']}` | `{_md(b['source'])}` | {seen} | "
                        f"{b.get('traced')} | {verdict} |")
+        if counted:
+            out += ["", "Inside installed libraries, counted per file (the JSON and HTML reports list each site):", ""]
+            out += [f"- `{_md(names[test])}`: {_md(library_count_text(lib, group))}" for test, lib, group in counted]
     return "\n".join(out) + "\n"
 
 

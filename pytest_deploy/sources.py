@@ -98,12 +98,24 @@ def short_path(filename: str) -> str:
     return filename if rel.startswith("..") else rel
 
 
+#: the first line of every error raised while the TorchScript interpreter runs a module: the cause is on the last
+_TORCHSCRIPT_RUN = "The following operation failed in the TorchScript interpreter."
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt): ")
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first meaningful line of an exception's message, capped at a sentence's end. A line ending in ':'
     announces its detail on the lines below (``Error(s) in loading state_dict for Net:``), so the rest of
-    its paragraph is kept too."""
+    its paragraph is kept too. An error of the TorchScript interpreter says only that an operation failed on
+    its first line; its cause, the inner error, is its last line (``RuntimeError: shape '[2, 3, 1]' is
+    invalid for input of size 3``), which is taken instead."""
     text = str(exc).strip()
     lines = text.splitlines()
+    if lines and lines[0].strip() == _TORCHSCRIPT_RUN and len(lines) > 1:
+        cause = lines[-1].strip()
+        if not _EXCEPTION_LINE.match(cause):
+            cause = f"{type(exc).__name__}: {cause}"
+        return cap(f"{cause} (in the TorchScript interpreter)", limit)
     for i, line in enumerate(lines):
         line = line.strip()
         if line:
@@ -116,20 +128,33 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return cap(text, limit)
 
 
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n|[.!?]$")
+
+
 def cap(text: str, limit: int) -> str:
-    """``text`` cut to about ``limit`` characters, never mid-sentence: at the last sentence end (or clause
-    end, or word end) before the limit, saying how much was left out."""
+    """``text`` cut to about ``limit`` characters, never mid-sentence, and marked where it was cut (``… (N more
+    characters)``). It ends at the last sentence or line end before the limit; when the first sentence alone is
+    longer, the whole of it is kept if that stays within twice the limit. Only a first sentence longer than that
+    is cut within (at a word end)."""
     if len(text) <= limit:
         return text
-    head = text[:limit]
-    for marks in ((". ", "! ", "? "), ("; ", ": ", ", ")):
-        end = max(head.rfind(m) for m in marks)
-        if end > limit // 3:
-            head = head[: end + 1]
-            break
-    else:
-        head = head[: head.rfind(" ")] if head.rfind(" ") > limit // 3 else head
-    return f"{head.rstrip()} [cut: {len(text) - len(head.rstrip())} more characters]"
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    before = [e for e in ends if limit // 4 < e <= limit]
+    after = [e for e in ends if limit < e <= 2 * limit]
+    short = [e for e in ends if e <= limit // 4]
+    if before:
+        head = text[: before[-1]]
+    elif after:  # a long sentence, kept whole
+        head = text[: after[0]]
+    elif short:  # the short sentences before a very long one
+        head = text[: short[-1]]
+    else:  # one very long sentence: cut at a word end
+        space = text.rfind(" ", 0, limit)
+        head = text[:space] if space > limit // 3 else text[:limit]
+    head = head.rstrip()
+    if len(head) >= len(text.rstrip()):
+        return text
+    return f"{head} \u2026 ({len(text) - len(head)} more characters)"
 
 
 def frame_from_stack(stack: str):
@@ -147,10 +172,31 @@ def frame_from_stack(stack: str):
     return found
 
 
+def torchscript_error(exc: BaseException) -> str | None:
+    """The whole text of an error the TorchScript interpreter raised (its traceback, then the cause), else None:
+    :func:`first_line` keeps only the cause, so a report keeps this too."""
+    text = str(exc).strip()
+    return text if text.startswith(_TORCHSCRIPT_RUN) else None
+
+
+def frame_from_torchscript(text: str):
+    """The innermost frame of the model's code in the traceback a TorchScript interpreter error carries. A traced
+    module's lists the Python frames of the traced call, innermost first (``/path/model.py(5): forward``); a
+    scripted module's, innermost last (``File "/path/model.py", line 5, in forward`` and the function's code)."""
+    if not text.lstrip().startswith(_TORCHSCRIPT_RUN):
+        return None
+    traced = [(m.group(1).strip(), int(m.group(2))) for m in re.finditer(r"^(.+?)\((\d+)\): [\w<>]+$", text, re.M)]
+    scripted = [(m.group(1), int(m.group(2))) for m in re.finditer(r'File "([^"]+)", line (\d+), in ', text)]
+    for fname, line in [*traced, *reversed(scripted)]:
+        if os.path.isfile(fname) and is_model_code(fname):  # not the serialized code (``code/__torch__.py``)
+            return fname, line, linecache.getline(fname, line).strip()
+    return None
+
+
 def describe_exception(exc: BaseException, hint: str | None = None) -> str:
     """``ValueError: bad thing`` + the user's source line, if any + the hint."""
     text = first_line(exc)
-    where = user_frame(exc.__traceback__)
+    where = frame_from_torchscript(str(exc)) or user_frame(exc.__traceback__)
     if where:
         text += f"\n  at {short_path(where[0])}:{where[1]}  `{where[2]}`"
     if hint:

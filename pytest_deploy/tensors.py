@@ -34,10 +34,14 @@ def to_numpy(t) -> Any:
 
 
 def from_numpy(a) -> Any:
-    """The tensor of a runtime's output array (ml_dtypes' bfloat16 included)."""
+    """The tensor of a runtime's output array (ml_dtypes' bfloat16 included), of the array's shape: a 0-d array
+    stays 0-d (``np.ascontiguousarray`` would make it 1-d)."""
     import numpy as np
     import torch
 
+    if not hasattr(a, "dtype"):
+        return torch.tensor(a)
+    a = np.require(a, requirements="C")
     if a.dtype.name == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a)) if hasattr(a, "dtype") else torch.tensor(a)
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)

@@ -154,16 +154,15 @@ class PickleBackend(Backend):
         ctx.note("unsafe_load_needed", not reply["weights_only"])
         if not reply["weights_only"]:
             import re
-            import warnings
 
-            from ..errors import UnsafeLoadWarning
+            from ..errors import UnsafeLoadWarning, warn
 
             refused = re.search(r"GLOBAL ([\w.]+)", reply["weights_only_error"])
             what = refused.group(1) if refused else "the model's classes"
             # one short line; torch's whole refusal is in the report (details.weights_only_error)
-            warnings.warn(UnsafeLoadWarning(
+            warn(UnsafeLoadWarning(
                 f"pickle: loads only with torch.load(weights_only=False), which runs code from the file ({what} is "
-                "not an allowed global); ship a state_dict, or torch.serialization.add_safe_globals it"), stacklevel=2)
+                "not an allowed global); ship a state_dict, or torch.serialization.add_safe_globals it"))
 
         from ..compare import Leaves
 

@@ -57,13 +57,20 @@ class TraceBackend(Backend):
 
         args, kwargs = ctx.space.split(ctx.canonical.clone_args())
         hint = "torch.jit.trace records the ops one input runs; use script or export if it cannot"
+
+        def trace(args: tuple, kwargs: dict):
+            if kwargs:
+                return torch.jit.trace(ctx.model, example_kwarg_inputs=kwargs, check_trace=False, strict=False)
+            return torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
+
+        def retrace(example_args: tuple) -> None:  # the frozen numbers of a failing check (ctx._frozen_shape_numbers)
+            with torch.no_grad(), quiet_torch_logs():
+                trace(*ctx.space.split(clone_args(example_args)))
+
         with ctx.stage("export", hint), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if kwargs:
-                traced = torch.jit.trace(ctx.model, example_kwarg_inputs=kwargs, check_trace=False, strict=False)
-            else:
-                traced = torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
-        ctx.traced_decisions()
+            traced = trace(args, kwargs)
+        ctx.traced_decisions(retrace)
         tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
         ctx.note("tracer_warnings", [
             {"file": short_path(w.filename), "line": w.lineno, "message": str(w.message).splitlines()[0]} for w in tracer

@@ -112,6 +112,38 @@ def test_state_dict_names_the_non_persistent_buffer_a_calibration_step_changed(p
     result.stdout.fnmatch_lines(["*test_calibrated*FAIL(compare)*"])
 
 
+def test_state_dict_catches_a_non_persistent_buffer_drawn_at_construction(pytester):
+    # a serving process builds its own instance: a buffer drawn by torch.randn in __init__ and left out of the
+    # state_dict differs there, so the fresh instance is built under another seed than the model (issue 22 item 6)
+    result, report = run_with_report(pytester, """
+        class Drawn(nn.Module):
+            def __init__(self, persistent):
+                super().__init__()
+                self.fc = nn.Linear(4, 3)
+                self.register_buffer("noise", torch.randn(4), persistent=persistent)
+
+            def forward(self, x):
+                return self.fc(x + self.noise)
+
+        @deployable(backends=["state_dict"], inputs=[tensor("batch", 4)], dims={"batch": (1, 4)}, examples=3)
+        def test_non_persistent():
+            return Drawn(persistent=False).eval()
+
+        @deployable(backends=["state_dict"], inputs=[tensor("batch", 4)], dims={"batch": (1, 4)}, examples=3)
+        def test_persistent():
+            return Drawn(persistent=True).eval()
+    """)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*state_dict: stage compare: outputs differ from eager PyTorch*",
+        "*likely cause:*",
+        "*non-persistent buffer 'noise' (register_buffer(..., persistent=False)) is not in the state_dict*",
+        "*fix: register the buffer with persistent=True*",
+    ])
+    assert report[("test_non_persistent", "state_dict")]["stage"] == "compare"
+    assert report[("test_persistent", "state_dict")]["max_abs_error"] == 0.0
+
+
 def test_state_dict_fails_at_load_when_the_factory_builds_different_layer_names(pytester):
     result = run(pytester, """
         class Renamed(nn.Module):
@@ -164,6 +196,7 @@ def test_pickle_passes_and_reports_weights_only_and_the_user_modules_it_needs(py
     result.stdout.fnmatch_lines(["*UnsafeLoadWarning: pickle: loads only with torch.load(weights_only=False), which "
                                  "runs code from the file (*TinyMLP is not an allowed global); ship a state_dict*"])
     warning = next(line for line in result.stdout.lines if "UnsafeLoadWarning" in line)
+    assert "pytest_deploy" not in warning.split("UnsafeLoadWarning")[0]  # at the user's test, not in the plugin
     message = warning.split("UnsafeLoadWarning: ", 1)[1]
     assert len(message.replace("test_pickle_passes_and_reports_weights_only_and_the_user_modules_it_needs.", "")) < 200
 
@@ -347,6 +380,32 @@ def test_trace_fails_at_branches_for_a_data_dependent_branch(pytester):
         "*reproduce: pytest '*test_branchy[[]trace[]]' --deploy-seed=0*",
     ])
     result.stdout.fnmatch_lines(["*test_branchy*FAIL(branches)*1 sites, lost 1, uncovered 0*"])
+
+
+def test_trace_run_failure_names_the_interpreters_cause_and_the_line(pytester):
+    """The TorchScript interpreter's error says only that an operation failed on its first line; the cause is on
+    its last (issue 22 item 5)."""
+    result, report = run_with_report(pytester, """
+        class FrozenBatch(nn.Module):
+            def forward(self, x):
+                return x.reshape(int(x.shape[0]), 3, 1) * 2  # int() freezes the traced batch
+
+        @deployable(backends=["trace"], inputs=[tensor("batch", 3)], dims={"batch": (1, 4)}, examples=3)
+        def test_frozen():
+            return FrozenBatch().eval()
+    """)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*trace: stage run: RuntimeError: shape '[[]2, 3, 1[]]' is invalid for input of size * "
+        "(in the TorchScript interpreter)",
+        "*at test_trace_run_failure_names*.py:*  `return x.reshape(int(x.shape[[]0[]]), 3, 1) * 2 *`",
+    ])
+    entry = report[("test_frozen", "trace")]
+    assert entry["message"].splitlines()[0].startswith("trace: stage run: RuntimeError: shape '[2, 3, 1]' is invalid")
+    assert "The following operation failed" not in entry["message"]
+    full = entry["details"]["error_text"]  # the interpreter's whole text, its traceback included
+    assert full.startswith("The following operation failed in the TorchScript interpreter.")
+    assert "Traceback of TorchScript" in full and "is invalid for input of size" in full.splitlines()[-1]
 
 
 # ---------------------------------------------------------------------------------------- script

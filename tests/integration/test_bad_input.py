@@ -490,3 +490,36 @@ def test_35_a_negative_tolerance():
 
 def test_36_a_misspelt_argument():
     assert_words(refusal(linear(), exampels=3), "unknown argument(s) exampels", "known: inputs, dims, examples")
+
+
+# ------------------------------------------------------------------------- said once per model test
+
+
+def test_a_mistake_in_the_declaration_is_said_once_per_model_test_and_warnings_point_at_the_test(pytester):
+    """A dtype mistake fails eager PyTorch itself: the first backend's item says why in full, the model test's other
+    items fail for the same reason in one line without running (it printed the same message once per backend). An
+    input warning is issued once, at the user's test, not at a line inside pytest-deploy."""
+    result, out = run_user_file(pytester, """
+        @deployable(backends=["trace", "export", "state_dict"], inputs=[tensor("batch", 4, dtype=torch.int64)],
+                    dims={"batch": (1, 3)}, examples=2)
+        def test_wrong_dtype():
+            return Linear().eval()
+
+        class Masked(torch.nn.Module):
+            def forward(self, x, attention_mask):
+                return x * attention_mask
+
+        @deployable(backends=["trace", "export"],
+                    inputs=[tensor("batch", 4), tensor("batch", 4, dtype=torch.int64, low=0, high=2)],
+                    dims={"batch": (1, 3)}, examples=2)
+        def test_zero_one_input():
+            return Masked()
+    """)
+    result.assert_outcomes(failed=3, passed=2)
+    assert out.count("fix: check that inputs= matches forward's arguments") == 1, out
+    failures = out.split("warnings summary", 1)[0]
+    assert failures.count("fails for the same reason as this model test's trace check, before any backend runs") == 2
+    warnings_part = out.split("warnings summary", 1)[1].split("-- Docs:", 1)[0]
+    assert "pytest_deploy" not in warnings_part, warnings_part
+    lines = [ln for ln in warnings_part.splitlines() if "InputWarning" in ln]
+    assert len(lines) == 1 and "test_a_mistake_in_the_declaration" in lines[0], warnings_part

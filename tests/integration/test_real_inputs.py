@@ -161,8 +161,9 @@ def test_outputs_no_input_changes_warn():
 
 
 def test_unseeded_factory_gives_the_same_weights_for_every_check(tmp_path):
-    """verify()'s factory= is called with the RNGs seeded from the check's seed: state_dict's fresh model gets
-    the same weights as one built by the same factory for another check."""
+    """A factory is called with the RNGs seeded (seeded_call): the same seed gives the same weights every time. The
+    fresh instance of state_dict and checkpoint gets another seed than the model (fresh_seed), as a serving process
+    builds its own instance, and the same one on every run."""
     built = []
 
     def factory():
@@ -176,6 +177,10 @@ def test_unseeded_factory_gives_the_same_weights_for_every_check(tmp_path):
     b = seeded_call(factory, 7)
     assert torch.equal(a.weight, b.weight)
     assert not torch.equal(seeded_call(factory, 8).weight, a.weight)
+    from pytest_deploy.check import fresh_seed
+
+    assert fresh_seed(7) == fresh_seed(7) != 7
+    assert not torch.equal(seeded_call(factory, fresh_seed(7)).weight, a.weight)
     state = torch.random.get_rng_state()
     seeded_call(factory, 7)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG state is restored

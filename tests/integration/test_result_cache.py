@@ -224,3 +224,37 @@ def test_two_xdist_workers_needing_the_same_artifact_build_it_once(pytester, tmp
     again.assert_outcomes(passed=4)
     assert builds(log) == 1
     assert all(r["cached"] for r in json.loads((pytester.path / "report.json").read_text())["results"])
+
+
+READONLY_TESTS = """
+import torch
+from pytest_deploy import deployable, tensor
+
+
+@deployable(backends=["trace", "script"], inputs=[tensor("batch", 4)], dims={"batch": (1, 3)}, examples=3)
+def test_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
+"""
+
+
+@pytest.mark.parametrize("how", ["option", "ini"])
+def test_a_read_only_cache_is_read_and_never_written(pytester, tmp_path, how):
+    cache = tmp_path / "cache"
+    pytester.makepyfile(test_ro=READONLY_TESTS)
+    args = [f"--deploy-cache-dir={cache}", "--deploy-report=report.json", "-p", "no:cacheprovider"]
+    if how == "ini":
+        pytester.makeini("[pytest]\ndeploy_cache_readonly = true\n")
+    readonly = ["--deploy-cache-readonly"] if how == "option" else []
+    pytester.runpytest_inprocess(*args, *readonly).assert_outcomes(passed=2)
+    assert not cache.exists() or not list(cache.rglob("*"))  # nothing written, not even a lock file
+    # a cache filled by a trusted run is read (and verified) by the read-only one, and left as it was
+    if how == "ini":
+        pytester.makeini("[pytest]\n")
+    pytester.runpytest_inprocess(*args).assert_outcomes(passed=2)
+    if how == "ini":
+        pytester.makeini("[pytest]\ndeploy_cache_readonly = true\n")
+    before = sorted(str(p) for p in cache.rglob("*"))
+    pytester.runpytest_inprocess(*args, *readonly).assert_outcomes(passed=2)
+    assert all(r["cached"] for r in json.loads((pytester.path / "report.json").read_text())["results"])
+    assert sorted(str(p) for p in cache.rglob("*")) == before

@@ -471,3 +471,35 @@ def test_flatten_keeps_leaves_that_are_already_flat():
 
     flat = Leaves([("output[0]", torch.zeros(1)), ("output[1]", torch.ones(2))])
     assert flatten(flat) == list(flat)
+
+
+@dataclasses.dataclass
+class Unkeyed:
+    """Registered with pytree as diffusers registers BaseOutput: flatten/unflatten, no flatten_with_keys_fn."""
+
+    sample: object
+    extra: object = None
+
+
+torch.utils._pytree.register_pytree_node(
+    Unkeyed, lambda o: ([o.sample, o.extra], None), lambda children, _: Unkeyed(*children)
+)
+
+
+def test_flatten_type_registered_without_key_function_gets_positional_paths():
+    out = {"a": Unkeyed(torch.ones(2), (torch.zeros(1), torch.tensor(3.0)))}
+    leaves = flatten(out)
+    assert [p for p, _ in leaves] == ["output['a'][0]", "output['a'][1][0]", "output['a'][1][1]"]
+    assert [v for _, v in leaves] == torch.utils._pytree.tree_leaves(out)  # the exporters' order
+    assert compare_outputs(out, out, tol(0.0)).ok
+    worse = {"a": Unkeyed(torch.ones(2), (torch.zeros(1), torch.tensor(4.0)))}
+    assert [e.path for e in compare_outputs(out, worse, tol(0.1)).errors] == ["output['a'][1][1]"]
+
+
+def test_key_paths_match_pytree_where_key_functions_exist():
+    from torch.utils._pytree import tree_flatten_with_path
+
+    from pytest_deploy.compare import key_paths
+
+    tree = {"x": [torch.ones(1), Out(torch.zeros(1), (1, None))], "y": (2.0,)}
+    assert key_paths(tree) == tree_flatten_with_path(tree)[0]

@@ -202,3 +202,23 @@ def test_read_settings_unknown_backend_names_the_source():
         read_settings(FakeConfig(options={"deploy_backends": "trace,bogus"}))
     with pytest.raises(SpecError, match="ini deploy_backends: unknown backend 'bogus'"):
         read_settings(FakeConfig(ini={"deploy_backends": "bogus"}))
+
+
+def test_read_settings_cache_key_env_and_readonly_command_line_over_ini():
+    settings = read_settings(FakeConfig(ini={"deploy_cache_key_env": "CI_CACHE_KEY", "deploy_cache_readonly": True}))
+    assert settings.cache_key_env == "CI_CACHE_KEY" and settings.cache_readonly is True
+    settings = read_settings(FakeConfig(options={"deploy_cache_key_env": "OTHER", "deploy_cache_readonly": True},
+                                        ini={"deploy_cache_key_env": "CI_CACHE_KEY"}))
+    assert settings.cache_key_env == "OTHER" and settings.cache_readonly is True
+    settings = read_settings(FakeConfig())
+    assert settings.cache_key_env is None and settings.cache_readonly is False
+
+
+@pytest.mark.parametrize("where", ["option", "ini"])
+def test_a_cache_key_env_that_is_not_a_variable_name_is_refused_without_echoing_it(where):
+    config = FakeConfig(options={"deploy_cache_key_env": "s3cret value"} if where == "option" else {},
+                        ini={"deploy_cache_key_env": "s3cret value"} if where == "ini" else {})
+    name = "--deploy-cache-key-env" if where == "option" else "ini deploy_cache_key_env"
+    with pytest.raises(SpecError, match=f"{name} is not the name of an environment variable") as info:
+        read_settings(config)
+    assert "s3cret" not in str(info.value)

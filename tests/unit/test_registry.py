@@ -16,6 +16,7 @@ from pytest_deploy.backends import (
 )
 from pytest_deploy.backends.base import first_line
 from pytest_deploy.errors import SpecError
+from pytest_deploy.sources import short_path
 
 BUILTINS = ["state_dict", "pickle", "checkpoint", "trace", "script", "export"]
 
@@ -227,7 +228,7 @@ def test_builtin_backends_run_here():
 def test_first_line_of_an_exception():
     assert first_line(ValueError("\n\n  bad thing  \nmore")) == "ValueError: bad thing"
     assert first_line(KeyError()) == "KeyError"
-    assert first_line(RuntimeError("x" * 500), limit=20) == "RuntimeError: [cut: 501 more characters]"  # no word cut
+    assert first_line(RuntimeError("x" * 500), limit=20) == "RuntimeError: \u2026 (501 more characters)"  # no word cut
 
 
 def test_long_messages_are_cut_at_a_sentence_end_and_say_so():
@@ -236,8 +237,56 @@ def test_long_messages_are_cut_at_a_sentence_end_and_say_so():
     out = first_line(RuntimeError(text), limit=150)
     kept = ("RuntimeError: CodeGenVM cannot emit this Relax operator directly. Run the appropriate lowering pass, "
             "or route the operator to an external codegen.")
-    assert out == f"{kept} [cut: {len('RuntimeError: ' + text) - len(kept)} more characters]"
+    assert out == f"{kept} \u2026 ({len('RuntimeError: ' + text) - len(kept)} more characters)"
     assert "However, the given in" not in out
+
+
+def test_a_cut_never_ends_mid_sentence():
+    """A first sentence longer than the limit is kept whole (not cut at a comma, as a TorchScript load failure
+    was); a very long one is cut at a word and marked; every cut says how much was left out (issue 22 item 5)."""
+    from pytest_deploy.sources import cap
+
+    sentence = ("Unknown type name 'einops.Rearrange' in the archive, which names a class the loading process has "
+                "not imported, so the module cannot be rebuilt from code/__torch__/model.py, line 12, column 4, "
+                "while resolving the attribute 'rearrange' of the submodule 'blocks.0.attn', found in the archive "
+                "model.pt, saved by torch 2.13.")
+    text = sentence + " Import the module that defines it before loading. " + "More detail follows here. " * 20
+    out = cap(text, 300)
+    assert len(sentence) > 300 and out.startswith(sentence) and not out.startswith(sentence + " Import")
+    assert out.endswith(f"\u2026 ({len(text) - len(sentence)} more characters)")
+    # sentence ends before the limit: cut after the last one
+    short = "First sentence is here. " * 5 + "A last one that runs past the limit, " * 10
+    out = cap(short, 200)
+    assert out.split(" \u2026 (")[0] == ("First sentence is here. " * 5).strip()
+    # a line end is a sentence end
+    assert cap("line one without a stop\n" + "y " * 200, 100).startswith("line one without a stop \u2026 (")
+    # one very long sentence: cut at a word end, marked
+    words = "word " * 200
+    out = cap(words.strip(), 100)
+    assert out.split(" \u2026 (")[0].endswith("word") and "more characters)" in out
+    assert cap("short enough.", 100) == "short enough."
+
+
+def test_a_torchscript_interpreter_error_is_named_by_its_cause_and_the_models_line():
+    from pytest_deploy.sources import describe_exception, torchscript_error
+
+    here = __file__
+    text = ("The following operation failed in the TorchScript interpreter.\n"
+            "Traceback of TorchScript, original code (most recent call last):\n"
+            f"{here}(3): forward\n/usr/lib/python3/site-packages/torch/nn/modules/module.py(1768): _slow_forward\n"
+            "RuntimeError: shape '[2, 3, 1]' is invalid for input of size 3\n")
+    exc = RuntimeError(text)
+    assert first_line(exc) == "RuntimeError: shape '[2, 3, 1]' is invalid for input of size 3 (in the TorchScript interpreter)"
+    assert describe_exception(exc).splitlines()[1].startswith(f"  at {short_path(here)}:3  ")
+    assert torchscript_error(exc) == text.strip()
+    assert torchscript_error(ValueError("The shape is wrong")) is None
+    # a scripted module's traceback: innermost frame last; the serialized code is no file of the user's
+    scripted = ("The following operation failed in the TorchScript interpreter.\n"
+                'Traceback of TorchScript, serialized code (most recent call last):\n  File "code/__torch__.py", line 8\n'
+                f'Traceback of TorchScript, original code:\n  File "{here}", line 2, in forward\n    def forward(x):\n'
+                f'  File "{here}", line 5, in inner\n    return x.view(2)\n'
+                "RuntimeError: shape '[2]' is invalid for input of size 3\n")
+    assert describe_exception(RuntimeError(scripted)).splitlines()[1].startswith(f"  at {short_path(here)}:5  ")
 
 
 def test_the_builtin_table_matches_each_backend_class():

@@ -66,6 +66,40 @@ def test_summary_table_one_row_per_test_one_column_per_backend():
     assert lines[4].startswith("3 checks: 1 passed, 1 failed, 1 skipped; build time 1.0s")
 
 
+def test_summary_counts_unaffected_library_sites_per_file_and_lists_the_rest():
+    """Lost or unreached decisions inside installed packages that left the outputs alone are one line per file in the
+    terminal and the Markdown summary; the user's sites and any site that changed the outputs are listed one by one,
+    and the JSON report keeps every site (issue 22 item 5)."""
+    lib = "/venv/lib/python3.11/site-packages"
+
+    def site(file, line, lost=True, diverged=False, uncovered=()):
+        return {"file": file, "line": line, "source": f"line {line}", "kind": "branch", "outcomes": {"True": 2},
+                "traced": "True", "lost": lost, "diverged": diverged, "uncovered": list(uncovered)}
+
+    branches = ([site(f"{lib}/einops/einops.py", n) for n in range(100, 400)]
+                + [site(f"{lib}/einops/einops.py", 500, lost=False, uncovered=["False"])]
+                + [site(f"{lib}/einx/op.py", n) for n in range(10, 30)]
+                + [site(f"{lib}/einx/backend.py", 7, diverged=True)]  # changed the outputs: listed
+                + [site("models/net.py", 12), site("models/net.py", 40, lost=False, uncovered=["True"])])
+    results = [res("t.py::test_a", "trace", branches=branches)]
+    lines = summary_lines(results)
+    decisions = lines[lines.index(next(ln for ln in lines if ln.startswith("data-dependent decisions"))):]
+    assert "  300 sites" not in "\n".join(decisions)
+    assert "  301 sites in einops/einops.py, outputs unaffected (lost 300, never reached 1)" in decisions
+    assert "  20 sites in einx/op.py, outputs unaffected (lost 20)" in decisions
+    assert any(ln.startswith(f"  {lib}/einx/backend.py:7  ") and "LOST, outputs diverge" in ln for ln in decisions)
+    assert any(ln.startswith("  models/net.py:12  ") and "lost, outputs unaffected" in ln for ln in decisions)
+    assert any(ln.startswith("  models/net.py:40  ") and "never reached: True" in ln for ln in decisions)
+    assert not any("einops/einops.py:" in ln or "einx/op.py:" in ln for ln in lines)
+    assert len(decisions) < 10
+    assert decisions[-1].startswith("(sites inside installed libraries whose outputs were unaffected are counted")
+    md = report.markdown(results)
+    assert md.count("einops/einops.py") == 1 and "301 sites in einops/einops.py, outputs unaffected" in md
+    assert "`models/net.py:12`" in md and "einx/backend.py`:7" not in md and "einx/backend.py:7`" in md
+    # the table's count still covers every site
+    assert "324 sites, lost 322, uncovered 2" in lines[2]
+
+
 def test_summary_unregistered_backend_goes_last():
     lines = summary_lines([res(backend="mine"), res(backend="export"), res(backend="state_dict")])
     assert columns(lines[0]) == ["model test", "state_dict", "export", "mine"]
