@@ -73,15 +73,8 @@ DEFECTS: dict[tuple[str, str], str] = {
                      "aten.scatter_add in the exported-program importer, and the ONNX frontend fails on the graph"),
 }
 
-_ZERO_D = ("PENDING-FIX (issue 22, bug 2): a 0-d output comes back as shape (1,) from onnx and tvm "
-           "(tensors.from_numpy's np.ascontiguousarray); ONNX Runtime and TVM return shape () with the right value")
-
 #: (model, backend) -> "PENDING-FIX: ..." for a false failure from a pytest-deploy bug being fixed (issue 22).
-PENDING: dict[tuple[str, str], str] = {
-    **{(name, backend): _ZERO_D for name in ("ssim_loss",) for backend in ("onnx", "tvm")},
-    ("xt_autoregressive_loss", "onnx"): _ZERO_D,
-}
-
+PENDING: dict[tuple[str, str], str] = {}
 
 def _spec(spec):
     kind, shape = spec[0], spec[1]
