@@ -152,9 +152,13 @@ def flatten(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
 
 def key_paths(tree: Any, is_leaf: Any = None, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
     """``torch.utils._pytree.tree_flatten_with_path``'s ``[(key path, leaf)]``, in ``tree_flatten``'s order, for
-    every registered type: a type registered without a ``flatten_with_keys_fn`` (diffusers' ``BaseOutput``), which
-    that function refuses, gets positional keys (``[0]``, ``[1]``) from its ``flatten_fn``."""
-    from torch.utils._pytree import SUPPORTED_NODES, SequenceKey, _get_node_type
+    every registered type: a type registered without a ``flatten_with_keys_fn``, which that function refuses, gets
+    positional keys (``[0]``, ``[1]``) from its ``flatten_fn``; a mapping flattened to its values with its keys as
+    the context (diffusers' ``BaseOutput``, an ``OrderedDict``) gets its keys (``['sample']``), as a dict does: the
+    traced module returns that output as a plain dict, whose paths must pair with eager's."""
+    from collections.abc import Mapping
+
+    from torch.utils._pytree import SUPPORTED_NODES, MappingKey, SequenceKey, _get_node_type
 
     if is_leaf is not None and is_leaf(tree):
         return [(prefix, tree)]
@@ -164,7 +168,12 @@ def key_paths(tree: Any, is_leaf: Any = None, prefix: tuple = ()) -> list[tuple[
     if handler.flatten_with_keys_fn is not None:
         keyed = handler.flatten_with_keys_fn(tree)[0]
     else:
-        keyed = [(SequenceKey(i), child) for i, child in enumerate(handler.flatten_fn(tree)[0])]
+        children, context = handler.flatten_fn(tree)
+        if isinstance(tree, Mapping) and isinstance(context, (list, tuple)) and list(context) == list(tree.keys()) \
+                and len(children) == len(context) and all(tree[k] is c for k, c in zip(context, children)):
+            keyed = [(MappingKey(k), child) for k, child in zip(context, children)]
+        else:
+            keyed = [(SequenceKey(i), child) for i, child in enumerate(children)]
     return [pair for key, child in keyed for pair in key_paths(child, is_leaf, (*prefix, key))]
 
 

@@ -207,6 +207,7 @@ def args_digest(args: tuple) -> bytes:
 #: Types of plain module attributes whose value is kept (and put back): numbers, strings, tensors and shallow
 #: containers of them. Anything else (a config object, a function) is left alone.
 _KEPT = (bool, int, float, str, type(None), tuple, list, dict, set)
+_MISSING = object()
 
 
 class ModelState:
@@ -294,12 +295,18 @@ class ModelState:
             for name in [n for n, v in vars(module).items() if _watched(n, v, self._internal)
                          and n not in kept]:
                 delattr(module, name)
-            for name, (value, copied, _) in kept.items():
+            for name, (value, copied, version) in kept.items():
+                if module.__dict__.get(name, _MISSING) is value and _same(value, value, copied, version):
+                    continue  # unchanged: a container subclass that refuses changes (diffusers' FrozenDict) is left be
+                # the container types' own methods: a subclass may override (or refuse) them
                 if isinstance(copied, list):
-                    value[:] = copied
-                elif isinstance(copied, (dict, set)):
-                    value.clear()
-                    value.update(copied)
+                    list.__setitem__(value, slice(None), copied)
+                elif isinstance(copied, dict):
+                    dict.clear(value)
+                    dict.update(value, copied)
+                elif isinstance(copied, set):
+                    set.clear(value)
+                    set.update(value, copied)
                 module.__dict__[name] = value
 
 
@@ -320,8 +327,9 @@ def _keep(value) -> tuple[Any, Any, Any]:
 
     if is_tensor(value):
         return value, value, value._version
-    if isinstance(value, (list, dict, set)):
-        return value, type(value)(value), None
+    for base in (list, dict, set):  # the plain container: a subclass's constructor may take other arguments
+        if isinstance(value, base):
+            return value, base(value), None
     return value, value, None
 
 
@@ -331,7 +339,7 @@ def _same(now: Any, value: Any, copied: Any, version: Any) -> bool:
     if is_tensor(value):
         return now is value and value._version == version
     if isinstance(copied, (list, dict, set)):
-        if type(now) is not type(copied) or len(now) != len(copied):
+        if type(now) is not type(value) or len(now) != len(copied):
             return False
         if isinstance(copied, dict):
             current = cast(dict, now)

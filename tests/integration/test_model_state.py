@@ -68,3 +68,46 @@ def test_a_backends_verdict_does_not_depend_on_which_backend_ran_first():
     assert "buffer 'bias_cache' (replaced)" in told[0] and "attribute 'calls'" in told[0]
     # and the model is as it was built after each check
     assert first.bias_cache.shape == (0,) and first.calls == 0
+
+
+class FrozenDict(dict):
+    """As diffusers' FrozenDict (its models' ``_internal_dict``): a dict that refuses every change."""
+
+    def _refuse(self, *args, **kwargs):
+        raise Exception(f"You cannot change a {type(self).__name__} instance.")
+
+    update = clear = pop = setdefault = __setitem__ = __delitem__ = _refuse
+
+    def __init__(self, *args, **kwargs):  # a constructor that is not dict's
+        super().__init__(*args, **kwargs)
+        self.frozen = True
+
+
+class WithConfig(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self._internal_dict = FrozenDict(scale=2.0)
+        self.seen = {}
+
+    def forward(self, x):
+        self.seen["last"] = x.shape[0]
+        return self.fc(x) * self._internal_dict["scale"]
+
+
+def test_an_attribute_that_refuses_changes_is_left_as_it_is_and_a_changed_dict_is_put_back():
+    """diffusers' models keep their config in a FrozenDict: putting back every dict attribute crashed every check
+    after the first with 'You cannot use update on a FrozenDict instance' (after clearing it)."""
+    torch.manual_seed(0)
+    model = WithConfig().eval()
+    shared = ModelTest("frozen")
+    verdicts = []
+    for backend in ("trace", "export"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)
+            result = run_check(model, backend, inputs=INPUTS, dims=DIMS, examples=3, isolate="none", shared=shared,
+                               factory=WithConfig)
+        verdicts.append(result.outcome)
+    assert verdicts == ["passed", "passed"]
+    assert model._internal_dict == {"scale": 2.0} and type(model._internal_dict) is FrozenDict
+    assert model.seen == {}
