@@ -26,7 +26,7 @@ LAYERS = {
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
     5: ["backends"],
-    6: ["keep", "report", "report_html", "divergence", "modeltest"],
+    6: ["keep", "report", "report_html", "divergence", "modeltest", "infer"],
     7: ["check"],
     8: ["options", "plugin", "", "__main__"],
 }
