@@ -201,12 +201,13 @@ def render_test(target: Target, decl: Declaration | None, *, backends: list[str]
     top = target.attr.split(".", 1)[0]
     lines = [f'"""Deployability of {target.text}: written by `pytest-deploy init`, edit freely.',
              "",
-             "The inputs were inferred from the model (docs/zero-code.md); each guess is commented. Run with",
-             f"`pytest {{this file}}`; `pytest --deploy-model={target.text}` runs the same checks without it.",
+             "The inputs were inferred from the model (docs/zero-code.md); each guess is commented.",
+             f"`pytest --deploy-model={target.text}` runs the same checks without this file.",
              '"""', ""]
+    # third-party imports, then the model's module (first-party in the project that owns it)
     if uses_torch:
-        lines += ["import torch", ""]
-    lines += [f"from {target.module} import {top}", "", f"from pytest_deploy import {', '.join(helpers)}", "", ""]
+        lines.append("import torch")
+    lines += [f"from pytest_deploy import {', '.join(helpers)}", "", f"from {target.module} import {top}", "", ""]
     lines.append("@deployable(")
     if backends:
         lines.append(f"    backends={backends!r},")
@@ -245,9 +246,27 @@ def render_test(target: Target, decl: Declaration | None, *, backends: list[str]
     return "\n".join(lines)
 
 
-def _comment(text: str, indent: int, width: int = 116) -> list[str]:
+def _comment(text: str, indent: int, width: int = 88) -> list[str]:
     """``text`` as ``# ...`` lines of at most ``width`` characters."""
     import textwrap
 
     prefix = " " * indent + "# "
     return [prefix + line for line in textwrap.wrap(text, width - len(prefix), break_on_hyphens=False)] or [prefix]
+
+
+def format_file(path: str) -> str | None:
+    """Sort the imports and format ``path`` with ruff, under the project's own ruff configuration, when ruff is
+    installed; what went wrong, or None."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    command = [ruff] if ruff else [sys.executable, "-m", "ruff"]
+    try:
+        for args in (["check", "--fix", "--select", "I", "--quiet", path], ["format", "--quiet", path]):
+            done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60)
+            if done.returncode != 0 and "No module named ruff" in done.stderr:
+                return "ruff is not installed: the file is written unformatted"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"ruff could not run ({exc}): the file is written unformatted"
+    return None

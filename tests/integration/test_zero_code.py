@@ -160,3 +160,82 @@ def test_bad_options_are_usage_errors(models, args, says):
     result = models.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert says in result.stderr.str()
+
+
+# ------------------------------------------------------------------------------------ pytest-deploy init
+
+
+def _verdicts(pytester, report):
+    """(test name, backend) -> outcome, from a JSON report, whatever module the test was in."""
+    data = json.loads((pytester.path / report).read_text())
+    return {(r["test"].rsplit("::", 1)[-1], r["backend"]): r["outcome"] for r in data["results"]}
+
+
+@pytest.mark.parametrize("target", ["zoo_models:branchy", "zoo_models:cnn"])
+def test_init_writes_a_test_that_reproduces_the_items_and_verdicts(models, monkeypatch, target):
+    from pytest_deploy.__main__ import main
+
+    monkeypatch.chdir(models.path)
+    assert main(["init", target, "--examples", "2"]) == 0
+    name = target.split(":")[1]
+    written = models.path / "tests" / f"test_deploy_{name}.py"
+    source = written.read_text()
+    assert f"def test_{name}():" in source and "@deployable(" in source
+    assert "# x: read by " in source  # a comment on the guess
+    # ruff-clean under the project's own rule selection (and formatted)
+    ruff = pytest.importorskip("ruff", reason="ruff checks the written file")
+    import subprocess
+    import sys
+
+    del ruff
+    check = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--select",
+                            "F,E,W,I,B,UP,SIM,C4", "--line-length", "120", str(written)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = subprocess.run([sys.executable, "-m", "ruff", "format", "--isolated", "--check", str(written)],
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+    backends = "--deploy-backends=trace,script"
+    by_file = models.runpytest(str(written), backends, "--deploy-report=file.json")
+    by_model = models.runpytest(f"--deploy-model={target}", backends, "--deploy-examples=2",
+                                "--deploy-report=model.json")
+    assert by_file.ret == by_model.ret
+    assert _verdicts(models, "file.json") == _verdicts(models, "model.json")
+    assert len(_verdicts(models, "file.json")) == 2
+    if name == "branchy":
+        assert _verdicts(models, "file.json")[("test_branchy", "trace")] == "failed"
+
+
+def test_init_refuses_with_the_factory_and_the_fix(models, monkeypatch, capsys):
+    from pytest_deploy.__main__ import main
+
+    monkeypatch.chdir(models.path)
+    assert main(["init", "zoo_models:pair"]) == 2
+    err = capsys.readouterr().err
+    assert "pytest-deploy init: --deploy-model=zoo_models:pair: cannot infer input 'y'" in err
+    assert not (models.path / "tests").exists()
+    # with the inputs on one line it writes the test, by keyword
+    line = "x: float32[batch, 4]; y: float32[batch, 4]; batch=1..2"
+    assert main(["init", "zoo_models:pair", "--inputs", line, "--out", "t.py"]) == 0
+    assert "inputs={" in (models.path / "t.py").read_text()
+    assert main(["init", "zoo_models:pair", "--inputs", line, "--out", "t.py"]) == 2
+    assert "t.py exists; pass --force" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ pytest-deploy check
+
+
+def test_check_runs_pytest_with_deploy_model_and_its_exit_code(models):
+    import sys
+
+    result = models.run(sys.executable, "-m", "pytest_deploy", "check", "zoo_models:branchy", "--backends",
+                        "trace,script", "--examples", "2", "--report", "check.json", "--markdown", "check.md")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert "pytest-deploy summary" in out and "test_branchy" in out
+    assert _verdicts(models, "check.json") == {("test_branchy", "trace"): "failed", ("test_branchy", "script"): "passed"}
+    assert (models.path / "check.md").exists()
+    bad = models.run(sys.executable, "-m", "pytest_deploy", "check", "zoo_models:number")
+    assert bad.ret == pytest.ExitCode.INTERRUPTED
+    assert "number() returned int, not a torch.nn.Module" in bad.stdout.str()
+    assert "INTERNALERROR" not in bad.stdout.str() + bad.stderr.str()
