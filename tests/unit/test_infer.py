@@ -203,6 +203,12 @@ def test_a_model_eager_pytorch_refuses_at_every_size_is_refused_with_its_error()
     assert "RuntimeError" in str(info.value) and "--deploy-inputs=" in str(info.value)
 
 
+def test_infer_inputs_is_public():
+    import pytest_deploy
+
+    assert pytest_deploy.infer_inputs is infer_inputs and "infer_inputs" in pytest_deploy.__all__
+
+
 def test_not_a_module_is_refused():
     with pytest.raises(SpecError, match="is not a torch.nn.Module"):
         infer_inputs(lambda x: x)
