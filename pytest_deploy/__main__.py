@@ -1,9 +1,11 @@
 """The ``pytest-deploy`` command (also ``python -m pytest_deploy``), for what happens outside a pytest session.
 
-``pytest-deploy merge a.json b.json ...`` joins the JSON reports of several runs (CI shards, matrix jobs) into one
-report, one table, one Markdown summary and one HTML report. A check seen in several reports keeps its worst
-outcome (a failure is never hidden by a later pass), the disagreements are listed, and each result keeps the
-environment of the run that produced it. ``pytest-deploy backends`` lists every backend, its
+``pytest-deploy init MODULE:FACTORY`` writes the ``@deployable`` test of a model factory, its inputs inferred
+(docs/zero-code.md); ``pytest-deploy check MODULE:FACTORY`` runs that test's checks without writing it (pytest with
+``--deploy-model``). ``pytest-deploy merge a.json b.json ...`` joins the JSON reports of several runs (CI shards,
+matrix jobs) into one report, one table, one Markdown summary and one HTML report. A check seen in several reports
+keeps its worst outcome (a failure is never hidden by a later pass), the disagreements are listed, and each result
+keeps the environment of the run that produced it. ``pytest-deploy backends`` lists every backend, its
 aliases, and whether it can run on this machine (and if not, what to install).
 """
 
@@ -146,9 +148,43 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("-o", "--output", metavar="PATH", help="write the merged JSON report here")
     merge.add_argument("--markdown", metavar="PATH", help="write the merged Markdown summary here")
     merge.add_argument("--html", metavar="PATH", help="write the merged HTML report here")
+    init = commands.add_parser("init", help="write the @deployable test of a model factory, its inputs inferred",
+                               description="Write tests/test_deploy_<name>.py: the @deployable test that "
+                                           "'pytest --deploy-model=MODULE:FACTORY' runs, with the inferred inputs "
+                                           "spelled out and a comment on each guess (docs/zero-code.md).")
+    init.add_argument("target", metavar="MODULE:FACTORY", help="a dotted module importable from here, a colon, and "
+                                                               "a callable returning the model")
+    init.add_argument("--out", metavar="PATH", help="where to write it (default tests/test_deploy_<name>.py)")
+    init.add_argument("--backends", metavar="LIST", help="write backends=[...] (default: every backend)")
+    init.add_argument("--inputs", metavar="LINE", help="declare the inputs on one line instead of inferring them")
+    init.add_argument("--examples", type=int, metavar="N", help="write examples=N")
+    init.add_argument("--force", action="store_true", help="overwrite the file if it exists")
+    init.add_argument("--no-format", action="store_true", help="do not run ruff (imports, format) on the file")
+    check = commands.add_parser("check", help="run a model factory's checks without writing a test (pytest "
+                                              "--deploy-model)",
+                                description="Check the model MODULE:FACTORY returns against every backend (or "
+                                            "--backends), its inputs inferred: pytest --deploy-model=MODULE:FACTORY "
+                                            "run here, with the same summary table, reports and exit code. "
+                                            "Arguments after -- go to pytest.")
+    check.add_argument("targets", nargs="+", metavar="MODULE:FACTORY")
+    check.add_argument("--backends", metavar="LIST", help="comma-separated backends (default: every backend)")
+    check.add_argument("--inputs", metavar="LINE", help="declare the inputs on one line instead of inferring them")
+    check.add_argument("--examples", metavar="N", help="hypothesis examples per backend (default 20)")
+    check.add_argument("--report", metavar="PATH", help="write the JSON report here")
+    check.add_argument("--markdown", metavar="PATH", help="write the Markdown summary here")
+    check.add_argument("--html", metavar="PATH", help="write the HTML report here")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return check_models(args, extra)
     if args.command == "backends":
         return list_backends()
+    if args.command == "init":
+        return init_test(args)
     merged = merge_reports(args.reports)
     results, interrupted = merged.results, merged.interrupted
     env = merged.environments[0]["environment"] if merged.environments else {}
@@ -177,6 +213,72 @@ def main(argv: list[str] | None = None) -> int:
         write_html(args.html, data["results"], env or current_environment())
         print(f"HTML report: {args.html}")
     return 1 if any(r.outcome in ("failed", "xpassed") for r in results) else 0
+
+
+def init_test(args) -> int:
+    """``pytest-deploy init``: write the model test; 0, or 2 with the reason on stderr."""
+    import os
+
+    from .errors import SpecError
+    from .zero import call_factory, declaration_for, ensure_path, format_file, load_factory, parse_target, render_test
+
+    ensure_path(os.getcwd())
+    try:
+        target = parse_target(args.target)
+        backends = None
+        if args.backends:
+            from .names import parse_backends
+
+            backends = list(parse_backends(args.backends, where="--backends"))
+        if args.examples is not None and args.examples < 1:
+            raise SpecError(f"--examples={args.examples} must be a positive int")
+        model, example = call_factory(target, load_factory(target))
+        decl = declaration_for(target, model, example, args.inputs)
+    except SpecError as exc:
+        print(f"pytest-deploy init: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join("tests", f"test_deploy_{target.name}.py")
+    if os.path.exists(out) and not args.force:
+        print(f"pytest-deploy init: {out} exists; pass --force to overwrite it, or --out to write elsewhere",
+              file=sys.stderr)
+        return 2
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        fh.write(render_test(target, decl, backends=backends, examples=args.examples))
+    problem = None if args.no_format else format_file(out)
+    if problem:
+        print(f"pytest-deploy init: {problem}", file=sys.stderr)
+    print(f"wrote {out}" + (f" (inputs: {decl.line()})" if decl is not None else ""))
+    print(f"run it: pytest {out}")
+    return 0
+
+
+def check_args(args, extra: list[str]) -> list[str]:
+    """The pytest command line ``pytest-deploy check`` runs."""
+    out = [f"--deploy-model={t}" for t in args.targets]
+    for option in ("backends", "inputs", "examples", "report", "markdown", "html"):
+        value = getattr(args, option)
+        if value is not None:
+            out.append(f"--deploy-{option}={value}")
+    if not _plugin_installed():
+        out += ["-p", "pytest_deploy.plugin"]
+    return [*out, *extra]
+
+
+def _plugin_installed() -> bool:
+    """Whether pytest loads pytest-deploy by its entry point (installed), rather than needing ``-p``."""
+    from importlib.metadata import entry_points
+
+    return any(ep.value == "pytest_deploy.plugin" for ep in entry_points(group="pytest11"))
+
+
+def check_models(args, extra: list[str]) -> int:
+    """``pytest-deploy check``: pytest with ``--deploy-model``, in this process; pytest's exit code."""
+    import pytest
+
+    command = check_args(args, extra)
+    print("pytest " + " ".join(command), flush=True)
+    return int(pytest.main(command))
 
 
 def list_backends() -> int:
