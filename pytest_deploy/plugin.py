@@ -464,6 +464,12 @@ def pytest_runtest_makereport(item, call):
         if line is not None and str(report.longrepr[0]).startswith(os.path.dirname(__file__)):
             report.longrepr = (os.fspath(path), line + 1, report.longrepr[2])
     session = item.config.stash[SESSION_KEY]
+    bug = session.results.get(item.nodeid)
+    if report.when == "call" and bug is not None and bug.stage == "internal" and hasattr(report, "wasxfail"):
+        # a declared xfail is for the backend's verdict: a pytest-deploy bug fails the item all the same
+        del report.wasxfail
+        report.outcome = "failed"
+        report.longrepr = f"{bug.message}\n  (the xfail declared for this test does not cover a bug in pytest-deploy)"
     session.record_report(item, report)
     result = session.results.get(item.nodeid)
     if result is not None and report.when in ("setup", "call"):
