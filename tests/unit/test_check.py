@@ -211,3 +211,20 @@ def test_a_run_failure_from_a_frozen_shape_number_names_the_conversion():
     assert info.value.result.stage == "run"
     assert message.splitlines()[0].startswith("trace: stage run: RuntimeError: shape '[2, 3, 1]' is invalid")
     assert f"trace-frozen number at tests/unit/test_check.py:{line}  `return x.reshape(int(x.shape[0]), 3, 1) * 2`" in message
+
+
+def test_the_mask_probe_a_worker_ran_reaches_the_model_tests_other_checks():
+    """A forked worker sends back what it added to the model test's shared work: the mask probe too, so the
+    next backend does not run eager PyTorch on it again."""
+    from pytest_deploy.modeltest import Work
+
+    key = (((2, 3),), (1,))
+    worker = Work()
+    worker.mark()
+    assert worker.added() is None
+    worker.mask_probes[key] = ({1: (1, 4)}, {"output['hidden']": (1, 4, 8)}, None, {})
+    parent = Work()
+    parent.merge(worker.added())
+    assert parent.mask_probes == worker.mask_probes
+    worker.mark()
+    assert worker.added() is None  # sent once
