@@ -277,3 +277,20 @@ def test_a_frozen_shape_number_is_blamed_before_the_decisions_it_changes_further
     assert message.startswith(f"trace: stage branches: trace-frozen number at tests/unit/test_check.py:{conversion}  ")
     assert "fix: torch.jit.script, or torch.cond" not in message
     assert f"the failing input also leaves the traced path at: tests/unit/test_check.py:{symptom}" in message
+
+
+def test_the_mask_probe_a_worker_ran_reaches_the_model_tests_other_checks():
+    """A forked worker sends back what it added to the model test's shared work: the mask probe too, so the
+    next backend does not run eager PyTorch on it again."""
+    from pytest_deploy.modeltest import Work
+
+    key = (((2, 3),), (1,))
+    worker = Work()
+    worker.mark()
+    assert worker.added() is None
+    worker.mask_probes[key] = ({1: (1, 4)}, {"output['hidden']": (1, 4, 8)}, None, {})
+    parent = Work()
+    parent.merge(worker.added())
+    assert parent.mask_probes == worker.mask_probes
+    worker.mark()
+    assert worker.added() is None  # sent once
