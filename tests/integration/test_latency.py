@@ -1,0 +1,154 @@
+"""--deploy-latency (issue 27): the artifact timed beside eager after it passed, the gates, the baseline.
+
+No test here asserts on wall time: they check the figures' structure and consistency, and gates set far above or
+below any figure this machine can measure (a speedup of 1000, of 0.0001)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_deploy import DeployFailure, SpecError, tensor, verify
+from pytest_deploy.backends import get_backend
+from pytest_deploy.latency import parse_settings, summarise
+
+#: a tiny budget: every test stays fast, whatever the rule decides
+FAST = {"budget": 0.2, "min_runs": 5, "warmup": 1}
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+def run(backend: str, latency, **kwargs):
+    return verify(mlp(), backend, inputs=[tensor("batch", 16)], dims={"batch": (1, 8)}, examples=2, latency=latency,
+                  **kwargs)
+
+
+def needs(backend: str) -> None:
+    reason = get_backend(backend).unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+def test_trace_is_timed_on_the_canonical_example_and_the_upper_corner():
+    result = run("trace", FAST, isolate="none")
+    lat = result.latency
+    assert [s["label"] for s in lat["shapes"]] == ["canonical", "upper"]
+    canonical, upper = lat["shapes"]
+    assert upper["dims"] == {"batch": 8} and upper["shapes"] == [[8, 16]]
+    assert canonical["dims"]["batch"] != 8
+    for shape in lat["shapes"]:
+        assert shape["runs"] == shape["eager"]["runs"] >= 2  # interleaved: one eager run per artifact run
+        assert shape["stopped"] in ("stable", "budget", "max_runs")
+        if shape["stopped"] == "stable":
+            assert shape["runs"] >= FAST["min_runs"]
+        assert 0 < shape["p50_ms"] <= shape["p90_ms"] <= shape["p99_ms"]
+        assert shape["speedup"] == pytest.approx(shape["eager"]["p50_ms"] / shape["p50_ms"])
+        assert len(shape["samples_ms"]) == min(shape["runs"], 200)
+        assert statistics.median(shape["samples_ms"]) == pytest.approx(shape["p50_ms"], rel=1e-3) or shape["runs"] > 200
+    assert lat["p50_ms"] == canonical["p50_ms"] and lat["speedup"] == canonical["speedup"]
+    assert lat["threads"]["torch"] == 1 and lat["knobs"]["threads"] == 1
+    assert lat["statistics"].startswith("pyperf") == ("pyperf" in sys.modules or _has_pyperf())
+    assert result.timings["latency"] > 0
+
+
+def _has_pyperf() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyperf") is not None
+
+
+def test_threads_are_restored_after_the_check():
+    before = torch.get_num_threads()
+    run("trace", {**FAST, "threads": 1}, isolate="none")
+    assert torch.get_num_threads() == before
+
+
+def test_onnx_is_timed_in_its_worker_with_ort_threads_pinned():
+    needs("onnx")
+    result = run("onnx", {**FAST, "threads": 2})
+    lat = result.latency
+    assert result.details["isolated"] == "worker process"
+    # a forked worker runs PyTorch on one thread, and ONNX Runtime gets the same
+    assert lat["threads"]["torch"] == 1 and lat["threads"]["requested"] == 2 and "note" in lat["threads"]
+    assert lat["knobs"]["onnxruntime_threads"] == 1
+    assert lat["knobs"]["onnxruntime_provider"] == "CPUExecutionProvider"
+    assert {s["label"] for s in lat["shapes"]} == {"canonical", "upper"}
+
+
+def test_a_model_with_fixed_shapes_is_timed_on_its_example_only():
+    model = mlp()
+    result = verify(model, "trace", inputs=[tensor(3, 16)], examples=1, latency=FAST, isolate="none")
+    assert [s["label"] for s in result.latency["shapes"]] == ["canonical"]
+
+
+def test_latency_off_leaves_no_figures():
+    assert run("trace", None, isolate="none").latency is None
+    assert run("trace", False, isolate="none").latency is None
+
+
+def test_a_latency_check_is_never_answered_from_the_result_cache(tmp_path):
+    first = run("trace", FAST, isolate="none", cache_dir=tmp_path)
+    second = run("trace", FAST, isolate="none", cache_dir=tmp_path)
+    assert not second.details.get("reused") and second.latency is not None
+    assert first.latency is not None
+    # and a check without latency is not answered by one that had it (nothing was stored)
+    third = run("trace", None, isolate="none", cache_dir=tmp_path)
+    assert not third.details.get("reused") and third.latency is None
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ("yes", "must be True, False or a dict"),
+    ({"budgett": 1}, "unknown key(s) 'budgett'"),
+    ({"budget": 0}, "latency['budget']=0 must be a positive number of seconds"),
+    ({"min_runs": 0}, "must be a whole number of at least 1"),
+    ({"min_speedup": -1}, "must be a positive number, or None"),
+    ({"tolerance": 1.5}, "must be a fraction"),
+    ({"min_runs": 10, "max_runs": 5}, "max_runs=5 is below min_runs=10"),
+])
+def test_bad_latency_settings_are_refused_with_the_key(value, text):
+    with pytest.raises(SpecError, match=None) as info:
+        run("trace", value, isolate="none")
+    assert text in str(info.value) and "verify()" in str(info.value)
+
+
+def test_statistics_fall_back_to_the_standard_library(monkeypatch):
+    samples = [0.001 * (1 + (i * 7919 % 13) / 10) for i in range(60)]
+    with_pyperf = summarise(samples) if _has_pyperf() else None
+    monkeypatch.setitem(sys.modules, "pyperf", None)  # import pyperf now raises ImportError
+    from pytest_deploy.latency import statistics_library
+
+    assert statistics_library().startswith("statistics (Python's standard library")
+    plain = summarise(samples)
+    assert plain["p50_ms"] == pytest.approx(statistics.median(samples) * 1e3)
+    assert plain["p90_ms"] <= plain["p99_ms"] <= max(samples) * 1e3
+    if with_pyperf is not None:  # both libraries agree on the median, mean and standard deviation
+        for key in ("p50_ms", "mean_ms", "stdev_ms"):
+            assert with_pyperf[key] == pytest.approx(plain[key])
+
+
+def test_parse_settings_fills_defaults():
+    settings = parse_settings({"budget": 1}, "here")
+    assert settings["budget"] == 1 and settings["threads"] == 1 and settings["min_speedup"] is None
+    assert parse_settings(True, "here")["budget"] == 2.0
+    assert parse_settings(False, "here") is None
+
+
+def test_a_failure_at_parity_is_not_timed():
+    def flaky(x):  # a trace that freezes a branch: parity fails, latency never runs
+        return x * 2 if x.sum() > 0 else x * 3
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return flaky(x)
+
+    with pytest.raises(DeployFailure) as info:
+        verify(Branchy(), "trace", inputs=[tensor("batch", 4)], dims={"batch": (1, 4)}, examples=10, latency=FAST,
+               isolate="none")
+    assert info.value.result.stage != "latency" and info.value.result.latency is None
