@@ -394,6 +394,42 @@ def cell_text(latency: dict[str, Any] | None) -> str:
     return f"{format_ms(latency['p50_ms'])} {_speedup_text(latency.get('speedup'))}"
 
 
+def facts_text(latency: dict[str, Any] | None) -> str:
+    """One line per report card: each timed shape's p50/p99, eager's p50, the speedup; the threads."""
+    if not latency or not latency.get("shapes"):
+        return (latency or {}).get("skipped", "")
+    parts = [f"{s['label']} ({_dims_text(s)}): p50 {format_ms(s['p50_ms'])}, p90 {format_ms(s['p90_ms'])}, p99 "
+             f"{format_ms(s['p99_ms'])}, {s['runs']} runs ({s['stopped']}); eager p50 {format_ms(s['eager']['p50_ms'])}; "
+             f"speedup {_speedup_text(s['speedup'])}" for s in latency["shapes"]]
+    threads = (latency.get("threads") or {}).get("torch")
+    return "; ".join(parts) + (f"; {threads} thread(s)" if threads else "")
+
+
+def rows(results) -> list[tuple[Any, dict[str, Any]]]:
+    """(result, timed shape) for every shape every result timed."""
+    return [(r, s) for r in results for s in ((getattr(r, "latency", None) or {}).get("shapes") or [])]
+
+
+def markdown_lines(results, names: Mapping[str, str], md: Callable[[str], str]) -> list[str]:
+    """The Markdown summary's latency table: one row per check and timed shape (empty without latency figures)."""
+    found = rows(results)
+    if not found:
+        return []
+    out = ["", "### Latency", "",
+           "| model test | backend | shape | p50 | p90 | p99 | mean | stdev | runs | eager p50 | speedup | threads |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r, s in found:
+        out.append(f"| `{md(names.get(r.test, r.test))}` | {r.backend} | {s['label']} ({md(_dims_text(s))}) | "
+                   f"{format_ms(s['p50_ms'])} | {format_ms(s['p90_ms'])} | {format_ms(s['p99_ms'])} | "
+                   f"{format_ms(s['mean_ms'])} | {format_ms(s['stdev_ms'])} | {s['runs']} | "
+                   f"{format_ms(s['eager']['p50_ms'])} | {_speedup_text(s['speedup'])} | "
+                   f"{(r.latency.get('threads') or {}).get('torch', '-')} |")
+    library = next((r.latency.get("statistics") for r, _ in found if r.latency.get("statistics")), None)
+    if library:
+        out += ["", f"Eager and artifact interleaved in one process; statistics: {md(library)}."]
+    return out
+
+
 # ------------------------------------------------------------------------------------- baselines
 
 

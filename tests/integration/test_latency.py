@@ -152,3 +152,69 @@ def test_a_failure_at_parity_is_not_timed():
         verify(Branchy(), "trace", inputs=[tensor("batch", 4)], dims={"batch": (1, 4)}, examples=10, latency=FAST,
                isolate="none")
     assert info.value.result.stage != "latency" and info.value.result.latency is None
+
+
+# ------------------------------------------------------------------------------------- reports (item 2)
+
+MODELS = '''
+import torch
+from torch import nn
+from pytest_deploy import deployable, tensor
+
+SPEC = dict(inputs=[tensor("batch", 16)], dims={"batch": (1, 8)}, examples=2)
+
+
+@deployable(backends=["trace", "script"], **SPEC)
+def test_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+@deployable(backends=["trace"], latency=False, **SPEC)
+def test_not_timed():
+    torch.manual_seed(0)
+    return nn.Linear(16, 4).eval()
+'''
+
+
+def test_reports_carry_the_latency_figures(pytester):
+    import json
+    import re
+    import xml.etree.ElementTree as ET
+
+    pytester.makepyfile(test_models=MODELS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--deploy-latency", "--deploy-latency-budget=0.2", "--deploy-report=r.json",
+        "--deploy-markdown=s.md", "--deploy-html=r.html", "--junitxml=j.xml", timeout=300)
+    assert result.ret == 0, result.stdout.str()
+    data = json.loads((pytester.path / "r.json").read_text())
+    by = {(r["test"].split("::")[-1], r["backend"]): r for r in data["results"]}
+    assert by[("test_not_timed", "trace")]["latency"] is None  # the marker's latency=False wins
+    for backend in ("trace", "script"):
+        lat = by[("test_mlp", backend)]["latency"]
+        assert [s["label"] for s in lat["shapes"]] == ["canonical", "upper"]
+        for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "runs", "speedup"):
+            assert key in lat["shapes"][0]
+        assert lat["eager_p50_ms"] == lat["shapes"][0]["eager"]["p50_ms"]
+        assert lat["rule"]["budget"] == 0.2  # --deploy-latency-budget
+    # the terminal table: each timed cell ends with "p50 ×speedup"
+    table = result.stdout.str()
+    row = next(line for line in table.splitlines() if line.startswith("test_models.py::test_mlp "))
+    assert len(re.findall(r"PASS [^ ]+ [0-9.]+s [0-9.]+ (?:ms|µs|s) ×[0-9.]+", row)) == 2, row
+    assert "latency p50 and ×speedup over eager" in table
+    # Markdown: the latency table, one row per check and shape
+    md = (pytester.path / "s.md").read_text()
+    assert "### Latency" in md
+    assert len([ln for ln in md.splitlines() if ln.startswith("| `test_mlp` |") and "canonical (batch=" in ln]) == 2
+    # junit: the canonical p50 and the speedup as numbers
+    props = {}
+    for case in ET.parse(pytester.path / "j.xml").getroot().iter("testcase"):
+        props[case.get("name")] = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert float(props["test_mlp[trace]"]["deploy_latency_p50_ms"]) == pytest.approx(
+        by[("test_mlp", "trace")]["latency"]["p50_ms"], rel=1e-4)
+    assert float(props["test_mlp[script]"]["deploy_speedup"]) > 0
+    assert "deploy_latency_p50_ms" not in props["test_not_timed[trace]"]
+    # HTML: the distribution plot and the plot against size (two sizes were timed), and each card's figures
+    page = (pytester.path / "r.html").read_text()
+    assert 'alt="latency plot"' in page and 'alt="latency by size plot"' in page
+    assert page.count("<dt>latency</dt>") == 2
