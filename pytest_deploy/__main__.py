@@ -1,7 +1,7 @@
 """The ``pytest-deploy`` command (also ``python -m pytest_deploy``), for what happens outside a pytest session.
 
 ``pytest-deploy merge a.json b.json ...`` joins the JSON reports of several runs (CI shards, matrix jobs) into one
-report, one table, one Markdown summary and one HTML report. ``pytest-deploy backends`` lists every backend, its
+report, one table, one Markdown summary and one HTML report, and (``--latency-save``) one latency baseline. ``pytest-deploy backends`` lists every backend, its
 aliases, and whether it can run on this machine (and if not, what to install).
 """
 
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("-o", "--output", metavar="PATH", help="write the merged JSON report here")
     merge.add_argument("--markdown", metavar="PATH", help="write the merged Markdown summary here")
     merge.add_argument("--html", metavar="PATH", help="write the merged HTML report here")
+    merge.add_argument("--latency-save", metavar="PATH",
+                       help="write the shards' latency figures as one baseline file (for --deploy-latency-baseline)")
     args = parser.parse_args(argv)
     if args.command == "backends":
         return list_backends()
@@ -82,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         data = report_dict(results, interrupted=interrupted)
         write_html(args.html, data["results"], env or current_environment())
         print(f"HTML report: {args.html}")
+    if args.latency_save:
+        from .latency import baseline_dict, write_baseline
+
+        write_baseline(args.latency_save, results)
+        print(f"latency baseline: {args.latency_save} ({len(baseline_dict(results)['entries'])} checks)")
     return 1 if any(r.outcome in ("failed", "xpassed") for r in results) else 0
 
 

@@ -218,3 +218,121 @@ def test_reports_carry_the_latency_figures(pytester):
     page = (pytester.path / "r.html").read_text()
     assert 'alt="latency plot"' in page and 'alt="latency by size plot"' in page
     assert page.count("<dt>latency</dt>") == 2
+
+
+# ------------------------------------------------------------------------------------- gates and baselines (item 3)
+
+
+def test_a_speedup_gate_far_above_any_measurement_fails_at_stage_latency():
+    with pytest.raises(DeployFailure) as info:
+        run("trace", {**FAST, "min_speedup": 1000}, isolate="none")
+    result = info.value.result
+    assert result.stage == "latency" and result.outcome == "failed"
+    text = str(info.value)
+    assert text.startswith("trace: stage latency: latency gate: canonical (batch=")
+    assert "is below min_speedup 1000" in text and "also upper (batch=8)" in text
+    assert "eager p50" in text and "trace's knobs: threads 1" in text
+    assert result.latency["gate"] == "failed" and len(result.latency["shapes"]) == 2  # the figures are kept
+
+
+def test_gates_far_below_any_measurement_pass():
+    result = run("trace", {**FAST, "min_speedup": 0.0001, "max_p99_ms": 1e6}, isolate="none")
+    assert result.latency["gate"] == "passed"
+
+
+def test_a_p99_gate_fails_with_the_backends_knobs_from_its_worker():
+    needs("onnx")
+    with pytest.raises(DeployFailure) as info:
+        run("onnx", {**FAST, "max_p99_ms": 1e-6})
+    text = str(info.value)
+    assert info.value.result.stage == "latency" and "is above max_p99_ms 1e-06 ms" in text
+    assert "onnxruntime_provider CPUExecutionProvider" in text and "onnxruntime_threads 1" in text
+
+
+def test_a_speedup_below_its_baseline_fails_and_one_within_tolerance_passes():
+    with pytest.raises(DeployFailure) as info:
+        run("trace", {**FAST, "baseline": {"canonical": 1000.0}}, isolate="none")
+    assert info.value.result.stage == "latency"
+    assert "below the baseline's ×1e+03 (tolerance 10%" in str(info.value)
+    passed = run("trace", {**FAST, "baseline": {"canonical": 0.0001, "upper": 0.0001}}, isolate="none")
+    assert passed.latency["gate"] == "passed"
+
+
+BASELINE_MODELS = '''
+import os
+import torch
+from torch import nn
+from pytest_deploy import deployable, tensor
+
+# TEST ONLY: SLOWDOWN extra runs of the artifact in every timed call, a deliberately slowed build
+SLOWDOWN = int(os.environ.get("SLOWDOWN", "0"))
+
+
+@deployable(backends=["trace"], inputs=[tensor("batch", 16)], dims={"batch": (1, 8)}, examples=2,
+            latency={"budget": 0.3, "min_runs": 10, "slowdown": SLOWDOWN})
+def test_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
+'''
+
+
+def test_a_slowed_artifact_fails_the_saved_baseline(pytester, monkeypatch):
+    import json
+
+    from pytest_deploy.latency import read_baseline
+
+    pytester.makepyfile(test_models=BASELINE_MODELS)
+    first = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--deploy-latency-save=base/b.json",
+                                          "--deploy-latency", timeout=300)
+    assert first.ret == 0, first.stdout.str()
+    assert "latency baseline: base/b.json" in first.stdout.str()
+    saved = read_baseline(str(pytester.path / "base" / "b.json"), "here")
+    assert set(saved["test_models.py::test_mlp::trace"]) == {"canonical", "upper"}
+    monkeypatch.setenv("SLOWDOWN", "30")
+    slowed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--deploy-latency-baseline=base/b.json",
+                                           "--deploy-report=r.json", timeout=300)
+    assert slowed.ret == 1
+    slowed.stdout.fnmatch_lines(["*trace: stage latency: latency gate: canonical (batch=*: speedup ×* fell *% below "
+                                 "the baseline's ×* (tolerance 10%, --deploy-latency-tolerance)*"])
+    report = json.loads((pytester.path / "r.json").read_text())["results"][0]
+    assert report["stage"] == "latency" and report["latency"]["slowdown"] == 30
+    monkeypatch.setenv("SLOWDOWN", "0")  # unchanged: within a (wide) tolerance of its own baseline
+    same = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--deploy-latency-baseline=base/b.json",
+                                         "--deploy-latency-tolerance=90%", timeout=300)
+    assert same.ret == 0, same.stdout.str()
+
+
+def test_baseline_options_refuse_bad_input(pytester):
+    pytester.makepyfile(test_models=BASELINE_MODELS)
+    missing = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--deploy-latency-baseline=nope.json")
+    assert missing.ret == 4
+    missing.stderr.fnmatch_lines(["*--deploy-latency-baseline=nope.json: no such file; write one first with "
+                                  "--deploy-latency-save=nope.json*"])
+    (pytester.path / "other.json").write_text('{"version": 1, "results": []}')
+    wrong = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--deploy-latency-baseline=other.json")
+    assert wrong.ret == 4
+    wrong.stderr.fnmatch_lines(["*other.json: not a latency baseline*"])
+    alone = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--deploy-latency-save=b.json")
+    assert alone.ret == 4
+    alone.stderr.fnmatch_lines(["*--deploy-latency-save=b.json: nothing would be measured; add --deploy-latency*"])
+    bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--deploy-latency-tolerance=150%")
+    assert bad.ret == 4
+    bad.stderr.fnmatch_lines(["*150% must be from 0 up to (not including) 100%*"])
+
+
+def test_merge_combines_the_shards_latency_figures(tmp_path, capsys):
+    from pytest_deploy.__main__ import main
+    from pytest_deploy.latency import read_baseline
+    from pytest_deploy.report import write_json
+
+    shards = []
+    for i, backend in enumerate(("trace", "script")):
+        result = run(backend, FAST, isolate="none")
+        result.test = "tests/test_m.py::test_mlp"
+        shards.append(str(tmp_path / f"shard{i}.json"))
+        write_json(shards[-1], [result])
+    assert main(["merge", *shards, "--latency-save", str(tmp_path / "b.json")]) == 0
+    assert "latency baseline:" in capsys.readouterr().out
+    merged = read_baseline(str(tmp_path / "b.json"), "here")
+    assert set(merged) == {"tests/test_m.py::test_mlp::trace", "tests/test_m.py::test_mlp::script"}
+    assert all(set(v) == {"canonical", "upper"} for v in merged.values())
