@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.pytest-deploy-installed
 # pytest-xdist workers for make test (every backend of a model test runs on one worker); JOBS=0 runs serially
 JOBS   ?= 2
 
-.PHONY: setup demo test lint hf-corpus clean
+.PHONY: setup demo test lint hf-corpus libs-corpus clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,11 @@ hf-corpus: setup
 	PYTEST_DEPLOY_HF=all $(BIN)/python -m pytest tests/hf -n 2 --deploy-report=hf-report.json --deploy-no-cache -rfE; \
 	status=$$?; $(BIN)/python tests/hf/matrix.py hf-report.json --write docs/hf-corpus.md; exit $$status
 
+# every model of the corpus beyond transformers (tests/libs) against every backend, serially (CI runs a subset);
+# writes the matrix
+libs-corpus: setup
+	PYTEST_DEPLOY_LIBS=all $(BIN)/python -m pytest tests/libs --deploy-report=libs-report.json --deploy-no-cache -rfEx; \
+	status=$$?; $(BIN)/python tests/libs/matrix.py libs-report.json --write docs/libs-corpus.md; exit $$status
+
 clean:
-	rm -rf $(VENV) .pytest_cache deploy-report.json hf-report.json *.egg-info
+	rm -rf $(VENV) .pytest_cache deploy-report.json hf-report.json libs-report.json *.egg-info

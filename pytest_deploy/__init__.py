@@ -1,7 +1,7 @@
 """pytest-deploy: turn "is this model deployable?" into ordinary tests.
 
 Public API: :func:`deployable`, :func:`tensor`, :func:`mask`, :func:`verify`, :class:`DeployFailure`, :class:`Result`,
-:class:`BackendUnavailable`, :func:`register_backend`, :class:`Backend`. Importing this package does
+:class:`BackendUnavailable`, :func:`register_backend`, :class:`Backend`, :func:`infer_inputs`. Importing this package does
 not import torch or any backend library.
 """
 
@@ -15,7 +15,8 @@ from .results import Result
 
 #: Public names whose modules load on first use, so that pytest loading the plugin stays cheap.
 _LAZY = {"Backend": "backends.base", "backend_names": "backends", "register_backend": "backends",
-         "TensorSpec": "spec", "tensor": "spec", "mask": "spec", "MaskSpec": "spec", "InputWarning": "errors"}
+         "TensorSpec": "spec", "tensor": "spec", "mask": "spec", "MaskSpec": "spec", "InputWarning": "errors",
+         "infer_inputs": "infer"}
 
 
 def __getattr__(name: str):
@@ -93,6 +94,7 @@ __all__ = [
     "TensorSpec",
     "backend_names",
     "deployable",
+    "infer_inputs",
     "mask",
     "register_backend",
     "tensor",

@@ -17,6 +17,7 @@ locally and says so once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -174,10 +176,15 @@ class RemoteStore:
         if not bucket:
             return
         try:
-            # listing raises what is wrong (credentials, connection); ``exists`` would turn every error into False
-            self.fs.ls(bucket, detail=False)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"bucket {bucket!r} does not exist") from None
+            # listing raises what is wrong (credentials, connection); ``exists`` would turn every error into False.
+            # The prefix, not the bucket's root: credentials scoped to the prefix (the usual IAM set-up) may not
+            # list the root
+            self.fs.ls(self.prefix, detail=False)
+        except FileNotFoundError as exc:
+            text = str(exc).lower()
+            if "bucket" in text and ("not exist" in text or "nosuchbucket" in text):
+                raise FileNotFoundError(f"bucket {bucket!r} does not exist") from None
+            # an empty prefix: the first entry stored creates it
 
     def manifest(self, key: str) -> dict | None:
         """The entry's manifest as stored (to be checked by the caller), or None when there is none."""
@@ -191,15 +198,48 @@ class RemoteStore:
             raise BadManifest("the manifest is not JSON") from None
         return manifest
 
-    def download(self, key: str, manifest: dict, into: Path) -> None:
-        """Download the files of a checked manifest (:func:`check_manifest`) into ``into``."""
+    def download(self, key: str, manifest: dict, into: Path) -> list[str]:
+        """Download the files of a checked manifest (:func:`check_manifest`) into ``into``; the names of those whose
+        bytes do not match their recorded hash. A payload that is not there raises ``FileNotFoundError``, a file that
+        cannot be written here :class:`LocalFault`, anything else is the store's."""
         writer, files = manifest["writer"], manifest["files"]
-        for name in files:
+        bad = []
+        for name, digest in files.items():
             target = into / name
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LocalFault(exc) from None
             inside(into, name)
-            self.fs.get_file(f"{self._entry(key)}/{writer}/{name}", str(target))
-        return files
+            if self._copy(f"{self._entry(key)}/{writer}/{name}", target) != digest:
+                bad.append(name)
+        return bad
+
+    def _copy(self, source: str, target: Path) -> str:
+        """Stream ``source`` into ``target``; the SHA-256 of the bytes read. Errors writing here are a
+        :class:`LocalFault` (a full disk), told apart from the store's own."""
+        h = hashlib.sha256()
+        with self.fs.open(source, "rb") as src:
+            try:
+                out = open(target, "wb")  # closed below: its errors are local ones
+            except OSError as exc:
+                raise LocalFault(exc) from None
+            try:
+                while True:
+                    chunk = src.read(1 << 20)
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise LocalFault(exc) from None
+            finally:
+                try:
+                    out.close()
+                except OSError as exc:
+                    raise LocalFault(exc) from None  # a failing flush is the local fault
+        return h.hexdigest()
 
     def put(self, key: str, entry: Path, manifest: dict) -> None:
         """Upload ``entry``'s files under the manifest's writer, then the manifest that makes them the entry."""
@@ -207,15 +247,64 @@ class RemoteStore:
             self.fs.put_file(str(entry / name), f"{self._entry(key)}/{manifest['writer']}/{name}")
         self.fs.pipe_file(f"{self._entry(key)}/manifest.json", json.dumps(manifest).encode())
 
-    def discard(self, key: str) -> None:
-        self.fs.rm(self._entry(key), recursive=True)
+    def discard(self, key: str, writer: str) -> None:
+        """Remove the entry written by ``writer``, unless another writer's manifest has replaced it meanwhile."""
+        try:
+            current = self.manifest(key)
+        except BadManifest:
+            current = None
+        if isinstance(current, dict) and current.get("writer") == writer:
+            self.fs.rm_file(f"{self._entry(key)}/manifest.json")
+            self.fs.rm(f"{self._entry(key)}/{writer}", recursive=True)
+
+
+class LocalFault(Exception):
+    """A downloaded file could not be written here (a full disk, a quota): a miss, the shared entry being fine."""
+
+
+class UnsafeDirectory(Exception):
+    """The per-user directory for the local copy of a shared store is not this user's own."""
+
+
+def user_cache_dir() -> Path:
+    """This user's cache directory for pytest-deploy: platformdirs' when installed, else ``$XDG_CACHE_HOME`` (default
+    ``~/.cache``) ``/pytest-deploy``."""
+    try:
+        import platformdirs
+    except ImportError:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-deploy"
+    return Path(platformdirs.user_cache_dir("pytest-deploy"))
+
+
+def private_copy_dir(url: str) -> Path:
+    """The local copy of the shared store ``url`` outside pytest (``verify()``): ``<user cache dir>/shared/<hash of
+    the URL>``, its directories created 0700 and each checked to be a directory (no symlink) owned by this user;
+    :class:`UnsafeDirectory` says which is not."""
+    base = user_cache_dir()
+    base.parent.mkdir(parents=True, exist_ok=True)
+    path = base / "shared" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for directory in (base, base / "shared", path):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode):
+            raise UnsafeDirectory(f"the local copy's directory {directory} is not a directory (a symlink?); remove "
+                                  "it, or set XDG_CACHE_HOME to a directory of your own")
+        if uid is not None and info.st_uid != uid:
+            raise UnsafeDirectory(f"the local copy's directory {directory} is owned by user id {info.st_uid}, not by "
+                                  f"you ({uid}), who could fill it with entries; remove it, or set XDG_CACHE_HOME to "
+                                  "a directory of your own")
+        if info.st_mode & 0o077:  # our own, made by something else with a wider mode: others could write to it
+            os.chmod(directory, 0o700)
+    return path
 
 
 class ArtifactCache:
     """``ArtifactCache(None)`` is a disabled cache: lookups miss, stores keep nothing.
 
     ``root`` is a local directory, a ``file://`` URL, or an fsspec URL of a shared store; for the last, entries
-    are also kept in ``local`` (default: a directory under the system temp dir named after the URL).
+    are also kept in ``local`` (default: a directory of this user's own, :func:`private_copy_dir`).
 
     ``key_env`` names the environment variable holding the secret (default ``PYTEST_DEPLOY_CACHE_KEY``): when it is
     set, every manifest written is signed with it (HMAC-SHA256) and an entry without a right signature is never
@@ -236,16 +325,20 @@ class ArtifactCache:
         self.remote_warned = False
         if is_url(root):
             url = str(root)
-            if local is None:
-                import tempfile
-
-                local = Path(tempfile.gettempdir()) / "pytest-deploy-cache" / hashlib.sha256(url.encode()).hexdigest()[:16]
             try:
-                self.remote = RemoteStore(url)
-                self.remote.probe()
-            except Exception as exc:  # any way the URL fails, the local cache still works
-                self.give_up_remote(url, exc)
-            root = local
+                if local is None:
+                    local = private_copy_dir(url)
+            except (UnsafeDirectory, OSError) as exc:  # a copy another user could fill is not used: no cache
+                why = exc if isinstance(exc, UnsafeDirectory) else f"the local copy's directory cannot be made ({exc})"
+                self.remote_error = f"shared cache {url} not used: {why}; checks run without a cache"
+                root = local = None
+            else:
+                try:
+                    self.remote = RemoteStore(url)
+                    self.remote.probe()
+                except Exception as exc:  # any way the URL fails, the local cache still works
+                    self.give_up_remote(url, exc)
+                root = local
         self.root = Path(local_path(root)) if root else None
         self.events: list[str] = []  # what happened, for the report ("corrupt entry ... rebuilt")
         #: warnings to show (one CacheWarning each, by :func:`pytest_deploy.check.warn_cache`), and every one ever
@@ -292,41 +385,65 @@ class ArtifactCache:
         return self._fetch(key)
 
     def _fetch(self, key: str) -> Path | None:
+        """The shared entry, verified and made the local one; None on a miss. Every fault of one entry (a bad
+        manifest, a missing or damaged payload, a download that cannot be written here) is a miss, the shared cache
+        staying on; only an error of the store itself (gone, refusing) gives the store up."""
         assert self.root is not None and self.remote is not None
-        entry = self._dir(key)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.parent / f".tmp-{key[:16]}-{uuid.uuid4().hex}"
-        tmp.mkdir()
+        remote = self.remote
         try:
+            manifest = remote.manifest(key)
+            if manifest is None:
+                return None
+            check_manifest(manifest, key=key, secret=self.secret)  # before any name becomes a path
+        except BadManifest as exc:
+            self.events.append(f"shared cache entry {key[:12]} not used ({exc}); rebuilt")
+            self._bad_manifest(key, "shared", exc)
+            return None
+        except Exception as exc:  # the store went away: go on locally
+            self.give_up_remote(remote.url, exc)
+            return None
+        entry = self._dir(key)
+        bad: list[str] = []
+        for attempt in (1, 2):
+            tmp = entry.parent / f".tmp-{key[:16]}-{uuid.uuid4().hex}"
             try:
-                manifest = self.remote.manifest(key)
-                if manifest is None:
+                try:
+                    tmp.mkdir(parents=True)
+                    bad = remote.download(key, manifest, tmp)
+                    if not bad:
+                        (tmp / "manifest.json").write_text(json.dumps(manifest))  # as signed
+                        if entry.exists():
+                            shutil.rmtree(entry, ignore_errors=True)
+                        os.replace(tmp, entry)
+                        self.events.append(f"cache entry {key[:12]} downloaded from the shared cache")
+                        return entry
+                except (LocalFault, OSError) as exc:
+                    if not isinstance(exc, LocalFault) and not _local_error(exc, tmp):
+                        raise
+                    self.events.append(f"shared cache entry {key[:12]} not downloaded: it cannot be written here "
+                                       f"({exc}); rebuilt, the shared entry kept")
                     return None
-                files = check_manifest(manifest, key=key, secret=self.secret)  # before any name becomes a path
-                self.remote.download(key, manifest, tmp)
-            except BadManifest as exc:
-                self.events.append(f"shared cache entry {key[:12]} not used ({exc}); rebuilt")
-                self._bad_manifest(key, "shared", exc)
+            except FileNotFoundError as exc:  # a payload expired or deleted before its manifest
+                self.events.append(f"shared cache entry {key[:12]} incomplete ({_first(exc)}: a file is missing); "
+                                   "rebuilt, and stored again")
                 return None
             except Exception as exc:  # the store went away: go on locally
-                self.give_up_remote(self.remote.url, exc)
+                self.give_up_remote(remote.url, exc)
                 return None
-            bad = [name for name, digest in files.items() if file_digest(tmp / name) != digest]
-            if bad:
-                self.events.append(f"shared cache entry {key[:12]} discarded ({bad[0]} does not match its recorded "
-                                   "hash); rebuilt")
-                if not self.readonly:
-                    with contextlib.suppress(Exception):
-                        self.remote.discard(key)
-                return None
-            (tmp / "manifest.json").write_text(json.dumps(manifest))  # as signed
-            if entry.exists():
-                shutil.rmtree(entry, ignore_errors=True)
-            os.replace(tmp, entry)
-            self.events.append(f"cache entry {key[:12]} downloaded from the shared cache")
-            return entry
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if attempt == 1:
+                self.events.append(f"shared cache entry {key[:12]}: {bad[0]} did not match its recorded hash; "
+                                   "downloaded again")
+        if self.readonly:
+            self.events.append(f"shared cache entry {key[:12]} not used ({bad[0]} does not match its recorded hash, "
+                               "twice); left in the store (read-only cache)")
+            return None
+        self.events.append(f"shared cache entry {key[:12]} discarded ({bad[0]} does not match its recorded hash, "
+                           "twice); rebuilt")
+        with contextlib.suppress(Exception):
+            remote.discard(key, manifest["writer"])
+        return None
 
     def _lookup_local(self, key: str) -> Path | None:
         if self.root is None:
@@ -358,14 +475,15 @@ class ArtifactCache:
         the cache is disabled or read-only)."""
         if self.root is None or self.readonly:
             return None
+        for name in files:
+            check_name(name)
         entry = self._dir(key)
-        entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.parent / f".tmp-{key[:16]}-{uuid.uuid4().hex}"
-        tmp.mkdir()
         try:
+            tmp.mkdir(parents=True)
             digests = {}
             for name, source in files.items():
-                target = tmp / check_name(name)
+                target = tmp / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
                 digests[name] = file_digest(target)
@@ -374,6 +492,12 @@ class ArtifactCache:
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
             os.replace(tmp, entry)
+        except OSError as exc:
+            if exc.errno not in _CANNOT_WRITE:
+                raise
+            # a full disk is no failed check; nothing half-written stays, and nothing is uploaded from here
+            self.events.append(f"cache entry {key[:12]} not stored: it cannot be written here ({_first(exc)})")
+            return None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if self.remote is not None:
@@ -428,6 +552,21 @@ class ArtifactCache:
             return
         self.events.append(f"cache entry {entry.name[:12]} discarded ({why}); rebuilt")
         shutil.rmtree(entry, ignore_errors=True)
+
+
+#: errors of a file system that cannot take a file (full, over quota, over the size limit, read-only)
+_CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+def _local_error(exc: OSError, tmp: Path) -> bool:
+    """An error of this machine's file system (creating the download's directory), not the store's."""
+    return exc.filename is not None and str(exc.filename).startswith(str(tmp.parent))
+
+
+def _first(exc: BaseException) -> str:
+    from .sources import first_line
+
+    return first_line(exc)
 
 
 def describe_remote_error(url: str, exc: BaseException) -> str:

@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +26,39 @@ from .compare import (
     Comparison,
     Leaves,
     Tolerance,
+    UnsupportedOutput,
     compare_outputs,
     flatten,
     format_number,
     resolve_tolerance,
     widen_for_precision,
 )
-from .decisions import BranchAnalysis, Recorder, describe_divergence, needs_line_tracing, record
-from .errors import BackendUnavailable, DeployFailure, SpecError, StageError
-from .modeltest import ModelTest, Work
+from .decisions import (
+    BranchAnalysis,
+    Divergence,
+    Recorder,
+    describe_divergence,
+    describe_frozen_number,
+    fix_for,
+    needs_line_tracing,
+    record,
+)
+from .errors import INTERNAL, BackendUnavailable, DeployFailure, InternalError, SpecError, StageError
+from .localize import LocalizationError
+from .modeltest import ModelState, ModelTest, Work
 from .results import Result
-from .sources import add_model_files, describe_exception, short_path, torchscript_error
+from .sources import (
+    PACKAGE_DIR,
+    add_model_files,
+    describe_exception,
+    first_line,
+    is_model_code,
+    origin_frame,
+    package_frame,
+    package_path,
+    short_path,
+    torchscript_error,
+)
 from .spec import SPECIAL_LABEL, Example, InputSpace
 from .tensors import clone_args, is_tensor
 
@@ -63,9 +86,18 @@ EXPLORE_SECONDS = 5.0
 EXPLORE_COST_SECONDS = 2.0
 EXPLORE_MIN_RUNS = 12
 
-LOST_BRANCH_FIX = "torch.jit.script, or torch.cond for export"
+#: a Python number computed from a shape (``float(w - 1) / 2``) that torch.jit.trace froze: checked to follow the
+#: input under trace (a shape is a tensor there) and under torch.export (a symbol there)
+SHAPE_NUMBER_FIX = ("keep it on the shape, without float()/int(): `(w - 1) / 2` instead of `float(w - 1) / 2`, "
+                    "`w // 2` instead of `int(w * 0.5)`; under torch.jit.trace a shape is a tensor and under "
+                    "torch.export a symbol, so the number follows the input (torch.jit.script and torch.cond do "
+                    "not help here)")
 
 DEFAULT_EXAMPLES = 20
+
+#: a failing trace check traces the model twice more to find the numbers computed from shapes that the trace froze
+#: (:meth:`CheckContext._frozen_shape_numbers`); not when building the artifact took longer than this
+RETRACE_BUDGET_S = 20.0
 
 
 @dataclass
@@ -126,6 +158,9 @@ class CheckContext:
         #: data-dependent decisions seen while eager PyTorch ran (and, for tracing backends, while tracing)
         self.analysis = BranchAnalysis()
         self.freezes_decisions = False
+        #: for a tracing backend: trace the model on given inputs (the artifact is thrown away), to read the Python
+        #: numbers the tracer froze (:meth:`_frozen_shape_numbers`)
+        self._retrace: Callable[[tuple], Any] | None = None
         # the model's files count as user code from here on (an installed package's too, such as transformers'):
         # registered before the line-tracing decision reads them, so that decision does not depend on which
         # check of the session came first
@@ -158,6 +193,8 @@ class CheckContext:
         self._reference = _ReferenceStats()
         #: work shared with the other backends of the model test (modeltest.Work), or None
         self.shared: Work | None = None
+        #: the model's state when its model test's first check began (put back before each eager run and build)
+        self.state: ModelState | None = None
         #: the branch search's steps, kept for the other backends while it runs: ("observe" | "note_fixed", run)
         self._search_steps: list[tuple[str, Any]] | None = None
         #: the model fails under the dispatch mode that tracks which decisions the inputs steer
@@ -276,9 +313,13 @@ class CheckContext:
         try:
             with isolation.guard(name, self.timeout):
                 yield
-        except (StageError, _ExampleFailed, DeployFailure, BackendUnavailable, KeyboardInterrupt, SystemExit):
+        except (StageError, _ExampleFailed, DeployFailure, BackendUnavailable, InternalError, KeyboardInterrupt,
+                SystemExit):
             raise
         except BaseException as exc:
+            internal = internal_error(exc, staged=True)
+            if internal is not None:
+                raise internal from exc
             full = torchscript_error(exc)
             if full is not None:  # the message keeps the cause; the report keeps the interpreter's whole text
                 self.note("error_text", full)
@@ -287,10 +328,12 @@ class CheckContext:
             bucket = _TIMING_BUCKET.get(name, "build")
             self.result.timings[bucket] = self.result.timings.get(bucket, 0.0) + time.perf_counter() - start
 
-    def traced_decisions(self) -> None:
+    def traced_decisions(self, retrace: Callable[[tuple], Any] | None = None) -> None:
         """Called by a backend whose artifact follows the path of the input it was built from
         (torch.jit.trace): decisions whose outcome differs from that path's are trace-lost, and a
-        mismatch on such an example fails at stage branches.
+        mismatch on such an example fails at stage branches. ``retrace(args)``: trace the model again on
+        ``args`` (run only when a check fails, to find the Python numbers computed from shapes that the trace
+        froze).
 
         The path is recorded from eager PyTorch on the same input, not while tracing: under the tracer
         shape reads are tensors (``len(x)`` and ``range(x.shape[1])`` convert them) and library modules
@@ -302,13 +345,15 @@ class CheckContext:
                 self.shared.traced_run = run
         self.analysis = BranchAnalysis(run)
         self.freezes_decisions = True
+        self._retrace = retrace
 
     def varying_inputs(self, args: tuple) -> list | None:
-        """The input tensors of ``args`` whose values the spec lets vary (not those it holds constant); None
-        when the spec does not say (a hypothesis strategy, example inputs only)."""
+        """Each input tensor of ``args`` whose values the spec lets vary, None in the place of one it holds
+        constant (a decision's sources are these positions); None when the spec does not say (a hypothesis
+        strategy, example inputs only)."""
         if self.space.strategy_override is not None or len(self.space.specs) != len(args) or self._untrackable:
             return None
-        return [a for a, spec in zip(args, self.space.specs) if is_tensor(a) and not spec.holds_constant()]
+        return [a if is_tensor(a) and not spec.holds_constant() else None for a, spec in zip(args, self.space.specs)]
 
     def recorded_eager(self, args: tuple, *, track: bool = False):
         """Eager reference outputs, with the decisions taken on the way counted into the analysis; ``track``:
@@ -378,12 +423,21 @@ class CheckContext:
         # the search starts at each corner of the dims: there, an if/while that read no tensor (a branch
         # on a shape) is given its chance to go the other way and so become a decision
         corners = len(self.space.dim_corners()) if any(lo != hi for lo, hi in self.space.dims.values()) else 0
+        # then, before the rest of the plan, the constant corners (all zero, all at an end of the range) of the
+        # integer inputs that feed a decision with an outcome not reached yet: flags and ids take them in real use
+        cornered: set[int] = set()
+        queue: list[Example] = []
         runs = 0
         for i in range(budget):
             missing = self.analysis.missing_outcomes(candidates=i < corners, fixed=i < corners)
             if not missing or time.perf_counter() - start > EXPLORE_SECONDS:
                 break
-            ex = next(candidates)
+            if i >= corners:
+                feeding = self.analysis.missing_sources()
+                todo = [k for k in range(len(self.space.specs)) if feeding >> k & 1 and k not in cornered]
+                cornered.update(todo)
+                queue.extend(self.space.corner_examples(todo))
+            ex = queue.pop(0) if queue and i >= corners else next(candidates)
             seen = self.analysis.seen()
             runs += 1
             try:
@@ -429,8 +483,15 @@ class CheckContext:
         import torch
 
         model = self.model if model is None else model
+        if model is self.model:
+            self.reset_state()  # a reference depends on the input only, whichever runs came before
         with torch.no_grad():
             return self.call(model, clone_args(args))
+
+    def reset_state(self) -> None:
+        """Put the model back in the state its model test's first check began with, noting what changed."""
+        if self.state is not None:
+            _note_state_changes(self.result, self.state.reset(self.model))
 
     # -- the example loop --------------------------------------------------------------------------
 
@@ -499,14 +560,22 @@ class CheckContext:
             self.failed_example = failure.example
             self.result.examples = state.passed + 1
             stage, text = failure.stage, self._failure_text(failure, shrunk=state.runs > 1)
-            lost = self._lost_branch_text(failure) if failure.comparison is not None else None
-            if lost:
-                stage, text = "branches", lost + "\n" + text
+            if failure.comparison is not None:
+                lost = self._lost_branch_text(failure)
+                if lost:
+                    stage, text = "branches", lost + "\n" + text
+            elif stage == "run" and self.freezes_decisions:  # a frozen shape number can break the run itself
+                frozen = self._frozen_shape_numbers(failure.example)
+                if frozen:
+                    text += "\n" + describe_frozen_number(frozen[0], "the failing input") + f"\n  fix: {SHAPE_NUMBER_FIX}"
             from .divergence import locate
 
             text += locate(self, failure.example.args, stage)  # where it broke; never raises
             raise StageError(stage, text, comparison=failure.comparison) from None
         except Flaky as exc:
+            bug = next((e for e in getattr(exc, "exceptions", ()) or () if isinstance(e, InternalError)), None)
+            if bug is not None:
+                raise bug from None
             inner = _first_example_failure(exc)
             text = (
                 f"{self.backend}: a failure did not reproduce when hypothesis replayed the same input, so the model "
@@ -577,35 +646,86 @@ class CheckContext:
         return best
 
     def _lost_branch_text(self, failure: _ExampleFailed) -> str | None:
-        """When a tracing backend's mismatch comes with a trace-lost decision, say where it is."""
+        """When a tracing backend's mismatch comes with a trace-lost decision, say where it is: a Python number
+        computed from a shape that the trace froze (:meth:`_frozen_shape_numbers`) first, as the decisions that
+        differ after it are mostly its symptoms."""
         if not self.freezes_decisions:
             return None
+        frozen = self._frozen_shape_numbers(failure.example)
         try:
             _, run = record(self.eager, failure.example.args, lines=self.line_tracing)
         except Exception:
+            run = None
+        divergences = self.analysis.divergences(run) if run is not None else []
+        if not divergences and not frozen:
             return None
-        divergences = self.analysis.divergences(run)
-        if not divergences:
-            return None
-        first = divergences[0]
-        self.analysis.mark_diverged(first.site)
-        assert failure.comparison is not None  # called for a failed comparison only
-        worst = max(failure.comparison.errors, key=lambda e: e.max_abs)
-        atol, _ = self.tol.for_dtype(worst.dtype)
-        text = describe_divergence(first, "the failing input")
-        text += f"; max abs error {format_number(worst.max_abs)} > atol {atol:g}\n  fix: {LOST_BRANCH_FIX}"
-        others = list(dict.fromkeys(d.site for d in divergences[1:] if d.site != first.site))
+        if failure.comparison is not None:
+            worst = max(failure.comparison.errors, key=lambda e: e.max_abs)
+            atol, _ = self.tol.for_dtype(worst.dtype)
+            error = f"; max abs error {format_number(worst.max_abs)} > atol {atol:g}"
+        else:
+            error = ""
+        if frozen:
+            text = describe_frozen_number(frozen[0], "the failing input") + f"{error}\n  fix: {SHAPE_NUMBER_FIX}"
+            others = [f"{short_path(d.site.file)}:{d.site.line}" for d in frozen[1:]]
+            others += [f"{short_path(d.site.file)}:{d.site.line}" for d in divergences]
+        else:
+            first = divergences[0]
+            self.analysis.mark_diverged(first.site)
+            stats = self.analysis.sites.get(first.site)
+            fix = fix_for(first, plain=stats is not None and stats.plain)
+            text = describe_divergence(first, "the failing input") + f"{error}\n  fix: {fix}"
+            others = [f"{short_path(d.site.file)}:{d.site.line}" for d in divergences[1:] if d.site != first.site]
+        others = list(dict.fromkeys(others))
         if others:
-            text += "\n  the failing input also leaves the traced path at: " + ", ".join(
-                f"{short_path(s.file)}:{s.line}" for s in others[:5])
+            text += "\n  the failing input also leaves the traced path at: " + ", ".join(others[:5])
         return text
+
+    def _frozen_shape_numbers(self, example: Example) -> list[Divergence]:
+        """Python numbers computed from a tensor's shape (``float(w - 1) / 2``, ``int(x.shape[-1] * 0.5)``) that
+        the trace froze and that ``example`` gives another value: kind ``shape``, at the line that converts.
+
+        Eager PyTorch converts no tensor there (a shape is a Python int), so the recorder cannot see them; the
+        tracer does (a shape is a tensor under it, and it warns when converting one). Where it warned at a line
+        of the user's that eager converts nothing at, the model is traced again on the canonical example and on
+        ``example`` with the conversions recorded, and the values compared. Never raises."""
+        if self._retrace is None or self.result.timings.get("build", 0.0) > RETRACE_BUDGET_S:
+            return []
+        eager_sites = {short_path(site.file) + f":{site.line}" for site, _ in self.analysis.traced}
+        warned = {f"{w['file']}:{w['line']}" for w in self.result.details.get("tracer_warnings") or []
+                  if re.match(r"Converting a tensor to a Python (?:float|integer|number|index)", str(w.get("message")))}
+        if not warned - eager_sites:
+            return []
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _, traced = record(self._retrace, self.canonical.args, lines=False)
+                _, other = record(self._retrace, example.args, lines=False)
+        except Exception:
+            return []
+        theirs = {(site, n): (kind, value) for site, n, kind, value in other.events}
+        found: list[Divergence] = []
+        for site, n, kind, value in traced.events:
+            where = short_path(site.file) + f":{site.line}"
+            if kind in ("bool", "tolist") or where in eager_sites or where not in warned:
+                continue
+            mine = theirs.get((site, n))
+            if mine is not None and mine[1] != value and all(d.site != site for d in found):
+                found.append(Divergence(site, n, "shape", value, mine[1]))
+                self.analysis.add_frozen(site, value, mine[1])
+        return found
 
     def _run_one(self, ex: Example, runner, reference) -> None:
         try:
             expected = reference(ex.args)
         except StageError as err:
             raise _ExampleFailed(ex, err.stage, err.message) from None
+        except InternalError:
+            raise
         except Exception as exc:  # the reference itself fails: the spec does not fit forward
+            internal = internal_error(exc, staged=True)
+            if internal is not None:
+                raise internal from exc
             raise _ExampleFailed(ex, "run", "eager PyTorch (the reference) fails on this input: " + describe_exception(
                 exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")) from None
         try:
@@ -760,6 +880,27 @@ class CheckContext:
 # ------------------------------------------------------------------------------------ run_check
 
 
+def _bugs_fail_the_check(run: Callable[..., Result]) -> Callable[..., Result]:
+    """``run_check`` failing at stage ``internal`` where pytest-deploy's own code raises outside the check proper
+    (reading the declaration, the cache): a :class:`DeployFailure` whose result says it is a pytest-deploy bug."""
+
+    @functools.wraps(run)
+    def checked(model, backend: str, **kwargs: Any) -> Result:
+        try:
+            return run(model, backend, **kwargs)
+        except Exception as exc:
+            bug = internal_error(exc, staged=True)
+            if bug is None:
+                raise
+            result = Result(test=kwargs.get("test_id", "verify"), backend=str(backend), seed=kwargs.get("seed", 0),
+                            outcome="failed", stage=INTERNAL, message=f"{backend}: stage {INTERNAL}: {bug.message}")
+            result.details["internal_traceback"] = bug.traceback
+            raise DeployFailure(result.message or "", result) from None
+
+    return checked
+
+
+@_bugs_fail_the_check
 def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | None = None, atol=None, rtol=None,
               tolerances=None, factory=None, example_inputs=None, seed: int = 0, test_id: str = "verify",
               workdir: str | os.PathLike | None = None, options: dict[str, Any] | None = None,
@@ -830,6 +971,9 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     cache = cache if cache is not None else ArtifactCache(None)
 
     key = None
+    # every backend starts from the state the model was built with, also when an earlier check's eager runs
+    # filled a cache in it (restored before anything hashes or runs the model)
+    state = shared.model_state(model) if shared is not None else ModelState(model)
     work = shared.work(model, space, bool(allow_nonfinite)) if shared is not None else None
     if cache.enabled:
         from .fingerprint import check_key
@@ -856,7 +1000,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                                 keep_artifacts=keep_artifacts, source_files=source_files,
                                 allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
                                 allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work,
-                                spawn_runtime=spawn, owned=owned, latency=latency)
+                                spawn_runtime=spawn, owned=owned, state=state, latency=latency)
         if cache.pending_warnings:  # shown by pytest's process (this may be a worker's)
             res.details["cache_warnings"] = list(cache.pending_warnings)
         return outcome, res
@@ -911,6 +1055,14 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                 work.merge(added)
         else:
             outcome, result = execute()
+        changed = result.details.get("model_state_changed")
+        if changed and (shared is None or not shared.state_reported):
+            if shared is not None:
+                shared.state_reported = True
+            result.details.setdefault("warnings", []).append(
+                f"forward changes the model's state: {', '.join(changed[:8])}"
+                f"{f' and {len(changed) - 8} more' if len(changed) > 8 else ''}; every backend's check starts from "
+                "the state the model was built with (restored before each check and before each build)")
         _emit_warnings(result, work)
         for text in result.details.get("cache_warnings", ()):
             cache.warn(text)
@@ -935,7 +1087,8 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
              keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
              allow_vacuous=False, keep_passing=True, shared: Work | None = None,
-             spawn_runtime=False, owned=False, latency: dict[str, Any] | None = None) -> tuple[str, Result]:
+             spawn_runtime=False, owned=False, state: ModelState | None = None,
+             latency: dict[str, Any] | None = None) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result). The work
     directory is removed at the end when it is the check's own (``owned``: no ``workdir`` was given), and when
     the check passed unless ``keep_passing``."""
@@ -947,6 +1100,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
                        workdir=path, factory=factory, options=options, result=result)
     ctx.cache = cache
     ctx.shared = shared
+    ctx.state = state
     ctx.timeout = timeout
     ctx.source_files = tuple(source_files)
     ctx.allow_nonfinite = bool(allow_nonfinite)
@@ -966,6 +1120,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
                     raise
                 if shared is not None:
                     shared.reference_checked.add(kind)
+        ctx.reset_state()  # the eager runs so far may have changed it: the backend builds from the start state
         from .latency import measure, pinned_threads
 
         with _temporary_files_in(path / "tmp", _inductor_home(cache)), \
@@ -984,9 +1139,18 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
 
             result.message += keep_failure(ctx, err, keep_artifacts)
         return "failed", result
+    except Exception as exc:
+        bug = exc if isinstance(exc, InternalError) else internal_error(exc, staged=False)
+        if bug is None:
+            raise
+        result.outcome, result.stage = "failed", INTERNAL
+        result.message = f"{impl.name}: stage {INTERNAL}: {bug.message}"
+        result.details["internal_traceback"] = bug.traceback
+        return "failed", result
     else:
         passed = True
     finally:
+        ctx.reset_state()
         ctx.cleanup.close()  # sessions, worker processes and open files first: then the files can go
         if owned or (passed and not keep_passing):
             shutil.rmtree(path, ignore_errors=True)
@@ -1078,6 +1242,9 @@ def _check_reference(ctx: CheckContext) -> None:
         first, written = run_watching_inputs(lambda *xs: ctx.call(ctx.model, xs), args)
         second = ctx.eager(args)
     except Exception as exc:
+        internal = internal_error(exc, staged=True)
+        if internal is not None:
+            raise internal from exc
         raise StageError("run", "eager PyTorch (the reference) fails on the first example: " + describe_exception(
             exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")
             + "\n  first example:\n    " + example.replace("\n", "\n    ")) from None
@@ -1094,14 +1261,54 @@ def _check_reference(ctx: CheckContext) -> None:
         raise
     cmp = compare_outputs(first, second, Tolerance({}))
     if not cmp.ok:
-        hint = "call model.eval() to turn dropout off" if ctx.model.training else "seed or remove randomness in forward"
+        from .sources import rng_sites
+
+        sites = [] if ctx.model.training else rng_sites(ctx.model)
+        hint = ("call model.eval() to turn dropout off" if ctx.model.training else
+                "draw random numbers only in training (`if self.training:`), or move the randomness out of forward; "
+                "a deployed model (and trace, which freezes Python's and numpy's draws) needs the same output for "
+                "the same input" if sites else "seed or remove randomness in forward")
         raise StageError(
             "run",
             "eager PyTorch is nondeterministic: two runs on the same input differ "
-            f"({cmp.errors[0].text}); no backend can be compared against it. Fix: {hint}",
+            f"({cmp.errors[0].text}); no backend can be compared against it"
+            + "".join(f"\n  random draw at {where}" for where in sites) + f"\n  fix: {hint}",
         )
     if not ctx.allow_nonfinite:
         check_finite(leaves, example)
+
+
+#: Exceptions pytest-deploy raises on purpose: verdicts, bad declarations, an unavailable backend. Never a bug.
+_DELIBERATE = (StageError, DeployFailure, BackendUnavailable, SpecError, InternalError, Warning)
+#: Exceptions a stage meets through no fault of pytest-deploy's code, even raised in a frame of it: errors from the
+#: compiled functions of torch and the runtimes it calls (RuntimeError, TVM's and torch's), the machine's (OSError,
+#: MemoryError), and its own explanations that a stage turns into the verdict's message.
+_NOT_A_BUG_IN_A_STAGE = (RuntimeError, OSError, MemoryError, UnsupportedOutput, LocalizationError)
+
+
+def internal_error(exc: BaseException, *, staged: bool) -> InternalError | None:
+    """``exc`` as a pytest-deploy bug, or None when it is not one.
+
+    Inside a stage (``staged``), it is one when pytest-deploy's own code raised it (the innermost frame outside
+    the standard library is in the package; ``_NOT_A_BUG_IN_A_STAGE`` excepted); raised in torch, a backend's
+    library or the model, it is the backend's verdict. An exception that escaped every stage and handler of the
+    check is one unless the model's code raised it. What pytest-deploy raises on purpose never is."""
+    if not isinstance(exc, Exception) or isinstance(exc, _DELIBERATE):
+        return None
+    origin = origin_frame(exc.__traceback__)
+    if staged and (origin is None or not origin[0].startswith(PACKAGE_DIR) or isinstance(exc, _NOT_A_BUG_IN_A_STAGE)):
+        return None
+    if not staged and origin is not None and is_model_code(origin[0]):
+        return None
+    import traceback
+
+    where = package_frame(exc.__traceback__)
+    text = "pytest-deploy failed inside itself: " + first_line(exc)
+    if where is not None:
+        text += f"\n  at {package_path(where[0])}:{where[1]} in {where[2]}"
+    text += ("\n  this is a bug in pytest-deploy, not a verdict on the model or the backend; please report it: open "
+             "an issue with this message and the JSON report's details.internal_traceback (--deploy-report=PATH)")
+    return InternalError(text, "".join(traceback.format_exception(exc)))
 
 
 def _reference_kind(backend: str) -> tuple[bool, bool, bool]:
@@ -1199,6 +1406,13 @@ def warn_cache(cache: ArtifactCache) -> None:
         warn(CacheWarning(cache.remote_error))
     while cache.pending_warnings:
         warn(CacheWarning(cache.pending_warnings.pop(0)))
+
+
+def _note_state_changes(result: Result, changes: list[str]) -> None:
+    """Keep what ``forward`` changed in the model (``details.model_state_changed``), for the one warning."""
+    if changes:
+        kept = result.details.setdefault("model_state_changed", [])
+        kept.extend(c for c in changes if c not in kept)
 
 
 def _emit_warnings(result: Result, work: Work | None) -> None:

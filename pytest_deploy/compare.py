@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import SpecError
-from .tensors import is_tensor
+from .tensors import elementwise_error, is_tensor
 
 #: Default (atol, rtol) per backend family and output dtype. Serialization round trips run the same
 #: kernels on the same weights, but a reloaded tensor's memory alignment can steer CPU kernels onto
@@ -152,9 +152,13 @@ def flatten(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
 
 def key_paths(tree: Any, is_leaf: Any = None, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
     """``torch.utils._pytree.tree_flatten_with_path``'s ``[(key path, leaf)]``, in ``tree_flatten``'s order, for
-    every registered type: a type registered without a ``flatten_with_keys_fn`` (diffusers' ``BaseOutput``), which
-    that function refuses, gets positional keys (``[0]``, ``[1]``) from its ``flatten_fn``."""
-    from torch.utils._pytree import SUPPORTED_NODES, SequenceKey, _get_node_type
+    every registered type: a type registered without a ``flatten_with_keys_fn``, which that function refuses, gets
+    positional keys (``[0]``, ``[1]``) from its ``flatten_fn``; a mapping flattened to its values with its keys as
+    the context (diffusers' ``BaseOutput``, an ``OrderedDict``) gets its keys (``['sample']``), as a dict does: the
+    traced module returns that output as a plain dict, whose paths must pair with eager's."""
+    from collections.abc import Mapping
+
+    from torch.utils._pytree import SUPPORTED_NODES, MappingKey, SequenceKey, _get_node_type
 
     if is_leaf is not None and is_leaf(tree):
         return [(prefix, tree)]
@@ -164,7 +168,12 @@ def key_paths(tree: Any, is_leaf: Any = None, prefix: tuple = ()) -> list[tuple[
     if handler.flatten_with_keys_fn is not None:
         keyed = handler.flatten_with_keys_fn(tree)[0]
     else:
-        keyed = [(SequenceKey(i), child) for i, child in enumerate(handler.flatten_fn(tree)[0])]
+        children, context = handler.flatten_fn(tree)
+        if isinstance(tree, Mapping) and isinstance(context, (list, tuple)) and list(context) == list(tree.keys()) \
+                and len(children) == len(context) and all(tree[k] is c for k, c in zip(context, children)):
+            keyed = [(MappingKey(k), child) for k, child in zip(context, children)]
+        else:
+            keyed = [(SequenceKey(i), child) for i, child in enumerate(children)]
     return [pair for key, child in keyed for pair in key_paths(child, is_leaf, (*prefix, key))]
 
 
@@ -317,11 +326,7 @@ def compare_leaf(path: str, expected: Any, got: Any, tol: Tolerance, keep: Any =
     wide = torch.complex128 if e.is_complex() else torch.float64  # complex: the distance in the complex plane
     e64, g64 = e.to(wide), g.to(wide)
     nan_e, nan_g = torch.isnan(e64), torch.isnan(g64)
-    same_inf = torch.isinf(e64) & (e64 == g64)
-    diff = (e64 - g64).abs()
-    diff = torch.where(nan_e & nan_g, torch.zeros_like(diff), diff)
-    diff = torch.where(nan_e ^ nan_g, torch.full_like(diff, math.inf), diff)
-    diff = torch.where(same_inf, torch.zeros_like(diff), diff)
+    diff = elementwise_error(e64, g64)
     mag = e64.abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
     allowed = atol + rtol * mag
     bad = diff > allowed

@@ -1,7 +1,7 @@
 """Data-dependent decisions: record them while eager PyTorch runs, find the ones a trace lost.
 
 A *decision* is a point where a tensor's value (or a varying shape) steers Python: ``bool(t)``,
-``t.item()``, ``int(t)``, ``float(t)``, ``t.tolist()``, ``t.__index__()``, ``len(t)``, and the
+``t.item()``, ``int(t)``, ``float(t)``, ``t.tolist()``, ``t.numpy()``, ``t.__index__()``, ``len(t)``, and the
 outcome of an ``if``/``while`` statement in the user's code. ``torch.jit.trace`` records only the
 path its one input took, so any decision whose outcome differs for another input is *lost*: the
 deployed model silently does what the traced input did.
@@ -21,6 +21,10 @@ An ``if``/``while`` is reported only when it is data-dependent: a tensor was con
 ran, or its path (outcomes in order) differed between inputs. One that goes the same way every time
 without reading a tensor (``if self.training:``, ``while i < 3:``) is configuration, not a decision.
 Likewise ``len(t)``, a shape read, only when its value changed between inputs.
+
+A Python number computed from a shape (``float(w - 1) / 2`` with ``w = x.shape[-1]``) converts no tensor in
+eager PyTorch, so it is not recorded here; torch.jit.trace freezes it all the same. The checker finds those when
+a traced check fails, by tracing again (:meth:`BranchAnalysis.add_frozen`, kind ``shape``).
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ from __future__ import annotations
 import ast
 import functools
 import linecache
+import operator
 import sys
 import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sources import is_user_file, short_path
+from .sources import RNG_CALL, is_user_file, short_path
 
-_CONVERSIONS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__len__")
+_CONVERSIONS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__len__", "numpy")
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,9 @@ class Run:
     events: list[tuple[Site, int, str, str]] = field(default_factory=list)
     #: if/while sites whose test converted no tensor, any time it ran (filled by a line-tracing Recorder)
     plain_tests: set[Site] = field(default_factory=set)
-    #: per event, whether its value may depend on an input the spec lets vary (see :class:`Taint`); None when
-    #: the run did not track that
-    tainted: list[bool] | None = None
+    #: per event, which inputs the spec lets vary its value may depend on, as a bit mask of their positions
+    #: (:data:`EVERY_INPUT` when it cannot tell; 0: none, see :class:`Taint`); None when the run did not track that
+    tainted: list[int] | None = None
 
     def fixed_sites(self) -> set[Site] | None:
         """Sites whose every decision in this run depended on nothing the declared inputs can change (the
@@ -69,6 +74,13 @@ class Run:
             return None
         varying = {e[0] for e, t in zip(self.events, self.tainted) if t}
         return {e[0] for e in self.events} - varying
+
+    def sources(self) -> dict[Site, int]:
+        """Per site, the varying inputs its decisions in this run may depend on (a bit mask of positions)."""
+        out: dict[Site, int] = {}
+        for e, t in zip(self.events, self.tainted or ()):
+            out[e[0]] = out.get(e[0], 0) | t
+        return out
 
     def decisions(self) -> dict[tuple[Site, int], tuple[str, str]]:
         """One outcome per (site, occurrence). A branch outcome wins over the conversions on its line."""
@@ -86,10 +98,19 @@ class Run:
 
 
 def _format_value(value: Any) -> str:
+    """A decision's outcome as text, equal for equal values only: long ones end in a digest of the whole value
+    (a numpy array's repr elides its middle, so its bytes are hashed)."""
+    import hashlib
+
     if isinstance(value, float):
         return f"{value:.6g}"
+    if hasattr(value, "tobytes") and hasattr(value, "shape"):  # a numpy array (Tensor.numpy)
+        digest = hashlib.sha1(value.tobytes() + str((value.dtype, value.shape)).encode()).hexdigest()[:10]
+        return f"array{list(value.shape)} #{digest}"
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    if len(text) <= 80:
+        return text
+    return text[:64] + "... #" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 class Recorder:
@@ -120,7 +141,7 @@ class Recorder:
             frame = frame.f_back
         return None
 
-    def _record(self, site: Site, kind: str, outcome: str, tainted: bool = True) -> None:
+    def _record(self, site: Site, kind: str, outcome: str, tainted: int = -1) -> None:
         n = self._occurrence.get(site, 0)
         self._occurrence[site] = n + 1
         self.run.events.append((site, n, kind, outcome))
@@ -133,10 +154,10 @@ class Recorder:
 
         def wrapper(tensor, *args, **kwargs):
             taint = recorder._taint
-            tainted = taint is None or taint.tainted(tensor)
+            tainted = EVERY_INPUT if taint is None else taint.tainted(tensor)
             value = original(tensor, *args, **kwargs)
             if tainted and taint is not None:
-                taint.leaked = True  # a Python value from a varying input: whatever follows may depend on it
+                taint.leaked |= tainted  # a Python value from a varying input: whatever follows may depend on it
             site = recorder._user_site()
             if site is not None:
                 recorder._record(site, kind, str(bool(value)) if kind == "bool" else _format_value(value), tainted)
@@ -189,7 +210,8 @@ class Recorder:
                         recorder._steered.add(site)  # the test converted a tensor
                     flags = recorder.run.tainted
                     # a branch no conversion steered may follow any Python value: counted as varying
-                    tainted = not steered or flags is None or any(flags[state["mark"]:])
+                    tainted = EVERY_INPUT if not steered or flags is None else \
+                        functools.reduce(operator.or_, flags[state["mark"]:], 0)
                     recorder._record(site, "branch", str(taken), tainted)
                     state["pending"] = None
                     frame.f_trace_opcodes = False
@@ -235,6 +257,10 @@ class Recorder:
 _MISSING = object()
 
 
+#: A decision that may depend on any input (all bits set).
+EVERY_INPUT = -1
+
+
 class Taint:
     """Which tensors' values may depend on the inputs the spec lets vary, while a run is recorded.
 
@@ -242,21 +268,26 @@ class Taint:
     when any input's storage is marked (the varying inputs start marked; the weights, the inputs the spec
     holds constant and tensors made from shapes do not). Storages, not tensors, carry the mark, so a write
     into a view marks its base. A Python number taken from a marked tensor (``bool()``, ``.item()``, an op
-    returning a Python scalar) can steer anything after it: from then on everything counts as marked.
+    returning a Python scalar) can steer anything after it: from then on everything counts as marked by it.
+    A mark is a bit mask of the varying inputs' positions in ``varying`` (None there: an input held constant),
+    so a decision says which inputs feed it.
     What this misses is a value read without an op (``.numpy()``, ``.data_ptr()``); the search uses the
     marks only to leave alone decisions it cannot flip, never to report anything.
     """
 
     def __init__(self, varying: list) -> None:
-        self.marked: dict[int, bool] = {}
-        self.leaked = False
+        self.marked: dict[int, int] = {}
+        self.leaked = 0  # the inputs a Python number taken so far came from
         self._mode: Any = None
-        for tensor in varying:
-            self.marked[_storage(tensor)] = True
+        for i, tensor in enumerate(varying):
+            if tensor is not None:
+                key = _storage(tensor)
+                self.marked[key] = self.marked.get(key, 0) | (1 << i)
 
-    def tainted(self, tensor) -> bool:
+    def tainted(self, tensor) -> int:
         key = _storage(tensor)
-        return self.leaked or key == -1 or self.marked.get(key, False)  # unseen: a weight, a constant
+        # unseen: a weight, a constant
+        return self.leaked | (EVERY_INPUT if key == -1 else self.marked.get(key, 0))
 
     def __enter__(self) -> Taint:
         self._mode = _taint_mode(self)
@@ -286,18 +317,18 @@ def _taint_mode(taint: Taint):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             marked = taint.marked
-            any_marked = False
+            any_marked = 0
             for leaf in tree_leaves((args, kwargs)):
                 if isinstance(leaf, torch.Tensor):
                     key = _storage(leaf)
-                    any_marked = any_marked or key == -1 or marked.get(key, False)
+                    any_marked |= EVERY_INPUT if key == -1 else marked.get(key, 0)
             for leaf in tree_leaves(out):
                 if isinstance(leaf, torch.Tensor):
                     # a new storage takes its inputs' mark; one written in place (or viewed) is among the
                     # inputs, so it keeps its own mark too
                     marked[_storage(leaf)] = any_marked
                 elif any_marked and isinstance(leaf, (bool, int, float)):
-                    taint.leaked = True
+                    taint.leaked |= any_marked
             return out
 
     return TaintMode()
@@ -372,6 +403,8 @@ class SiteStats:
     path: tuple[str, ...] | None = None
     #: whether every tracked run found it independent of the inputs the spec lets vary (None: no run tracked it)
     fixed: bool | None = None
+    #: the varying inputs that fed it in any tracked run (a bit mask of their positions; -1: cannot tell)
+    sources: int = 0
 
     @property
     def is_branch(self) -> bool:
@@ -454,6 +487,7 @@ class BranchAnalysis:
             stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
             paths.setdefault(site, []).append(outcome)
         fixed = run.fixed_sites()
+        self._note_sources(run)
         for site, path in paths.items():
             stats = self.sites[site]
             stats.note_path(tuple(path))
@@ -470,10 +504,22 @@ class BranchAnalysis:
         fixed = run.fixed_sites()
         if fixed is None:
             return
+        self._note_sources(run)
         for site in {s for s, _, _, _ in run.events}:
             stats = self.sites.get(site)
             if stats is not None:
                 stats.fixed = stats.fixed is not False and site in fixed
+
+    def _note_sources(self, run: Run) -> None:
+        for site, mask in run.sources().items():
+            stats = self.sites.get(site)
+            if stats is not None:
+                stats.sources |= mask
+
+    def missing_sources(self) -> int:
+        """The varying inputs (a bit mask of positions) that feed a decision with an outcome no run reached."""
+        return functools.reduce(operator.or_, (s.sources for s in self.sites.values()
+                                               if s.is_decision and s.uncovered and s.fixed is not True), 0)
 
     def divergences(self, run: Run) -> list[Divergence]:
         """Decisions of ``run`` whose outcome differs from the traced one, in execution order."""
@@ -495,6 +541,17 @@ class BranchAnalysis:
 
     def seen(self) -> set[tuple[Site, str]]:
         return {(s.site, o) for s in self.sites.values() for o in (*s.outcomes, *s.traced_outcomes)}
+
+    def add_frozen(self, site: Site, traced: str, value: str) -> None:
+        """A Python number computed from a shape at ``site`` that the trace froze at ``traced`` and another input
+        gives ``value``: a lost decision of kind ``shape`` that changed the outputs."""
+        stats = self._stats(site, "shape")
+        stats.kind = "shape"
+        stats.traced = traced
+        stats.traced_outcomes.add(traced)
+        for outcome in (traced, value):
+            stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
+        stats.lost = stats.diverged = True
 
     def mark_diverged(self, site: Site) -> None:
         if site in self.sites:
@@ -532,6 +589,50 @@ def record(fn, *args, lines: bool = True, varying: list | None = None) -> tuple[
     with Recorder(lines, varying) as rec:
         value = fn(*args)
     return value, rec.run
+
+
+def describe_frozen_number(d: Divergence, example_label: str) -> str:
+    """A Python number computed from a shape that the trace froze (kind ``shape``)."""
+    return (f"trace-frozen number at {d.site.describe()}: a Python number computed from a tensor's shape, which "
+            f"torch.jit.trace records as a constant\n  traced with value {d.traced}; {example_label} gives {d.example}")
+
+
+#: The fix for a trace-lost decision, per kind: what keeps the decision in the deployed graph for that kind.
+_FIXES = {
+    "value": ("keep it a tensor: drop the conversion ({call}) and compute with the tensor itself (tensor "
+              "arithmetic, torch.where, torch.clamp), so the graph computes it for every input; export and "
+              "torch.jit.script keep it too"),
+    "numpy": ("do it in torch: replace the numpy call with the torch op (np.abs -> torch.abs, .max() on the tensor), "
+              "which trace, script and export keep in the graph; numpy runs outside it, so trace records its result "
+              "as a constant"),
+    "len": ("read the size from the tensor: `x.size(0)` (or `x.shape[0]`) instead of `len(x)`; trace records "
+            "len() as a constant but keeps size() following the input"),
+    "tensor branch": ("compute both sides and pick with torch.where(condition, a, b), which every backend keeps; "
+                      "or keep the `if` with torch.jit.script (or torch.cond under torch.export)"),
+    "shape branch": ("a branch on a shape: torch.export decides it per dim range (declare the dims in the spec) and "
+                     "torch.jit.script keeps it; under trace, make both sides one tensor expression"),
+    "rng": ("randomness in forward: trace freezes the draw of Python's or numpy's RNG; draw with torch "
+            "(torch.rand, which the graph keeps) and only in training, or move it out of forward"),
+}
+
+_CALLS = {"item": "`.item()`", "tolist": "`.tolist()`", "int": "`int()`", "float": "`float()`",
+          "index": "the index", "bool": "`bool()`"}
+
+
+def fix_for(d: Divergence, plain: bool = False) -> str:
+    """The fix line for the trace-lost decision ``d``, by its kind (``plain``: an if/while whose test converted
+    no tensor, so it compares shapes or Python values)."""
+    if RNG_CALL.search(d.site.source):
+        return _FIXES["rng"]
+    if d.kind == "numpy":
+        return _FIXES["numpy"]
+    if d.kind == "len":
+        return _FIXES["len"]
+    if d.kind == "branch":
+        return _FIXES["shape branch" if plain else "tensor branch"]
+    if d.kind == "bool":
+        return _FIXES["tensor branch"]
+    return _FIXES["value"].format(call=_CALLS.get(d.kind, "the conversion"))
 
 
 def describe_divergence(d: Divergence, example_label: str) -> str:

@@ -11,8 +11,10 @@ import sys
 import types
 import warnings
 
-#: Stages of one check, in the order they run. Failures name one of them.
+#: Stages of one check, in the order they run. Failures name one of them, or ``INTERNAL``.
 STAGES = ("export", "check", "simplify", "compile", "save", "load", "run", "compare", "branches")
+#: The stage of a failure inside pytest-deploy itself (:class:`InternalError`): a bug to report, not a verdict.
+INTERNAL = "internal"
 
 
 class SpecError(ValueError):
@@ -36,6 +38,19 @@ class StageError(Exception):
 
     def __reduce__(self):  # crosses the pipe from a worker process intact (the cause stays behind)
         return (_rebuild_stage_error, (type(self), self.stage, self.message, self.comparison))
+
+
+class InternalError(Exception):
+    """pytest-deploy's own code raised where it should not: a bug in pytest-deploy, never a verdict on the model or
+    the backend. ``message`` says so, where and how to report it; ``traceback`` is the exception's full text."""
+
+    def __init__(self, message: str, traceback: str):
+        super().__init__(message, traceback)
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class DeployFailure(AssertionError):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .sources import frame_from_stack, is_model_code, short_path
-from .tensors import is_tensor
+from .tensors import elementwise_error, is_tensor
 
 #: Entries of the per-node table kept in the result (``details.node_errors``), around the divergence.
 TABLE_ROWS = 200
@@ -154,11 +154,9 @@ def error(expected: Any, actual: Any, tol) -> tuple[float, bool]:
             ok = ok and bool(torch.equal(a, b))
             continue
         atol, rtol = tol.for_dtype(str(a.dtype).replace("torch.", ""))
-        a64, b64 = a.to(torch.float64), b.to(torch.float64)
-        same_nan = torch.isnan(a64) & torch.isnan(b64)
-        diff = torch.where(same_nan, torch.zeros_like(a64), (a64 - b64).abs()).nan_to_num(math.inf, math.inf)
+        diff = elementwise_error(a, b)  # as compare measures it: equal infinities and NaNs match
         worst = max(worst, float(diff.max()))
-        ok = ok and bool((diff <= atol + rtol * a64.abs().nan_to_num(0.0, 0.0, 0.0)).all())
+        ok = ok and bool((diff <= atol + rtol * a.abs().to(torch.float64).nan_to_num(0.0, 0.0, 0.0)).all())
     return worst, ok
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 #: Eager outputs kept per model test, in bytes of tensor data: beyond it, references are computed again.
 REFERENCE_BYTES = 256 * 1024**2
@@ -150,6 +150,19 @@ class ModelTest:
         self.test_id = test_id
         self.built: tuple[Any, Any] | None = None
         self._work: dict[tuple, tuple[Any, Work]] = {}
+        self._state: tuple[Any, ModelState] | None = None
+        #: whether the user was told that forward changes the model's state (once per model test)
+        self.state_reported = False
+
+    def model_state(self, model) -> ModelState:
+        """The state ``model`` had when its first check began, put back before every later check: every backend
+        starts from the same model, whichever ran first."""
+        if self._state is None or self._state[0] is not model:
+            self._state = (model, ModelState(model))
+            self.state_reported = False
+        else:
+            self._state[1].restore(model)
+        return self._state[1]
 
     def work(self, model, space, *extra: Any) -> Work:
         """The shared work for ``model`` (this very object, in its current state) and the input space."""
@@ -171,12 +184,17 @@ def _given(space) -> Any:
 
 
 def args_digest(args: tuple) -> bytes:
-    """A digest of one example's inputs: dtypes, shapes and bytes of every tensor, the repr of anything else."""
+    """A digest of one example's inputs: their structure, and the dtype, shape and bytes of every tensor leaf (inside
+    dicts, lists and every pytree type too), the repr of any other leaf. A tensor's repr would not do: it
+    summarises tensors over 1000 elements, so two examples differing in one element would share a digest."""
+    from torch.utils._pytree import tree_flatten
+
     from .cache import _tensor_bytes
     from .tensors import is_tensor
 
-    h = hashlib.sha256()
-    for a in args:
+    leaves, structure = tree_flatten(args)
+    h = hashlib.sha256(str(structure).encode())
+    for a in leaves:
         if is_tensor(a):
             h.update(f"{a.dtype}{tuple(a.shape)}".encode())
             h.update(_tensor_bytes(a))
@@ -184,3 +202,161 @@ def args_digest(args: tuple) -> bytes:
             h.update(repr(a).encode())
         h.update(b"|")
     return h.digest()
+
+
+#: Types of plain module attributes whose value is kept (and put back): numbers, strings, tensors and shallow
+#: containers of them. Anything else (a config object, a function) is left alone.
+_KEPT = (bool, int, float, str, type(None), tuple, list, dict, set)
+_MISSING = object()
+
+
+class ModelState:
+    """What ``forward`` may change in a model, as it was when captured: every module's buffers (non-persistent
+    ones included) and its plain attributes of simple types (numbers, strings, tensors, shallow containers).
+
+    Buffers are copied (they are small beside the weights); parameters are not: their version counters tell
+    an in-place change, which is reported but cannot be undone. A buffer or tensor attribute that ``forward``
+    replaced (a cache grown lazily) is put back without a copy being needed; one written in place is restored
+    from the copy."""
+
+    def __init__(self, model) -> None:
+        import torch
+
+        internal = set(vars(torch.nn.Module())) | {"training"}
+        self.buffers: dict[str, tuple[Any, Any, int]] = {}  # name -> (tensor object, copy, version)
+        self.attrs: dict[str, dict[str, tuple[Any, Any, Any]]] = {}  # module -> {attr: (value, copy, version)}
+        self.params: dict[str, tuple[Any, int]] = {}
+        self._internal = internal
+        for mod_name, module in model.named_modules():
+            prefix = f"{mod_name}." if mod_name else ""
+            for name, buf in module.named_buffers(recurse=False):
+                self.buffers[prefix + name] = (buf, buf.detach().clone(), buf._version)
+            for name, param in module.named_parameters(recurse=False):
+                self.params[prefix + name] = (param, param._version)
+            self.attrs[mod_name] = {name: _keep(value) for name, value in vars(module).items()
+                                    if _watched(name, value, internal)}
+
+    def changes(self, model) -> list[str]:
+        """What differs from the captured state, one short phrase per buffer, parameter or attribute."""
+        out = []
+        modules = dict(model.named_modules())
+        for name, (buf, _, version) in self.buffers.items():
+            mod_name, _, attr = name.rpartition(".")
+            now = modules[mod_name]._buffers.get(attr) if mod_name in modules else None
+            if now is None or now is not buf:
+                out.append(f"buffer '{name}' (replaced)")
+            elif buf._version != version:
+                out.append(f"buffer '{name}' (written in place)")
+        for name, (param, version) in self.params.items():
+            if param._version != version:
+                out.append(f"parameter '{name}' (written in place; not undone)")
+        for mod_name, kept in self.attrs.items():
+            module = modules.get(mod_name)
+            if module is None:
+                continue
+            prefix = f"{mod_name}." if mod_name else ""
+            now = {n: v for n, v in vars(module).items() if _watched(n, v, self._internal)}
+            for name in now.keys() - kept.keys():
+                out.append(f"attribute '{prefix}{name}' (added)")
+            for name, (value, copied, version) in kept.items():
+                if name not in now:
+                    out.append(f"attribute '{prefix}{name}' (removed)")
+                elif not _same(now[name], value, copied, version):
+                    out.append(f"attribute '{prefix}{name}' ({_short(copied)} -> {_short(now[name])})")
+        return out
+
+    def reset(self, model) -> list[str]:
+        """:meth:`changes`, then :meth:`restore` when there are any (nothing is copied when nothing changed)."""
+        changed = self.changes(model)
+        if changed:
+            self.restore(model)
+        return changed
+
+    def restore(self, model) -> None:
+        """Put the captured buffers and attributes back (the same tensor objects, their data as captured)."""
+        import torch
+
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name, (buf, copied, version) in self.buffers.items():
+                mod_name, _, attr = name.rpartition(".")
+                module = modules.get(mod_name)
+                if module is None:
+                    continue
+                if buf._version != version:
+                    buf.copy_(copied)
+                    self.buffers[name] = (buf, copied, buf._version)
+                if module._buffers.get(attr) is not buf:
+                    module._buffers[attr] = buf
+        for mod_name, kept in self.attrs.items():
+            module = modules.get(mod_name)
+            if module is None:
+                continue
+            for name in [n for n, v in vars(module).items() if _watched(n, v, self._internal)
+                         and n not in kept]:
+                delattr(module, name)
+            for name, (value, copied, version) in kept.items():
+                if module.__dict__.get(name, _MISSING) is value and _same(value, value, copied, version):
+                    continue  # unchanged: a container subclass that refuses changes (diffusers' FrozenDict) is left be
+                # the container types' own methods: a subclass may override (or refuse) them
+                if isinstance(copied, list):
+                    list.__setitem__(value, slice(None), copied)
+                elif isinstance(copied, dict):
+                    dict.clear(value)
+                    dict.update(value, copied)
+                elif isinstance(copied, set):
+                    set.clear(value)
+                    set.update(value, copied)
+                module.__dict__[name] = value
+
+
+def _watched(name: str, value: Any, internal: set) -> bool:
+    """A plain attribute the state keeps: not torch's own bookkeeping (nor a dunder TorchScript adds)."""
+    return name not in internal and not name.startswith("__") and _kept(value)
+
+
+def _kept(value) -> bool:
+    from .tensors import is_tensor
+
+    return isinstance(value, _KEPT) or is_tensor(value)
+
+
+def _keep(value) -> tuple[Any, Any, Any]:
+    """(the value, a shallow copy of a container, a tensor's version counter)."""
+    from .tensors import is_tensor
+
+    if is_tensor(value):
+        return value, value, value._version
+    for base in (list, dict, set):  # the plain container: a subclass's constructor may take other arguments
+        if isinstance(value, base):
+            return value, base(value), None
+    return value, value, None
+
+
+def _same(now: Any, value: Any, copied: Any, version: Any) -> bool:
+    from .tensors import is_tensor
+
+    if is_tensor(value):
+        return now is value and value._version == version
+    if isinstance(copied, (list, dict, set)):
+        if type(now) is not type(value) or len(now) != len(copied):
+            return False
+        if isinstance(copied, dict):
+            current = cast(dict, now)
+            return current.keys() == copied.keys() and all(current[k] is copied[k] for k in copied)
+        if isinstance(copied, set):
+            return now == copied
+        return all(a is b for a, b in zip(now, copied))
+    try:
+        return bool(now == value) and type(now) is type(value)
+    except Exception:
+        return now is value
+
+
+def _short(value) -> str:
+    from .tensors import is_tensor
+
+    if is_tensor(value):
+        return f"tensor{tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 30 else text[:27] + "..."

@@ -63,6 +63,12 @@ HELP_TVM_TUNE = ("tune TVM kernels with MetaSchedule, TRIALS trials in all; the 
 HELP_PRECISION = ("precision the onnx and tensorrt backends deploy at: fp32 (the default), fp16 or bf16; the float32 "
                   "graph is converted to that precision and default tolerances widen to it (a marker's precision= "
                   "wins); backends with no reduced-precision route skip")
+HELP_MODEL = ("check the model a factory returns, with no test written: MODULE:FACTORY (a dotted module importable "
+              "from where pytest runs, and a callable in it returning a torch.nn.Module); inputs are inferred "
+              "(docs/zero-code.md); repeatable; with no test path given, only these models are collected")
+HELP_MODELS = "MODULE:FACTORY per line: models checked with inferred inputs, besides the collected tests"
+HELP_INPUTS = ("declare the --deploy-model factories' inputs on one line instead of inferring them, e.g. "
+               "'x: float32[batch, 3, 32, 32] in [-1, 1]; batch=1..8' (docs/zero-code.md)")
 HELP_TRT_FP16 = "alias of --deploy-precision=fp16"
 HELP_TRT_TF32 = ("let TensorRT use TF32 for float32 layers (off by default: TF32 rounds float32 matmuls and convolutions "
                  "to a 10-bit mantissa)")
@@ -203,6 +209,9 @@ def add_options(parser) -> None:
                     help=HELP_TVM_TUNE)
     group.addoption("--deploy-precision", dest="deploy_precision", default=None, metavar="fp32|fp16|bf16",
                     help=HELP_PRECISION)
+    group.addoption("--deploy-model", dest="deploy_model", action="append", default=None,
+                    metavar="MODULE:FACTORY", help=HELP_MODEL)
+    group.addoption("--deploy-inputs", dest="deploy_inputs", default=None, metavar="LINE", help=HELP_INPUTS)
     group.addoption("--deploy-trt-fp16", dest="deploy_trt_fp16", action="store_true", default=None, help=HELP_TRT_FP16)
     group.addoption("--deploy-trt-tf32", dest="deploy_trt_tf32", action="store_true", default=None, help=HELP_TRT_TF32)
     group.addoption("--deploy-trt-builder", dest="deploy_trt_builder", choices=("python", "trtexec"), default=None,
@@ -226,6 +235,7 @@ def add_options(parser) -> None:
     parser.addini("deploy_latency_budget", HELP_LATENCY_BUDGET, default=None)
     parser.addini("deploy_latency_baseline", HELP_LATENCY_BASELINE, default=None)
     parser.addini("deploy_latency_tolerance", HELP_LATENCY_TOLERANCE.replace("%%", "%"), default=None)
+    parser.addini("deploy_models", HELP_MODELS, type="linelist", default=[])
 
 
 @dataclass(frozen=True)
@@ -265,6 +275,11 @@ class Settings:
     #: the latency baseline (``test::backend`` -> {shape label: speedup}), and where to save this run's
     latency_baseline: dict | None = None
     latency_save: str | None = None
+    #: --deploy-model / ini deploy_models factories (MODULE:FACTORY); which came from the command line
+    models: tuple[str, ...] = ()
+    models_from_command_line: bool = False
+    #: --deploy-inputs: the one-line declaration of the factories' inputs (None: inferred)
+    inputs_line: str | None = None
 
 
 def read_settings(config) -> Settings:
@@ -322,7 +337,8 @@ def read_settings(config) -> Settings:
                     report_path(config, "deploy_markdown"), not config.getoption("deploy_no_step_summary"),
                     report_path(config, "deploy_html"),
                     keep_passing=keep_passing, cache_key_env=key_env, cache_readonly=readonly,
-                    latency=latency, latency_baseline=baseline, latency_save=save)
+                    latency=latency, latency_baseline=baseline, latency_save=save,
+                    **read_models(config))
 
 
 def read_latency(config) -> tuple[dict | None, dict | None, str | None]:
@@ -352,6 +368,30 @@ def read_latency(config) -> tuple[dict | None, dict | None, str | None]:
     if tolerance is not None:
         settings["tolerance"] = tolerance
     return settings, baseline, save
+
+
+#: what --deploy-model takes: a dotted module, a colon, a dotted attribute
+MODEL_TARGET = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+
+
+def read_models(config) -> dict[str, Any]:
+    """``--deploy-model`` (repeatable) and ini ``deploy_models``; ``--deploy-inputs``, checked at start-up."""
+    given = list(config.getoption("deploy_model") or [])
+    ini = [line.strip() for line in config.getini("deploy_models") or [] if line.strip()]
+    for target, where in [*((t, "--deploy-model") for t in given), *((t, "ini deploy_models") for t in ini)]:
+        if not MODEL_TARGET.fullmatch(target.strip()):
+            raise SpecError(f"{where}={target}: not MODULE:FACTORY; write the dotted module, a colon and the factory, "
+                            "e.g. --deploy-model=examples.models:SmallCNN")
+    line = config.getoption("deploy_inputs")
+    if line is not None:
+        if not given and not ini:
+            raise SpecError("--deploy-inputs declares the inputs of --deploy-model factories, and none is given; "
+                            "add --deploy-model=MODULE:FACTORY")
+        from .infer import parse_inputs
+
+        parse_inputs(line, where="--deploy-inputs")
+    models = tuple(dict.fromkeys(t.strip() for t in [*given, *ini]))
+    return {"models": models, "models_from_command_line": bool(given), "inputs_line": line}
 
 
 def report_path(config, name: str) -> str | None:

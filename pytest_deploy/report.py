@@ -20,9 +20,19 @@ from .results import Result
 _STATUS = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL", "xpassed": "XPASS"}
 
 
+#: The status of a check that failed inside pytest-deploy itself (stage ``internal``): a bug, not a verdict.
+BUG = "BUG"
+
+
+def is_bug(result: Result) -> bool:
+    return result.outcome == "failed" and result.stage == "internal"
+
+
 def cell(result: Result) -> str:
     status = _STATUS.get(result.outcome, result.outcome.upper())
-    if result.outcome == "failed" and result.stage:
+    if is_bug(result):
+        status = BUG
+    elif result.outcome == "failed" and result.stage:
         status = f"FAIL({result.stage})"
     if result.outcome == "skipped":
         return status
@@ -63,6 +73,11 @@ def summary_lines(results: list[Result], width: int | None = None) -> list[str]:
         cells += ", latency p50 and ×speedup over eager (--deploy-latency)"
     closing = [f"{plural(len(results), 'check')}: {tally}; build time {total_build:.1f}s ({cells}; cached: the "
                "result, or the artifact, came from the cache)"]
+    bugs = [r for r in results if is_bug(r)]
+    if bugs:
+        closing.append(f"BUG: pytest-deploy failed inside itself on {plural(len(bugs), 'check')} (stage internal): a "
+                       "bug in pytest-deploy, not a verdict on the model or the backend; please report it with the "
+                       "message and the JSON report's details.internal_traceback")
     if compact:
         closing += _numbers_lines(rows, backends)
     closing += _branch_lines(branch_rows)
@@ -118,6 +133,8 @@ _BACKEND_CODES = {"state_dict": "sd", "pickle": "pkl", "checkpoint": "ckpt", "sc
 def short_cell(result: Result | None) -> str:
     if result is None:
         return "-"
+    if is_bug(result):
+        return BUG
     if result.outcome == "failed":
         return "F:" + _STAGE_CODES.get(result.stage or "", result.stage or "?")
     return _CODES.get(result.outcome, result.outcome) + ("*" if result.cached and result.outcome == "passed" else "")
@@ -147,7 +164,8 @@ def _compact_table(rows, backends, branch_rows, width: int) -> list[str]:
             table.append([_fit(names[test], first), *(short_cell(rows[test].get(b)) for b in block)])
         lines += _columns(table, gap=1)
     legend = ("legend: ok passed (* from the cache), F:stage failed (exp export, chk check, simp simplify, comp "
-              "compile, save, load, run, cmp compare, brch branches, ref reference, lat latency), skip, xfail, - not declared")
+              "compile, save, load, run, cmp compare, brch branches, ref reference, lat latency), BUG a pytest-deploy bug "
+              "(stage internal), skip, xfail, - not declared")
     abbreviated = [f"{code} {b}" for b, code in headers.items() if code != b]
     if abbreviated:
         legend += "; " + ", ".join(abbreviated)
@@ -293,7 +311,8 @@ def markdown(results: list[Result]) -> str:
         out += ["", "### Failures", ""]
         for r in failures:
             cause = _first_cause(r.message)
-            stage = f" at stage `{r.stage}`" if r.stage else ""
+            stage = (" at stage `internal` (a bug in pytest-deploy, not a verdict)" if is_bug(r)
+                     else f" at stage `{r.stage}`" if r.stage else "")
             out.append(f"- `{_md(names.get(r.test, r.test))}` on **{r.backend}**{stage}: {_md(cause)}")
     sites = []
     counted = []
@@ -379,6 +398,9 @@ def environment() -> dict:
     }
 
 
+_environment = environment  # report_dict's parameter of that name shadows it
+
+
 def _onnxruntime_version() -> str | None:
     """onnxruntime's version; ``"<version> (onnxruntime-gpu)"`` when the GPU build is what is installed."""
     cpu = _version("onnxruntime")
@@ -386,11 +408,15 @@ def _onnxruntime_version() -> str | None:
     return f"{gpu} (onnxruntime-gpu)" if gpu else cpu
 
 
-def report_dict(results: list[Result], *, interrupted: bool = False) -> dict:
+def report_dict(results: list[Result], *, interrupted: bool = False, environment: dict | None = None,
+                extra: dict | None = None) -> dict:
+    """The JSON report; ``environment`` is this machine's unless given (``merge`` gives the runs'), ``extra`` adds
+    top-level fields (``merge``'s ``environments``)."""
     return {
         "version": 1,
         "interrupted": interrupted,
-        "environment": environment(),
+        "environment": environment if environment is not None else _environment(),
+        **(extra or {}),
         "results": [_finite(r.to_json()) for r in results],
     }
 
@@ -408,9 +434,10 @@ def _finite(obj):
     return obj
 
 
-def write_json(path: str, results: list[Result], *, interrupted: bool = False) -> None:
+def write_json(path: str, results: list[Result], *, interrupted: bool = False, environment: dict | None = None,
+               extra: dict | None = None) -> None:
     """Write atomically: a reader never sees half a report."""
-    data = report_dict(results, interrupted=interrupted)
+    data = report_dict(results, interrupted=interrupted, environment=environment, extra=extra)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"

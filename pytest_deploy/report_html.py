@@ -174,6 +174,8 @@ def _outcome(result: dict) -> str:
 
 def _status(result: dict) -> str:
     outcome = str(result.get("outcome") or "passed")
+    if outcome == "failed" and result.get("stage") == "internal":
+        return "BUG"  # pytest-deploy failed inside itself: a bug, not a verdict
     return _STATUS.get(outcome, outcome.upper())
 
 
@@ -302,6 +304,7 @@ def _matrix(results: list[dict], anchors: list[str]) -> str:
         f'<table class="matrix"><thead><tr><th scope="col">model test</th>{head}</tr></thead>'
         f'<tbody>{"".join(body)}</tbody></table>'
         f'<p class="legend">{legend} &mdash; cells show the status, the failing stage and the max abs error; '
+        "BUG (stage internal): pytest-deploy failed inside itself, a bug to report, not a verdict; "
         "click one for the check's details.</p>"
     )
 

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import sysconfig
+import textwrap
 import traceback
 
 _LIBRARY_PACKAGES = ("torch", "functorch", "pytest_deploy", "_pytest", "pytest", "pluggy", "hypothesis", "onnx",
@@ -87,6 +88,39 @@ def user_frame(tb) -> tuple[str, int, str] | None:
         if is_model_code(fname):
             found = (fname, lineno, linecache.getline(fname, lineno).strip())
     return found
+
+
+#: The pytest_deploy package's own directory: a frame there is pytest-deploy's code.
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+
+
+def _is_stdlib(filename: str) -> bool:
+    return filename.startswith("<frozen ") or (
+        filename.startswith(os.path.join(sysconfig.get_paths()["stdlib"], "")) and not _installed(filename))
+
+
+def origin_frame(tb) -> tuple[str, int, str] | None:
+    """The innermost traceback frame outside the standard library, where an exception was raised (a standard
+    library function raises on behalf of its caller): (file, line, function)."""
+    found = None
+    for frame, lineno in traceback.walk_tb(tb):
+        if not _is_stdlib(frame.f_code.co_filename):
+            found = (frame.f_code.co_filename, lineno, frame.f_code.co_name)
+    return found
+
+
+def package_frame(tb) -> tuple[str, int, str] | None:
+    """The innermost traceback frame in pytest-deploy's own code: (file, line, function)."""
+    found = None
+    for frame, lineno in traceback.walk_tb(tb):
+        if frame.f_code.co_filename.startswith(PACKAGE_DIR):
+            found = (frame.f_code.co_filename, lineno, frame.f_code.co_name)
+    return found
+
+
+def package_path(filename: str) -> str:
+    """``pytest_deploy/compare.py`` for a file of the package, wherever it is installed."""
+    return "pytest_deploy/" + os.path.relpath(filename, PACKAGE_DIR).replace(os.sep, "/")
 
 
 def short_path(filename: str) -> str:
@@ -202,3 +236,71 @@ def describe_exception(exc: BaseException, hint: str | None = None) -> str:
     if hint:
         text += f"\n  fix: {hint}"
     return text
+
+
+
+def _own_forwards(model):
+    """``(filename, first line, source lines, function)`` of each of the model's classes' ``forward`` in the user's
+    files, once per class."""
+    import inspect
+    import types
+
+    seen: set[type] = set()
+    for module in model.modules():
+        cls = type(module)
+        forward = getattr(cls, "forward", None)
+        if cls in seen or not isinstance(forward, types.FunctionType):
+            continue
+        seen.add(cls)
+        try:
+            filename = inspect.getsourcefile(forward) or ""
+            if not is_user_file(filename):
+                continue
+            lines, start = inspect.getsourcelines(forward)
+        except (OSError, TypeError):
+            continue
+        yield filename, start, lines, forward
+
+
+def numpy_sites(model, limit: int = 3) -> list[str]:
+    """Lines of the model's own ``forward`` methods that call numpy (``np.abs(...)``, ``t.numpy()``), as
+    ``file:line  `source```: where TorchScript stops, though its error names no line. Never raises."""
+    import ast
+    import types
+
+    found: list[str] = []
+    for filename, start, lines, forward in _own_forwards(model):
+        try:
+            tree = ast.parse(textwrap.dedent("".join(lines)))
+        except (SyntaxError, ValueError):
+            continue
+        numpy_names = {name for name, value in forward.__globals__.items()
+                       if isinstance(value, types.ModuleType) and value.__name__.split(".")[0] == "numpy"}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            root: ast.expr = node
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if (isinstance(root, ast.Name) and root.id in numpy_names) or node.attr == "numpy":
+                where = f"{short_path(filename)}:{start + node.lineno - 1}  `{lines[node.lineno - 1].strip()}`"
+                if where not in found:
+                    found.append(where)
+    return sorted(found, key=lambda w: int(w.split(":")[1].split()[0]))[:limit]
+
+
+#: draws from an RNG in a line of source: Python's random module, numpy's, torch's
+RNG_CALL = re.compile(r"\b(?:random\.\w+|(?:np|numpy)\.random\.\w+|torch\.(?:rand|randn|randint|randperm|rand_like|"
+                       r"randn_like|randint_like|bernoulli|multinomial|normal)|\w+\.(?:bernoulli_|normal_|uniform_|random_))\(")
+
+
+def rng_sites(model, limit: int = 3) -> list[str]:
+    """Lines of the model's own ``forward`` methods that draw random numbers (``random.random()``,
+    ``np.random.rand()``, ``torch.rand()``), as ``file:line  `source```. Never raises."""
+    found: list[str] = []
+    for filename, start, lines, _ in _own_forwards(model):
+        for i, line in enumerate(lines):
+            code = line.split("#", 1)[0]
+            if RNG_CALL.search(code):
+                found.append(f"{short_path(filename)}:{start + i}  `{line.strip()}`")
+    return found[:limit]

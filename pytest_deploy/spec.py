@@ -23,17 +23,23 @@ from .tensors import clone_args, is_tensor
 #: within the tensor (``low`` is values near the range's low end, ``zeros`` values near zero): a constant input
 #: (a zero-variance signal, an all-equal row) is a degenerate case no user asked for.
 FLOAT_PATTERNS = ("uniform", "extremes", "zeros", "low", "high", "sparse", "mirrored")
-INT_PATTERNS = ("uniform", "low", "high")
+#: Integers: ``low``/``high`` spread over the tenth of the range at that end; the constant corners ``zeros`` (every
+#: value the one closest to zero), ``lowest`` and ``highest`` (every value the range's end) are the ones an integer
+#: input used as flags or ids takes in real use (an all-zero global-attention mask is the common case).
+INT_PATTERNS = ("uniform", "low", "high", "zeros", "lowest", "highest")
+#: The constant corners of an integer input.
+INT_CORNERS = ("zeros", "highest", "lowest")
 BOOL_PATTERNS = ("uniform", "false", "true")
 #: Padding masks: ``full`` (every position valid) is what shrinking converges to; ``min`` gives each row
 #: ``min_valid`` valid positions; ``uniform`` draws each row's valid length.
 MASK_PATTERNS = ("full", "uniform", "min")
 # Weights (out of 100) with which generation picks each pattern: mostly uniform values.
 _PATTERN_WEIGHTS = {"uniform": 65, "extremes": 10, "zeros": 5, "low": 5, "high": 5, "sparse": 5, "mirrored": 5,
-                    "false": 15, "true": 15, "full": 20, "min": 15}
+                    "false": 15, "true": 15, "full": 20, "min": 15, "lowest": 3, "highest": 3}
 #: The special patterns of each kind, in the order they are guaranteed a place among the examples
 #: (see :meth:`InputSpace.special_examples`).
-_SPECIAL = {"float": ("low", "high", "extremes", "zeros", "sparse", "mirrored"), "int": ("low", "high"),
+_SPECIAL = {"float": ("low", "high", "extremes", "zeros", "sparse", "mirrored"),
+            "int": ("zeros", "highest", "low", "high", "lowest"),
             "bool": ("false", "true"), "mask": ("full", "min")}
 #: Share of the value range that the ``low``, ``high`` and ``zeros`` float patterns spread over.
 _NEAR = 0.1
@@ -134,7 +140,24 @@ class TensorSpec:
 
     def special_patterns(self) -> tuple[str, ...]:
         dtype = self.torch_dtype
-        return _SPECIAL["bool" if _is_bool(dtype) else "float" if _is_float(dtype) else "int"]
+        kind = "bool" if _is_bool(dtype) else "float" if _is_float(dtype) else "int"
+        if kind == "int":
+            return tuple(p for p in _SPECIAL["int"] if p in self.corner_patterns() or p not in INT_CORNERS)
+        return _SPECIAL[kind]
+
+    def corner_patterns(self) -> tuple[str, ...]:
+        """An integer input's constant corners that differ from each other (``lowest`` is ``zeros`` unless the range
+        holds negative values, ``highest`` is ``zeros`` when it holds none above 0); none for other inputs."""
+        dtype = self.torch_dtype
+        if _is_bool(dtype) or _is_float(dtype):
+            return ()
+        lo, hi = self.bounds()
+        out = ["zeros"]
+        if not (isinstance(hi, (int, float)) and hi - 1 <= 0):
+            out.append("highest")
+        if isinstance(lo, (int, float)) and lo < 0:
+            out.append("lowest")
+        return tuple(out)
 
     def canonical_pattern(self) -> str:
         return "uniform"
@@ -159,6 +182,9 @@ class MaskSpec(TensorSpec):
 
     def holds_constant(self) -> bool:
         return False  # its padding varies
+
+    def corner_patterns(self) -> tuple[str, ...]:
+        return ()  # its own: full rows and min_valid rows
 
     def describe(self) -> str:
         shape = ", ".join(str(d) for d in self.shape)
@@ -375,6 +401,9 @@ def make_tensor(spec: TensorSpec, dims: Mapping[str, int], recipe: InputRecipe):
             return torch.ones(shape, dtype=torch.bool)
         return torch.rand(shape, generator=gen) < 0.5
     if not _is_float(dtype):
+        if p in INT_CORNERS:  # constant: the value closest to zero, or one end of the range
+            value = hi - 1 if p == "highest" else lo if p == "lowest" else min(max(0, lo), hi - 1)
+            return torch.full(shape, value, dtype=dtype)
         if p in ("low", "high"):  # the tenth of the range at that end (at least two values where the range has them)
             width = min(hi - lo, max(2, math.ceil((hi - lo) * _NEAR)))
             lo, hi = (lo, lo + width) if p == "low" else (hi - width, hi)
@@ -605,6 +634,20 @@ class InputSpace:
             out.append(ex)
         return out
 
+    def corner_examples(self, inputs: Sequence[int]) -> list[Example]:
+        """For each input position in ``inputs``, one example per constant corner of that input
+        (:meth:`TensorSpec.corner_patterns`: all zero, all at an end of its range), at the opt dims, the other
+        inputs as in the canonical example."""
+        opt = self.opt_dims()
+        base = [InputRecipe(0, s.canonical_pattern()) for s in self.specs]
+        out = []
+        for k in inputs:
+            for pattern in self.specs[k].corner_patterns():
+                recipes = list(base)
+                recipes[k] = InputRecipe(0, pattern)
+                out.append(self.build(opt, recipes))
+        return out
+
     def dim_corners_bounds(self) -> tuple[dict[str, int], dict[str, int]]:
         """Every dim at its lower bound; every dim at its upper bound."""
         return {n: lo for n, (lo, _) in self.dims.items()}, {n: hi for n, (_, hi) in self.dims.items()}
@@ -715,7 +758,7 @@ def _pattern_for(spec: TensorSpec, pattern: str) -> str:
         return {"low": "min", "zeros": "min", "sparse": "min", "high": "full", "extremes": "full"}.get(pattern, "uniform")
     if _is_bool(dtype):
         return {"low": "false", "zeros": "false", "high": "true"}.get(pattern, "uniform")
-    return {"zeros": "low"}.get(pattern, "uniform")
+    return {"extremes": "highest"}.get(pattern, "uniform")
 
 
 def _weighted(patterns: Sequence[str]):

@@ -6,6 +6,7 @@ A leaf module: torch and numpy are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +19,20 @@ def is_tensor(x: Any) -> bool:
 def clone_args(args: Iterable[Any]) -> tuple:
     """A copy of forward's inputs: tensors cloned, other values as they are."""
     return tuple(a.clone() if is_tensor(a) else a for a in args)
+
+
+def elementwise_error(expected, got) -> Any:
+    """``|expected - got|`` per element in float64 (the distance in the complex plane for complex tensors), where NaN
+    matches NaN and an infinity matches the same infinity (error 0), and NaN against anything else is an infinite
+    error: how comparison and localisation both measure a float output."""
+    import torch
+
+    wide = torch.complex128 if expected.is_complex() or got.is_complex() else torch.float64
+    e, g = expected.to(wide), got.to(wide)
+    nan_e, nan_g = torch.isnan(e), torch.isnan(g)
+    diff = (e - g).abs()
+    diff = torch.where((nan_e & nan_g) | (torch.isinf(e) & (e == g)), torch.zeros_like(diff), diff)
+    return torch.where(nan_e ^ nan_g, torch.full_like(diff, math.inf), diff)
 
 
 def to_numpy(t) -> Any:

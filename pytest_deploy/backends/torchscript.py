@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 from ..localize import LocalizationError, ModuleRunner, replay, submodule_at
-from ..sources import short_path
+from ..sources import numpy_sites, short_path
 from ..tensors import clone_args
 from .base import Backend, quiet_torch_logs
 
@@ -57,13 +57,20 @@ class TraceBackend(Backend):
 
         args, kwargs = ctx.space.split(ctx.canonical.clone_args())
         hint = "torch.jit.trace records the ops one input runs; use script or export if it cannot"
+
+        def trace(args: tuple, kwargs: dict):
+            if kwargs:
+                return torch.jit.trace(ctx.model, example_kwarg_inputs=kwargs, check_trace=False, strict=False)
+            return torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
+
+        def retrace(example_args: tuple) -> None:  # the frozen numbers of a failing check (ctx._frozen_shape_numbers)
+            with torch.no_grad(), quiet_torch_logs():
+                trace(*ctx.space.split(clone_args(example_args)))
+
         with ctx.stage("export", hint), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if kwargs:
-                traced = torch.jit.trace(ctx.model, example_kwarg_inputs=kwargs, check_trace=False, strict=False)
-            else:
-                traced = torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
-        ctx.traced_decisions()
+            traced = trace(args, kwargs)
+        ctx.traced_decisions(retrace)
         tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
         ctx.note("tracer_warnings", [
             {"file": short_path(w.filename), "line": w.lineno, "message": str(w.message).splitlines()[0]} for w in tracer
@@ -90,7 +97,7 @@ class ScriptBackend(Backend):
                 try:
                     scripted = torch.jit.script(ctx.model)
                 except Exception as exc:  # TorchScript's own message already points at the source
-                    raise StageError("export", _script_error_text(exc)) from None
+                    raise StageError("export", _script_error_text(exc, numpy_sites(ctx.model))) from None
             _save(ctx, scripted)
 
         return _load_runner(ctx, ctx.cached_files("script", {}, [ARCHIVE], script) / ARCHIVE)
@@ -99,9 +106,14 @@ class ScriptBackend(Backend):
         return _localize(ctx, args, deadline)
 
 
-def _script_error_text(exc: BaseException, max_lines: int = 14) -> str:
+def _script_error_text(exc: BaseException, numpy_calls: list[str] | None = None, max_lines: int = 14) -> str:
     lines = [ln.rstrip() for ln in str(exc).strip().splitlines() if ln.strip()]
     head = f"torch.jit.script cannot compile the model: {type(exc).__name__}: " + (lines[0] if lines else "")
+    if numpy_calls and "numpy" in str(exc):  # TorchScript's error names no line for a numpy call: forward's source does
+        return "\n".join([head, *(f"  at {where}" for where in numpy_calls),
+                          "  TorchScript compiles torch ops only, not numpy calls",
+                          "  fix: do it in torch: replace the numpy call with the torch op (np.abs -> torch.abs, .max() "
+                          "on the tensor), which script, trace and export keep in the graph"])
     body = lines[1:max_lines]
     if len(lines) > max_lines:
         body.append("...")

@@ -82,6 +82,7 @@ def _declare(name: str, arch: zoo.Arch, init: str):
     test = deployable(backends=BACKENDS, inputs={k: _spec(v) for k, v in arch.inputs.items()}, dims=arch.dims,
                       examples=EXAMPLES, xfail=xfail or None)(build)
     test.in_ci_subset = name in CI_SUBSET  # tests/hf/conftest.py deselects the others unless PYTEST_DEPLOY_HF=all
+    test.corpus, test.corpus_group = "hf", arch.family
     return pytest.mark.hf(test)
 
 

@@ -152,6 +152,16 @@ class LenValue(nn.Module):
         return x / len(x)  # LOST: len
 
 
+class IntegerFlags(nn.Module):
+    """An integer input in [0, 2) used as flags: random ones almost always hold a 1, so only the all-zero corner
+    (the common case of a global-attention mask, as Longformer's is) takes the other outcome."""
+
+    def forward(self, x, flags):
+        if (flags > 0).any().item():  # LOST: flags
+            return x * 2
+        return x - 1
+
+
 class Unreachable(nn.Module):
     """Inputs lie in [-1, 1]: the branch is never taken, by the trace or by any input."""
 

@@ -52,7 +52,9 @@ Cases (→ outcome, stage):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import random
 import textwrap
 
 import pytest
@@ -180,13 +182,28 @@ def test_7_train_mode_with_dropout_is_nondeterministic():
     exc = failure(model)
     assert exc.result.stage == "run"
     assert_words(str(exc), "eager PyTorch is nondeterministic: two runs on the same input differ", "output [float32",
-                 "Fix: call model.eval() to turn dropout off")
+                 "fix: call model.eval() to turn dropout off")
 
 
 def test_8_randomness_in_forward_is_nondeterministic():
     exc = failure(Lambda(lambda m, x: m.fc(x) + torch.rand_like(x)).eval())
     assert exc.result.stage == "run"
-    assert_words(str(exc), "nondeterministic", "Fix: seed or remove randomness in forward")
+    assert_words(str(exc), "nondeterministic", "fix: seed or remove randomness in forward")
+
+
+class Coin(nn.Module):
+    def forward(self, x):
+        if random.random() < 0.5:  # a coin flip per call
+            return x * 2
+        return x
+
+
+def test_8_a_random_draw_in_forward_is_named_with_its_line_and_a_fix_that_fits():
+    exc = failure(Coin().eval(), examples=3)
+    assert exc.result.stage == "run"
+    line = inspect.getsourcelines(Coin)[1] + 2
+    assert_words(str(exc), "nondeterministic", f"random draw at tests/integration/test_bad_input.py:{line}  "
+                 "`if random.random() < 0.5:", "fix: draw random numbers only in training (`if self.training:`)")
 
 
 def test_9_batchnorm_left_in_train_mode_changes_its_buffers():
@@ -329,7 +346,7 @@ def test_17_18_intended_infinities_pass_with_allow_nonfinite_and_are_still_compa
             mask[int(x.shape[0]) - 1:] = -math.inf
             return x[:, :1] + mask
 
-    with pytest.raises(DeployFailure, match="stage compare"):
+    with pytest.raises(DeployFailure, match="stage branches: trace-frozen number at .*`mask\\[int\\(x.shape\\[0\\]\\)"):
         verify(Frozen().eval(), "trace", allow_nonfinite=True, **spec)
 
 
@@ -341,17 +358,18 @@ def test_17_a_positive_input_range_is_the_fix():
 
 
 def test_19_integer_outputs_must_match_exactly():
-    # int() of a shape is frozen by tracing: other batch sizes return the traced size
+    # int() of a shape is frozen by tracing: other batch sizes return the traced size (blamed at the int() line,
+    # stage branches, with the outputs' comparison below it)
     exc = failure(Lambda(lambda m, x: torch.zeros(x.shape[0], dtype=torch.long) + int(x.shape[0])).eval(),
                   examples=3)
-    assert exc.result.stage == "compare"
+    assert exc.result.stage == "branches" and "trace-frozen number" in str(exc)
     assert_words(str(exc), "outputs differ from eager PyTorch", "output [int64, shape (1,)]",
                  "(integer and bool outputs must match exactly)", "expected 1, got 2", "failing input")
 
 
 def test_20_bool_outputs_must_match_exactly():
     exc = failure(Lambda(lambda m, x: (x[:, 0] * 0 + int(x.shape[0])) > 1.5).eval(), examples=3)
-    assert exc.result.stage == "compare"
+    assert exc.result.stage == "branches" and "trace-frozen number" in str(exc)
     assert_words(str(exc), "output [bool, shape (1,)]", "(integer and bool outputs must match exactly)",
                  "expected False, got True")
 

@@ -137,17 +137,23 @@ def test_the_search_budget_follows_the_models_cost():
     assert fast["budget"] == fast["runs"] == check_module.EXPLORE_RUNS
 
 
+class RunCount:
+    """Counts forward's runs outside the model's state (which every eager run starts from again)."""
+
+    n = 0
+
+
 class RefusesDispatchModes(nn.Module):
     def __init__(self):
         super().__init__()
-        self.runs = 0
+        self.runs = RunCount()
 
     def forward(self, x, mask):
         from torch.utils._python_dispatch import _get_current_dispatch_mode
 
         if _get_current_dispatch_mode() is not None:
             raise RuntimeError("this model does not run under a dispatch mode")
-        self.runs += 1
+        self.runs.n += 1
         if bool((x.abs() > 100).any()):
             x = x * 0
         return x + 1
@@ -160,4 +166,28 @@ def test_a_model_that_fails_under_the_tracking_mode_is_recorded_and_searched_wit
     assert result.outcome == "passed"
     assert search["not_chased"] == []
     assert search["runs"] == search["budget"]
-    assert model.runs >= search["budget"]  # every search run ran the model (none was refused)
+    assert model.runs.n >= search["budget"]  # every search run ran the model (none was refused)
+
+
+class OnFlags(nn.Module):
+    """Token ids and integer flags in [0, 2): random flags almost always hold a 1; only the all-zero corner of the
+    flags (Longformer's global-attention mask, all zero in the common case) takes the other outcome."""
+
+    def forward(self, ids, flags):
+        if bool((flags > 0).any()):
+            return ids * 2
+        return ids - 1
+
+
+def test_the_search_tries_the_constant_corners_of_the_integer_inputs_that_feed_an_unreached_outcome(monkeypatch):
+    # the budget of a 110M-parameter model: the plan's dims corners, sign flips and reseeds would spend it all
+    monkeypatch.setattr(check_module, "EXPLORE_RUNS", check_module.EXPLORE_MIN_RUNS)
+    ids = tensor("batch", 16, dtype=torch.int64, low=0, high=100)
+    flags = tensor("batch", 16, dtype=torch.int64, low=0, high=2)
+    model = OnFlags().eval()
+    result = verify(model, "state_dict", factory=lambda: model, inputs=[ids, flags], dims=DIMS, examples=1,
+                    isolate="none")
+    assert site_of(result, "if bool((flags > 0)")["uncovered"] == []
+    search = result.details["branch_search"]
+    # the dims' corners first, then the flags' all-zero corner: the ids feed no decision, their corners are not run
+    assert search["runs"] == CORNERS + 1, search

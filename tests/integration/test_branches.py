@@ -23,7 +23,7 @@ import branch_corpus as corpus
 # pytester's inline runs drop every module they imported when they end: import these once, here
 import hypothesis  # noqa: F401
 import pytest
-import torch  # noqa: F401
+import torch
 
 import pytest_deploy.check
 import pytest_deploy.report  # noqa: F401
@@ -34,7 +34,7 @@ CORPUS = Path(corpus.__file__)
 SOURCE = CORPUS.read_text()
 MARKER = re.compile(r"#\s*(LOST|SAME|UNCOVERED):\s*(\w+)\s*$")
 EXAMPLES = 8
-FIX = "fix: torch.jit.script, or torch.cond for export"
+FIX = "fix: "  # the fix line follows, in the words of its kind (tests/integration/test_fix_lines.py)
 
 
 def read_markers(source: str) -> dict[str, dict[int, str]]:
@@ -101,6 +101,8 @@ CASES = [
     Case("elif", corpus.ElifChain, "if/elif chain on one reduction"),
     Case("float", corpus.FloatValue, "float(t) in arithmetic"),
     Case("len", corpus.LenValue, "len(t) in arithmetic, batch dynamic"),
+    Case("flags", corpus.IntegerFlags, "if on integer flags, other outcome only at the all-zero corner",
+         inputs=(tensor("batch", 4), tensor("batch", 16, dtype=torch.int64, low=0, high=2))),
     Case("unreachable", corpus.Unreachable, "if no input in range takes"),
     Case("mlp", corpus.MLP, "none"),
     Case("static", corpus.StaticControl, "none: flags, loop over layers, counted while, rank/size checks"),
@@ -118,7 +120,7 @@ LOST_HEAD = re.compile(
     r"(?: \(occurrence (?P<occurrence>\d+)\))?\n"
     r"  (?:traced with outcome (?P<traced>.+?)|not reached when tracing); the failing input "
     r"(?:takes (?P<other>.+?)|does not reach it); max abs error (?P<error>\S+) > atol (?P<atol>\S+)\n"
-    r"  " + re.escape(FIX) + r"\n"
+    r"  " + re.escape(FIX) + r".+\n"
 )
 
 
@@ -138,7 +140,7 @@ def test_the_corpus_covers_what_it_claims():
             assert re.match(r"(if|elif|while|for|return|k =) ", source_at(line)), source_at(line)
     assert {case.name for case in FLOW if case.diverges} >= {
         "reduction", "item", "while", "early_return", "submodule", "helper", "tolist", "int_slice", "shape",
-        "nested", "rare", "elif", "float", "len"}
+        "nested", "rare", "elif", "float", "len", "flags"}
     assert BY_NAME["identical"].lines() == BY_NAME["identical"].lines("SAME")
     assert BY_NAME["unreachable"].lines() == BY_NAME["unreachable"].lines("UNCOVERED")
 
@@ -200,7 +202,8 @@ def test_the_rare_branch_is_reached_by_the_search():
 
 
 SEARCHED = [case for case in FLOW if case.name in (
-    "reduction", "item", "early_return", "submodule", "helper", "shape", "nested", "rare", "identical", "elif")]
+    "reduction", "item", "early_return", "submodule", "helper", "shape", "nested", "rare", "identical", "elif",
+    "flags")]
 
 
 @pytest.mark.parametrize("case", SEARCHED, ids=lambda c: c.name)

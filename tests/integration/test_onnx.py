@@ -261,8 +261,9 @@ def test_recurrent_model_fails_with_the_dynamo_exporter_naming_the_specialised_s
     result, message = check(Recurrent(cell), [tensor("batch", "seq", 4)], SEQ_DIMS)
     assert result.stage == "export"
     assert "torch.export specialised a dim declared dynamic" in message
-    assert "seq" in message and "torch.export suggests: seq = 3" in message
-    assert "fix: make forward work for every size in dims=, or narrow dims=" in message
+    assert "seq (declared 2 to 6 in dims=) is fixed to " in message
+    assert "`out, state = self.rnn(x)`  (the guard seq == " in message  # the model's line that calls the cell
+    assert "or declare seq static in the spec" in message and "suggests" not in message
 
 
 def test_embedding_model_with_integer_tokens_passes(ort_runs):
@@ -320,7 +321,7 @@ def test_the_torchscript_exporter_gets_the_trace_lost_branch_analysis():
     result, message = check(Gate(), BATCH, BATCH_DIMS, backend_options=TORCHSCRIPT)
     assert result.stage == "branches"
     assert message.startswith(f"onnx: stage branches: trace-lost branch at {site('if x.mean() > 0:')}\n")
-    assert "fix: torch.jit.script, or torch.cond for export" in message
+    assert "fix: compute both sides and pick with torch.where(condition, a, b)" in message
     assert "outputs differ from eager PyTorch" in message
     (branch,) = result.branches
     assert branch["lost"] and branch["diverged"] and set(branch["outcomes"]) == {"True", "False"}
@@ -543,7 +544,7 @@ def test_pytest_options_choose_the_torchscript_exporter_and_the_opset(pytester):
     # the TorchScript exporter traces: the branch it froze is found as for the trace backend
     result.stdout.fnmatch_lines([
         "*onnx: stage branches: trace-lost branch at test_pytest_options_*.py:*  `if x.mean() > 0:`",
-        "*fix: torch.jit.script, or torch.cond for export",
+        "*fix: compute both sides and pick with torch.where(condition, a, b)*",
     ])
     result.stdout.fnmatch_lines(["*test_gate*FAIL(branches)*1 sites, lost 1, uncovered 0*"])
     gate = entries["test_gate"]

@@ -424,7 +424,7 @@ def test_form2_failure_shows_the_check_message(pytester):
     result.stdout.fnmatch_lines([
         f"trace: stage branches: trace-lost value at {leaky_site(path)}",
         "  traced with outcome *; the failing input takes *; max abs error * > atol 1e-05",
-        "  fix: torch.jit.script, or torch.cond for export",
+        "  fix: keep it a tensor: drop the conversion (`float()`)*",
         "outputs differ from eager PyTorch",
     ], consecutive=True)
     result.stdout.fnmatch_lines(["outputs differ from eager PyTorch", "*failing input*"])
@@ -483,7 +483,7 @@ def test_form3_verify_raises_deploy_failure_naming_backend_and_stage():
                         rf"`{re.escape(LEAKY_SOURCE)}`", head), head
     assert re.fullmatch(r"  traced with outcome \S+; the failing input takes \S+; max abs error \S+ > atol \S+",
                         rest[0]), rest[0]
-    assert rest[1] == "  fix: torch.jit.script, or torch.cond for export"
+    assert rest[1].startswith("  fix: keep it a tensor: drop the conversion (`float()`)")
     assert rest[2] == "outputs differ from eager PyTorch"
     assert "max abs error" in str(failure) and "failing input" in str(failure)
     assert failure.result.outcome == "failed" and failure.result.stage == "branches"

@@ -148,6 +148,84 @@ def test_a_corrupted_or_truncated_remote_object_is_detected_and_rebuilt(s3, tmp_
     assert out.returncode == 0 and all(r["cached"] for r in results(third).values())
 
 
+LIGHT = PROJECT.replace('"trace", "script", "export", "tvm"', '"trace", "script", "export"')
+
+
+def test_a_lifecycle_expired_payload_is_a_miss_and_the_run_repairs_it_with_the_shared_cache_on(s3, tmp_path):
+    """A bucket lifecycle rule expired every payload before its manifest: the next run goes on with the shared cache
+    (no CacheWarning: -W error), rebuilds, stores again, and a third runner is answered from the shared cache."""
+    first, second, third = (runner(tmp_path, f"runner-{i}") for i in (1, 2, 3))
+    for root in (first, second, third):
+        (root / "test_project.py").write_text(LIGHT)
+    assert run(first, f"--deploy-cache-dir={s3['url']}").returncode == 0
+    fs = s3["fs"]
+    payloads = [p for p in fs.find(f"{BUCKET}/team-a") if not p.endswith("manifest.json")]
+    assert payloads
+    fs.rm(payloads)
+    out = run(second, f"--deploy-cache-dir={s3['url']}", "--deploy-report=report.json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    entries = results(second)
+    assert all(r["outcome"] == "passed" and not r["cached"] for r in entries.values()), entries
+    assert any("incomplete" in e for r in entries.values() for e in r["details"].get("cache_events", []))
+    assert not any("shared_cache_error" in r["details"] for r in entries.values())  # the shared cache stayed on
+    out = run(third, f"--deploy-cache-dir={s3['url']}", "--deploy-report=report.json")
+    assert out.returncode == 0 and all(r["cached"] for r in results(third).values()), out.stdout
+
+
+def test_hostile_and_unsigned_entries_on_s3_write_nothing_outside_and_are_never_used(s3, tmp_path, monkeypatch):
+    """Against a real S3 protocol: manifests naming absolute paths, '..', an oversized name or a forged writer are
+    misses that write nothing outside the cache; with a key, an unsigned entry and a re-hashed forged one too."""
+    import hashlib
+    import uuid
+    import warnings
+
+    from pytest_deploy.cache import CACHE_VERSION, ArtifactCache, make_key
+    from pytest_deploy.check import warn_cache
+    from pytest_deploy.errors import CacheWarning
+
+    fs, prefix = s3["fs"], f"{BUCKET}/team-a"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    payload = b"library bytes"
+    digest = hashlib.sha256(payload).hexdigest()
+    writer = uuid.uuid4().hex
+    hostile = {"absolute": (str(outside / "planted.so"), writer), "dotdot": ("../../../outside/planted.so", writer),
+               "oversized": ("a" * 4000, writer), "writer": ("model.so", "../../outside")}
+    monkeypatch.delenv("PYTEST_DEPLOY_CACHE_KEY", raising=False)
+    keys = {}
+    for label, (name, who) in hostile.items():
+        key = keys[label] = make_key("s3-hostile", label)
+        base = f"{prefix}/{key[:2]}/{key}"
+        fs.pipe_file(f"{base}/{who}/{name.lstrip('/')}"[:900], payload)
+        fs.pipe_file(f"{base}/manifest.json", json.dumps({"version": CACHE_VERSION, "key": key, "writer": who,
+                                                          "files": {name: digest}}).encode())
+    cache = ArtifactCache(s3["url"], local=tmp_path / "local")
+    for key in keys.values():
+        assert cache.lookup(key) is None
+    assert not list(outside.iterdir()) and cache.remote is not None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_cache(cache)
+    texts = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+    assert len(texts) == len(keys) and all(any(k in t for t in texts) for k in keys.values()), texts
+
+    # signed entries: one stored without the key, one signed and then edited by a writer without it
+    source = tmp_path / "model.so"
+    source.write_bytes(payload)
+    unsigned, edited = make_key("s3-unsigned"), make_key("s3-edited")
+    ArtifactCache(s3["url"], local=tmp_path / "w1").store(unsigned, {"model.so": source})
+    monkeypatch.setenv("PYTEST_DEPLOY_CACHE_KEY", "s3cret")
+    ArtifactCache(s3["url"], local=tmp_path / "w2").store(edited, {"model.so": source})
+    manifest_path = f"{prefix}/{edited[:2]}/{edited}/manifest.json"
+    manifest = json.loads(fs.cat_file(manifest_path))
+    fs.pipe_file(f"{prefix}/{edited[:2]}/{edited}/{manifest['writer']}/model.so", b"evil")
+    manifest["files"]["model.so"] = hashlib.sha256(b"evil").hexdigest()
+    fs.pipe_file(manifest_path, json.dumps(manifest).encode())
+    reader = ArtifactCache(s3["url"], local=tmp_path / "reader")
+    assert reader.lookup(unsigned) is None and reader.lookup(edited) is None
+    assert not list((tmp_path / "reader").rglob("model.so")) and reader.remote is not None
+
+
 STOP_AFTER_FIRST = '''
 import os, signal
 

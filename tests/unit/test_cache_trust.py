@@ -339,3 +339,198 @@ def test_a_read_only_shared_cache_reads_and_never_uploads_or_discards(tmp_path, 
     assert cache.lookup(corrupt) is None
     assert cache.store(make_key("ro-new"), {"model.so": source}) is None
     assert _tree(fs, memory_url) == before and cache.remote is not None
+
+
+# ------------------------------------------------------------------------------------------- faults are misses
+
+def _payload_path(fs, url, key):
+    return next(p for p in fs.find(f"/{url.removeprefix('memory://')}/{key[:2]}/{key}") if p.endswith("model.so"))
+
+
+def test_a_lifecycle_expired_payload_is_a_miss_the_next_writer_repairs(tmp_path, memory_url):
+    source = _source(tmp_path)
+    key = make_key("expired")
+    ArtifactCache(memory_url, local=tmp_path / "writer").store(key, {"model.so": source})
+    fs = _memory()
+    fs.rm_file(_payload_path(fs, memory_url, key))  # expired before its manifest
+    reader = ArtifactCache(memory_url, local=tmp_path / "reader")
+    assert reader.lookup(key) is None
+    assert reader.remote is not None and reader.remote_error is None  # the shared cache stays on
+    assert any("incomplete" in e and "stored again" in e for e in reader.events), reader.events
+    assert reader.store(key, {"model.so": source}) is not None  # the rebuild repairs the shared entry
+    third = ArtifactCache(memory_url, local=tmp_path / "third")
+    entry = third.lookup(key)
+    assert entry is not None and (entry / "model.so").read_bytes() == PAYLOAD
+
+
+def test_a_payload_damaged_in_the_store_is_downloaded_twice_then_discarded(tmp_path, memory_url):
+    source = _source(tmp_path)
+    key, other = make_key("truncated"), make_key("untouched")
+    writer = ArtifactCache(memory_url, local=tmp_path / "writer")
+    writer.store(key, {"model.so": source})
+    writer.store(other, {"model.so": source})
+    fs = _memory()
+    fs.pipe_file(_payload_path(fs, memory_url, key), PAYLOAD[:7])  # truncated
+    reader = ArtifactCache(memory_url, local=tmp_path / "reader")
+    assert reader.lookup(key) is None
+    assert any("downloaded again" in e for e in reader.events)
+    assert any("discarded" in e and "twice" in e for e in reader.events), reader.events
+    assert not fs.exists(f"/{memory_url.removeprefix('memory://')}/{key[:2]}/{key}/manifest.json")
+    assert reader.remote is not None and reader.lookup(other) is not None  # the rest of the store is still used
+
+
+def test_a_download_damaged_once_is_downloaded_again_and_the_shared_entry_kept(tmp_path, memory_url, monkeypatch):
+    source = _source(tmp_path)
+    key = make_key("transient")
+    ArtifactCache(memory_url, local=tmp_path / "writer").store(key, {"model.so": source})
+    reader = ArtifactCache(memory_url, local=tmp_path / "reader")
+    remote = reader.remote
+    original, calls = remote._copy, []
+
+    def flaky(src, target):  # a connection that cut the first transfer short
+        calls.append(src)
+        if len(calls) == 1:
+            target.write_bytes(PAYLOAD[:3])
+            return hashlib.sha256(PAYLOAD[:3]).hexdigest()
+        return original(src, target)
+
+    monkeypatch.setattr(remote, "_copy", flaky)
+    entry = reader.lookup(key)
+    assert entry is not None and (entry / "model.so").read_bytes() == PAYLOAD and len(calls) == 2
+    assert ArtifactCache(memory_url, local=tmp_path / "third").lookup(key) is not None  # not discarded
+
+
+#: A store on this machine's disk that both processes see (fsspec's local filesystem making parent directories, as
+#: object stores need none), under a URL scheme of its own so that pytest-deploy treats it as a shared store.
+SHARED_FS = """
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+class SharedTest(LocalFileSystem):
+    protocol = "sharedtest"
+
+    def __init__(self, **kwargs):
+        super().__init__(auto_mkdir=True, **kwargs)
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return "/" + str(path).removeprefix("sharedtest://").lstrip("/")
+
+
+fsspec.register_implementation("sharedtest", SharedTest, clobber=True)
+"""
+
+FULL_DISK = SHARED_FS + r"""
+import resource, signal, sys
+from pathlib import Path
+from pytest_deploy.cache import ArtifactCache
+
+url, local, source, key = sys.argv[1:5]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+limit = 1000
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+cache = ArtifactCache(url, local=local)
+assert cache.lookup(key) is None, "a download that cannot be written is a miss"
+assert cache.store(key, {"model.so": source}) is None, "nothing stored from a full disk"
+assert cache.remote is not None, cache.remote_error
+print("\n".join(cache.events))
+"""
+
+
+def test_two_writers_of_one_key_one_with_a_full_disk_the_shared_entry_survives(tmp_path):
+    """Two processes share a store (on this machine's disk, so both see it); the second one's disk takes no
+    file over 1000 bytes. Its download and its own store fail here: a miss, and the first writer's entry stays."""
+    import subprocess
+    import sys
+
+    exec(SHARED_FS, {})
+    url = f"sharedtest://{tmp_path / 'store'}"
+    big = tmp_path / "src" / "model.so"
+    big.parent.mkdir()
+    big.write_bytes(PAYLOAD * 100)  # over the second process's limit
+    key = make_key("full-disk")
+    ArtifactCache(url, local=tmp_path / "first").store(key, {"model.so": big})
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, url, str(tmp_path / "second"), str(big), key],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "cannot be written here" in out.stdout and "shared entry kept" in out.stdout, out.stdout
+    entry = ArtifactCache(url, local=tmp_path / "third").lookup(key)
+    assert entry is not None and (entry / "model.so").read_bytes() == big.read_bytes()
+
+
+def test_outside_pytest_the_local_copy_is_a_private_directory_of_the_users_own(tmp_path, memory_url, monkeypatch):
+    import stat
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setitem(__import__("sys").modules, "platformdirs", None)  # the XDG route, whatever is installed
+    made_before = tmp_path / "xdg" / "pytest-deploy"
+    made_before.mkdir(parents=True)
+    made_before.chmod(0o777)  # the user's own, left writable for others by something else: tightened
+    cache = ArtifactCache(memory_url)
+    assert cache.remote is not None
+    assert cache.root.is_relative_to(tmp_path / "xdg" / "pytest-deploy" / "shared")
+    for directory in (cache.root, cache.root.parent, cache.root.parent.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+
+
+def test_a_local_copy_directory_another_user_owns_is_refused(tmp_path, memory_url, monkeypatch):
+    import os
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setitem(__import__("sys").modules, "platformdirs", None)
+    planted = tmp_path / "xdg" / "pytest-deploy"
+    planted.mkdir(parents=True)
+    os.chown(planted, 4242, 4242)  # pre-created by another local user
+    cache = ArtifactCache(memory_url)
+    assert cache.remote is None and not cache.enabled
+    messages = shown(cache)
+    assert len(messages) == 1 and "owned by user id 4242" in messages[0] and "XDG_CACHE_HOME" in messages[0]
+
+
+def test_a_local_copy_directory_that_is_a_symlink_is_refused(tmp_path, memory_url, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setitem(__import__("sys").modules, "platformdirs", None)
+    (tmp_path / "xdg").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "xdg" / "pytest-deploy").symlink_to(tmp_path / "elsewhere")
+    cache = ArtifactCache(memory_url)
+    assert not cache.enabled and "not a directory" in (cache.remote_error or "")
+
+
+def test_the_probe_lists_the_prefix_it_uses_not_the_bucket_root(tmp_path):
+    """Credentials scoped to a prefix may not list the bucket's root: the store is still used."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Scoped(MemoryFileSystem):
+        protocol = "scopedtest"
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return str(path).removeprefix("scopedtest://").strip("/")
+
+        def ls(self, path, detail=False, **kwargs):
+            if path.strip("/") == "bucket":
+                raise PermissionError("AccessDenied: not allowed to list the bucket's root")
+            raise FileNotFoundError(path)  # an empty prefix, before the first entry
+
+    fsspec.register_implementation("scopedtest", Scoped, clobber=True)
+    cache = ArtifactCache("scopedtest://bucket/team-a", local=tmp_path / "local")
+    assert cache.remote is not None, cache.remote_error
+
+
+def test_a_named_key_variable_that_is_not_set_is_one_warning_and_no_signing(tmp_path, monkeypatch):
+    monkeypatch.delenv("CI_DEPLOY_KEY", raising=False)
+    cache = ArtifactCache(tmp_path / "c", key_env="CI_DEPLOY_KEY")
+    entry = cache.store(make_key("unset"), {"model.so": _source(tmp_path)})
+    assert "signature" not in json.loads((entry / "manifest.json").read_text())
+    messages = shown(cache)
+    assert len(messages) == 1 and "CI_DEPLOY_KEY" in messages[0] and "not set" in messages[0]
+    monkeypatch.setenv("CI_DEPLOY_KEY", "s3cret")
+    signed = ArtifactCache(tmp_path / "d", key_env="CI_DEPLOY_KEY")
+    entry = signed.store(make_key("set"), {"model.so": _source(tmp_path)})
+    assert "signature" in json.loads((entry / "manifest.json").read_text()) and shown(signed) == []
+    assert ArtifactCache(tmp_path / "e", key_env="CI_DEPLOY_KEY", readonly=True).pending_warnings == []

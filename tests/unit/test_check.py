@@ -141,3 +141,139 @@ def test_a_failure_says_which_error_the_reports_show_when_the_failing_input_is_n
     assert result.max_abs_error > 0.031  # a batch larger than the failing input's 3 rows was run
     assert f"the worst over every example run is max abs error {worst}, the figure the reports show" in message
     assert "max abs error 0.03," in message  # the failing input's own, 3 rows
+
+
+# ------------------------------------------------------- Python numbers computed from shapes (issue 22 item 5)
+
+
+class CentredByWidth(torch.nn.Module):
+    def forward(self, x):
+        w = x.shape[-1]
+        centre = float(w - 1) / 2  # trace freezes the float: the centre of the traced width
+        return x - centre
+
+
+class CentredByWidthFixed(torch.nn.Module):
+    def forward(self, x):
+        w = x.shape[-1]
+        centre = (w - 1) / 2  # the fix the message gives
+        return x - centre
+
+
+class HalfByWidth(torch.nn.Module):
+    def forward(self, x):
+        half = int(x.shape[-1] * 0.5)
+        return x[..., :half] * 2
+
+
+def _line_of(cls, text: str) -> int:
+    import inspect
+
+    lines, start = inspect.getsourcelines(cls)
+    return start + next(i for i, ln in enumerate(lines) if text in ln)
+
+
+@pytest.mark.parametrize("cls, text", [(CentredByWidth, "centre = float(w - 1) / 2"),
+                                       (HalfByWidth, "half = int(x.shape[-1] * 0.5)")])
+def test_a_number_computed_from_a_shape_that_trace_froze_is_blamed_at_the_conversion(cls, text):
+    with pytest.raises(DeployFailure) as info:
+        pytest_deploy.verify(cls().eval(), "trace", inputs=[tensor(2, "w")], dims={"w": (2, 8)}, examples=4)
+    result = info.value.result
+    line = _line_of(cls, text)
+    first, second, fix = info.value.message.splitlines()[:3]
+    assert first.startswith(f"trace: stage branches: trace-frozen number at tests/unit/test_check.py:{line}  `{text}")
+    assert "computed from a tensor's shape" in first
+    assert second.startswith("  traced with value ") and "; the failing input gives " in second
+    assert fix.startswith("  fix: keep it on the shape, without float()/int(): `(w - 1) / 2`")
+    assert "fix: torch.jit.script, or torch.cond" not in info.value.message
+    site = next(b for b in result.branches if b["line"] == line)
+    assert site["kind"] == "shape" and site["lost"] and site["diverged"] and len(site["outcomes"]) == 2
+
+
+@pytest.mark.parametrize("backend", ["trace", "export"])
+def test_the_fix_given_for_a_frozen_shape_number_works_under_trace_and_export(backend):
+    result = pytest_deploy.verify(CentredByWidthFixed().eval(), backend, inputs=[tensor(2, "w")], dims={"w": (2, 8)},
+                                  examples=6)
+    assert result.outcome == "passed" and result.examples >= 4
+
+
+class ReshapeByFrozenBatch(torch.nn.Module):
+    def forward(self, x):
+        return x.reshape(int(x.shape[0]), 3, 1) * 2
+
+
+def test_a_run_failure_from_a_frozen_shape_number_names_the_conversion():
+    with pytest.raises(DeployFailure) as info:
+        pytest_deploy.verify(ReshapeByFrozenBatch().eval(), "trace", inputs=[tensor("batch", 3)],
+                             dims={"batch": (1, 4)}, examples=3)
+    message = info.value.message
+    line = _line_of(ReshapeByFrozenBatch, "x.reshape(int(x.shape[0])")
+    assert info.value.result.stage == "run"
+    assert message.splitlines()[0].startswith("trace: stage run: RuntimeError: shape '[2, 3, 1]' is invalid")
+    assert f"trace-frozen number at tests/unit/test_check.py:{line}  `return x.reshape(int(x.shape[0]), 3, 1) * 2`" in message
+
+
+# ------------------------------------------- torch.export specialising a dynamic dim (issue 22 item 5)
+
+
+class FloatOfWidth(torch.nn.Module):
+    def forward(self, x):
+        w = x.shape[-1]
+        return x - float(w - 1) / 2
+
+
+def test_a_specialised_dim_is_blamed_at_the_line_that_added_the_guard_with_a_fix_in_spec_terms():
+    with pytest.raises(DeployFailure) as info:
+        pytest_deploy.verify(FloatOfWidth().eval(), "export", inputs=[tensor(2, "w")], dims={"w": (2, 8)}, examples=3)
+    message = info.value.message
+    line = _line_of(FloatOfWidth, "float(w - 1)")
+    first, at, fix = message.splitlines()[:3]
+    assert first == "export: stage export: torch.export specialised a dim declared dynamic: w (declared 2 to 8 in " \
+                    "dims=) is fixed to 3"
+    assert at == (f"  at tests/unit/test_check.py:{line}  `return x - float(w - 1) / 2`  (the guard w - 1 == 2 is added "
+                  "there, as torch.export.draft_export reports)")
+    assert fix.startswith("  fix: keep the number on the shape, without float()/int() (`(w - 1) / 2`")
+    assert fix.endswith("or declare w static in the spec (dims={'w': (3, 3)}) if the model supports only that size")
+    for advice in ("mark_dynamic", "Dim.DYNAMIC", "suggests", "w = 3", "TORCH_LOGS"):
+        assert advice not in message, advice
+    guard = info.value.result.details["export_guard"]
+    assert guard["line"] == line and guard["guard"].startswith("Eq(")
+
+
+def test_a_failing_draft_export_leaves_the_specialisation_verdict_clear(monkeypatch):
+    """draft_export is extra: when it raises, the verdict and its message stand, without the line."""
+    from pytest_deploy.backends import export as export_backend
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("draft_export broke")
+
+    monkeypatch.setattr(torch.export, "draft_export", broken)
+    export_backend._PROGRAMS.clear()
+    with pytest.raises(DeployFailure) as info:
+        pytest_deploy.verify(FloatOfWidth().eval(), "export", inputs=[tensor(2, "w")], dims={"w": (2, 8)}, examples=3)
+    result = info.value.result
+    assert result.stage == "export"
+    assert info.value.message.startswith("export: stage export: torch.export specialised a dim declared dynamic: w ")
+    assert "draft_export broke" not in info.value.message and "declare w static in the spec" in info.value.message
+    assert result.details["export_guard"].startswith("not found")
+
+
+class CentreThenBranch(torch.nn.Module):
+    def forward(self, x):
+        w = x.shape[-1]
+        centre = float(w - 1) / 2
+        shift = torch.full((1,), centre)
+        if shift.item() > 0.75:  # a symptom: it follows the frozen number (traced at w=3: True)
+            return x - shift
+        return x + shift
+
+
+def test_a_frozen_shape_number_is_blamed_before_the_decisions_it_changes_further_on():
+    with pytest.raises(DeployFailure) as info:
+        pytest_deploy.verify(CentreThenBranch().eval(), "trace", inputs=[tensor(2, "w")], dims={"w": (2, 8)},
+                             examples=6)
+    message = info.value.message
+    conversion, symptom = _line_of(CentreThenBranch, "float(w - 1)"), _line_of(CentreThenBranch, "if shift.item()")
+    assert message.startswith(f"trace: stage branches: trace-frozen number at tests/unit/test_check.py:{conversion}  ")
+    assert "fix: torch.jit.script, or torch.cond" not in message
+    assert f"the failing input also leaves the traced path at: tests/unit/test_check.py:{symptom}" in message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections import namedtuple
@@ -494,6 +495,27 @@ def test_flatten_type_registered_without_key_function_gets_positional_paths():
     assert compare_outputs(out, out, tol(0.0)).ok
     worse = {"a": Unkeyed(torch.ones(2), (torch.zeros(1), torch.tensor(4.0)))}
     assert [e.path for e in compare_outputs(out, worse, tol(0.1)).errors] == ["output['a'][1][1]"]
+
+
+class UnkeyedDict(collections.OrderedDict):
+    """Registered as diffusers registers its BaseOutput (an OrderedDict): the dict's flatten, no key function."""
+
+
+torch.utils._pytree.register_pytree_node(
+    UnkeyedDict, torch.utils._pytree._dict_flatten,
+    lambda values, context: UnkeyedDict(torch.utils._pytree._dict_unflatten(values, context)),
+)
+
+
+def test_mapping_registered_without_key_function_gets_its_keys_as_a_traced_dict_does():
+    """A traced diffusers model returns its BaseOutput as a plain dict: the paths must be the same on both sides
+    (positional paths on eager's side failed every trace check with 'missing output[0]; extra output['sample']')."""
+    eager = UnkeyedDict(sample=torch.ones(2), other=torch.zeros(1))
+    assert [p for p, _ in flatten(eager)] == ["output['sample']", "output['other']"]
+    traced = {"sample": torch.ones(2), "other": torch.zeros(1)}
+    assert compare_outputs(eager, traced, tol(0.0)).ok
+    assert [e.path for e in compare_outputs(eager, {**traced, "other": torch.ones(1)}, tol(0.1)).errors] == [
+        "output['other']"]
 
 
 def test_key_paths_match_pytree_where_key_functions_exist():

@@ -23,6 +23,7 @@ from pytest_deploy.decisions import (
     Run,
     Site,
     describe_divergence,
+    fix_for,
     record,
 )
 
@@ -513,3 +514,24 @@ def test_describe_divergence(occurrence, kind, traced, example, text):
     assert where.endswith(f"test_decisions.py:{line('if')}  `if x.sum() > 10:  # @if`")
     divergence = Divergence(site("if"), occurrence, kind, traced, example)
     assert describe_divergence(divergence, "the failing input") == text.format(where=where)
+
+
+@pytest.mark.parametrize(("kind", "plain", "starts"), [
+    ("item", False, "keep it a tensor: drop the conversion (`.item()`)"),
+    ("float", False, "keep it a tensor: drop the conversion (`float()`)"),
+    ("tolist", False, "keep it a tensor: drop the conversion (`.tolist()`)"),
+    ("numpy", False, "do it in torch: replace the numpy call with the torch op"),
+    ("len", False, "read the size from the tensor: `x.size(0)`"),
+    ("bool", False, "compute both sides and pick with torch.where(condition, a, b)"),
+    ("branch", False, "compute both sides and pick with torch.where(condition, a, b)"),
+    ("branch", True, "a branch on a shape: torch.export decides it per dim range"),
+])
+def test_each_kind_of_decision_gets_its_own_fix(kind, plain, starts):
+    assert fix_for(Divergence(site("if"), 0, kind, "1", "2"), plain=plain).startswith(starts)
+
+
+def test_a_decision_on_a_random_draw_gets_the_randomness_fix(tmp_path):
+    source = tmp_path / "coin.py"
+    source.write_text("import random\nif random.random() < 0.5:\n    pass\n")
+    fix = fix_for(Divergence(Site(str(source), 2), 0, "branch", "True", "False"), plain=True)
+    assert fix.startswith("randomness in forward: trace freezes the draw of Python's or numpy's RNG")

@@ -26,9 +26,9 @@ LAYERS = {
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
     5: ["backends"],
-    6: ["keep", "report", "report_html", "divergence", "modeltest"],
+    6: ["keep", "report", "report_html", "divergence", "modeltest", "infer"],
     7: ["check"],
-    8: ["options", "plugin", "", "__main__"],
+    8: ["options", "plugin", "", "__main__", "zero"],
 }
 SAME_LAYER = {
     ("spec", "validate"), ("worker", "compare"), ("worker", "isolation"), ("fingerprint", "cache"),
@@ -37,6 +37,7 @@ SAME_LAYER = {
     ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
     ("backends.tvm", "backends.onnx_export"), ("backends.tvm", "backends.tvm_tuning"),
     ("backends.tensorrt", "backends.onnx_export"), ("plugin", ""), ("plugin", "options"), ("", "options"),
+    ("plugin", "zero"), ("zero", ""), ("__main__", "zero"), ("__main__", "options"),
 }
 
 

@@ -41,6 +41,19 @@ def test_error_handles_nested_outputs_shapes_and_ints():
     assert error(nan, nan.clone(), TOL) == (0.0, True)
 
 
+def test_error_treats_infinities_and_nans_as_compare_does():
+    from pytest_deploy.compare import compare_leaf
+
+    inf, nan = float("inf"), float("nan")
+    expected = torch.tensor([inf, -inf, nan, 1.0])
+    assert error(expected, expected.clone(), TOL) == (0.0, True)  # inf - inf is no error
+    for changed in (torch.tensor([-inf, -inf, nan, 1.0]), torch.tensor([inf, -inf, 2.0, 1.0]),
+                    torch.tensor([inf, 5.0, nan, 1.0])):
+        assert error(expected, changed, TOL) == (inf, False)
+        assert compare_leaf("output", expected, changed, TOL).max_abs == inf
+    assert error(expected, torch.tensor([inf, -inf, nan, 1.5]), TOL) == (0.5, False)
+
+
 def test_first_divergence_needs_agreeing_inputs_and_passes_through_missing_nodes():
     nodes = [node("a"), node("b", "a"), node("c", "b"), node("d", "c")]
     expected = {n: torch.zeros(2) for n in "abcd"}
