@@ -48,9 +48,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--budget", type=float, default=2.0)
+    parser.add_argument("--cache", help="an artifact cache to reuse (default: a fresh one; the first run compiles)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
-    cache = work / "cache"
+    cache = Path(args.cache) if args.cache else work / "cache"
     pytest_run(work / "warm.log", cache)  # compile once: the timed runs below load from the cache
     walls, runs = [], []
     for i in range(args.repeat):

@@ -43,7 +43,9 @@ DEFAULTS: dict[str, Any] = {
     "max_p99_ms": None,  # gate: p99 latency at most this many milliseconds (every shape)
     "slowdown": 0,  # TEST ONLY: run the artifact this many extra times in each timed call (a deliberately slow build)
     "baseline": None,  # {shape label: speedup} from a baseline file (--deploy-latency-baseline); set by the plugin
-    "tolerance": 0.10,  # a speedup may fall this fraction below its baseline
+    # a speedup may fall this fraction below its baseline: above the largest run-to-run fall measured on the
+    # development machine (38%, docs/benchmarks.md#latency-cost-and-stability)
+    "tolerance": 0.40,
 }
 
 #: Pairs between two looks at the medians.
