@@ -748,25 +748,15 @@ class CheckContext:
     # -- masks and the eager outputs themselves -------------------------------------------------------
 
     def _keep_masks(self, ex: Example, leaves: Leaves) -> dict[str, Any] | None:
-        """For outputs led by a mask() input's dims (decided once, on the first example, whose dims all
-        differ): path -> where the mask is valid. None when nothing is masked."""
+        """For outputs led by a mask() input's dims (decided once, :meth:`_decide_masked`): path -> where the
+        mask is valid. None when nothing is masked."""
         from .spec import MaskSpec
 
         masks = [i for i, s in enumerate(self.space.specs) if isinstance(s, MaskSpec)]
         if not masks or self.compare_masked or ex.specs is None:
             return None
         if self._masked_paths is None:
-            self._masked_paths = {}
-            for path, value in leaves:
-                for i in masks:
-                    m = ex.args[i]
-                    if is_tensor(value) and value.dim() >= m.dim() and tuple(value.shape[:m.dim()]) == tuple(m.shape):
-                        self._masked_paths[path] = i
-                        break
-            if self._masked_paths:
-                self.result.details["masked_outputs"] = {
-                    p: self.space.names[i] if i < len(self.space.names) else f"input {i}"
-                    for p, i in self._masked_paths.items()}
+            self._masked_paths = self._decide_masked(ex, leaves, masks)
         keep = {}
         for path, value in leaves:
             index = self._masked_paths.get(path)
@@ -783,6 +773,75 @@ class CheckContext:
                 counts["compared"] += int(m.sum()) * per
                 counts["left_out"] += int((~m).sum()) * per
         return keep or None
+
+    def _decide_masked(self, ex: Example, leaves: Leaves, masks: list[int]) -> dict[str, int]:
+        """Which outputs are per-token: path -> the mask() input whose dims lead it on ``ex`` (the first
+        example) and on a probe whose masks have other sizes (:meth:`InputSpace.mask_probe`, run in eager
+        PyTorch once per model test). An output whose leading dims equal a mask's on one example only (logits
+        of 3 classes beside a mask 3 long) is compared in full; so is every output beside a mask whose last
+        dim cannot vary. Notes both in ``details``."""
+        candidates: dict[str, int] = {}
+        for path, value in leaves:
+            for i in masks:
+                m = ex.args[i]
+                if is_tensor(value) and value.dim() >= m.dim() and tuple(value.shape[:m.dim()]) == tuple(m.shape):
+                    candidates[path] = i
+                    break
+        if not candidates:
+            return {}
+        probe_masks, shapes, error, static = self._mask_probe(ex, sorted(set(candidates.values())))
+        names = self.space.names
+
+        def name(i: int) -> str:
+            return names[i] if i < len(names) else f"input {i}"
+
+        decided: dict[str, int] = {}
+        ruled_out: dict[str, str] = {}
+        for path, i in candidates.items():
+            m_shape = probe_masks.get(i)
+            shape = shapes.get(path)
+            if shape is None:  # a backend's own copy of an output ("simplified output[...]" for onnx)
+                shape = next((s for p, s in shapes.items() if path.endswith(" " + p)), None)
+            if i in static:
+                ruled_out[path] = f"mask {name(i)!r}: {static[i]}"
+            elif error is not None:
+                ruled_out[path] = f"eager PyTorch failed on other sizes of mask {name(i)!r}'s dims: {error}"
+            elif m_shape is None or shape is None or tuple(shape[:len(m_shape)]) != tuple(m_shape):
+                ruled_out[path] = (f"its leading dims do not follow mask {name(i)!r}'s dims: "
+                                   f"{_shape_text(shape)} beside mask {_shape_text(m_shape)} on another example")
+            else:
+                decided[path] = i
+        if decided:
+            self.result.details["masked_outputs"] = {p: name(i) for p, i in decided.items()}
+        if ruled_out:
+            self.result.details["unmasked_outputs"] = ruled_out
+        return decided
+
+    def _mask_probe(self, ex: Example, masks: list[int]) -> tuple[dict[int, tuple], dict[str, tuple], str | None,
+                                                                   dict[int, str]]:
+        """The probe's mask shapes by input position, its eager output shapes by path, the error eager PyTorch
+        raised on it (or None), and the masks that cannot vary with the reason; shared by the model test."""
+        key = (tuple(tuple(ex.args[i].shape) for i in masks), tuple(masks))
+        shared = self.shared.mask_probes if self.shared is not None else {}
+        if key not in shared:
+            probe, static = self.space.mask_probe(ex, masks)
+            probe_masks: dict[int, tuple] = {}
+            shapes: dict[str, tuple] = {}
+            error = None
+            if probe is not None:
+                probe_masks = {i: tuple(probe.args[i].shape) for i in masks if i not in static}
+                try:
+                    with isolation.guard("reference", self.timeout):
+                        out = self.eager(probe.args)
+                    shapes = {p: tuple(v.shape) for p, v in flatten(out) if is_tensor(v)}
+                except StageError:
+                    raise
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+            shared[key] = (probe_masks, shapes, error, static)
+            if self.shared is not None:
+                self._count("mask_probe_runs")
+        return shared[key]
 
     def _observe_reference(self, ex: Example, leaves: Leaves, keep) -> None:
         """Track the eager outputs over the examples: their largest float magnitude (a check whose outputs are
@@ -1513,3 +1572,7 @@ def _first_example_failure(exc: BaseException) -> _ExampleFailed | None:
         if isinstance(sub, _ExampleFailed):
             return sub
     return exc.__cause__ if isinstance(exc.__cause__, _ExampleFailed) else None
+
+
+def _shape_text(shape: tuple | None) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")" if shape is not None else "(no such output)"

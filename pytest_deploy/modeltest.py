@@ -59,6 +59,9 @@ class Work:
     reference_failed: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     #: the model's weights and structure hashed (fingerprint.model_digest), for the result and artifact keys
     digest: str | None = None
+    #: the mask-dim probe (which outputs are per-token), keyed by the first example's mask shapes: (the probe's
+    #: mask shapes by input position, its eager output shapes by path, or the error eager PyTorch raised on it)
+    mask_probes: dict[tuple, Any] = field(default_factory=dict)
     #: keys added in this process since :meth:`mark` (what a worker sends back)
     _new: set[bytes] = field(default_factory=set)
     _marked: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +96,7 @@ class Work:
         self._new = set()
         self._marked = {"search": self.search is not None, "traced": self.traced_run is not None,
                         "checked": set(self.reference_checked), "key": self.content_key is not None,
-                        "digest": self.digest is not None}
+                        "digest": self.digest is not None, "probes": set(self.mask_probes)}
 
     def added(self) -> bytes | None:
         """What this process added since :meth:`mark`, pickled; None when nothing was, or it does not pickle."""
@@ -108,6 +111,9 @@ class Work:
             part["content_key"] = self.content_key
         if self.digest is not None and not self._marked.get("digest"):
             part["digest"] = self.digest
+        probes = {k: v for k, v in self.mask_probes.items() if k not in self._marked.get("probes", set())}
+        if probes:
+            part["mask_probes"] = probes
         if not any(part.values()):
             return None
         try:
@@ -140,6 +146,8 @@ class Work:
             self.content_key = part.get("content_key")
         if self.digest is None:
             self.digest = part.get("digest")
+        for key, value in (part.get("mask_probes") or {}).items():
+            self.mask_probes.setdefault(key, value)
 
 
 class ModelTest:

@@ -648,6 +648,45 @@ class InputSpace:
                 out.append(self.build(opt, recipes))
         return out
 
+    def mask_probe(self, example: Example, masks: Sequence[int]) -> tuple[Example | None, dict[int, str]]:
+        """An example whose ``mask()`` inputs (positions ``masks``) have other sizes than in ``example``, the
+        rest as in it: the outputs whose leading dims follow a mask's dims in both are per-token.
+
+        Every dim of those masks that can vary takes another size (the nearest one no other dim or static
+        size of the inputs has). A mask whose last dim (the one padding runs along) cannot vary (a number,
+        or a dim bound to one size) cannot tell a per-token output from one that has its size by chance: it
+        is returned with the reason, and leads no masked output. Returns ``(probe or None, {mask: reason})``."""
+        current = dict(self.opt_dims())
+        for spec, arg in zip(self.specs, example.args):
+            if is_tensor(arg) and arg.dim() == len(spec.shape):
+                current.update({d: int(n) for d, n in zip(spec.shape, arg.shape) if isinstance(d, str)})
+        current.update(example.dims)
+        static: dict[int, str] = {}
+        change: list[str] = []
+        for i in masks:
+            shape = self.specs[i].shape
+            last = shape[-1] if shape else None
+            if not isinstance(last, str) or self.dims[last][0] == self.dims[last][1]:
+                size = last if not isinstance(last, str) else f"{last!r} (bound to {self.dims[last][0]})"
+                static[i] = f"its last dim {size} cannot vary"
+                continue
+            change += [d for d in shape if isinstance(d, str) and self.dims[d][0] < self.dims[d][1] and d not in change]
+        if not change:
+            return None, static
+        dims = dict(current)
+        taken = {d for s in self.specs for d in s.shape if isinstance(d, int)}
+        taken |= {v for name, v in current.items() if name not in change}
+        for name in change:
+            lo, hi = self.dims[name]
+            old = current[name]
+            near = [v for step in range(1, 65) for v in (old + step, old - step) if lo <= v <= hi]
+            dims[name] = next((v for v in near if v not in taken), near[0])
+            taken.add(dims[name])
+        recipes = example.recipes or tuple(InputRecipe(0, s.canonical_pattern()) for s in self.specs)
+        probe = self.build(dims, recipes)
+        probe.label = "another size of the masks' dims (which outputs are per-token)"
+        return probe, static
+
     def dim_corners_bounds(self) -> tuple[dict[str, int], dict[str, int]]:
         """Every dim at its lower bound; every dim at its upper bound."""
         return {n: lo for n, (lo, _) in self.dims.items()}, {n: hi for n, (_, hi) in self.dims.items()}

@@ -88,6 +88,56 @@ def test_an_unmasked_comparison_of_padding_rows_fails_where_the_masked_one_passe
     assert message is not None and "stage branches: trace-frozen number" in message  # float() of the seq length
 
 
+class StaticMaskHead(nn.Module):
+    """Logits of 3 classes beside a 0/1 mask of 3 flags: the logits are per-example, not per-flag. At the 0
+    flags they gain a number torch.jit.trace freezes (the count of 1 flags, as a Python float): the traced
+    model is wrong there and only there."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, flags):
+        return self.fc(x) + (1 - flags) * float(flags.sum())
+
+
+def test_an_output_beside_a_mask_whose_dims_cannot_vary_is_compared_in_full():
+    """The mask's dims are (batch, 3): the logits' leading dims equal them on every example, by chance. A mask
+    whose padding dim cannot vary cannot tell a per-token output from that, so the logits are compared at
+    every position, and trace's wrong values at the 0 flags are caught (on the old code they were left out
+    and the check passed)."""
+    inputs = [tensor("batch", 4), mask("batch", 3)]
+    result, message = check("trace", StaticMaskHead().eval(), inputs, {"batch": (1, 4)}, examples=6)
+    assert message is not None and "output" in message, message
+    assert "masked_outputs" not in result.details and "masked_positions" not in result.details
+    assert result.details["unmasked_outputs"] == {"output": "mask 'flags': its last dim 3 cannot vary"}
+
+
+class PoolAndClassify(MaskedPool):
+    """Per-token hidden states (batch, seq, 8) and per-example logits of 3 classes (batch, 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask):
+        out = super().forward(input_ids, attention_mask)
+        return {"hidden": out["hidden"], "logits": self.head(out["pooled"])}
+
+
+def test_per_token_outputs_are_told_from_outputs_whose_dims_equal_the_masks_by_chance():
+    """The canonical example has batch 2 and seq 3, so the (batch, 3) logits' leading dims equal the mask's
+    there. Run beside another example whose mask dims differ, only the hidden states follow the mask: they
+    are masked, the logits compared in full (the old code masked both, deciding on the one example)."""
+    inputs = {"input_ids": IDS, "attention_mask": mask("batch", "seq")}
+    result, message = check("export", PoolAndClassify().eval(), inputs, {"batch": (1, 3), "seq": (3, 6)})
+    assert message is None, message
+    assert result.details["masked_outputs"] == {"output['hidden']": "attention_mask"}
+    assert "output['logits']" in result.details["unmasked_outputs"]
+    assert "do not follow mask 'attention_mask'" in result.details["unmasked_outputs"]["output['logits']"]
+    assert result.details["masked_positions"]["left_out"] > 0  # the hidden states' padding rows
+
+
 def test_integer_bound_naming_a_dim_feeds_valid_positions():
     model = MaskedPool().eval()
     inputs = {"input_ids": IDS, "attention_mask": mask("batch", "seq", min_valid=2),

@@ -239,3 +239,22 @@ def test_check_runs_pytest_with_deploy_model_and_its_exit_code(models):
     assert bad.ret == pytest.ExitCode.INTERRUPTED
     assert "number() returned int, not a torch.nn.Module" in bad.stdout.str()
     assert "INTERNALERROR" not in bad.stdout.str() + bad.stderr.str()
+
+
+def test_a_hugging_face_factory_by_keyword_with_the_cache_off(models):
+    pytest.importorskip("transformers")
+    models.makepyfile(hf_models='''
+        import transformers
+
+
+        def gpt2():
+            config = transformers.GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=12,
+                                             use_cache=True)
+            return transformers.GPT2LMHeadModel(config)
+    ''')
+    result = models.runpytest("--deploy-model=hf_models:gpt2", "--deploy-backends=trace", "--deploy-examples=2",
+                              "--deploy-report=report.json")
+    result.assert_outcomes(passed=1)
+    data = json.loads((models.path / "report.json").read_text())
+    (entry,) = data["results"]
+    assert entry["outcome"] == "passed"

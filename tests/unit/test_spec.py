@@ -578,6 +578,23 @@ def test_mask_canonical_example_is_padded():
     assert not canonical.all()  # the artifact is built from an input whose mask is used
 
 
+def test_mask_probe_gives_every_varying_mask_dim_another_size_and_refuses_static_masks():
+    space = InputSpace.resolve([tensor("batch", "seq", 3), mask("batch", "seq"), mask("batch", 3)],
+                               {"batch": (1, 4), "seq": (2, 16)})
+    first = space.canonical()
+    probe, static = space.mask_probe(first, [1, 2])
+    assert static == {2: "its last dim 3 cannot vary"}
+    assert probe is not None and probe.recipes == first.recipes
+    old, new = first.args[1].shape, probe.args[1].shape
+    assert new[0] != old[0] and new[1] != old[1]
+    assert len({new[0], new[1], 3}) == 3  # no size another dim (or a static size) has: no coincidence
+    assert probe.args[0].shape[:2] == new  # the other inputs follow the dims they share
+    # a mask whose padding dim is bound to one size cannot vary either: nothing to probe
+    fixed = InputSpace.resolve([mask("batch", "seq")], {"batch": (1, 4), "seq": 5})
+    probe, static = fixed.mask_probe(fixed.canonical(), [0])
+    assert probe is None and static == {0: "its last dim 'seq' (bound to 5) cannot vary"}
+
+
 # -------------------------------------------------------------------------- bounds naming a dim
 
 
