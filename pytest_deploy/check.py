@@ -182,6 +182,8 @@ class CheckContext:
         #: what --deploy-latency times, when not ``runner`` (a backend whose runner runs more than the artifact users
         #: ship, such as ONNX's raw and simplified graphs together)
         self.latency_runner: Callable[[tuple], Any] | None = None
+        #: other builds of the artifact --deploy-latency times beside it (a TVM module without its tuning)
+        self.latency_variants: dict[str, Callable[[tuple], Any]] = {}
         self.failed_example: Example | None = None
         #: compare every output position, also where a mask() input marks padding (compare_masked=True)
         self.compare_masked = False

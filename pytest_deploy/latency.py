@@ -314,6 +314,9 @@ def measure(ctx, settings: dict[str, Any], pinned: dict[str, Any]) -> dict[str, 
         "knobs": knobs(ctx, pinned), "statistics": statistics_library(),
         "rule": {k: settings[k] for k in ("budget", "min_runs", "max_runs", "warmup", "stable")},
     }
+    variants = _variants(ctx, inputs, settings, budget, shapes)
+    if variants:
+        data["variants"] = variants
     if extra:
         data["slowdown"] = extra
     if getattr(ctx, "spawn_runtime", False):
@@ -330,6 +333,39 @@ def measure(ctx, settings: dict[str, Any], pinned: dict[str, Any]) -> dict[str, 
             or settings.get("baseline"):
         data["gate"] = "passed"
     return data
+
+
+def _variants(ctx, inputs, settings: dict[str, Any], budget: float, shapes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each of the backend's other builds (``ctx.latency_variants``, e.g. a TVM module without its tuning) timed
+    beside eager on the same inputs: per shape its p50, p99, speedup over eager, and ``ratio``: its p50 over the
+    checked artifact's (above 1: the checked artifact is faster)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    mine = {s["label"]: s for s in shapes}
+    for name, other in (getattr(ctx, "latency_variants", None) or {}).items():
+        per = {}
+        for label, example in inputs:
+            if label not in mine:
+                continue
+            args = example.args
+
+            def eager(args=args):
+                with torch.no_grad():
+                    return ctx.call(ctx.model, args)
+
+            def variant(args=args, other=other):
+                with torch.no_grad():
+                    return other(args)
+
+            with ctx.stage("latency"):
+                timed = time_pair(eager, variant, settings, budget)
+            figures, theirs = summarise(timed["artifact"]), summarise(timed["eager"])
+            per[label] = {"p50_ms": figures["p50_ms"], "p99_ms": figures["p99_ms"], "runs": len(timed["artifact"]),
+                          "eager_p50_ms": theirs["p50_ms"], "speedup": theirs["p50_ms"] / figures["p50_ms"],
+                          "ratio": figures["p50_ms"] / mine[label]["p50_ms"]}
+        out[name] = per
+    return out
 
 
 def knobs(ctx, pinned: dict[str, Any]) -> dict[str, Any]:
