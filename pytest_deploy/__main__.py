@@ -3,7 +3,8 @@
 ``pytest-deploy init MODULE:FACTORY`` writes the ``@deployable`` test of a model factory, its inputs inferred
 (docs/zero-code.md); ``pytest-deploy check MODULE:FACTORY`` runs that test's checks without writing it (pytest with
 ``--deploy-model``). ``pytest-deploy merge a.json b.json ...`` joins the JSON reports of several runs (CI shards,
-matrix jobs) into one report, one table, one Markdown summary and one HTML report. A check seen in several reports
+matrix jobs) into one report, one table, one Markdown summary and one HTML report (and, with
+``--latency-save``, one latency baseline). A check seen in several reports
 keeps its worst outcome (a failure is never hidden by a later pass), the disagreements are listed, and each result
 keeps the environment of the run that produced it. ``pytest-deploy backends`` lists every backend, its
 aliases, and whether it can run on this machine (and if not, what to install).
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("-o", "--output", metavar="PATH", help="write the merged JSON report here")
     merge.add_argument("--markdown", metavar="PATH", help="write the merged Markdown summary here")
     merge.add_argument("--html", metavar="PATH", help="write the merged HTML report here")
+    merge.add_argument("--latency-save", metavar="PATH",
+                       help="write the shards' latency figures as one baseline file (for --deploy-latency-baseline)")
     init = commands.add_parser("init", help="write the @deployable test of a model factory, its inputs inferred",
                                description="Write tests/test_deploy_<name>.py: the @deployable test that "
                                            "'pytest --deploy-model=MODULE:FACTORY' runs, with the inferred inputs "
@@ -212,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         data = report_dict(results, interrupted=interrupted, environment=env)
         write_html(args.html, data["results"], env or current_environment())
         print(f"HTML report: {args.html}")
+    if args.latency_save:
+        from .latency import baseline_dict, write_baseline
+
+        write_baseline(args.latency_save, results)
+        print(f"latency baseline: {args.latency_save} ({len(baseline_dict(results)['entries'])} checks)")
     return 1 if any(r.outcome in ("failed", "xpassed") for r in results) else 0
 
 

@@ -64,7 +64,8 @@ from .tensors import clone_args, is_tensor
 
 #: Stage name → the timing bucket it counts towards in the report.
 _TIMING_BUCKET = {"export": "build", "check": "build", "simplify": "build", "compile": "build", "save": "build",
-                  "load": "load", "run": "run", "compare": "run", "branches": "run", "reference": "run"}
+                  "load": "load", "run": "run", "compare": "run", "branches": "run", "reference": "run",
+                  "latency": "latency"}
 
 #: After the first failing example, at most this many further runs are spent shrinking it.
 SHRINK_BUDGET = 150
@@ -178,6 +179,11 @@ class CheckContext:
         self.source_files: tuple[str, ...] = ()
         #: set by run_examples: the runner and, after a failure, the failing example
         self.runner: Callable[[tuple], Any] | None = None
+        #: what --deploy-latency times, when not ``runner`` (a backend whose runner runs more than the artifact users
+        #: ship, such as ONNX's raw and simplified graphs together)
+        self.latency_runner: Callable[[tuple], Any] | None = None
+        #: other builds of the artifact --deploy-latency times beside it (a TVM module without its tuning)
+        self.latency_variants: dict[str, Callable[[tuple], Any]] = {}
         self.failed_example: Example | None = None
         #: compare every output position, also where a mask() input marks padding (compare_masked=True)
         self.compare_masked = False
@@ -963,7 +969,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
               timeout: float | None = None, keep_artifacts: str | os.PathLike | None = None, recheck: bool = False,
               source_files: tuple[str, ...] = (), allow_nonfinite: bool = False, compare_masked: bool = False,
               allow_vacuous: bool = False, precision: str | None = None, keep_passing: bool = True,
-              shared: ModelTest | None = None) -> Result:
+              shared: ModelTest | None = None, latency: Any = None) -> Result:
     """Check ``model`` against one backend. Returns the passing :class:`Result`.
 
     Raises :class:`DeployFailure` when the backend does not reproduce eager PyTorch,
@@ -977,7 +983,8 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
     ``precision`` (fp32, fp16, bf16; a marker's or call's) wins over ``options["precision"]`` (the command line's).
     ``keep_passing=False`` removes ``workdir`` when the check passes (a failing check's stays). ``shared`` (a
     :class:`modeltest.ModelTest`) holds the work the backends of one model test share: eager references, the
-    branch search, the reference check, the content key.
+    branch search, the reference check, the content key. ``latency`` (True or a dict, :mod:`pytest_deploy.latency`)
+    times the artifact beside eager once it passed; such a check is always run (never answered from the result cache).
     """
     from .backends import canonical_name, get_backend
 
@@ -1005,6 +1012,12 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
         raise SpecError(f"examples={examples!r} must be a positive int")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise SpecError(f"timeout={timeout!r} must be a positive number of seconds")
+    from .latency import parse_settings
+
+    latency = parse_settings(latency, "latency=")
+    if latency is not None:  # measured now, or not at all: a stored result's figures are another run's
+        recheck = True
+        options["latency_threads"] = latency["threads"]
     in_worker = isolation.isolated(isolate, getattr(impl, "native", False))
     count = len(inputs) if isinstance(inputs, (list, tuple)) else len(example_inputs) if isinstance(
         example_inputs, (list, tuple)) else 0
@@ -1048,7 +1061,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
                                 keep_artifacts=keep_artifacts, source_files=source_files,
                                 allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
                                 allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work,
-                                spawn_runtime=spawn, owned=owned, state=state)
+                                spawn_runtime=spawn, owned=owned, state=state, latency=latency)
         if cache.pending_warnings:  # shown by pytest's process (this may be a worker's)
             res.details["cache_warnings"] = list(cache.pending_warnings)
         return outcome, res
@@ -1126,7 +1139,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
             warn_cache(cache)
             assert result.message is not None  # _execute sets it with the outcome
             raise DeployFailure(result.message, result)
-        if key is not None:
+        if key is not None and latency is None:
             cache.store_result(key, result)
         warn_cache(cache)
     return result
@@ -1135,7 +1148,8 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
              keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
              allow_vacuous=False, keep_passing=True, shared: Work | None = None,
-             spawn_runtime=False, owned=False, state: ModelState | None = None) -> tuple[str, Result]:
+             spawn_runtime=False, owned=False, state: ModelState | None = None,
+             latency: dict[str, Any] | None = None) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result). The work
     directory is removed at the end when it is the check's own (``owned``: no ``workdir`` was given), and when
     the check passed unless ``keep_passing``."""
@@ -1168,8 +1182,15 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
                 if shared is not None:
                     shared.reference_checked.add(kind)
         ctx.reset_state()  # the eager runs so far may have changed it: the backend builds from the start state
-        with _temporary_files_in(path / "tmp", _inductor_home(cache)):
+        from .latency import measure, pinned_threads
+
+        with _temporary_files_in(path / "tmp", _inductor_home(cache)), \
+                pinned_threads(latency, isolation.in_worker()) as pinned:
+            if latency is not None:  # the runtimes' own thread settings (ONNX Runtime's) follow what was pinned
+                ctx.options["latency_threads"] = pinned["torch"]
             impl.verify(ctx)
+            if latency is not None:  # parity passed: time the loaded artifact beside eager, here
+                measure(ctx, latency, pinned)
     except StageError as err:
         result.outcome = "failed"
         result.stage = err.stage

@@ -100,6 +100,11 @@ def guard(stage: str, timeout: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def in_worker() -> bool:
+    """Whether this process is a forked check worker."""
+    return _channel is not None
+
+
 def progress(stage: str) -> None:
     """In a worker: tell the parent which stage starts now (its timeout clock restarts)."""
     if _channel is not None:

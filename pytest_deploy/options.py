@@ -49,6 +49,14 @@ HELP_MARKDOWN = ("write the summary as Markdown to this path (the matrix, failur
 HELP_NO_STEP_SUMMARY = "do not append the Markdown summary to $GITHUB_STEP_SUMMARY (appended by default when it is set)"
 HELP_HTML = ("write one self-contained HTML report to this path (the matrix, every check's details, plots); plots "
              "need matplotlib")
+HELP_LATENCY = ("after a backend passes, time its loaded artifact beside eager PyTorch (interleaved, same process, "
+                "same threads) on the canonical example and the dims' upper corner: p50/p90/p99 and the speedup")
+HELP_LATENCY_BUDGET = "seconds of timed runs per backend under --deploy-latency (split between the shapes); default 2"
+HELP_LATENCY_BASELINE = ("fail a backend whose speedup over eager fell more than --deploy-latency-tolerance below this "
+                         "baseline file's (written by --deploy-latency-save); turns --deploy-latency on")
+HELP_LATENCY_SAVE = "write every check's latency figures (speedups over eager per shape) to this baseline file"
+HELP_LATENCY_TOLERANCE = ("how far a speedup may fall below its baseline before the check fails: a fraction (0.1) or a "
+                          "percentage (10%%); default 40%%, above the run-to-run spread measured on a shared 2-vCPU machine")
 HELP_TVM_TARGET = "TVM target: a kind such as llvm (default) or cuda, or a JSON target dict"
 HELP_TVM_TUNE = ("tune TVM kernels with MetaSchedule, TRIALS trials in all; the tuning database is kept in the "
                  "artifact cache and reused by the next run")
@@ -82,14 +90,17 @@ MARKER_KWARGS = {
     "compare_masked": "True to compare every output position, also where a mask() input marks padding",
     "allow_vacuous": "True when eager outputs that are (near) zero on every example are intended",
     "precision": "fp32 (default), fp16 or bf16: the precision onnx and tensorrt deploy at",
+    "latency": "True, False, or a dict (budget, min_runs, threads, min_speedup, max_p99_ms, ...): time the artifact "
+               "beside eager after it passes",
 }
 #: The subset ``deploy(...)`` and ``verify(...)`` accept besides the model.
 CALL_KWARGS = ("inputs", "dims", "examples", "atol", "rtol", "tolerances", "train", "allow_nonfinite",
-               "compare_masked", "allow_vacuous", "precision")
+               "compare_masked", "allow_vacuous", "precision", "latency")
 
 MARKER_DOC = (
     "deployable(backends=None, inputs=None, dims=None, examples=None, atol=None, rtol=None, tolerances=None, "
-    "xfail=None, train=None, allow_nonfinite=False, compare_masked=False, allow_vacuous=False, precision=None): check that the model survives each backend's export, save, load and run; one test "
+    "xfail=None, train=None, allow_nonfinite=False, compare_masked=False, allow_vacuous=False, precision=None, "
+    "latency=None): check that the model survives each backend's export, save, load and run; one test "
     "item per backend (pytest-deploy)"
 )
 
@@ -122,6 +133,18 @@ def budget_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text} must be 0 (off) or more seconds")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A tolerance: ``0.1`` or ``10%``, from 0 up to (not including) 1."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction (0.1) or a percentage (10%)") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be from 0 up to (not including) 100%")
     return value
 
 
@@ -172,6 +195,15 @@ def add_options(parser) -> None:
     group.addoption("--deploy-no-step-summary", dest="deploy_no_step_summary", action="store_true", default=False,
                     help=HELP_NO_STEP_SUMMARY)
     group.addoption("--deploy-html", dest="deploy_html", default=None, metavar="PATH", help=HELP_HTML)
+    group.addoption("--deploy-latency", dest="deploy_latency", action="store_true", default=None, help=HELP_LATENCY)
+    group.addoption("--deploy-latency-budget", dest="deploy_latency_budget", type=positive_seconds, default=None,
+                    metavar="SECONDS", help=HELP_LATENCY_BUDGET)
+    group.addoption("--deploy-latency-baseline", dest="deploy_latency_baseline", default=None, metavar="FILE",
+                    help=HELP_LATENCY_BASELINE)
+    group.addoption("--deploy-latency-save", dest="deploy_latency_save", default=None, metavar="FILE",
+                    help=HELP_LATENCY_SAVE)
+    group.addoption("--deploy-latency-tolerance", dest="deploy_latency_tolerance", type=fraction, default=None,
+                    metavar="FRACTION", help=HELP_LATENCY_TOLERANCE)
     group.addoption("--deploy-tvm-target", dest="deploy_tvm_target", default=None, metavar="T", help=HELP_TVM_TARGET)
     group.addoption("--deploy-tvm-tune", dest="deploy_tvm_tune", type=positive_int, default=None, metavar="TRIALS",
                     help=HELP_TVM_TUNE)
@@ -199,6 +231,10 @@ def add_options(parser) -> None:
     parser.addini("deploy_localize_budget", HELP_LOCALIZE_BUDGET, default=None)
     parser.addini("deploy_precision", HELP_PRECISION, default=None)
     parser.addini("deploy_keep_passing", HELP_KEEP_PASSING, type="bool", default=False)
+    parser.addini("deploy_latency", HELP_LATENCY, type="bool", default=False)
+    parser.addini("deploy_latency_budget", HELP_LATENCY_BUDGET, default=None)
+    parser.addini("deploy_latency_baseline", HELP_LATENCY_BASELINE, default=None)
+    parser.addini("deploy_latency_tolerance", HELP_LATENCY_TOLERANCE.replace("%%", "%"), default=None)
     parser.addini("deploy_models", HELP_MODELS, type="linelist", default=[])
 
 
@@ -234,6 +270,11 @@ class Settings:
     #: the cache
     cache_key_env: str | None = None
     cache_readonly: bool = False
+    #: --deploy-latency's settings (pytest_deploy.latency.DEFAULTS with the budget and tolerance given), or None: off
+    latency: dict | None = None
+    #: the latency baseline (``test::backend`` -> {shape label: speedup}), and where to save this run's
+    latency_baseline: dict | None = None
+    latency_save: str | None = None
     #: --deploy-model / ini deploy_models factories (MODULE:FACTORY); which came from the command line
     models: tuple[str, ...] = ()
     models_from_command_line: bool = False
@@ -287,6 +328,7 @@ def read_settings(config) -> Settings:
     readonly = config.getoption("deploy_cache_readonly")
     if readonly is None:
         readonly = bool(config.getini("deploy_cache_readonly"))
+    latency, baseline, save = read_latency(config)
     return Settings(tuple(backends) if backends else None, examples, strict, report, 0 if seed is None else seed,
                     {k: v for k, v in backend_options.items() if v is not None},
                     config.getoption("deploy_cache_dir") or config.getini("deploy_cache_dir") or None,
@@ -295,7 +337,37 @@ def read_settings(config) -> Settings:
                     report_path(config, "deploy_markdown"), not config.getoption("deploy_no_step_summary"),
                     report_path(config, "deploy_html"),
                     keep_passing=keep_passing, cache_key_env=key_env, cache_readonly=readonly,
+                    latency=latency, latency_baseline=baseline, latency_save=save,
                     **read_models(config))
+
+
+def read_latency(config) -> tuple[dict | None, dict | None, str | None]:
+    """--deploy-latency and its options over their ini keys: (settings or None, the baseline read, the save path).
+    A baseline turns latency on; a baseline file that cannot be read is a usage error naming it."""
+    from .latency import DEFAULTS, read_baseline
+
+    on = config.getoption("deploy_latency")
+    if on is None:
+        on = bool(config.getini("deploy_latency"))
+    budget = _seconds_setting(config, "deploy_latency_budget", positive_seconds)
+    tolerance = _seconds_setting(config, "deploy_latency_tolerance", fraction)
+    baseline_path = config.getoption("deploy_latency_baseline") or config.getini("deploy_latency_baseline") or None
+    save = config.getoption("deploy_latency_save") or None
+    baseline = None
+    if baseline_path:
+        where = ("--deploy-latency-baseline" if config.getoption("deploy_latency_baseline")
+                 else "ini deploy_latency_baseline")
+        baseline = read_baseline(str(baseline_path), where)
+    if not (on or baseline is not None):
+        if save:
+            raise SpecError(f"--deploy-latency-save={save}: nothing would be measured; add --deploy-latency")
+        return None, None, None
+    settings = dict(DEFAULTS)
+    if budget is not None:
+        settings["budget"] = budget
+    if tolerance is not None:
+        settings["tolerance"] = tolerance
+    return settings, baseline, save
 
 
 #: what --deploy-model takes: a dotted module, a colon, a dotted attribute
@@ -422,6 +494,10 @@ def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARK
     for flag in ("allow_nonfinite", "compare_masked", "allow_vacuous"):
         if flag in out and not isinstance(out[flag], bool):
             raise SpecError(f"{where}: {flag}={out[flag]!r} must be True or False")
+    if out.get("latency") is not None:
+        from .latency import parse_settings
+
+        parse_settings(out["latency"], where)  # refused here, with where it came from
     if out.get("precision") is not None:
         from .names import parse_precision
 

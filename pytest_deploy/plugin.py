@@ -105,6 +105,7 @@ class DeploySession:
             kw["examples"] = self.settings.examples
         train = kw.pop("train", None)
         test = row_id(item)
+        kw["latency"] = self.latency_for(item, test, backend, kw.get("latency"))
         # pytest.skip/fail are called outside the except clauses, so the report does not show the caught
         # exception again ("During handling of the above exception, another exception occurred").
         path, line = item.reportinfo()[:2]
@@ -142,6 +143,18 @@ class DeploySession:
         if result.outcome == "failed":
             pytest.fail(f"{backend}: {result.message}", pytrace=False)
         return result
+
+    def latency_for(self, item, test: str, backend: str, declared: Any) -> dict[str, Any] | None:
+        """The check's latency settings: the marker's or call's ``latency=`` over the session's, with this check's
+        baseline speedups from --deploy-latency-baseline."""
+        from .latency import merge_settings
+
+        settings = merge_settings(self.settings.latency, declared, f"deployable marker on {item.nodeid}")
+        if settings is not None and self.settings.latency_baseline is not None:
+            entry = self.settings.latency_baseline.get(f"{test}::{backend}")
+            if entry:
+                settings["baseline"] = entry
+        return settings
 
     # -- outcomes ------------------------------------------------------------------------------
 
@@ -491,6 +504,10 @@ def _junit_properties(item, result: Result) -> None:
               "deploy_max_abs_error": "" if result.max_abs_error is None else repr(result.max_abs_error),
               "deploy_atol": "" if result.atol is None else repr(result.atol),
               "deploy_rtol": "" if result.rtol is None else repr(result.rtol)}
+    latency = result.latency or {}
+    if latency.get("p50_ms") is not None:  # --deploy-latency: the canonical example's figures
+        values["deploy_latency_p50_ms"] = repr(round(latency["p50_ms"], 6))
+        values["deploy_speedup"] = "" if latency.get("speedup") is None else repr(round(latency["speedup"], 4))
     item.user_properties[:] = [p for p in item.user_properties if p[0] not in values] + list(values.items())
 
 
@@ -505,7 +522,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     for line in summary_lines(list(session.results.values()), width=width):
         terminalreporter.write_line(line)
     for label, path in (("JSON report", session.settings.report), ("Markdown summary", session.settings.markdown),
-                        ("HTML report", session.settings.html)):
+                        ("HTML report", session.settings.html), ("latency baseline", session.settings.latency_save)):
         if path and label in session.write_errors:
             terminalreporter.write_line(f"pytest-deploy: {session.write_errors[label]}", red=True)
         elif path:
@@ -546,6 +563,10 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary and settings.step_summary:
         write("GitHub step summary", step_summary, lambda: write_markdown(step_summary, results, append=True))
+    if settings.latency_save:
+        from .latency import write_baseline
+
+        write("latency baseline", settings.latency_save, lambda: write_baseline(settings.latency_save, results))
     if settings.html:
         from .report_html import write_html
 

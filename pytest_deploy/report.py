@@ -13,6 +13,8 @@ from importlib import metadata
 
 from .compare import format_number
 from .fingerprint import gpu_environment
+from .latency import cell_text as latency_cell
+from .latency import markdown_lines as latency_markdown
 from .results import Result
 
 _STATUS = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL", "xpassed": "XPASS"}
@@ -42,6 +44,9 @@ def cell(result: Result) -> str:
         parts.append(f"{build:.2f}s" if build < 10 else f"{build:.0f}s")
     if result.cached:
         parts.append("cached")
+    figure = latency_cell(result.latency)  # --deploy-latency: p50 and speedup over eager, "1.8 ms ×2.4"
+    if figure:
+        parts.append(figure)
     return " ".join(parts)
 
 
@@ -64,6 +69,8 @@ def summary_lines(results: list[Result], width: int | None = None) -> list[str]:
     tally = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
     cells = ("cells: status, max abs error, build time" if not compact
              else "cells: status codes above, numbers per check below")
+    if any(r.latency and r.latency.get("p50_ms") is not None for r in results):
+        cells += ", latency p50 and ×speedup over eager (--deploy-latency)"
     closing = [f"{plural(len(results), 'check')}: {tally}; build time {total_build:.1f}s ({cells}; cached: the "
                "result, or the artifact, came from the cache)"]
     bugs = [r for r in results if is_bug(r)]
@@ -117,7 +124,8 @@ def _full_table(rows, backends, branch_rows) -> list[str]:
 #: Short status codes of the compact table.
 _CODES = {"passed": "ok", "skipped": "skip", "xfailed": "xfail", "xpassed": "XPASS"}
 _STAGE_CODES = {"export": "exp", "check": "chk", "simplify": "simp", "compile": "comp", "save": "save",
-                "load": "load", "run": "run", "compare": "cmp", "branches": "brch", "reference": "ref"}
+                "load": "load", "run": "run", "compare": "cmp", "branches": "brch", "reference": "ref",
+                "latency": "lat"}
 _BACKEND_CODES = {"state_dict": "sd", "pickle": "pkl", "checkpoint": "ckpt", "script": "scrpt",
                   "export": "expt", "tensorrt": "trt"}
 
@@ -156,8 +164,8 @@ def _compact_table(rows, backends, branch_rows, width: int) -> list[str]:
             table.append([_fit(names[test], first), *(short_cell(rows[test].get(b)) for b in block)])
         lines += _columns(table, gap=1)
     legend = ("legend: ok passed (* from the cache), F:stage failed (exp export, chk check, simp simplify, comp "
-              "compile, save, load, run, cmp compare, brch branches, ref reference), BUG a pytest-deploy bug (stage internal), "
-              "skip, xfail, - not declared")
+              "compile, save, load, run, cmp compare, brch branches, ref reference, lat latency), BUG a pytest-deploy bug "
+              "(stage internal), skip, xfail, - not declared")
     abbreviated = [f"{code} {b}" for b, code in headers.items() if code != b]
     if abbreviated:
         legend += "; " + ", ".join(abbreviated)
@@ -327,6 +335,7 @@ def markdown(results: list[Result]) -> str:
         if counted:
             out += ["", "Inside installed libraries, counted per file (the JSON and HTML reports list each site):", ""]
             out += [f"- `{_md(names[test])}`: {_md(library_count_text(lib, group))}" for test, lib, group in counted]
+    out += latency_markdown(results, names, _md)
     return "\n".join(out) + "\n"
 
 

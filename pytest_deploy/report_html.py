@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .compare import format_number
+from .latency import facts_text as latency_facts
 from .names import backend_names
 
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
@@ -370,6 +371,9 @@ def _check(result: dict, anchor: str, node_plot: str | None, same_branches: tupl
     facts.append(("tolerance", f"atol {_e(_tol(result.get('atol')))}, rtol {_e(_tol(result.get('rtol')))}"))
     facts.append(("timings", ", ".join(f"{_e(k)} {_e(_seconds(v))}" for k, v in timings.items()) or "-"))
     facts.append(("cached", "yes" if result.get("cached") else "no"))
+    latency = latency_facts(result.get("latency"))
+    if latency:
+        facts.append(("latency", _e(latency)))
     for key in ("seed", "artifact"):
         if result.get(key) is not None:
             facts.append((key, f'<span class="mono">{_e(result[key])}</span>'))
@@ -544,6 +548,80 @@ def _plot_timings(results: list[dict], backends: list[str]) -> str | None:
     return _figure_uri(fig)
 
 
+def _latency_rows(results: list[dict]) -> list[tuple[dict, dict]]:
+    """(result, timed shape) of every check with latency figures, at most 24."""
+    rows = []
+    for r in results:
+        for shape in ((r.get("latency") or {}).get("shapes") or []):
+            if shape.get("samples_ms") and shape.get("eager_samples_ms"):
+                rows.append((r, shape))
+    return rows[:24]
+
+
+def _plot_latency(results: list[dict], backends: list[str]) -> str | None:
+    """Each timed artifact's latency distribution beside eager's, one pair of boxes per check and shape (log scale)."""
+    from matplotlib.figure import Figure
+
+    rows = _latency_rows(results)
+    if not rows:
+        return None
+    fig = Figure(figsize=(max(6.5, 1.1 * len(rows) + 3.0), 4.6), dpi=100)
+    ax = fig.add_subplot()
+    style: dict[str, Any] = {"whis": (5, 95), "showfliers": False, "patch_artist": True, "widths": 0.35}
+    for i, (r, shape) in enumerate(rows):
+        eager = ax.boxplot([shape["eager_samples_ms"]], positions=[i - 0.2], **style)
+        mine = ax.boxplot([shape["samples_ms"]], positions=[i + 0.2], **style)
+        for box, color in ((eager, "#b0b0b0"), (mine, COLORS["passed"][1] if _outcome(r) == "passed"
+                                                        else COLORS["failed"][1])):
+            for patch in box["boxes"]:
+                patch.set_facecolor(color)
+            for line in box["medians"]:
+                line.set_color("black")
+        speedup = shape.get("speedup")
+        if speedup is not None:
+            ax.annotate(f"×{speedup:.2g}", (i, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                        fontsize=_FONT["note"], xytext=(0, 2), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{str(r.get('test')).split('::')[-1]}\n{r.get('backend')} {shape['label']}"
+                        for r, shape in rows], fontsize=_FONT["tick"] - 2, rotation=30, ha="right")
+    ax.set_ylabel("ms per run (log)", fontsize=_FONT["label"])
+    ax.grid(axis="y", color="#e0e0e0", zorder=0)
+    ax.set_title("latency: artifact beside eager PyTorch", fontsize=_FONT["title"], pad=18)
+    fig.tight_layout()
+    return _figure_uri(fig)
+
+
+def _plot_latency_sizes(results: list[dict], backends: list[str]) -> str | None:
+    """Median latency against the timed input's size (the first named dim), for checks that timed several sizes."""
+    from matplotlib.figure import Figure
+
+    series = []
+    for r in results:
+        shapes = [s for s in ((r.get("latency") or {}).get("shapes") or []) if s.get("dims")]
+        if len(shapes) < 2:
+            continue
+        dim = sorted(shapes[0]["dims"])[0]
+        points = sorted((s["dims"][dim], s["p50_ms"], s["eager"]["p50_ms"]) for s in shapes if dim in s["dims"])
+        series.append((r, dim, points))
+    if not series:
+        return None
+    fig = Figure(figsize=(7.5, 4.4), dpi=100)
+    ax = fig.add_subplot()
+    for r, _dim, points in series[:12]:
+        label = f"{str(r.get('test')).split('::')[-1]} {r.get('backend')}"
+        line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)[0]
+        ax.plot([p[0] for p in points], [p[2] for p in points], linestyle="--", color=line.get_color(), alpha=0.6)
+    dims = sorted({dim for _, dim, _ in series})
+    ax.set_xlabel(f"size of dim {', '.join(dims)}", fontsize=_FONT["label"])
+    ax.set_ylabel("median ms per run (eager dashed)", fontsize=_FONT["label"])
+    ax.grid(color="#e0e0e0", zorder=0)
+    ax.set_title("latency against input size", fontsize=_FONT["title"])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=_FONT["legend"] - 2)
+    fig.tight_layout()
+    return _figure_uri(fig)
+
+
 def _plot_nodes(result: dict) -> str | None:
     """Max abs error per node in execution order, against the check's atol; the first node beyond it marked."""
     from matplotlib.figure import Figure
@@ -609,6 +687,11 @@ def _plots(results: list[dict], backends: list[str]) -> tuple[str, list[str | No
                                 "top, labelled with its stage."),
         ("timing", _plot_timings, "Build, load and run time per backend, summed over its checks "
                                   "(cached checks count what this run spent)."),
+        ("latency", _plot_latency, "Latency of each timed artifact (colour) beside eager PyTorch's (grey) on the same "
+                                   "input, interleaved in the same process (--deploy-latency): boxes span p25-p75, "
+                                   "whiskers p5-p95, the line is the median; the label gives the speedup."),
+        ("latency by size", _plot_latency_sizes, "Median latency against the size of the timed input (the dims' "
+                                                 "canonical value and upper bound), per backend; eager dashed."),
     ):
         try:
             uri = draw(results, backends)

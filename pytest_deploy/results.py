@@ -32,6 +32,9 @@ class Result:
     branches: list[dict[str, Any]] = field(default_factory=list)
     #: where a comparison failure starts: the first diverging module (pytest_deploy.localize); None when not located
     divergence: dict[str, Any] | None = None
+    #: --deploy-latency's figures (pytest_deploy.latency): p50/p99 per timed shape beside eager's, the speedup; None
+    #: when latency was not measured
+    latency: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -40,6 +40,10 @@ class Check(Protocol):
     cleanup: contextlib.ExitStack  #: callbacks run when the check ends
     artifacts: dict[str, str]  #: files built outside the work directory, for --deploy-keep-artifacts
     runner: Runner | None
+    #: what --deploy-latency times when it is not ``runner`` (the artifact users ship, alone); None: ``runner``
+    latency_runner: Runner | None
+    #: other builds of the same artifact to time beside it (``{"untuned": runner}`` for a tuned TVM module)
+    latency_variants: dict[str, Runner]
     failed_example: Any
     timeout: float | None  #: seconds one stage may take (--deploy-timeout), or None
     #: the check uses CUDA (or the ``spawn_runtime`` backend option asks): the backend's runtime runs in a spawned

@@ -84,6 +84,8 @@ class OnnxBackend(Backend):
         simplified = (_session(ctx, run_simplified, optimize=run_simplified == simplified_path)
                       if run_simplified else None)
         ctx.note("onnxruntime_provider", raw.info["provider"])
+        if ctx.options.get("latency_threads"):
+            ctx.note("onnxruntime_threads", raw.info.get("intra_op_num_threads"))
 
         from ..compare import Leaves, flatten
 
@@ -99,6 +101,8 @@ class OnnxBackend(Backend):
                 out += [(SIMPLIFIED + p, o) for p, o in simplified.run(args)]
             return Leaves(out)
 
+        # --deploy-latency times the graph users ship: the simplified one when there is one
+        ctx.latency_runner = (simplified or raw).run
         try:
             ctx.run_examples(run, reference=reference)
         except StageError as failure:
@@ -336,7 +340,8 @@ def _session(ctx, path: str, optimize: bool = True):
     """An ONNX Runtime session on ``path`` (an :class:`OrtRuntime`), in a spawned worker process when the check uses
     CUDA (:class:`~pytest_deploy.worker.Runtime`); ``optimize=False`` for the float16 emulation graph, whose Cast round
     trips ONNX Runtime's optimizers must not remove."""
-    config = {"path": path, "optimize": optimize, "declared": input_names(ctx.space, len(ctx.space.specs))}
+    config = {"path": path, "optimize": optimize, "declared": input_names(ctx.space, len(ctx.space.specs)),
+              "threads": ctx.options.get("latency_threads")}  # --deploy-latency pins ONNX Runtime's threads
     with ctx.stage("load"):
         if ctx.spawn_runtime:
             return spawned_runtime(ctx, "onnxruntime", "pytest_deploy.backends.onnx:OrtRuntime", config)
@@ -358,12 +363,16 @@ class OrtRuntime:
         options.log_severity_level = 4  # errors reach the user through the stage message, not stderr
         if not config.get("optimize", True):
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if config.get("threads"):  # --deploy-latency: as many threads as eager PyTorch gets
+            options.intra_op_num_threads = int(config["threads"])
+            options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(self.path, options, providers=providers())
         except Exception as exc:
             raise StageError("load", explain_runtime_error(exc, self.path)) from None
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.info = {"provider": self.session.get_providers()[0], "providers": self.session.get_providers()}
+        self.info = {"provider": self.session.get_providers()[0], "providers": self.session.get_providers(),
+                     "intra_op_num_threads": options.intra_op_num_threads}
 
     def run(self, args) -> list:
         feed = {}

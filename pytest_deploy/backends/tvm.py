@@ -21,6 +21,8 @@ DEFAULT_TARGET = "llvm"
 LIBRARY = "model.so"
 #: how the library was imported (the ``tvm_importer*`` and ``tvm_fallback`` details), kept beside it in the cache
 IMPORT_NOTES = "import.json"
+#: --deploy-tvm-tune with --deploy-latency: the module compiled without the tuning database, timed beside the tuned one
+UNTUNED = "model.untuned.so"
 _IMPORT_KEYS = ("tvm_importer", "tvm_importer_refusal", "tvm_compile_failure", "tvm_fallback")
 
 
@@ -133,6 +135,10 @@ class TvmBackend(Backend):
             path = str(built / LIBRARY)
             _restore_import_notes(ctx, built / IMPORT_NOTES)
         config = {"path": path, "target": ctx.options.get("tvm_target") or DEFAULT_TARGET}
+        if ctx.result.details.get("tvm_untuned") == UNTUNED:
+            with ctx.stage("load"):
+                untuned = TvmRuntime({**config, "path": ctx.path(UNTUNED)})
+            ctx.latency_variants["untuned"] = untuned.run
         with ctx.stage("load"):
             if ctx.spawn_runtime:  # a GPU target: the device is opened in a spawned worker, never here
                 runtime = spawned_runtime(ctx, "TVM", f"{__name__}:TvmRuntime", config)
@@ -223,6 +229,8 @@ class TvmBackend(Backend):
         import tvm
 
         executable = self._tuned(ctx, module, target) if ctx.options.get("tvm_tune") else None
+        if executable is not None and ctx.options.get("latency_threads") and not ctx.spawn_runtime:
+            self._untuned(ctx, module, target)  # --deploy-latency times the tuned module beside the untuned one
         with ctx.stage("compile"), quiet_torch_logs():
             try:
                 return executable or tvm.compile(module, target=target)
@@ -256,6 +264,23 @@ class TvmBackend(Backend):
         program = hashlib.sha256(module.script().encode()).hexdigest()
         key = make_key("tvm-tune", program, str(target), trials, library_versions(["apache-tvm"]), machine())
         return tuned_executable(ctx, module, target, trials, key)
+
+    def _untuned(self, ctx, module, target) -> None:
+        """The same module compiled without the tuning database, written beside the tuned library
+        (``UNTUNED``): --deploy-latency times both in the same run, so tuning proves its worth."""
+        import tvm
+
+        with ctx.stage("compile"), quiet_torch_logs():
+            try:
+                executable = tvm.compile(module, target=target)
+            except Exception as exc:  # the tuned module is what is checked; its untuned twin is extra
+                ctx.note("tvm_untuned", f"not compiled: {first_line(exc)}")
+                return
+        workspace = ctx.path("tvm-build-untuned")
+        os.makedirs(workspace, exist_ok=True)
+        with ctx.stage("save"):
+            executable.export_library(ctx.path(UNTUNED), workspace_dir=workspace)
+        ctx.note("tvm_untuned", UNTUNED)
 
     # -- import --------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ LAYERS = {
     0: ["errors", "results"],
     1: ["names", "sources", "tensors"],
     2: ["spec", "validate", "compare", "cache", "isolation", "worker", "decisions", "fingerprint",
-        "localize"],
+        "localize", "latency"],
     3: ["backends.base"],
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
