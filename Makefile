@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/python -m pytest examples -rfEsx --deploy-report=deploy-report.json
 
 test: setup
-	$(BIN)/python -m pytest tests -rs -n $(JOBS)
+	$(BIN)/python -m pytest tests -rs -n $(JOBS) --durations=10
 
 # ruff (lint and import order) and mypy (types of the pytest_deploy package), configured in pyproject.toml
 lint: setup

@@ -31,27 +31,25 @@ def tvm_here():
         pytest.skip(reason)
 
 
-def test_a_tuned_module_is_timed_beside_its_untuned_twin_and_its_records_are_reused(tvm_here, tmp_path):
+def test_a_tuned_module_is_timed_beside_its_untuned_twin_its_records_are_reused_and_no_twin_without_latency(
+        tvm_here, tmp_path):
+    """One test, one tuning (4 trials take minutes on 2 cores): the later checks reuse its records from the cache."""
     torch.manual_seed(0)
 
-    def check():
+    def check(**kwargs):
         # a static shape: MetaSchedule tunes static-shape kernels only
-        return verify(MatMuls().eval(), "tvm", inputs=[tensor(8, 64)], examples=1, latency=FAST,
-                      backend_options={"tvm_tune": 4}, cache_dir=tmp_path)
+        return verify(MatMuls().eval(), "tvm", inputs=[tensor(8, 64)], examples=1,
+                      backend_options={"tvm_tune": 4}, cache_dir=tmp_path, **kwargs)
 
-    first = check()
+    first = check(latency=FAST)
     assert first.details["tvm_tuning"].startswith("tuned ")
     untuned = first.latency["variants"]["untuned"]["canonical"]
     assert untuned["ratio"] == pytest.approx(untuned["p50_ms"] / first.latency["shapes"][0]["p50_ms"])
     assert untuned["runs"] >= 2 and untuned["speedup"] > 0
     assert first.latency["knobs"]["tvm_tune_trials"] == 4
-    second = check()
+    second = check(latency=FAST)
     assert second.details["tvm_tuning"].startswith("database reused from the cache")
     assert "untuned" in second.latency["variants"]
-
-
-def test_without_latency_no_untuned_twin_is_built(tvm_here, tmp_path):
-    torch.manual_seed(0)
-    result = verify(MatMuls().eval(), "tvm", inputs=[tensor(8, 64)], examples=1, backend_options={"tvm_tune": 4},
-                    cache_dir=tmp_path, isolate="none")
-    assert "tvm_untuned" not in result.details and result.latency is None
+    # without --deploy-latency nothing is timed, so no untuned twin is built
+    plain = check(isolate="none", recheck=True)
+    assert "tvm_untuned" not in plain.details and plain.latency is None
