@@ -563,8 +563,8 @@ def fit_bounds(model, decl: Declaration) -> Declaration:
         def runs(value: int, name: str = name) -> bool:
             return _run_at(model, space, {**point, name: value}) is None
 
-        fitted[name] = (lo if runs(lo) else _bisect(lo, point[name], runs, up=False),
-                        hi if runs(hi) else _bisect(point[name], hi, runs, up=True))
+        fitted[name] = (lo if runs(lo) else _bisect(point[name], lo, runs),
+                        hi if runs(hi) else _bisect(point[name], hi, runs))
     narrowed = replace(decl, dims=fitted, notes=dict(decl.notes))
     if probe(model, narrowed) is not None:
         narrowed = replace(decl, dims={n: (v, v) for n, v in point.items()}, notes=dict(decl.notes))
@@ -575,19 +575,9 @@ def fit_bounds(model, decl: Declaration) -> Declaration:
     return _fold_fixed(narrowed, start)
 
 
-def _bisect(good: int, bad: int, runs, *, up: bool) -> int:
-    """Going up: the largest size in [good, bad) that runs (``good`` runs, ``bad`` does not); going down (``bad`` <
-    ``good``): the smallest size in (bad, good] that runs."""
-    if not up:
-        good, bad = bad, good  # bad < good
-        while good - bad > 1:
-            mid = (bad + good) // 2
-            if runs(mid):
-                good = mid
-            else:
-                bad = mid
-        return good
-    while bad - good > 1:
+def _bisect(good: int, bad: int, runs) -> int:
+    """The size nearest ``bad`` that runs, between ``good`` (runs) and ``bad`` (does not), either way round."""
+    while abs(bad - good) > 1:
         mid = (good + bad) // 2
         if runs(mid):
             good = mid
