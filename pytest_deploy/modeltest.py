@@ -351,14 +351,29 @@ def _same(now: Any, value: Any, copied: Any, version: Any) -> bool:
             return False
         if isinstance(copied, dict):
             current = cast(dict, now)
-            return current.keys() == copied.keys() and all(current[k] is copied[k] for k in copied)
+            return current.keys() == copied.keys() and all(_equal(current[k], copied[k]) for k in copied)
         if isinstance(copied, set):
             return now == copied
-        return all(a is b for a, b in zip(now, copied))
+        return all(_equal(a, b) for a, b in zip(now, copied))
     try:
         return bool(now == value) and type(now) is type(value)
     except Exception:
         return now is value
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """An entry of a watched container is unchanged when it is the same object, or an equal value of the same type
+    (a plan rebuilt as an equal dict of tuples is no change); a tensor only when it is the same object."""
+    from .tensors import is_tensor
+
+    if a is b:
+        return True
+    if is_tensor(a) or is_tensor(b) or type(a) is not type(b):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # an __eq__ that raises or returns something without a truth value
+        return False
 
 
 def _short(value) -> str:
