@@ -101,14 +101,6 @@ def merge_reports(paths: list[str]) -> Merged:
     return Merged(results, environments, interrupted, conflicts, unknown)
 
 
-def load_results(paths: list[str]) -> tuple[list[Result], dict[str, Any], bool]:
-    """Every result of the reports (the worst of one (test, backend), see :func:`merge_reports`); the first
-    report's environment; whether any run was interrupted."""
-    merged = merge_reports(paths)
-    first = merged.environments[0]["environment"] if merged.environments else {}
-    return merged.results, first, merged.interrupted
-
-
 def _severity(outcome: str) -> int:
     return SEVERITY.index(outcome) if outcome in SEVERITY else len(SEVERITY)  # an unknown outcome is no pass
 

@@ -56,7 +56,6 @@ from .sources import (
     origin_frame,
     package_frame,
     package_path,
-    short_path,
     torchscript_error,
 )
 from .spec import SPECIAL_LABEL, Example, InputSpace
@@ -86,12 +85,6 @@ EXPLORE_SECONDS = 5.0
 EXPLORE_COST_SECONDS = 2.0
 EXPLORE_MIN_RUNS = 12
 
-#: a Python number computed from a shape (``float(w - 1) / 2``) that torch.jit.trace froze: checked to follow the
-#: input under trace (a shape is a tensor there) and under torch.export (a symbol there)
-SHAPE_NUMBER_FIX = ("keep it on the shape, without float()/int(): `(w - 1) / 2` instead of `float(w - 1) / 2`, "
-                    "`w // 2` instead of `int(w * 0.5)`; under torch.jit.trace a shape is a tensor and under "
-                    "torch.export a symbol, so the number follows the input (torch.jit.script and torch.cond do "
-                    "not help here)")
 
 DEFAULT_EXAMPLES = 20
 
@@ -569,7 +562,7 @@ class CheckContext:
             elif stage == "run" and self.freezes_decisions:  # a frozen shape number can break the run itself
                 frozen = self._frozen_shape_numbers(failure.example)
                 if frozen:
-                    text += "\n" + describe_frozen_number(frozen[0], "the failing input") + f"\n  fix: {SHAPE_NUMBER_FIX}"
+                    text += "\n" + describe_frozen_number(frozen[0], "the failing input") + f"\n  fix: {fix_for(frozen[0])}"
             from .divergence import locate
 
             text += locate(self, failure.example.args, stage)  # where it broke; never raises
@@ -668,16 +661,15 @@ class CheckContext:
         else:
             error = ""
         if frozen:
-            text = describe_frozen_number(frozen[0], "the failing input") + f"{error}\n  fix: {SHAPE_NUMBER_FIX}"
-            others = [f"{short_path(d.site.file)}:{d.site.line}" for d in frozen[1:]]
-            others += [f"{short_path(d.site.file)}:{d.site.line}" for d in divergences]
+            text = describe_frozen_number(frozen[0], "the failing input") + f"{error}\n  fix: {fix_for(frozen[0])}"
+            others = [d.site.where for d in (*frozen[1:], *divergences)]
         else:
             first = divergences[0]
             self.analysis.mark_diverged(first.site)
             stats = self.analysis.sites.get(first.site)
             fix = fix_for(first, plain=stats is not None and stats.plain)
             text = describe_divergence(first, "the failing input") + f"{error}\n  fix: {fix}"
-            others = [f"{short_path(d.site.file)}:{d.site.line}" for d in divergences[1:] if d.site != first.site]
+            others = [d.site.where for d in divergences[1:] if d.site != first.site]
         others = list(dict.fromkeys(others))
         if others:
             text += "\n  the failing input also leaves the traced path at: " + ", ".join(others[:5])
@@ -693,7 +685,7 @@ class CheckContext:
         ``example`` with the conversions recorded, and the values compared. Never raises."""
         if self._retrace is None or self.result.timings.get("build", 0.0) > RETRACE_BUDGET_S:
             return []
-        eager_sites = {short_path(site.file) + f":{site.line}" for site, _ in self.analysis.traced}
+        eager_sites = {site.where for site, _ in self.analysis.traced}
         warned = {f"{w['file']}:{w['line']}" for w in self.result.details.get("tracer_warnings") or []
                   if re.match(r"Converting a tensor to a Python (?:float|integer|number|index)", str(w.get("message")))}
         if not warned - eager_sites:
@@ -708,7 +700,7 @@ class CheckContext:
         theirs = {(site, n): (kind, value) for site, n, kind, value in other.events}
         found: list[Divergence] = []
         for site, n, kind, value in traced.events:
-            where = short_path(site.file) + f":{site.line}"
+            where = site.where
             if kind in ("bool", "tolist") or where in eager_sites or where not in warned:
                 continue
             mine = theirs.get((site, n))

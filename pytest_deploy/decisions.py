@@ -52,8 +52,13 @@ class Site:
     def source(self) -> str:
         return linecache.getline(self.file, self.line).strip()
 
+    @property
+    def where(self) -> str:
+        """``file:line``, the file as the messages show it."""
+        return f"{short_path(self.file)}:{self.line}"
+
     def describe(self) -> str:
-        return f"{short_path(self.file)}:{self.line}  `{self.source}`"
+        return f"{self.where}  `{self.source}`"
 
 
 @dataclass
@@ -611,6 +616,12 @@ _FIXES = {
                       "or keep the `if` with torch.jit.script (or torch.cond under torch.export)"),
     "shape branch": ("a branch on a shape: torch.export decides it per dim range (declare the dims in the spec) and "
                      "torch.jit.script keeps it; under trace, make both sides one tensor expression"),
+    # a Python number computed from a shape (kind ``shape``): checked to follow the input under trace (a shape is a
+    # tensor there) and under torch.export (a symbol there)
+    "shape": ("keep it on the shape, without float()/int(): `(w - 1) / 2` instead of `float(w - 1) / 2`, "
+              "`w // 2` instead of `int(w * 0.5)`; under torch.jit.trace a shape is a tensor and under "
+              "torch.export a symbol, so the number follows the input (torch.jit.script and torch.cond do "
+              "not help here)"),
     "rng": ("randomness in forward: trace freezes the draw of Python's or numpy's RNG; draw with torch "
             "(torch.rand, which the graph keeps) and only in training, or move it out of forward"),
 }
@@ -622,6 +633,8 @@ _CALLS = {"item": "`.item()`", "tolist": "`.tolist()`", "int": "`int()`", "float
 def fix_for(d: Divergence, plain: bool = False) -> str:
     """The fix line for the trace-lost decision ``d``, by its kind (``plain``: an if/while whose test converted
     no tensor, so it compares shapes or Python values)."""
+    if d.kind == "shape":
+        return _FIXES["shape"]
     if RNG_CALL.search(d.site.source):
         return _FIXES["rng"]
     if d.kind == "numpy":
