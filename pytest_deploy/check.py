@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import isolation
+from .branches import BranchAnalysis, Divergence, describe_divergence, describe_frozen_number, fix_for
 from .cache import ArtifactCache
 from .compare import (
     Comparison,
@@ -33,16 +34,7 @@ from .compare import (
     resolve_tolerance,
     widen_for_precision,
 )
-from .decisions import (
-    BranchAnalysis,
-    Divergence,
-    Recorder,
-    describe_divergence,
-    describe_frozen_number,
-    fix_for,
-    needs_line_tracing,
-    record,
-)
+from .decisions import Recorder, needs_line_tracing, record
 from .errors import INTERNAL, BackendUnavailable, DeployFailure, InternalError, SpecError, StageError
 from .localize import LocalizationError
 from .modeltest import ModelState, ModelTest, Work

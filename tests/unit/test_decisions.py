@@ -1,4 +1,4 @@
-"""Unit tests for pytest_deploy.decisions: recording data-dependent decisions, and comparing them with a trace.
+"""Unit tests for pytest_deploy.decisions and .branches: recording data-dependent decisions, and comparing them with a trace.
 
 The models are defined here, so this file is the "user's file" whose lines the recorder reports. Each line a
 test expects a decision at ends in a marker comment ``# @name``; :func:`line` finds it, so no line number is
@@ -15,17 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_deploy.decisions import (
-    _CONVERSIONS,
-    BranchAnalysis,
-    Divergence,
-    Recorder,
-    Run,
-    Site,
-    describe_divergence,
-    fix_for,
-    record,
-)
+from pytest_deploy.branches import BranchAnalysis, Divergence, describe_divergence, fix_for
+from pytest_deploy.decisions import _CONVERSIONS, Recorder, Run, Site, record
 
 FILE = __file__
 SOURCE = Path(FILE).read_text().splitlines()
