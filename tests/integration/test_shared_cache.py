@@ -179,9 +179,10 @@ def test_hostile_and_unsigned_entries_on_s3_write_nothing_outside_and_are_never_
     import uuid
     import warnings
 
-    from pytest_deploy.cache import CACHE_VERSION, ArtifactCache, make_key
+    from pytest_deploy.cache import ArtifactCache, make_key
     from pytest_deploy.check import warn_cache
     from pytest_deploy.errors import CacheWarning
+    from pytest_deploy.shared_cache import CACHE_VERSION
 
     fs, prefix = s3["fs"], f"{BUCKET}/team-a"
     outside = tmp_path / "outside"

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_deploy.cache import CACHE_VERSION, ArtifactCache, make_key
+from pytest_deploy.cache import ArtifactCache, make_key
 from pytest_deploy.check import warn_cache
 from pytest_deploy.errors import CacheWarning
+from pytest_deploy.shared_cache import CACHE_VERSION
 
 PAYLOAD = b"compiled bytes" * 10
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -172,7 +173,7 @@ def test_a_local_entry_directory_that_is_a_symlink_is_never_used(tmp_path):
 
 @pytest.mark.parametrize("name", ["../x.so", "/abs.so", "a\\b.so", "manifest.json"])
 def test_storing_under_a_bad_name_is_refused(tmp_path, name):
-    from pytest_deploy.cache import BadManifest
+    from pytest_deploy.shared_cache import BadManifest
 
     source = tmp_path / "src.so"
     source.write_bytes(PAYLOAD)
