@@ -9,14 +9,14 @@ place).
 Its input is the JSON report's ``results`` (:meth:`pytest_deploy.results.Result.to_json`, non-finite numbers
 possibly written as the strings ``"inf"``/``"nan"``) and ``environment``. Standard library only at import time:
 matplotlib is imported when the plots are drawn.
+
+This module assembles the page (header, matrix, the check cards, the CSS) and writes it; the plots, and the outcome
+colours they share with the page, are in :mod:`pytest_deploy.report_plots`.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
-import io
 import json
 import math
 import os
@@ -28,17 +28,8 @@ from typing import Any
 from .compare import format_number
 from .latency import facts_text as latency_facts
 from .names import backend_names
+from .report_plots import COLORS, OUTCOMES, as_number, escape, outcome_of, plots_section
 
-OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
-
-#: outcome -> (cell background, strong colour for text, borders and plot markers)
-COLORS = {
-    "passed": ("#d4efd6", "#1e7b34"),
-    "failed": ("#fbd0cc", "#c62828"),
-    "skipped": ("#e4e4e4", "#6b6b6b"),
-    "xfailed": ("#ffe3a8", "#b26a00"),
-    "xpassed": ("#ead5f5", "#7b1fa2"),
-}
 _STATUS = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL", "xpassed": "XPASS"}
 
 #: the backends' canonical order when the registry is not loaded (the report needs no backend imported)
@@ -48,9 +39,6 @@ _DEFAULT_ORDER = ("state_dict", "pickle", "checkpoint", "trace", "script", "expo
 _ENV_KEYS = ("python", "torch", "onnxruntime", "tvm", "tensorrt", "cuda", "machine")
 #: a details value longer than this (as JSON) is cut, with a note of how much was left out
 DETAIL_LIMIT = 300
-#: plot text sizes (points at 100 dpi): read at the width the page shows a plot (about 720 px)
-_FONT = {"tick": 11, "label": 12, "title": 13, "note": 10.5, "legend": 11}
-_INSTALL_NOTE = "Plots need matplotlib, which is not installed here: pip install matplotlib"
 
 _CSS = """
 :root { color-scheme: light; }
@@ -130,26 +118,8 @@ def _css() -> str:
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value: Any) -> float | None:
-    """A number from the JSON report: floats, ints, and ``"inf"``/``"nan"`` as the report writes them."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
 def _fmt(value: Any) -> str:
-    number = _num(value)
+    number = as_number(value)
     if number is None:
         return "-" if value is None else str(value)
     if math.isnan(number):
@@ -158,18 +128,13 @@ def _fmt(value: Any) -> str:
 
 
 def _tol(value: Any) -> str:
-    number = _num(value)
+    number = as_number(value)
     return "-" if number is None else f"{number:g}"
 
 
 def _seconds(value: Any) -> str:
-    number = _num(value) or 0.0
+    number = as_number(value) or 0.0
     return f"{number:.2f} s" if number < 10 else f"{number:.0f} s"
-
-
-def _outcome(result: dict) -> str:
-    outcome = str(result.get("outcome") or "passed")
-    return outcome if outcome in COLORS else "skipped"
 
 
 def _status(result: dict) -> str:
@@ -212,8 +177,8 @@ def _json(value: Any, limit: int = DETAIL_LIMIT) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     if len(text) <= limit:
-        return _e(text)
-    return f'{_e(text[:limit])}<span class="cut">\u2026 ({len(text) - limit} more characters)</span>'
+        return escape(text)
+    return f'{escape(text[:limit])}<span class="cut">\u2026 ({len(text) - limit} more characters)</span>'
 
 
 _FAILING_INPUT = re.compile(r"\s*failing input\b")
@@ -246,24 +211,24 @@ def _header(results: list[dict], environment: dict, title: str, anchors: list[st
             text = "unknown" if key in ("python", "machine") else "not installed"
         else:
             text = str(value)
-        rows.append(f"<tr><th>{_e(key)}</th><td>{_e(text)}</td></tr>")
+        rows.append(f"<tr><th>{escape(key)}</th><td>{escape(text)}</td></tr>")
     counts = dict.fromkeys(OUTCOMES, 0)
     for r in results:
-        counts[_outcome(r)] += 1
+        counts[outcome_of(r)] += 1
     shown = [o for o in OUTCOMES if o != "xpassed" or counts[o]]
     count_items = "".join(f'<li class="outcome-{o}"><span class="n">{counts[o]}</span>{o}</li>' for o in shown)
     tests = len({r.get("test") for r in results})
-    build = sum(_num((r.get("timings") or {}).get("build")) or 0.0 for r in results)
+    build = sum(as_number((r.get("timings") or {}).get("build")) or 0.0 for r in results)
     cached = sum(bool(r.get("cached")) for r in results)
-    problems = [(r, a) for r, a in zip(results, anchors) if _outcome(r) in ("failed", "xpassed")]
+    problems = [(r, a) for r, a in zip(results, anchors) if outcome_of(r) in ("failed", "xpassed")]
     problem_list = ""
     if problems:
         items = "".join(
-            f'<li><a href="#{_e(a)}"><code>{_e(r.get("test"))}</code> [{_e(r.get("backend"))}]</a> '
-            f'{_e(_status(r))}{_e(" at " + str(r["stage"])) if r.get("stage") else ""}</li>' for r, a in problems)
+            f'<li><a href="#{escape(a)}"><code>{escape(r.get("test"))}</code> [{escape(r.get("backend"))}]</a> '
+            f'{escape(_status(r))}{escape(" at " + str(r["stage"])) if r.get("stage") else ""}</li>' for r, a in problems)
         problem_list = f'<p class="summary-line">Needs a look:</p><ul class="problems">{items}</ul>'
     return (
-        f"<header><div><h1>{_e(title)}</h1>"
+        f"<header><div><h1>{escape(title)}</h1>"
         f'<ul class="counts">{count_items}</ul>'
         f'<p class="summary-line">{len(results)} checks of {tests} model tests on '
         f"{len(_backend_order(results))} backends; build time {build:.1f} s; {cached} cached</p>"
@@ -279,7 +244,7 @@ def _matrix(results: list[dict], anchors: list[str]) -> str:
     rows: dict[str, dict[str, tuple[dict, str]]] = {}
     for r, anchor in zip(results, anchors):
         rows.setdefault(str(r.get("test")), {})[str(r.get("backend"))] = (r, anchor)
-    head = "".join(f'<th scope="col">{_e(b)}</th>' for b in backends)
+    head = "".join(f'<th scope="col">{escape(b)}</th>' for b in backends)
     body = []
     for test, by_backend in rows.items():
         cells = []
@@ -288,16 +253,16 @@ def _matrix(results: list[dict], anchors: list[str]) -> str:
                 cells.append('<td class="cell missing">-</td>')
                 continue
             r, anchor = by_backend[backend]
-            outcome = _outcome(r)
-            parts = [f'<span class="status">{_e(_status(r))}</span>']
+            outcome = outcome_of(r)
+            parts = [f'<span class="status">{escape(_status(r))}</span>']
             if outcome in ("failed", "xfailed", "xpassed") and r.get("stage"):
-                parts.append(f'<span class="stage">{_e(r["stage"])}</span>')
+                parts.append(f'<span class="stage">{escape(r["stage"])}</span>')
             if r.get("max_abs_error") is not None:
-                parts.append(f'<span class="err">max abs {_e(_fmt(r["max_abs_error"]))}</span>')
+                parts.append(f'<span class="err">max abs {escape(_fmt(r["max_abs_error"]))}</span>')
             label = f"{test} [{backend}]: {outcome}"
-            cells.append(f'<td class="cell outcome-{outcome}" data-backend="{_e(backend)}">'
-                         f'<a href="#{_e(anchor)}" title="{_e(label)}">{"".join(parts)}</a></td>')
-        body.append(f'<tr><th scope="row" class="test">{_e(test)}</th>{"".join(cells)}</tr>')
+            cells.append(f'<td class="cell outcome-{outcome}" data-backend="{escape(backend)}">'
+                         f'<a href="#{escape(anchor)}" title="{escape(label)}">{"".join(parts)}</a></td>')
+        body.append(f'<tr><th scope="row" class="test">{escape(test)}</th>{"".join(cells)}</tr>')
     legend = "".join(f'<span class="outcome-{o}">{_STATUS[o]} {o}</span>' for o in OUTCOMES)
     return (
         '<h2 id="matrix">Matrix</h2>'
@@ -313,9 +278,9 @@ def _message(message: str) -> str:
     lines = message.splitlines(keepends=True)
     start = failing_input_start(message)
     if start is None:
-        return f'<pre class="message">{_e(message)}</pre>'
+        return f'<pre class="message">{escape(message)}</pre>'
     before, after = "".join(lines[:start]), "".join(lines[start:])
-    return f'<pre class="message">{_e(before)}<span class="failing-input">{_e(after)}</span></pre>'
+    return f'<pre class="message">{escape(before)}<span class="failing-input">{escape(after)}</span></pre>'
 
 
 def _branch_table(branches: list[dict]) -> str:
@@ -329,11 +294,11 @@ def _branch_table(branches: list[dict]) -> str:
             lost += ", outputs diverge" if b.get("diverged") else ", outputs unaffected"
         css = "lost" if b.get("lost") else ("uncovered" if uncovered else "")
         rows.append(
-            f'<tr class="{css}"><td class="mono">{_e(b.get("file"))}:{_e(b.get("line"))}</td>'
-            f"<td><code>{_e(b.get('source') or '')}</code></td><td>{_e(b.get('kind') or '')}</td>"
-            f"<td>{_e(seen)}</td><td>{_e('-' if b.get('traced') is None else b.get('traced'))}</td>"
-            f"<td>{_e(lost)}</td>"
-            f"<td>{_e('/'.join(map(str, uncovered)) if isinstance(uncovered, list) else uncovered)}</td></tr>")
+            f'<tr class="{css}"><td class="mono">{escape(b.get("file"))}:{escape(b.get("line"))}</td>'
+            f"<td><code>{escape(b.get('source') or '')}</code></td><td>{escape(b.get('kind') or '')}</td>"
+            f"<td>{escape(seen)}</td><td>{escape('-' if b.get('traced') is None else b.get('traced'))}</td>"
+            f"<td>{escape(lost)}</td>"
+            f"<td>{escape('/'.join(map(str, uncovered)) if isinstance(uncovered, list) else uncovered)}</td></tr>")
     return ('<table class="branches"><thead><tr><th>site</th><th>source</th><th>kind</th><th>outcomes seen</th>'
             f'<th>traced</th><th>lost</th><th>never reached</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
@@ -344,43 +309,43 @@ def _divergence(result: dict) -> str:
         where = f"{div.get('file')}:{div.get('line')}" if div.get("file") else ""
         kind = f" ({div['type']})" if div.get("type") else ""
         module = div.get("module")
-        name = "the model itself" if module == "" else f"<code>{_e(module or '?')}</code>"
-        parts = [f"diverges first at {name}{_e(kind)}"]
+        name = "the model itself" if module == "" else f"<code>{escape(module or '?')}</code>"
+        parts = [f"diverges first at {name}{escape(kind)}"]
         if where:
-            parts.append(f"<span class=\"mono\">{_e(where)}</span>")
+            parts.append(f"<span class=\"mono\">{escape(where)}</span>")
         if div.get("node"):
-            parts.append(f"node <code>{_e(div['node'])}</code>")
-        parts.append(f"max abs error {_e(_fmt(div.get('max_abs_error')))} while its inputs differ by "
-                     f"{_e(_fmt(div.get('input_max_abs_error')))}")
+            parts.append(f"node <code>{escape(div['node'])}</code>")
+        parts.append(f"max abs error {escape(_fmt(div.get('max_abs_error')))} while its inputs differ by "
+                     f"{escape(_fmt(div.get('input_max_abs_error')))}")
         return f'<p class="divergence">{"; ".join(parts)}</p>'
     reason = (result.get("details") or {}).get("divergence_error")
     if "divergence" in result and reason:
-        return f'<p class="divergence">where it diverges could not be located: {_e(reason)}</p>'
+        return f'<p class="divergence">where it diverges could not be located: {escape(reason)}</p>'
     return ""
 
 
 def _check(result: dict, anchor: str, node_plot: str | None, same_branches: tuple[str, str] | None = None) -> str:
     """One check's card. ``same_branches`` (backend, anchor) names an earlier card of the model test with the same
     branch sites: a passing card then links to that table instead of repeating it."""
-    outcome = _outcome(result)
+    outcome = outcome_of(result)
     timings = result.get("timings") or {}
-    facts = [("outcome", _e(outcome)), ("stage", _e(result.get("stage") or "-"))]
-    facts.append(("examples", _e(result.get("examples", "-"))))
-    facts.append(("max abs error", _e(_fmt(result.get("max_abs_error")))))
-    facts.append(("max rel error", _e(_fmt(result.get("max_rel_error")))))
-    facts.append(("tolerance", f"atol {_e(_tol(result.get('atol')))}, rtol {_e(_tol(result.get('rtol')))}"))
-    facts.append(("timings", ", ".join(f"{_e(k)} {_e(_seconds(v))}" for k, v in timings.items()) or "-"))
+    facts = [("outcome", escape(outcome)), ("stage", escape(result.get("stage") or "-"))]
+    facts.append(("examples", escape(result.get("examples", "-"))))
+    facts.append(("max abs error", escape(_fmt(result.get("max_abs_error")))))
+    facts.append(("max rel error", escape(_fmt(result.get("max_rel_error")))))
+    facts.append(("tolerance", f"atol {escape(_tol(result.get('atol')))}, rtol {escape(_tol(result.get('rtol')))}"))
+    facts.append(("timings", ", ".join(f"{escape(k)} {escape(_seconds(v))}" for k, v in timings.items()) or "-"))
     facts.append(("cached", "yes" if result.get("cached") else "no"))
     latency = latency_facts(result.get("latency"))
     if latency:
-        facts.append(("latency", _e(latency)))
+        facts.append(("latency", escape(latency)))
     for key in ("seed", "artifact"):
         if result.get(key) is not None:
-            facts.append((key, f'<span class="mono">{_e(result[key])}</span>'))
+            facts.append((key, f'<span class="mono">{escape(result[key])}</span>'))
     parts = [
-        f'<section class="check outcome-{outcome}" id="{_e(anchor)}">',
-        f'<h3><span class="badge outcome-{outcome}">{_e(_status(result))}</span><code>{_e(result.get("test"))}</code> '
-        f'<span class="backend">[{_e(result.get("backend"))}]</span></h3>',
+        f'<section class="check outcome-{outcome}" id="{escape(anchor)}">',
+        f'<h3><span class="badge outcome-{outcome}">{escape(_status(result))}</span><code>{escape(result.get("test"))}</code> '
+        f'<span class="backend">[{escape(result.get("backend"))}]</span></h3>',
         '<dl class="facts">' + "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts) + "</dl>",
         _divergence(result),
     ]
@@ -392,329 +357,17 @@ def _check(result: dict, anchor: str, node_plot: str | None, same_branches: tupl
     branches = result.get("branches") or []
     if branches and same_branches and outcome not in ("failed", "xpassed"):
         parts.append(f'<h4>branch sites ({len(branches)})</h4><p class="same-sites">the same as '
-                     f'<a href="#{_e(same_branches[1])}">[{_e(same_branches[0])}]</a>\'s</p>')
+                     f'<a href="#{escape(same_branches[1])}">[{escape(same_branches[0])}]</a>\'s</p>')
     elif branches:
         parts.append(f"<h4>branch sites ({len(branches)})</h4>" + _branch_table(branches))
     details = result.get("details") or {}
     if details:
-        items = "".join(f"<dt>{_e(k)}</dt><dd><code>{_json(v)}</code></dd>" for k, v in details.items())
+        items = "".join(f"<dt>{escape(k)}</dt><dd><code>{_json(v)}</code></dd>" for k, v in details.items())
         is_open = " open" if outcome in ("failed", "xpassed") else ""
         parts.append(f'<details class="kv-block"{is_open}><summary>details ({len(details)})</summary>'
                      f'<dl class="kv">{items}</dl></details>')
     parts.append('<p class="top"><a href="#matrix">back to the matrix</a></p></section>')
     return "".join(parts)
-
-
-# ------------------------------------------------------------------------------------------------ plots
-
-def _finite_errors(results: list[dict]) -> list[tuple[dict, float]]:
-    out = []
-    for r in results:
-        err = _num(r.get("max_abs_error"))
-        if err is not None and not math.isnan(err):
-            out.append((r, err))
-    return out
-
-
-def _node_errors(result: dict) -> list[dict]:
-    nodes = (result.get("details") or {}).get("node_errors")
-    if not isinstance(nodes, list):
-        return []
-    return [n for n in nodes if isinstance(n, dict)]
-
-
-def _figure_uri(fig: Any) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    buffer = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buffer)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _log_floor(values: Iterable[float]) -> float:
-    positive = [v for v in values if v > 0 and math.isfinite(v)]
-    return min(positive) / 10 if positive else 1e-12
-
-
-def _marker(outcome: str) -> dict[str, Any]:
-    """One outcome's marker, the same on the plot and in its legend (scatter sizes are areas: size**2)."""
-    failed = outcome in ("failed", "xpassed")
-    return {"marker": "X" if failed else "o", "size": 9.5 if failed else 6.0, "color": COLORS[outcome][1],
-            "edge": "black" if failed else COLORS[outcome][1]}
-
-
-def _plot_errors(results: list[dict], backends: list[str]) -> str | None:
-    """Max abs error per check against its atol, one column per backend (log scale); failures marked. A check that
-    failed before any output was compared (no error) sits in a band at the top, labelled with its stage, so a
-    column of failures never looks clean."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    points = _finite_errors(results)
-    early = [r for r in results if _num(r.get("max_abs_error")) is None and _outcome(r) in ("failed", "xpassed")]
-    if not points and not early:
-        return None
-    columns = [b for b in backends if any(str(r.get("backend")) == b for r in [p for p, _ in points] + early)]
-    atols = [a for r, _ in points if (a := _num(r.get("atol"))) is not None]
-    floor = _log_floor([e for _, e in points] + atols)
-    ceiling = max([e for _, e in points if math.isfinite(e)] + atols + [floor * 10]) * 10
-    band = ceiling * 100  # failures without an error, above every error
-    fig = Figure(figsize=(max(7.5, 1.4 * len(columns) + 3.5), 4.8), dpi=100)
-    ax = fig.add_subplot()
-    seen: set[str] = set()
-    for x, backend in enumerate(columns):
-        group: list[tuple[dict, float | None]] = [(r, e) for r, e in points if str(r.get("backend")) == backend]
-        group += [(r, None) for r in early if str(r.get("backend")) == backend]
-        for i, (r, err) in enumerate(group):
-            offset = 0.0 if len(group) == 1 else -0.28 + 0.56 * i / (len(group) - 1)
-            y = band if err is None else (floor if err <= 0 else (ceiling if math.isinf(err) else err))
-            outcome = _outcome(r)
-            m = _marker(outcome)
-            ax.scatter([x + offset], [y], s=m["size"] ** 2, marker=m["marker"], color=m["color"],
-                       edgecolors=m["edge"], linewidths=0.8, zorder=3)
-            label = (str(r.get("stage") or "?") if err is None
-                     else "0" if err <= 0 else "inf" if math.isinf(err) else None)
-            if label:  # beside a lone marker; above and below in turn where markers share a column
-                xytext, ha = ((7, 0), "left") if len(group) == 1 else ((0, 9 if i % 2 == 0 else -17), "center")
-                ax.annotate(label, (x + offset, y), xytext=xytext, textcoords="offset points", va="bottom",
-                            ha=ha, fontsize=_FONT["note"], color=m["color"])
-            seen.add(outcome)
-        for atol in sorted({a for r, _ in group if (a := _num(r.get("atol"))) is not None}):
-            ax.hlines(atol, x - 0.4, x + 0.4, colors="#1d1d1f", linestyles="--", linewidth=1.5, zorder=2)
-    ax.set_yscale("log")
-    if early:  # the band has no scale: no error was measured there
-        from matplotlib.ticker import FuncFormatter
-
-        ax.axhspan(band / 20, band * 20, color="#fbd0cc", alpha=0.35, zorder=1, linewidth=0)
-        scale = ax.yaxis.get_major_formatter()
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, pos: "" if v > ceiling * 1.01 else scale(v, pos)))
-    ax.set_ylim(floor / 3, band * 20 if early else ceiling * 3)
-    ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels(columns, fontsize=_FONT["tick"])
-    ax.tick_params(axis="y", labelsize=_FONT["tick"])
-    ax.set_xlim(-0.6, len(columns) - 0.4)
-    ax.set_ylabel("max abs error (log)", fontsize=_FONT["label"])
-    ax.grid(axis="y", which="major", color="#e0e0e0", zorder=0)
-    ax.set_title("max abs error per check against atol", fontsize=_FONT["title"])
-    handles: list[Any] = []
-    for o in OUTCOMES:
-        if o in seen:
-            m = _marker(o)
-            handles.append(Line2D([], [], linestyle="none", marker=m["marker"], markersize=m["size"],
-                                  markerfacecolor=m["color"], markeredgecolor=m["edge"], markeredgewidth=0.8, label=o))
-    handles.append(Line2D([], [], linestyle="--", color="#1d1d1f", label="atol"))
-    if early:
-        from matplotlib.patches import Patch
-
-        handles.append(Patch(color="#fbd0cc", alpha=0.6, label="failed before compare\n(no error; its stage)"))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=_FONT["legend"])
-    fig.tight_layout()
-    return _figure_uri(fig)
-
-
-def _plot_timings(results: list[dict], backends: list[str]) -> str | None:
-    """Build, load and run time per backend, summed over its checks, as stacked bars."""
-    from matplotlib.figure import Figure
-
-    stages = ("build", "load", "run")
-    sums = {b: dict.fromkeys(stages, 0.0) for b in backends}
-    for r in results:
-        for stage in stages:
-            value = _num((r.get("timings") or {}).get(stage))
-            if value is not None and math.isfinite(value) and value > 0:
-                sums[str(r.get("backend"))][stage] += value
-    columns = [b for b in backends if sum(sums[b].values()) > 0]
-    if not columns:
-        return None
-    fig = Figure(figsize=(max(6.5, 1.2 * len(columns) + 3.0), 4.2), dpi=100)
-    ax = fig.add_subplot()
-    bottom = [0.0] * len(columns)
-    for stage, color in zip(stages, ("#3b6ea8", "#e0a030", "#3f9f8f")):
-        heights = [sums[b][stage] for b in columns]
-        ax.bar(range(len(columns)), heights, bottom=bottom, color=color, label=stage, width=0.6, zorder=3)
-        bottom = [a + h for a, h in zip(bottom, heights)]
-    for x, total in enumerate(bottom):
-        ax.annotate(f"{total:.1f} s", (x, total), ha="center", va="bottom", fontsize=_FONT["note"], xytext=(0, 2),
-                    textcoords="offset points")
-    ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels(columns, fontsize=_FONT["tick"])
-    ax.tick_params(axis="y", labelsize=_FONT["tick"])
-    ax.set_ylabel("seconds (sum over checks)", fontsize=_FONT["label"])
-    ax.set_ylim(0, max(bottom) * 1.15)
-    ax.grid(axis="y", color="#e0e0e0", zorder=0)
-    ax.set_title("time per backend", fontsize=_FONT["title"])
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=_FONT["legend"])
-    fig.tight_layout()
-    return _figure_uri(fig)
-
-
-def _latency_rows(results: list[dict]) -> list[tuple[dict, dict]]:
-    """(result, timed shape) of every check with latency figures, at most 24."""
-    rows = []
-    for r in results:
-        for shape in ((r.get("latency") or {}).get("shapes") or []):
-            if shape.get("samples_ms") and shape.get("eager_samples_ms"):
-                rows.append((r, shape))
-    return rows[:24]
-
-
-def _plot_latency(results: list[dict], backends: list[str]) -> str | None:
-    """Each timed artifact's latency distribution beside eager's, one pair of boxes per check and shape (log scale)."""
-    from matplotlib.figure import Figure
-
-    rows = _latency_rows(results)
-    if not rows:
-        return None
-    fig = Figure(figsize=(max(6.5, 1.1 * len(rows) + 3.0), 4.6), dpi=100)
-    ax = fig.add_subplot()
-    style: dict[str, Any] = {"whis": (5, 95), "showfliers": False, "patch_artist": True, "widths": 0.35}
-    for i, (r, shape) in enumerate(rows):
-        eager = ax.boxplot([shape["eager_samples_ms"]], positions=[i - 0.2], **style)
-        mine = ax.boxplot([shape["samples_ms"]], positions=[i + 0.2], **style)
-        for box, color in ((eager, "#b0b0b0"), (mine, COLORS["passed"][1] if _outcome(r) == "passed"
-                                                        else COLORS["failed"][1])):
-            for patch in box["boxes"]:
-                patch.set_facecolor(color)
-            for line in box["medians"]:
-                line.set_color("black")
-        speedup = shape.get("speedup")
-        if speedup is not None:
-            ax.annotate(f"×{speedup:.2g}", (i, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
-                        fontsize=_FONT["note"], xytext=(0, 2), textcoords="offset points")
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{str(r.get('test')).split('::')[-1]}\n{r.get('backend')} {shape['label']}"
-                        for r, shape in rows], fontsize=_FONT["tick"] - 2, rotation=30, ha="right")
-    ax.set_ylabel("ms per run (log)", fontsize=_FONT["label"])
-    ax.grid(axis="y", color="#e0e0e0", zorder=0)
-    ax.set_title("latency: artifact beside eager PyTorch", fontsize=_FONT["title"], pad=18)
-    fig.tight_layout()
-    return _figure_uri(fig)
-
-
-def _plot_latency_sizes(results: list[dict], backends: list[str]) -> str | None:
-    """Median latency against the timed input's size (the first named dim), for checks that timed several sizes."""
-    from matplotlib.figure import Figure
-
-    series = []
-    for r in results:
-        shapes = [s for s in ((r.get("latency") or {}).get("shapes") or []) if s.get("dims")]
-        if len(shapes) < 2:
-            continue
-        dim = sorted(shapes[0]["dims"])[0]
-        points = sorted((s["dims"][dim], s["p50_ms"], s["eager"]["p50_ms"]) for s in shapes if dim in s["dims"])
-        series.append((r, dim, points))
-    if not series:
-        return None
-    fig = Figure(figsize=(7.5, 4.4), dpi=100)
-    ax = fig.add_subplot()
-    for r, _dim, points in series[:12]:
-        label = f"{str(r.get('test')).split('::')[-1]} {r.get('backend')}"
-        line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)[0]
-        ax.plot([p[0] for p in points], [p[2] for p in points], linestyle="--", color=line.get_color(), alpha=0.6)
-    dims = sorted({dim for _, dim, _ in series})
-    ax.set_xlabel(f"size of dim {', '.join(dims)}", fontsize=_FONT["label"])
-    ax.set_ylabel("median ms per run (eager dashed)", fontsize=_FONT["label"])
-    ax.grid(color="#e0e0e0", zorder=0)
-    ax.set_title("latency against input size", fontsize=_FONT["title"])
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=_FONT["legend"] - 2)
-    fig.tight_layout()
-    return _figure_uri(fig)
-
-
-def _plot_nodes(result: dict) -> str | None:
-    """Max abs error per node in execution order, against the check's atol; the first node beyond it marked."""
-    from matplotlib.figure import Figure
-
-    nodes = _node_errors(result)
-    errors = [_num(n.get("max_abs_error")) for n in nodes]
-    if not nodes or all(e is None for e in errors):
-        return None
-    atol = _num(result.get("atol"))
-    floor = _log_floor([e for e in errors if e is not None] + ([atol] if atol else []))
-    ys = [floor if e is None or math.isnan(e) or e <= 0 else e for e in errors]
-    labels = [str(n.get("module") or n.get("node") or i) for i, n in enumerate(nodes)]
-    many = len(nodes) > 40
-    fig = Figure(figsize=(9.0, 4.0 if many else 4.8), dpi=100)
-    ax = fig.add_subplot()
-    ax.plot(range(len(ys)), ys, marker="." if many else "o", markersize=4 if many else 5, color="#3b6ea8",
-            linewidth=1.2, zorder=3)
-    if atol:
-        ax.axhline(atol, color="#1d1d1f", linestyle="--", linewidth=1.2, label=f"atol {atol:g}")
-    div = result.get("divergence") if isinstance(result.get("divergence"), dict) else {}
-    first = next((i for i, n in enumerate(nodes) if div and n.get("node") == div.get("node")), None)
-    if first is None and atol:
-        first = next((i for i, e in enumerate(errors) if e is not None and e > atol), None)
-    if first is not None:
-        ax.scatter([first], [ys[first]], s=90, marker="X", color=COLORS["failed"][1], edgecolors="black", zorder=4,
-                   label=f"first beyond atol: {labels[first]}")
-    ax.set_yscale("log")
-    ax.set_xlabel("node, in execution order", fontsize=_FONT["label"])
-    ax.set_ylabel("max abs error (log)", fontsize=_FONT["label"])
-    ax.tick_params(axis="y", labelsize=_FONT["tick"])
-    if not many:
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=_FONT["note"])
-    ax.grid(axis="y", color="#e0e0e0", zorder=0)
-    ax.set_title(f"per-node error: {result.get('test')} [{result.get('backend')}]", fontsize=_FONT["title"])
-    if atol or first is not None:
-        ax.legend(loc="upper left", fontsize=_FONT["legend"], frameon=False)
-    fig.tight_layout()
-    return _figure_uri(fig)
-
-
-def _figure(uri: str, caption: str, alt: str) -> str:
-    return f'<figure><img src="{_e(uri)}" alt="{_e(alt)}"><figcaption>{_e(caption)}</figcaption></figure>'
-
-
-def _failed_plot(what: str, exc: Exception) -> str:
-    return f'<p class="note">The {_e(what)} plot could not be drawn: {_e(type(exc).__name__)}: {_e(exc)}</p>'
-
-
-def _plots(results: list[dict], backends: list[str]) -> tuple[str, list[str | None]]:
-    """The plots section, and each check's node-error figure (None where it has none)."""
-    try:
-        import matplotlib  # noqa: F401
-        from matplotlib.backends import backend_agg  # noqa: F401
-    except ImportError:
-        note = f'<p class="note plots-missing">{_e(_INSTALL_NOTE)}</p>'
-        return note, [note if _node_errors(r) else None for r in results]
-    parts = []
-    for what, draw, caption in (
-        ("error", _plot_errors, "Max abs error of each check (one marker; failed checks as a large X) against the "
-                                "atol it was held to (dashed), per backend. Log scale; an error of 0 sits at the bottom, "
-                                "and a check that failed before any output was compared sits in the red band at the "
-                                "top, labelled with its stage."),
-        ("timing", _plot_timings, "Build, load and run time per backend, summed over its checks "
-                                  "(cached checks count what this run spent)."),
-        ("latency", _plot_latency, "Latency of each timed artifact (colour) beside eager PyTorch's (grey) on the same "
-                                   "input, interleaved in the same process (--deploy-latency): boxes span p25-p75, "
-                                   "whiskers p5-p95, the line is the median; the label gives the speedup."),
-        ("latency by size", _plot_latency_sizes, "Median latency against the size of the timed input (the dims' "
-                                                 "canonical value and upper bound), per backend; eager dashed."),
-    ):
-        try:
-            uri = draw(results, backends)
-        except Exception as exc:  # a report is still written when one plot fails
-            parts.append(_failed_plot(what, exc))
-            continue
-        if uri:
-            parts.append(_figure(uri, caption, f"{what} plot"))
-    nodes: list[str | None] = []
-    for r in results:
-        if not _node_errors(r):
-            nodes.append(None)
-            continue
-        try:
-            uri = _plot_nodes(r)
-        except Exception as exc:
-            nodes.append(_failed_plot("per-node error", exc))
-            continue
-        nodes.append(_figure(uri, "Max abs error of each node's output against eager PyTorch, in execution order.",
-                             f"per-node error of {r.get('test')} [{r.get('backend')}]") if uri else None)
-    if not parts:
-        parts.append('<p class="note">No check has errors or timings to plot.</p>')
-    return f'<div class="plots">{"".join(parts)}</div>', nodes
 
 
 # ------------------------------------------------------------------------------------------------ entry points
@@ -724,7 +377,7 @@ def render_html(results: list[dict], environment: dict, *, title: str = "pytest-
     results = list(results)
     anchors = _anchors(results)
     backends = _backend_order(results)
-    plots, node_plots = _plots(results, backends)
+    plots, node_plots = plots_section(results, backends)
     # checks in matrix order: row by row, backends left to right
     rows: dict[str, list[int]] = {}
     for i, r in enumerate(results):
@@ -737,14 +390,14 @@ def render_html(results: list[dict], environment: dict, *, title: str = "pytest-
         r = results[i]
         key = (str(r.get("test")), json.dumps(r.get("branches") or [], sort_keys=True, default=str))
         cards.append(_check(r, anchors[i], node_plots[i], shown.get(key)))
-        if r.get("branches") and _outcome(r) not in ("failed", "xpassed"):
+        if r.get("branches") and outcome_of(r) not in ("failed", "xpassed"):
             shown.setdefault(key, (str(r.get("backend")), anchors[i]))
     checks = "".join(cards)
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_css()}</style></head><body>"
+        f"<title>{escape(title)}</title><style>{_css()}</style></head><body>"
         f"{_header(results, environment, title, anchors)}"
         f"{_matrix(results, anchors)}"
         f'<h2 id="plots">Plots</h2>{plots}'

@@ -1,4 +1,4 @@
-"""The HTML report (pytest_deploy.report_html): structure, escaping, plots, self-containment, and a real browser.
+"""The HTML report (pytest_deploy.report_html, .report_plots): structure, escaping, plots, self-containment, and a real browser.
 
 No model runs here: the results are JSON report dicts written by hand.
 """
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_deploy import report_html
-from pytest_deploy.report_html import COLORS, render_html, write_html
+from pytest_deploy import report_html, report_plots
+from pytest_deploy.report_html import render_html, write_html
+from pytest_deploy.report_plots import COLORS
 
 ENVIRONMENT = {"python": "3.11.7", "platform": "Linux-6.1-x86_64", "torch": "2.13.0", "onnxruntime": "1.32.0",
                "tvm": None, "tensorrt": None, "cuda": False, "hypothesis": "6.100.0"}
@@ -453,7 +454,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
 def _figure_of(monkeypatch, draw, results):
     """The matplotlib figure a plot function draws, instead of its PNG."""
-    monkeypatch.setattr(report_html, "_figure_uri", lambda fig: fig)
+    monkeypatch.setattr(report_plots, "_figure_uri", lambda fig: fig)
     return draw(results, report_html._backend_order(results))
 
 
@@ -477,7 +478,7 @@ def test_failures_before_compare_are_on_the_error_plot_with_their_stage(monkeypa
     results = [_result("t.py::test_a", "onnx", "failed", stage="export", message="onnx: stage export: ..."),
                _result("t.py::test_b", "onnx", "failed", stage="compile", message="onnx: stage compile: ..."),
                _result("t.py::test_a", "trace", max_abs_error=1e-7)]
-    fig = _figure_of(monkeypatch, report_html._plot_errors, results)
+    fig = _figure_of(monkeypatch, report_plots._plot_errors, results)
     ax = fig.axes[0]
     points = [tuple(off) for c in _scatters(ax) for off in c.get_offsets()]
     assert len(points) == 3  # every check has a marker, the two without an error included
@@ -491,7 +492,7 @@ def test_legend_markers_are_the_plot_markers_and_text_is_readable(monkeypatch):
     pytest.importorskip("matplotlib")
     results = [_result("t.py::test_a", "onnx", "failed", stage="compare", max_abs_error=0.3),
                _result("t.py::test_a", "trace", max_abs_error=1e-7)]
-    fig = _figure_of(monkeypatch, report_html._plot_errors, results)
+    fig = _figure_of(monkeypatch, report_plots._plot_errors, results)
     ax = fig.axes[0]
     handles = {h.get_label(): h for h in ax.get_legend().legend_handles}
     for collection in _scatters(ax):
