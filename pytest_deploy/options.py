@@ -387,7 +387,7 @@ def read_models(config) -> dict[str, Any]:
         if not given and not ini:
             raise SpecError("--deploy-inputs declares the inputs of --deploy-model factories, and none is given; "
                             "add --deploy-model=MODULE:FACTORY")
-        from .infer import parse_inputs
+        from .declaration import parse_inputs
 
         parse_inputs(line, where="--deploy-inputs")
     models = tuple(dict.fromkeys(t.strip() for t in [*given, *ini]))

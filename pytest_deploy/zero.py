@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .declaration import Declaration, parse_inputs
 from .errors import SpecError
-from .infer import Declaration, infer_inputs, parse_inputs
+from .infer import infer_inputs
 from .spec import MaskSpec, TensorSpec
 
 #: attribute of a model test made from a factory: the command that reruns one of its checks ({backend} filled in)

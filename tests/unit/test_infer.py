@@ -1,4 +1,4 @@
-"""Input inference (pytest_deploy.infer) and the one-line input grammar."""
+"""Input inference (pytest_deploy.infer) and the one-line input grammar (pytest_deploy.declaration)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ torch = pytest.importorskip("torch")
 from torch import nn
 
 from pytest_deploy import SpecError, mask, tensor
-from pytest_deploy.infer import format_inputs, infer_inputs, parse_inputs, probe
+from pytest_deploy.declaration import format_inputs, parse_inputs
+from pytest_deploy.infer import infer_inputs, probe
 from pytest_deploy.spec import InputSpace, MaskSpec
 
 # ------------------------------------------------------------------------------------ grammar

@@ -26,12 +26,12 @@ LAYERS = {
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
     5: ["backends"],
-    6: ["keep", "report", "report_html", "report_plots", "divergence", "modeltest", "infer"],
+    6: ["keep", "report", "report_html", "report_plots", "divergence", "modeltest", "declaration", "infer"],
     7: ["check"],
     8: ["options", "plugin", "", "__main__", "zero"],
 }
 SAME_LAYER = {
-    ("spec", "validate"), ("worker", "compare"), ("branches", "decisions"), ("worker", "isolation"), ("fingerprint", "cache"), ("cache", "shared_cache"), ("report_html", "report_plots"),
+    ("spec", "validate"), ("worker", "compare"), ("branches", "decisions"), ("worker", "isolation"), ("fingerprint", "cache"), ("cache", "shared_cache"), ("report_html", "report_plots"), ("infer", "declaration"),
     ("backends.aoti", "backends.export"), ("backends.onnx_export", "backends.export"), ("backends.onnx", "backends.export"),
     ("backends.onnx", "backends.onnx_export"), ("backends.onnx", "backends.precision"),
     ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
