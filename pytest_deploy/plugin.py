@@ -19,7 +19,7 @@ import pytest
 
 from . import FACTORY_ATTR
 from .errors import WARNING_SITE, BackendUnavailable, DeployFailure, SpecError
-from .options import CALL_KWARGS, MARKER_DOC, Settings, add_options, read_settings, validate_kwargs
+from .options import CALL_KWARGS, MARKER_DOC, Settings, add_options, check_options, read_settings, validate_kwargs
 from .results import Result
 
 if TYPE_CHECKING:  # imported where the cache is first used, not when the plugin loads
@@ -96,34 +96,24 @@ class DeploySession:
 
     def run(self, item, model, *, factory=None, example_inputs=None, overrides: dict[str, Any] | None = None) -> Result:
         from .check import run_check
+        from .zero import REPRODUCE_ATTR
 
         backend = item.callspec.params[PARAM]
-        marker = validated_marker(item)
-        kw = {k: v for k, v in marker.items() if k in CALL_KWARGS}
-        kw.update(overrides or {})
-        if kw.get("examples") is None:
-            kw["examples"] = self.settings.examples
-        train = kw.pop("train", None)
+        declared = {**validated_marker(item), **(overrides or {})}
         test = row_id(item)
-        kw["latency"] = self.latency_for(item, test, backend, kw.get("latency"))
+        reproduce = getattr(getattr(item, "obj", None), REPRODUCE_ATTR, None)
+        reproduce = (reproduce.format(backend=backend) if reproduce else f"pytest '{item.nodeid}'") \
+            + f" --deploy-seed={self.settings.seed}"
         # pytest.skip/fail are called outside the except clauses, so the report does not show the caught
         # exception again ("During handling of the above exception, another exception occurred").
         path, line = item.reportinfo()[:2]
         site = WARNING_SITE.set((os.fspath(path), (line or 0) + 1))  # warnings point at the model test
-        from .zero import REPRODUCE_ATTR
-
-        reproduce = getattr(getattr(item, "obj", None), REPRODUCE_ATTR, None)
-        reproduce = (reproduce.format(backend=backend) if reproduce else f"pytest '{item.nodeid}'") \
-            + f" --deploy-seed={self.settings.seed}"
         try:
-            result = run_check(
-                model, backend, factory=factory, example_inputs=example_inputs, seed=self.seed_for(item),
-                test_id=test, workdir=self.workdir(item), options={"train": train, **self.settings.backend_options},
-                reproduce=reproduce, cache=self.cache,
-                isolate=self.settings.isolate, timeout=self.settings.timeout, recheck=self.settings.recheck,
-                keep_artifacts=self.settings.keep_artifacts, keep_passing=self.settings.keep_passing,
-                source_files=(str(item.path),), shared=self.model_test(item), **kw,
-            )
+            opts = check_options(self.settings, declared, backend=backend, test_id=test, seed=self.seed_for(item),
+                                 where=f"deployable marker on {item.nodeid}", reproduce=reproduce,
+                                 source_file=str(item.path), cache=self.cache)
+            result = run_check(model, backend, opts, factory=factory, example_inputs=example_inputs,
+                               workdir=self.workdir(item), shared=self.model_test(item))
         except DeployFailure as failure:
             self.results[item.nodeid] = failure.result
             raise
@@ -143,18 +133,6 @@ class DeploySession:
         if result.outcome == "failed":
             pytest.fail(f"{backend}: {result.message}", pytrace=False)
         return result
-
-    def latency_for(self, item, test: str, backend: str, declared: Any) -> dict[str, Any] | None:
-        """The check's latency settings: the marker's or call's ``latency=`` over the session's, with this check's
-        baseline speedups from --deploy-latency-baseline."""
-        from .latency import merge_settings
-
-        settings = merge_settings(self.settings.latency, declared, f"deployable marker on {item.nodeid}")
-        if settings is not None and self.settings.latency_baseline is not None:
-            entry = self.settings.latency_baseline.get(f"{test}::{backend}")
-            if entry:
-                settings["baseline"] = entry
-        return settings
 
     # -- outcomes ------------------------------------------------------------------------------
 

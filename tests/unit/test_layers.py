@@ -20,7 +20,7 @@ PACKAGE = Path(pytest_deploy.__file__).parent
 LAYERS = {
     0: ["errors", "results"],
     1: ["names", "sources", "tensors"],
-    2: ["spec", "validate", "compare", "cache", "isolation", "worker", "decisions", "fingerprint",
+    2: ["checkoptions", "spec", "validate", "compare", "cache", "isolation", "worker", "decisions", "fingerprint",
         "localize", "latency"],
     3: ["backends.base"],
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
@@ -109,3 +109,21 @@ def test_no_import_circle():
 
     for module in sorted(graph):
         visit(module, [])
+
+
+#: the most parameters a function of the package takes (issue 23): settings travel as one CheckOptions
+MAX_PARAMETERS = 12
+
+
+def test_no_function_takes_more_than_twelve_parameters():
+    """A new setting is a CheckOptions field, not one more keyword threaded through run_check and its callers."""
+    too_many = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if p is not None]
+                count = len(names) - (names[:1] in (["self"], ["cls"]))
+                if count > MAX_PARAMETERS:
+                    too_many.append(f"pytest_deploy.{name or '__init__'}.{node.name} (line {node.lineno}): {count}")
+    assert not too_many, "; ".join(too_many)
