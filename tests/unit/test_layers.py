@@ -20,8 +20,8 @@ PACKAGE = Path(pytest_deploy.__file__).parent
 LAYERS = {
     0: ["errors", "results"],
     1: ["names", "sources", "tensors"],
-    2: ["checkoptions", "spec", "validate", "compare", "cache", "isolation", "worker", "decisions", "fingerprint",
-        "localize", "latency"],
+    2: ["checkoptions", "generate", "spec", "validate", "compare", "cache", "isolation", "worker", "decisions",
+        "fingerprint", "localize", "latency"],
     3: ["backends.base"],
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
@@ -31,7 +31,7 @@ LAYERS = {
     8: ["options", "plugin", "", "__main__", "zero"],
 }
 SAME_LAYER = {
-    ("spec", "validate"), ("worker", "compare"), ("worker", "isolation"), ("fingerprint", "cache"),
+    ("spec", "validate"), ("spec", "generate"), ("worker", "compare"), ("worker", "isolation"), ("fingerprint", "cache"),
     ("backends.aoti", "backends.export"), ("backends.onnx_export", "backends.export"), ("backends.onnx", "backends.export"),
     ("backends.onnx", "backends.onnx_export"), ("backends.onnx", "backends.precision"),
     ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
