@@ -28,7 +28,7 @@ LAYERS = {
     5: ["backends"],
     6: ["keep", "report", "report_html", "divergence", "modeltest", "infer"],
     7: ["check"],
-    8: ["options", "plugin", "", "__main__", "zero"],
+    8: ["options", "session", "plugin", "", "__main__", "zero"],
 }
 SAME_LAYER = {
     ("spec", "validate"), ("spec", "generate"), ("worker", "compare"), ("worker", "isolation"), ("fingerprint", "cache"),
@@ -37,7 +37,7 @@ SAME_LAYER = {
     ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
     ("backends.tvm", "backends.onnx_export"), ("backends.tvm", "backends.tvm_tuning"),
     ("backends.tensorrt", "backends.onnx_export"), ("plugin", ""), ("plugin", "options"), ("", "options"),
-    ("plugin", "zero"), ("zero", ""), ("__main__", "zero"), ("__main__", "options"),
+    ("plugin", "zero"), ("zero", ""), ("plugin", "session"), ("session", "options"), ("session", "zero"), ("__main__", "zero"), ("__main__", "options"),
 }
 
 
