@@ -73,14 +73,14 @@ def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdi
     """
     from .cache import ArtifactCache
     from .check import run_check
+    from .checkoptions import CheckOptions
     from .options import CALL_KWARGS, validate_kwargs
 
     kw = validate_kwargs(kwargs, where="verify()", allowed=CALL_KWARGS, declaration=False)
-    train = kw.pop("train", None)
-    return run_check(model, backend, factory=factory, seed=seed, workdir=workdir, test_id="verify",
-                     reproduce=f"verify(..., seed={seed})", options={"train": train, **(backend_options or {})},
-                     cache=ArtifactCache(cache_dir), isolate=isolate, timeout=timeout, keep_artifacts=keep_artifacts,
-                     recheck=recheck, **kw)
+    opts = CheckOptions(**kw, seed=seed, test_id="verify", reproduce=f"verify(..., seed={seed})",
+                        backend_options=backend_options or {}, cache=ArtifactCache(cache_dir), isolate=isolate,
+                        timeout=timeout, keep_artifacts=keep_artifacts, recheck=recheck)
+    return run_check(model, backend, opts, factory=factory, workdir=workdir)
 
 
 __all__ = [

@@ -23,6 +23,7 @@ from typing import Any
 from . import isolation
 from .branches import BranchAnalysis, Divergence, describe_divergence, describe_frozen_number, fix_for
 from .cache import ArtifactCache
+from .checkoptions import CheckOptions
 from .compare import (
     Comparison,
     Leaves,
@@ -77,9 +78,6 @@ EXPLORE_SECONDS = 5.0
 EXPLORE_COST_SECONDS = 2.0
 EXPLORE_MIN_RUNS = 12
 
-
-DEFAULT_EXAMPLES = 20
-
 #: a failing trace check traces the model twice more to find the numbers computed from shapes that the trace froze
 #: (:meth:`CheckContext._frozen_shape_numbers`); not when building the artifact took longer than this
 RETRACE_BUDGET_S = 20.0
@@ -123,23 +121,26 @@ class _ExampleFailed(Exception):
 class CheckContext:
     """What a backend sees while it builds and runs: the model, the inputs, a work directory, stages."""
 
-    def __init__(self, *, model, backend: str, space: InputSpace, tol: Tolerance, examples: int, seed: int,
-                 workdir: Path, factory: Callable[[], Any] | None, options: dict[str, Any], result: Result):
+    def __init__(self, *, model, backend: str, space: InputSpace, tol: Tolerance, opts: CheckOptions, workdir: Path,
+                 factory: Callable[[], Any] | None, result: Result):
         self.model = model
         self.backend = backend
         self.space = space
         self.tol = tol
-        self.examples = examples
-        self.seed = seed
+        #: everything the check was told (read the settings below from it; they are copied for the backends)
+        self.opts = opts
+        self.examples = opts.examples
+        self.seed = opts.seed
         self.workdir = workdir
         self.factory = factory
-        self.options = options
+        #: the backend's options (``opts.backend_options``, normalised by run_check): what backends read
+        self.options = dict(opts.backend_options)
         self.result = result
         self._canonical: Example | None = None
         #: callbacks run when the check ends (close worker processes, ...)
         self.cleanup = contextlib.ExitStack()
         #: where built artifacts are kept between runs (a disabled cache unless one is given)
-        self.cache = ArtifactCache(None)
+        self.cache = opts.cache if opts.cache is not None else ArtifactCache(None)
         #: data-dependent decisions seen while eager PyTorch ran (and, for tracing backends, while tracing)
         self.analysis = BranchAnalysis()
         self.freezes_decisions = False
@@ -152,16 +153,16 @@ class CheckContext:
         add_model_files(model)
         self.line_tracing = needs_line_tracing(model)
         #: seconds one stage may take (--deploy-timeout), or None
-        self.timeout: float | None = None
+        self.timeout: float | None = opts.timeout
         #: the backend's runtime runs in a spawned worker process (a CUDA check, or backend option spawn_runtime)
         self.spawn_runtime = False
         #: the artifact's files by name, for --deploy-keep-artifacts (backends register files kept elsewhere,
         #: such as cache entries; the work directory is kept whole)
         self.artifacts: dict[str, str] = {}
         #: NaN/Inf in eager outputs are intended (allow_nonfinite=True): not refused
-        self.allow_nonfinite = False
+        self.allow_nonfinite = bool(opts.allow_nonfinite)
         #: source files the model's construction depends on besides its classes' (the test file)
-        self.source_files: tuple[str, ...] = ()
+        self.source_files: tuple[str, ...] = opts.source_files
         #: set by run_examples: the runner and, after a failure, the failing example
         self.runner: Callable[[tuple], Any] | None = None
         #: what --deploy-latency times, when not ``runner`` (a backend whose runner runs more than the artifact users
@@ -171,9 +172,9 @@ class CheckContext:
         self.latency_variants: dict[str, Callable[[tuple], Any]] = {}
         self.failed_example: Example | None = None
         #: compare every output position, also where a mask() input marks padding (compare_masked=True)
-        self.compare_masked = False
+        self.compare_masked = bool(opts.compare_masked)
         #: eager outputs (near) zero on every example are allowed (allow_vacuous=True)
-        self.allow_vacuous = False
+        self.allow_vacuous = bool(opts.allow_vacuous)
         #: output path -> index of the mask() input whose dims lead that output (decided on the first example)
         self._masked_paths: dict[str, int] | None = None
         #: what the eager outputs looked like over the examples: the largest float magnitude, whether any changed
@@ -930,15 +931,16 @@ def _bugs_fail_the_check(run: Callable[..., Result]) -> Callable[..., Result]:
     (reading the declaration, the cache): a :class:`DeployFailure` whose result says it is a pytest-deploy bug."""
 
     @functools.wraps(run)
-    def checked(model, backend: str, **kwargs: Any) -> Result:
+    def checked(model, backend: str, opts: CheckOptions | None = None, **kwargs: Any) -> Result:
         try:
-            return run(model, backend, **kwargs)
+            return run(model, backend, opts, **kwargs)
         except Exception as exc:
             bug = internal_error(exc, staged=True)
             if bug is None:
                 raise
-            result = Result(test=kwargs.get("test_id", "verify"), backend=str(backend), seed=kwargs.get("seed", 0),
-                            outcome="failed", stage=INTERNAL, message=f"{backend}: stage {INTERNAL}: {bug.message}")
+            told = opts if opts is not None else CheckOptions()
+            result = Result(test=told.test_id, backend=str(backend), seed=told.seed, outcome="failed", stage=INTERNAL,
+                            message=f"{backend}: stage {INTERNAL}: {bug.message}")
             result.details["internal_traceback"] = bug.traceback
             raise DeployFailure(result.message or "", result) from None
 
@@ -946,106 +948,72 @@ def _bugs_fail_the_check(run: Callable[..., Result]) -> Callable[..., Result]:
 
 
 @_bugs_fail_the_check
-def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | None = None, atol=None, rtol=None,
-              tolerances=None, factory=None, example_inputs=None, seed: int = 0, test_id: str = "verify",
-              workdir: str | os.PathLike | None = None, options: dict[str, Any] | None = None,
-              reproduce: str | None = None, cache=None, isolate: str = isolation.DEFAULT_MODE,
-              timeout: float | None = None, keep_artifacts: str | os.PathLike | None = None, recheck: bool = False,
-              source_files: tuple[str, ...] = (), allow_nonfinite: bool = False, compare_masked: bool = False,
-              allow_vacuous: bool = False, precision: str | None = None, keep_passing: bool = True,
-              shared: ModelTest | None = None, latency: Any = None) -> Result:
-    """Check ``model`` against one backend. Returns the passing :class:`Result`.
+def run_check(model, backend: str, opts: CheckOptions | None = None, *, factory=None, example_inputs=None,
+              workdir: str | os.PathLike | None = None, shared: ModelTest | None = None) -> Result:
+    """Check ``model`` against one backend, as ``opts`` (a :class:`CheckOptions`) says. Returns the passing
+    :class:`Result`.
 
     Raises :class:`DeployFailure` when the backend does not reproduce eager PyTorch,
     :class:`BackendUnavailable` when it cannot run here and :class:`SpecError` for bad declarations.
 
-    ``cache`` (an :class:`ArtifactCache`) keeps built artifacts and passing results: a check whose key
-    (see :mod:`pytest_deploy.fingerprint`) passed before is not run again unless ``recheck``.
-    ``isolate`` (none, native, all) decides whether the check runs in a worker process; ``timeout``
-    bounds each stage; ``keep_artifacts`` is where a failing check leaves its artifact, inputs and a
-    repro script. ``source_files`` are source files the model's construction depends on (the test file).
-    ``precision`` (fp32, fp16, bf16; a marker's or call's) wins over ``options["precision"]`` (the command line's).
-    ``keep_passing=False`` removes ``workdir`` when the check passes (a failing check's stays). ``shared`` (a
-    :class:`modeltest.ModelTest`) holds the work the backends of one model test share: eager references, the
-    branch search, the reference check, the content key. ``latency`` (True or a dict, :mod:`pytest_deploy.latency`)
-    times the artifact beside eager once it passed; such a check is always run (never answered from the result cache).
+    ``factory`` makes a fresh model (state_dict, checkpoint); ``example_inputs`` are the inputs the test returned
+    beside the model. ``opts.cache`` keeps built artifacts and passing results: a check whose key (see
+    :mod:`pytest_deploy.fingerprint`) passed before is not run again unless ``opts.recheck``. ``opts.isolate``
+    decides whether the check runs in a worker process; ``opts.timeout`` bounds each stage. ``opts.precision`` (a
+    marker's or call's) wins over ``opts.backend_options["precision"]`` (the command line's). A ``workdir`` given is
+    removed when the check passes unless ``opts.keep_passing``; without one the check makes (and removes) its own.
+    ``shared`` (a :class:`modeltest.ModelTest`) holds the work the backends of one model test share: eager
+    references, the branch search, the reference check, the content key. With ``opts.latency`` the artifact is
+    timed beside eager once it passed (:mod:`pytest_deploy.latency`); such a check is always run (never answered
+    from the result cache).
     """
     from .backends import canonical_name, get_backend
 
+    opts = opts if opts is not None else CheckOptions()
     name = canonical_name(backend)
     impl = get_backend(name)
-    result = Result(test=test_id, backend=name, seed=seed)
-    options = dict(options or {})
-    from .names import parse_precision
-
-    if options.pop("trt_fp16", None) and not options.get("precision"):
-        options["precision"] = "fp16"  # backend_options={"trt_fp16": True} from before precisions: its alias
-    precision = parse_precision(precision if precision is not None else options.get("precision") or "fp32",
-                                where="precision")
-    options.pop("precision", None)
-    if precision != "fp32":  # fp32 checks keep the keys they had before precisions existed
-        options["precision"] = precision
-    tol = resolve_tolerance(name, atol, rtol, tolerances)
-    tol = widen_for_precision(tol, resolve_tolerance(name), precision)
+    result = Result(test=opts.test_id, backend=name, seed=opts.seed)
+    opts, tol = _normalised(opts, name)
     result.atol, result.rtol = tol.float32
     _require_module(model, "the test")
     add_model_files(model)  # before anything reads which files are the user's: the cache key, the line tracer
-    if examples is None:
-        examples = DEFAULT_EXAMPLES
-    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
-        raise SpecError(f"examples={examples!r} must be a positive int")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise SpecError(f"timeout={timeout!r} must be a positive number of seconds")
-    from .latency import parse_settings
-
-    latency = parse_settings(latency, "latency=")
-    if latency is not None:  # measured now, or not at all: a stored result's figures are another run's
-        recheck = True
-        options["latency_threads"] = latency["threads"]
-    in_worker = isolation.isolated(isolate, getattr(impl, "native", False))
-    count = len(inputs) if isinstance(inputs, (list, tuple)) else len(example_inputs) if isinstance(
+    in_worker = isolation.isolated(opts.isolate, getattr(impl, "native", False))
+    count = len(opts.inputs) if isinstance(opts.inputs, (list, tuple)) else len(example_inputs) if isinstance(
         example_inputs, (list, tuple)) else 0
-    space = InputSpace.resolve(inputs, dims, example_inputs, names=_forward_arg_names(model, count),
+    space = InputSpace.resolve(opts.inputs, opts.dims, example_inputs, names=_forward_arg_names(model, count),
                                parameters=_keyword_parameters(model))
-    reason = impl.precision_reason(precision) or impl.unavailable_reason(options)
+    reason = impl.precision_reason(opts.precision or "fp32") or impl.unavailable_reason(opts.backend_options)
     if reason:
         raise BackendUnavailable(reason)
     # CUDA cannot start in a forked child: a CUDA check is not forked, its runtime is spawned (fresh interpreter)
-    on_gpu = in_worker and impl.uses_cuda(options)
-    spawn = (on_gpu or bool(options.get("spawn_runtime"))) and getattr(impl, "spawns_runtime", False)
-    cache = cache if cache is not None else ArtifactCache(None)
+    on_gpu = in_worker and impl.uses_cuda(opts.backend_options)
+    spawn = (on_gpu or bool(opts.backend_options.get("spawn_runtime"))) and getattr(impl, "spawns_runtime", False)
+    cache = opts.cache
 
     key = None
     # every backend starts from the state the model was built with, also when an earlier check's eager runs
     # filled a cache in it (restored before anything hashes or runs the model)
     state = shared.model_state(model) if shared is not None else ModelState(model)
-    work = shared.work(model, space, bool(allow_nonfinite)) if shared is not None else None
+    work = shared.work(model, space, bool(opts.allow_nonfinite)) if shared is not None else None
     if cache.enabled:
         from .fingerprint import check_key
 
-        declared = {"inputs": inputs, "dims": dims, "example_inputs": example_inputs, "examples": examples,
-                    "seed": seed, "atol": atol, "rtol": rtol, "tolerances": tolerances,
-                    "allow_nonfinite": bool(allow_nonfinite), "compare_masked": bool(compare_masked),
-                    "allow_vacuous": bool(allow_vacuous)}
-        key = check_key(model, name, declared=declared, options=options, files=source_files,
+        key = check_key(model, name, declared=opts.declared, options=opts.backend_options, files=opts.source_files,
                         digest=work.model_digest(model) if work is not None else None)
-    options.setdefault("reproduce", reproduce or f"seed={seed}")
+    opts = opts.replace(backend_options={"reproduce": opts.reproduce or f"seed={opts.seed}", **opts.backend_options})
 
     # a work directory of our own is made (and removed) here, in pytest's process: a worker killed mid-check
     # (a crash, a timeout) cannot remove it itself
     owned = workdir is None
     cleanup_owned = contextlib.ExitStack()
-    if owned:
+    if workdir is None:
         workdir = tempfile.mkdtemp(prefix=f"pytest-deploy-{name}-")
         cleanup_owned.callback(shutil.rmtree, workdir, True)
+    run = _Run(model=model, impl=impl, opts=opts, space=space, tol=tol, workdir=Path(workdir), owned=owned,
+               factory=factory, work=work, state=state, spawn_runtime=spawn)
 
     def execute() -> tuple[str, Result]:
-        outcome, res = _execute(model, impl, result, space=space, tol=tol, examples=examples, seed=seed,
-                                workdir=workdir, factory=factory, options=options, cache=cache, timeout=timeout,
-                                keep_artifacts=keep_artifacts, source_files=source_files,
-                                allow_nonfinite=allow_nonfinite, compare_masked=compare_masked,
-                                allow_vacuous=allow_vacuous, keep_passing=keep_passing, shared=work,
-                                spawn_runtime=spawn, owned=owned, state=state, latency=latency)
+        outcome, res = _execute(run, result)
         if cache.pending_warnings:  # shown by pytest's process (this may be a worker's)
             res.details["cache_warnings"] = list(cache.pending_warnings)
         return outcome, res
@@ -1069,10 +1037,10 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
 
     # one check at a time per key: a second pytest-xdist worker with the same check waits, then reuses the result
     with cleanup_owned, cache.lock(key) if key is not None else contextlib.nullcontext():
-        if key is not None and not recheck:
+        if key is not None and not opts.recheck:
             reused = cache.load_result(key)
             if reused is not None:
-                reused.test, reused.cached = test_id, True
+                reused.test, reused.cached = opts.test_id, True
                 # nothing was built or run this time; what the original run took stays in the details
                 reused.details["original_timings"] = reused.timings
                 reused.timings = {"build": 0.0, "load": 0.0, "run": 0.0}
@@ -1091,7 +1059,7 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
             result.details["isolated"] = "worker process"
             impl.prepare()
             try:
-                outcome, result, added = isolation.run_in_worker(execute_in_worker, label=name, timeout=timeout)
+                outcome, result, added = isolation.run_in_worker(execute_in_worker, label=name, timeout=opts.timeout)
             except isolation.WorkerCrash as crash:
                 result.outcome, result.stage = "failed", crash.stage
                 result.message = f"{name}: stage {crash.stage}: {crash.message}"
@@ -1123,39 +1091,72 @@ def run_check(model, backend: str, *, inputs=None, dims=None, examples: int | No
             warn_cache(cache)
             assert result.message is not None  # _execute sets it with the outcome
             raise DeployFailure(result.message, result)
-        if key is not None and latency is None:
+        if key is not None and opts.latency is None:
             cache.store_result(key, result)
         warn_cache(cache)
     return result
 
 
-def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir, factory, options, cache, timeout,
-             keep_artifacts, source_files=(), allow_nonfinite=False, compare_masked=False,
-             allow_vacuous=False, keep_passing=True, shared: Work | None = None,
-             spawn_runtime=False, owned=False, state: ModelState | None = None,
-             latency: dict[str, Any] | None = None) -> tuple[str, Result]:
+@dataclass(frozen=True)
+class _Run:
+    """One check as run_check resolved it, handed to :func:`_execute` (in this process or a worker)."""
+
+    model: Any
+    impl: Any  # the backend (pytest_deploy.backends.base.Backend)
+    opts: CheckOptions  # normalised: precision parsed, latency settings parsed, backend options complete
+    space: InputSpace
+    tol: Tolerance
+    workdir: Path
+    owned: bool  # the work directory is the check's own (no workdir was given): removed at the end
+    factory: Callable[[], Any] | None = None
+    work: Work | None = None  # what the model test's backends share
+    state: ModelState | None = None  # the model's state when its model test's first check began
+    spawn_runtime: bool = False
+
+
+def _normalised(opts: CheckOptions, backend: str) -> tuple[CheckOptions, Tolerance]:
+    """``opts`` with the precision parsed (the call's over the command line's; the ``trt_fp16`` alias), the latency
+    settings parsed, the training recipe among the backend options and a cache; and the check's tolerance."""
+    from .latency import parse_settings
+    from .names import parse_precision
+
+    options = {"train": opts.train, **opts.backend_options}
+    if options.pop("trt_fp16", None) and not options.get("precision"):
+        options["precision"] = "fp16"  # backend_options={"trt_fp16": True} from before precisions: its alias
+    precision = parse_precision(opts.precision if opts.precision is not None else options.get("precision") or "fp32",
+                                where="precision")
+    options.pop("precision", None)
+    if precision != "fp32":  # fp32 checks keep the keys they had before precisions existed
+        options["precision"] = precision
+    tol = resolve_tolerance(backend, opts.atol, opts.rtol, opts.tolerances)
+    tol = widen_for_precision(tol, resolve_tolerance(backend), precision)
+    latency = parse_settings(opts.latency, "latency=")
+    if latency is not None:  # measured now, or not at all: a stored result's figures are another run's
+        options["latency_threads"] = latency["threads"]
+    cache = opts.cache if opts.cache is not None else ArtifactCache(None)
+    return opts.replace(precision=precision, latency=latency, recheck=opts.recheck or latency is not None,
+                        backend_options=options, cache=cache), tol
+
+
+def _execute(run: _Run, result: Result) -> tuple[str, Result]:
     """Build, run and compare (in this process, or in a worker): ("passed" | "failed", result). The work
-    directory is removed at the end when it is the check's own (``owned``: no ``workdir`` was given), and when
-    the check passed unless ``keep_passing``."""
+    directory is removed at the end when it is the check's own (``run.owned``), and when the check passed unless
+    ``keep_passing``."""
     passed = False
-    path = Path(workdir)
+    opts, impl, shared, latency = run.opts, run.impl, run.work, run.opts.latency
+    path = run.workdir
     path.mkdir(parents=True, exist_ok=True)
-    result.artifact = None if owned else str(path)
-    ctx = CheckContext(model=model, backend=impl.name, space=space, tol=tol, examples=examples, seed=seed,
-                       workdir=path, factory=factory, options=options, result=result)
-    ctx.cache = cache
+    result.artifact = None if run.owned else str(path)
+    ctx = CheckContext(model=run.model, backend=impl.name, space=run.space, tol=run.tol, opts=opts, workdir=path,
+                       factory=run.factory, result=result)
     ctx.shared = shared
-    ctx.state = state
-    ctx.timeout = timeout
-    ctx.source_files = tuple(source_files)
-    ctx.allow_nonfinite = bool(allow_nonfinite)
-    ctx.compare_masked = bool(compare_masked)
-    ctx.allow_vacuous = bool(allow_vacuous)
-    ctx.spawn_runtime = bool(spawn_runtime)
-    for text in _input_warnings(space):
+    ctx.state = run.state
+    ctx.spawn_runtime = run.spawn_runtime
+    for text in _input_warnings(run.space):
         ctx.warn(text)
+    inductor_home = _inductor_home(opts.cache)
     try:
-        with _temporary_files_in(path / "tmp", _inductor_home(cache)), isolation.guard("reference", timeout):
+        with _temporary_files_in(path / "tmp", inductor_home), isolation.guard("reference", opts.timeout):
             kind = _reference_kind(impl.name)
             if shared is None or kind not in shared.reference_checked:  # once per model test and kind of backend
                 try:
@@ -1168,8 +1169,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
         ctx.reset_state()  # the eager runs so far may have changed it: the backend builds from the start state
         from .latency import measure, pinned_threads
 
-        with _temporary_files_in(path / "tmp", _inductor_home(cache)), \
-                pinned_threads(latency, isolation.in_worker()) as pinned:
+        with _temporary_files_in(path / "tmp", inductor_home), pinned_threads(latency, isolation.in_worker()) as pinned:
             if latency is not None:  # the runtimes' own thread settings (ONNX Runtime's) follow what was pinned
                 ctx.options["latency_threads"] = pinned["torch"]
             impl.verify(ctx)
@@ -1179,10 +1179,10 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
         result.outcome = "failed"
         result.stage = err.stage
         result.message = f"{impl.name}: stage {err.stage}: {err.message}"
-        if keep_artifacts:
+        if opts.keep_artifacts:
             from .keep import keep_failure
 
-            result.message += keep_failure(ctx, err, keep_artifacts)
+            result.message += keep_failure(ctx, err, opts.keep_artifacts)
         return "failed", result
     except Exception as exc:
         bug = exc if isinstance(exc, InternalError) else internal_error(exc, staged=False)
@@ -1197,7 +1197,7 @@ def _execute(model, impl, result: Result, *, space, tol, examples, seed, workdir
     finally:
         ctx.reset_state()
         ctx.cleanup.close()  # sessions, worker processes and open files first: then the files can go
-        if owned or (passed and not keep_passing):
+        if run.owned or (passed and not opts.keep_passing):
             shutil.rmtree(path, ignore_errors=True)
             result.artifact = None
     return "passed", result

@@ -296,7 +296,7 @@ def _run_at(model, space, corner: Mapping[str, int]) -> str | None:
     """One eager run of ``model`` on an example of ``space`` at ``corner``; the error it raises, or None."""
     import torch
 
-    from .spec import InputRecipe
+    from .generate import InputRecipe
 
     example = space.build(corner, [InputRecipe(0, "uniform") for _ in space.specs])
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkoptions import CheckOptions
 from .errors import SpecError
 from .names import known_names_text
 
@@ -339,6 +340,27 @@ def read_settings(config) -> Settings:
                     keep_passing=keep_passing, cache_key_env=key_env, cache_readonly=readonly,
                     latency=latency, latency_baseline=baseline, latency_save=save,
                     **read_models(config))
+
+
+def check_options(settings: Settings, declared: Mapping[str, Any], *, backend: str, test_id: str, where: str, seed: int,
+                  reproduce: str, source_file: str, cache: Any) -> CheckOptions:
+    """What one check of the session is told: the marker's (or ``deploy()``'s) arguments ``declared`` over the
+    command line and ini keys (``settings``). ``latency=`` merges over --deploy-latency's settings, with this
+    check's speedups from --deploy-latency-baseline; ``where`` names the declaration in messages."""
+    from .latency import merge_settings
+
+    kw = {k: v for k, v in declared.items() if k in CALL_KWARGS}
+    if kw.get("examples") is None:
+        kw["examples"] = settings.examples
+    latency = merge_settings(settings.latency, kw.pop("latency", None), where)
+    if latency is not None and settings.latency_baseline is not None:
+        entry = settings.latency_baseline.get(f"{test_id}::{backend}")
+        if entry:
+            latency["baseline"] = entry
+    return CheckOptions(**kw, latency=latency, seed=seed, test_id=test_id, reproduce=reproduce,
+                        isolate=settings.isolate, timeout=settings.timeout, cache=cache, recheck=settings.recheck,
+                        keep_artifacts=settings.keep_artifacts, keep_passing=settings.keep_passing,
+                        source_files=(source_file,), backend_options=settings.backend_options)
 
 
 def read_latency(config) -> tuple[dict | None, dict | None, str | None]:

@@ -1,48 +1,25 @@
-"""Input specs: ``tensor(...)`` declarations, named dims, and the hypothesis strategies built from them.
+"""Input declarations: ``tensor(...)``/``mask(...)`` specs, named dims, and the :class:`InputSpace` a
+declaration resolves to against forward's arguments (validated before any model exists), with the
+:class:`Example` objects it hands to a check.
+
+The generation behind them (value patterns, recipes, tensors and masks made from a recipe, the hypothesis
+strategy, the plans of the canonical, special, corner and exploration examples) is in
+:mod:`pytest_deploy.generate`; ``InputSpace``'s example methods turn its plans into examples.
 
 Importing this module does not import torch or hypothesis; building examples does.
-
-An example is drawn as a *recipe* (dim values, and per input a seed and a value pattern) from which
-the tensors are generated with a seeded ``torch.Generator``. Hypothesis shrinks the recipe: dims go
-to their lower bound, patterns to plain uniform, seeds to 0. That keeps generation fast for large
-tensors and keeps failing inputs small and describable.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import generate
 from .errors import SpecError
-from .tensors import clone_args, is_tensor
-
-#: Value patterns for generated tensors. Index 0 is what shrinking converges to. Every float pattern varies
-#: within the tensor (``low`` is values near the range's low end, ``zeros`` values near zero): a constant input
-#: (a zero-variance signal, an all-equal row) is a degenerate case no user asked for.
-FLOAT_PATTERNS = ("uniform", "extremes", "zeros", "low", "high", "sparse", "mirrored")
-#: Integers: ``low``/``high`` spread over the tenth of the range at that end; the constant corners ``zeros`` (every
-#: value the one closest to zero), ``lowest`` and ``highest`` (every value the range's end) are the ones an integer
-#: input used as flags or ids takes in real use (an all-zero global-attention mask is the common case).
-INT_PATTERNS = ("uniform", "low", "high", "zeros", "lowest", "highest")
-#: The constant corners of an integer input.
-INT_CORNERS = ("zeros", "highest", "lowest")
-BOOL_PATTERNS = ("uniform", "false", "true")
-#: Padding masks: ``full`` (every position valid) is what shrinking converges to; ``min`` gives each row
-#: ``min_valid`` valid positions; ``uniform`` draws each row's valid length.
-MASK_PATTERNS = ("full", "uniform", "min")
-# Weights (out of 100) with which generation picks each pattern: mostly uniform values.
-_PATTERN_WEIGHTS = {"uniform": 65, "extremes": 10, "zeros": 5, "low": 5, "high": 5, "sparse": 5, "mirrored": 5,
-                    "false": 15, "true": 15, "full": 20, "min": 15, "lowest": 3, "highest": 3}
-#: The special patterns of each kind, in the order they are guaranteed a place among the examples
-#: (see :meth:`InputSpace.special_examples`).
-_SPECIAL = {"float": ("low", "high", "extremes", "zeros", "sparse", "mirrored"),
-            "int": ("zeros", "highest", "low", "high", "lowest"),
-            "bool": ("false", "true"), "mask": ("full", "min")}
-#: Share of the value range that the ``low``, ``high`` and ``zeros`` float patterns spread over.
-_NEAR = 0.1
+from .generate import InputRecipe
+from .tensors import clone_args, dtype_name, is_bool_dtype, is_float_dtype, is_tensor
 
 #: How special-pattern examples are labelled in failure messages.
 SPECIAL_LABEL = "special pattern, always run"
@@ -53,18 +30,6 @@ PADDINGS = ("right", "left", "random")
 #: Refuse to allocate examples larger than this many bytes (per example, all inputs together), or than
 #: half the memory available (validate.check_example_size).
 MAX_EXAMPLE_BYTES = 1 << 30
-
-
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def _is_float(dtype: Any) -> bool:
-    return bool(getattr(dtype, "is_floating_point", False))
-
-
-def _is_bool(dtype: Any) -> bool:
-    return _dtype_name(dtype) == "bool"
 
 
 @dataclass(frozen=True)
@@ -96,9 +61,9 @@ class TensorSpec:
         """Value range: floats in [low, high], integers in [low, high), bools either. A bound that names a
         dim takes that dim's value from ``dims`` (without ``dims`` it stays the name)."""
         dtype = self.torch_dtype
-        if _is_bool(dtype):
+        if is_bool_dtype(dtype):
             return (0, 2)
-        if _is_float(dtype):
+        if is_float_dtype(dtype):
             return (-1.0 if self.low is None else self.low, 1.0 if self.high is None else self.high)
 
         def value(bound, default):
@@ -117,50 +82,21 @@ class TensorSpec:
         """Whether every value of this input is the same whatever the example (``low=1, high=2`` for integers:
         an all-ones mask; ``low == high`` for floats): only its shape can change."""
         lo, hi = self.bounds()
-        if isinstance(lo, str) or isinstance(hi, str) or _is_bool(self.torch_dtype):
+        if isinstance(lo, str) or isinstance(hi, str) or is_bool_dtype(self.torch_dtype):
             return False
-        return lo == hi if _is_float(self.torch_dtype) else hi - lo <= 1
+        return lo == hi if is_float_dtype(self.torch_dtype) else hi - lo <= 1
 
     def describe(self) -> str:
         shape = ", ".join(str(d) for d in self.shape)
         lo, hi = self.bounds()
         dtype = self.torch_dtype
-        if _is_bool(dtype):
+        if is_bool_dtype(dtype):
             rng = ""
-        elif _is_float(dtype):
+        elif is_float_dtype(dtype):
             rng = f" in [{lo:g}, {hi:g}]"
         else:
             rng = f" in [{lo}, {hi})"
-        return f"{_dtype_name(dtype)}[{shape}]{rng}"
-
-    def patterns(self) -> tuple[str, ...]:
-        """The value patterns generation draws from for this input."""
-        dtype = self.torch_dtype
-        return BOOL_PATTERNS if _is_bool(dtype) else FLOAT_PATTERNS if _is_float(dtype) else INT_PATTERNS
-
-    def special_patterns(self) -> tuple[str, ...]:
-        dtype = self.torch_dtype
-        kind = "bool" if _is_bool(dtype) else "float" if _is_float(dtype) else "int"
-        if kind == "int":
-            return tuple(p for p in _SPECIAL["int"] if p in self.corner_patterns() or p not in INT_CORNERS)
-        return _SPECIAL[kind]
-
-    def corner_patterns(self) -> tuple[str, ...]:
-        """An integer input's constant corners that differ from each other (``lowest`` is ``zeros`` unless the range
-        holds negative values, ``highest`` is ``zeros`` when it holds none above 0); none for other inputs."""
-        dtype = self.torch_dtype
-        if _is_bool(dtype) or _is_float(dtype):
-            return ()
-        lo, hi = self.bounds()
-        out = ["zeros"]
-        if not (isinstance(hi, (int, float)) and hi - 1 <= 0):
-            out.append("highest")
-        if isinstance(lo, (int, float)) and lo < 0:
-            out.append("lowest")
-        return tuple(out)
-
-    def canonical_pattern(self) -> str:
-        return "uniform"
+        return f"{dtype_name(dtype)}[{shape}]{rng}"
 
     def __repr__(self) -> str:
         return f"tensor({self.describe()})"
@@ -183,25 +119,12 @@ class MaskSpec(TensorSpec):
     def holds_constant(self) -> bool:
         return False  # its padding varies
 
-    def corner_patterns(self) -> tuple[str, ...]:
-        return ()  # its own: full rows and min_valid rows
-
     def describe(self) -> str:
         shape = ", ".join(str(d) for d in self.shape)
-        return f"mask {_dtype_name(self.torch_dtype)}[{shape}] {self.padding}-padded, >= {self.min_valid} valid"
+        return f"mask {dtype_name(self.torch_dtype)}[{shape}] {self.padding}-padded, >= {self.min_valid} valid"
 
     def __repr__(self) -> str:
         return f"mask({self.describe()})"
-
-    def patterns(self) -> tuple[str, ...]:
-        return MASK_PATTERNS
-
-    def special_patterns(self) -> tuple[str, ...]:
-        return _SPECIAL["mask"]
-
-    def canonical_pattern(self) -> str:
-        # padded rows: the artifact is built (traced, exported) from an input that uses the mask
-        return "uniform"
 
     def valid_lengths(self, value) -> list[int]:
         """Valid positions per row of a generated mask."""
@@ -275,12 +198,12 @@ def tensor(*shape: int | str, dtype: Any = None, low: float | None = None, high:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise SpecError(f"tensor(): {name}={value!r} must be a finite number, or for integers a dim name")
     spec = TensorSpec(tuple(shape), dtype, low, high)
-    if not _is_bool(spec.torch_dtype) and not spec.bound_names():
+    if not is_bool_dtype(spec.torch_dtype) and not spec.bound_names():
         lo, hi = spec.bounds()
-        if lo > hi or (lo == hi and not _is_float(spec.torch_dtype)):
+        if lo > hi or (lo == hi and not is_float_dtype(spec.torch_dtype)):
             raise SpecError(
                 f"tensor(): empty value range low={lo}, high={hi}"
-                + ("" if _is_float(spec.torch_dtype) else " (integers are drawn from [low, high))")
+                + ("" if is_float_dtype(spec.torch_dtype) else " (integers are drawn from [low, high))")
             )
     return spec
 
@@ -317,14 +240,6 @@ def normalize_dims(dims: Mapping[str, Any] | None) -> dict[str, tuple[int, int]]
 # ------------------------------------------------------------------------------------ examples
 
 
-@dataclass(frozen=True)
-class InputRecipe:
-    """How one generated tensor was made: enough to describe it and to make it again."""
-
-    seed: int
-    pattern: str
-
-
 @dataclass
 class Example:
     """One set of forward arguments, with the recipe that produced it (None for user-given tensors)."""
@@ -348,7 +263,7 @@ class Example:
             if isinstance(spec, MaskSpec) and hasattr(arg, "dim"):
                 lengths = spec.valid_lengths(arg)
                 shown = ", ".join(map(str, lengths[:8])) + (", ..." if len(lengths) > 8 else "")
-                text = f"{_dtype_name(arg.dtype)}[{', '.join(map(str, arg.shape))}] {spec.padding}-padded mask, " \
+                text = f"{dtype_name(arg.dtype)}[{', '.join(map(str, arg.shape))}] {spec.padding}-padded mask, " \
                        f"valid lengths [{shown}]"
             lines.append(f"{name}: {text}{self._how(i)}")
         if self.dims:
@@ -361,9 +276,9 @@ class Example:
             return f" ({self.label})"
         spec = self.specs[i] if self.specs else None
         bounds = ""
-        if spec is not None and not _is_bool(spec.torch_dtype) and not isinstance(spec, MaskSpec):
+        if spec is not None and not is_bool_dtype(spec.torch_dtype) and not isinstance(spec, MaskSpec):
             lo, hi = spec.bounds(self.dims if set(spec.bound_names()) <= set(self.dims) else None)
-            bounds = f" in [{lo:g}, {hi:g}]" if _is_float(spec.torch_dtype) else f" in [{lo}, {hi})"
+            bounds = f" in [{lo:g}, {hi:g}]" if is_float_dtype(spec.torch_dtype) else f" in [{lo}, {hi})"
         return f" (pattern {r.pattern}{bounds}, seed {r.seed})"
 
 
@@ -371,89 +286,16 @@ def describe_value(value: Any) -> str:
     """``float32[2, 3] range [-0.98, 0.97]`` for tensors; repr for anything else."""
     if hasattr(value, "dtype") and hasattr(value, "shape"):
         shape = ", ".join(str(s) for s in value.shape)
-        text = f"{_dtype_name(value.dtype)}[{shape}]"
+        text = f"{dtype_name(value.dtype)}[{shape}]"
         if value.numel() and not value.is_complex() and value.device.type != "meta":
             v = value.detach()
-            if _is_bool(v.dtype):
+            if is_bool_dtype(v.dtype):
                 text += f" {int(v.sum())} of {v.numel()} true"
             else:
                 lo, hi = v.min().item(), v.max().item()
                 text += f" range [{lo:.4g}, {hi:.4g}]"
         return text
     return repr(value)
-
-
-def make_tensor(spec: TensorSpec, dims: Mapping[str, int], recipe: InputRecipe):
-    """Generate the tensor ``recipe`` describes. Deterministic: same recipe, same tensor."""
-    import torch
-
-    shape = spec.concrete_shape(dims)
-    dtype = spec.torch_dtype
-    gen = torch.Generator().manual_seed(recipe.seed)
-    p = recipe.pattern
-    if isinstance(spec, MaskSpec):
-        return _make_mask(spec, shape, p, gen)
-    lo, hi = spec.bounds(dims)
-    if _is_bool(dtype):
-        if p == "false":
-            return torch.zeros(shape, dtype=torch.bool)
-        if p == "true":
-            return torch.ones(shape, dtype=torch.bool)
-        return torch.rand(shape, generator=gen) < 0.5
-    if not _is_float(dtype):
-        if p in INT_CORNERS:  # constant: the value closest to zero, or one end of the range
-            value = hi - 1 if p == "highest" else lo if p == "lowest" else min(max(0, lo), hi - 1)
-            return torch.full(shape, value, dtype=dtype)
-        if p in ("low", "high"):  # the tenth of the range at that end (at least two values where the range has them)
-            width = min(hi - lo, max(2, math.ceil((hi - lo) * _NEAR)))
-            lo, hi = (lo, lo + width) if p == "low" else (hi - width, hi)
-        return torch.randint(lo, hi, shape, generator=gen, dtype=dtype)
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    u = torch.rand(shape, generator=gen, dtype=work)
-    span = hi - lo
-    if p == "zeros":  # values near zero (or near the range's point closest to it): small, but not constant
-        centre = min(max(0.0, lo), hi)
-        half = span * _NEAR / 10
-        t = (centre + (u * 2 - 1) * half).clamp(lo, hi)
-    elif p == "low":
-        t = lo + u * span * _NEAR
-    elif p == "high":
-        t = hi - u * span * _NEAR
-    elif p == "extremes":
-        t = torch.where(torch.rand(shape, generator=gen) < 0.5, torch.tensor(lo, dtype=work), torch.tensor(hi, dtype=work))
-    else:
-        t = u * span + lo
-        if p == "mirrored":  # the uniform example of the same seed reflected in its range: a sign flip for [-a, a]
-            t = (lo + hi) - t
-        if p == "sparse":
-            t = torch.where(torch.rand(shape, generator=gen) < 0.9, torch.zeros((), dtype=work).clamp(lo, hi), t)
-    return t.to(dtype)
-
-
-def _make_mask(spec: MaskSpec, shape: tuple[int, ...], pattern: str, gen):
-    """One contiguous run of valid positions per row (``random``: scattered ones), at least ``min_valid`` long."""
-    import torch
-
-    positions = shape[-1]
-    rows = shape[:-1]
-    least = min(spec.min_valid, positions)
-    if pattern == "full":
-        lengths = torch.full(rows, positions, dtype=torch.int64)
-    elif pattern == "min":
-        lengths = torch.full(rows, least, dtype=torch.int64)
-    else:
-        lengths = torch.randint(least, positions + 1, rows, generator=gen, dtype=torch.int64)
-    index = torch.arange(positions)
-    if spec.padding == "random":
-        # the ``length`` positions with the smallest random keys are valid
-        keys = torch.rand(shape, generator=gen)
-        rank = keys.argsort(-1).argsort(-1)
-        valid = rank < lengths.unsqueeze(-1)
-    elif spec.padding == "left":
-        valid = index >= (positions - lengths).unsqueeze(-1)
-    else:
-        valid = index < lengths.unsqueeze(-1)
-    return valid.to(spec.torch_dtype)
 
 
 class InputSpace:
@@ -567,21 +409,8 @@ class InputSpace:
         return len(self.specs) if self.specs else (len(self.given) if self.given else None)
 
     def opt_dims(self) -> dict[str, int]:
-        """A representative size per named dim (used for trace/export): not 0 or 1 where the bounds
-        allow, and distinct from the other dims and static sizes, so exporters do not specialise."""
-        taken = {d for s in self.specs for d in s.shape if isinstance(d, int)}
-        out: dict[str, int] = {}
-        for name, (lo, hi) in self.dims.items():
-            choice = None
-            for v in range(max(lo, 2), min(hi, max(lo, 2) + 64) + 1):
-                if v not in taken:
-                    choice = v
-                    break
-            if choice is None:
-                choice = max(lo, min(hi, 2))
-            out[name] = choice
-            taken.add(choice)
-        return out
+        """A representative size per named dim (used for trace/export): :func:`generate.opt_dims`."""
+        return generate.opt_dims(self.specs, self.dims)
 
     def canonical(self) -> Example:
         """The example artifacts are built from: the user's tensors if given, else opt dims, uniform, seed 0."""
@@ -592,24 +421,19 @@ class InputSpace:
 
             args = find(self.strategy_override, lambda _: True)
             return Example(_as_args(args), label="minimal example of the inputs strategy")
-        ex = self.build(self.opt_dims(), tuple(InputRecipe(0, s.canonical_pattern()) for s in self.specs))
+        ex = self.build(self.opt_dims(), generate.canonical_recipes(self.specs))
         ex.label = "the input the artifact was built from"
         return ex
 
     def build(self, dims: Mapping[str, int], recipes: Sequence[InputRecipe]) -> Example:
-        args = tuple(make_tensor(s, dims, r) for s, r in zip(self.specs, recipes))
+        args = tuple(generate.make_tensor(s, dims, r) for s, r in zip(self.specs, recipes))
         return Example(args, dict(dims), tuple(recipes), self.specs)
 
     def strategy(self):
         """A hypothesis strategy of :class:`Example`."""
-        from hypothesis import strategies as st
-
         if self.strategy_override is not None:
             return self.strategy_override.map(lambda a: Example(_as_args(a), label="drawn from the inputs strategy"))
-
-        dim_st = st.fixed_dictionaries({n: st.integers(lo, hi) for n, (lo, hi) in self.dims.items()})
-        recipe_sts = [st.builds(InputRecipe, st.integers(0, 2**31 - 1), _weighted(s.patterns())) for s in self.specs]
-        return st.builds(self.build, dim_st, st.tuples(*recipe_sts))
+        return generate.strategy(self.specs, self.dims, self.build)
 
     def special_examples(self, limit: int) -> list[Example]:
         """At most ``limit`` examples that together give every input each of its special patterns (near the
@@ -617,36 +441,18 @@ class InputSpace:
         an integer's ends; a bool's all-false and all-true), so that a verdict never depends on which
         patterns hypothesis happened to draw. Example k gives each input its k-th special pattern, at the
         dims' corners in turn."""
-        if not self.specs or limit <= 0:
-            return []
-        count = min(limit, max(len(s.special_patterns()) for s in self.specs))
-        # the opt dims, then the upper corner (a mask's shortest rows mean most in long sequences), then the lower
-        opt, low, high = self.opt_dims(), *self.dim_corners_bounds()
-        corners = [dict(c) for c in dict.fromkeys(tuple(sorted(c.items())) for c in (opt, high, low))]
         out = []
-        for k in range(count):
-            recipes = []
-            for i, s in enumerate(self.specs):
-                special = s.special_patterns()
-                recipes.append(InputRecipe(101 + k + 7919 * i, special[k] if k < len(special) else "uniform"))
-            ex = self.build(corners[k % len(corners)], recipes)
+        for dims, recipes in generate.special_plans(self.specs, self.dims, limit):
+            ex = self.build(dims, recipes)
             ex.label = SPECIAL_LABEL
             out.append(ex)
         return out
 
     def corner_examples(self, inputs: Sequence[int]) -> list[Example]:
         """For each input position in ``inputs``, one example per constant corner of that input
-        (:meth:`TensorSpec.corner_patterns`: all zero, all at an end of its range), at the opt dims, the other
+        (:func:`generate.corner_patterns`: all zero, all at an end of its range), at the opt dims, the other
         inputs as in the canonical example."""
-        opt = self.opt_dims()
-        base = [InputRecipe(0, s.canonical_pattern()) for s in self.specs]
-        out = []
-        for k in inputs:
-            for pattern in self.specs[k].corner_patterns():
-                recipes = list(base)
-                recipes[k] = InputRecipe(0, pattern)
-                out.append(self.build(opt, recipes))
-        return out
+        return [self.build(dims, recipes) for dims, recipes in generate.corner_plans(self.specs, self.dims, inputs)]
 
     def mask_probe(self, example: Example, masks: Sequence[int]) -> tuple[Example | None, dict[int, str]]:
         """An example whose ``mask()`` inputs (positions ``masks``) have other sizes than in ``example``, the
@@ -656,63 +462,26 @@ class InputSpace:
         size of the inputs has). A mask whose last dim (the one padding runs along) cannot vary (a number,
         or a dim bound to one size) cannot tell a per-token output from one that has its size by chance: it
         is returned with the reason, and leads no masked output. Returns ``(probe or None, {mask: reason})``."""
-        current = dict(self.opt_dims())
-        for spec, arg in zip(self.specs, example.args):
-            if is_tensor(arg) and arg.dim() == len(spec.shape):
-                current.update({d: int(n) for d, n in zip(spec.shape, arg.shape) if isinstance(d, str)})
-        current.update(example.dims)
-        static: dict[int, str] = {}
-        change: list[str] = []
-        for i in masks:
-            shape = self.specs[i].shape
-            last = shape[-1] if shape else None
-            if not isinstance(last, str) or self.dims[last][0] == self.dims[last][1]:
-                size = last if not isinstance(last, str) else f"{last!r} (bound to {self.dims[last][0]})"
-                static[i] = f"its last dim {size} cannot vary"
-                continue
-            change += [d for d in shape if isinstance(d, str) and self.dims[d][0] < self.dims[d][1] and d not in change]
-        if not change:
+        dims, static = generate.probe_dims(self.specs, self.dims, example.args, example.dims, masks)
+        if dims is None:
             return None, static
-        dims = dict(current)
-        taken = {d for s in self.specs for d in s.shape if isinstance(d, int)}
-        taken |= {v for name, v in current.items() if name not in change}
-        for name in change:
-            lo, hi = self.dims[name]
-            old = current[name]
-            near = [v for step in range(1, 65) for v in (old + step, old - step) if lo <= v <= hi]
-            dims[name] = next((v for v in near if v not in taken), near[0])
-            taken.add(dims[name])
-        recipes = example.recipes or tuple(InputRecipe(0, s.canonical_pattern()) for s in self.specs)
-        probe = self.build(dims, recipes)
+        probe = self.build(dims, example.recipes or generate.canonical_recipes(self.specs))
         probe.label = "another size of the masks' dims (which outputs are per-token)"
         return probe, static
 
     def dim_corners_bounds(self) -> tuple[dict[str, int], dict[str, int]]:
         """Every dim at its lower bound; every dim at its upper bound."""
-        return {n: lo for n, (lo, _) in self.dims.items()}, {n: hi for n, (_, hi) in self.dims.items()}
+        return generate.dim_corners_bounds(self.dims)
 
     def dim_corners(self) -> list[dict[str, int]]:
         """The opt dims, every dim at its lower bound, every dim at its upper bound; duplicates removed."""
-        corners = [self.opt_dims(), *self.dim_corners_bounds()]
-        return [dict(c) for c in dict.fromkeys(tuple(sorted(c.items())) for c in corners)]
+        return generate.dim_corners(self.specs, self.dims)
 
     def exploration(self) -> Iterator[Example]:
         """Examples meant to push data-dependent decisions to their other outcome: each dim at its
         bounds, sign flips (``mirrored``), zeros, the range's ends, extremes; then random recipes."""
-        if not self.specs:
-            return
-        unique = self.dim_corners()
-        plan = [("uniform", 0), ("mirrored", 0), ("uniform", 1), ("mirrored", 1), ("zeros", 0), ("low", 0),
-                ("high", 0), ("extremes", 0), ("sparse", 0)]
-        for pattern, seed in plan:
-            for dims in unique:
-                yield self.build(dims, [InputRecipe(seed + 7919 * i, _pattern_for(s, pattern))
-                                        for i, s in enumerate(self.specs)])
-        rng = random.Random(0)
-        while True:
-            dims = {n: rng.randint(lo, hi) for n, (lo, hi) in self.dims.items()}
-            pattern = rng.choice(FLOAT_PATTERNS)
-            yield self.build(dims, [InputRecipe(rng.randrange(2**31), _pattern_for(s, pattern)) for s in self.specs])
+        for dims, recipes in generate.exploration_plans(self.specs, self.dims):
+            yield self.build(dims, recipes)
 
     def describe(self) -> str:
         if self.strategy_override is not None:
@@ -760,7 +529,7 @@ def _check_named_bounds(spec: TensorSpec, dims: Mapping[str, tuple[int, int]], w
             known = ", ".join(map(repr, dims)) or "none"
             raise SpecError(f"{where} {spec.describe()}: the bound {name!r} is not a dim (dims declared: {known}); "
                             f"add dims={{{name!r}: (min, max)}} or use a number")
-    if not spec.bound_names() or _is_bool(spec.torch_dtype):
+    if not spec.bound_names() or is_bool_dtype(spec.torch_dtype):
         return
     import itertools
 
@@ -784,37 +553,6 @@ def _check_mask(spec: MaskSpec, dims: Mapping[str, tuple[int, int]], where: str)
     if spec.min_valid > lo:
         raise SpecError(f"{where} {spec.describe()}: min_valid={spec.min_valid} is larger than {last!r}'s lower bound "
                         f"{lo}, so short rows cannot hold it; lower min_valid or raise dims[{last!r}]")
-
-
-def _pattern_for(spec: TensorSpec, pattern: str) -> str:
-    """The closest pattern a spec's dtype has: floats take any; ints and bools map low/high/zeros; masks
-    take their shortest rows for the low end and full rows for the high end."""
-    dtype = spec.torch_dtype
-    allowed = spec.patterns()
-    if pattern in allowed:
-        return pattern
-    if isinstance(spec, MaskSpec):
-        return {"low": "min", "zeros": "min", "sparse": "min", "high": "full", "extremes": "full"}.get(pattern, "uniform")
-    if _is_bool(dtype):
-        return {"low": "false", "zeros": "false", "high": "true"}.get(pattern, "uniform")
-    return {"extremes": "highest"}.get(pattern, "uniform")
-
-
-def _weighted(patterns: Sequence[str]):
-    """Pick a pattern, mostly the first; shrinks towards the first."""
-    from hypothesis import strategies as st
-
-    weights = [_PATTERN_WEIGHTS.get(p, 5) for p in patterns]
-    total = sum(weights)
-
-    def pick(k: int) -> str:
-        for p, w in zip(patterns, weights):
-            if k < w:
-                return p
-            k -= w
-        return patterns[-1]
-
-    return st.integers(0, total - 1).map(pick)
 
 
 def _is_strategy(x: Any) -> bool:

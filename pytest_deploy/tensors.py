@@ -21,6 +21,20 @@ def clone_args(args: Iterable[Any]) -> tuple:
     return tuple(a.clone() if is_tensor(a) else a for a in args)
 
 
+def dtype_name(dtype: Any) -> str:
+    """``float32`` for ``torch.float32``."""
+    return str(dtype).replace("torch.", "")
+
+
+def is_float_dtype(dtype: Any) -> bool:
+    """A floating-point ``torch.dtype``, told without importing torch."""
+    return bool(getattr(dtype, "is_floating_point", False))
+
+
+def is_bool_dtype(dtype: Any) -> bool:
+    return dtype_name(dtype) == "bool"
+
+
 def elementwise_error(expected, got) -> Any:
     """``|expected - got|`` per element in float64 (the distance in the complex plane for complex tensors), where NaN
     matches NaN and an infinity matches the same infinity (error 0), and NaN against anything else is an infinite

@@ -318,7 +318,7 @@ class CheckpointBackend(Backend):
 
     @staticmethod
     def _batches(ctx, n: int) -> list[tuple]:
-        from ..spec import InputRecipe
+        from ..generate import InputRecipe
 
         if not ctx.space.specs:
             return [ctx.canonical.args] * n

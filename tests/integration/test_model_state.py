@@ -14,6 +14,7 @@ from torch import nn
 
 from pytest_deploy import DeployFailure, InputWarning, tensor
 from pytest_deploy.check import run_check
+from pytest_deploy.checkoptions import CheckOptions
 from pytest_deploy.modeltest import ModelTest
 
 INPUTS = [tensor("batch", 4)]
@@ -42,8 +43,8 @@ def check(model, backend, shared):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            result = run_check(model, backend, inputs=INPUTS, dims=DIMS, examples=4, isolate="none", shared=shared,
-                               factory=GrowingCache)
+            result = run_check(model, backend, CheckOptions(inputs=INPUTS, dims=DIMS, examples=4, isolate="none"),
+                               shared=shared, factory=GrowingCache)
         except DeployFailure as failure:
             result = failure.result
     said = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
@@ -109,8 +110,8 @@ def test_an_attribute_that_refuses_changes_is_left_as_it_is_and_a_changed_dict_i
     for backend in ("trace", "export"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", InputWarning)
-            result = run_check(model, backend, inputs=INPUTS, dims=DIMS, examples=3, isolate="none", shared=shared,
-                               factory=WithConfig)
+            result = run_check(model, backend, CheckOptions(inputs=INPUTS, dims=DIMS, examples=3, isolate="none"),
+                               shared=shared, factory=WithConfig)
         verdicts.append(result.outcome)
     assert verdicts == ["passed", "passed"]
     assert model._internal_dict == {"scale": 2.0} and type(model._internal_dict) is FrozenDict

@@ -20,24 +20,25 @@ PACKAGE = Path(pytest_deploy.__file__).parent
 LAYERS = {
     0: ["errors", "results"],
     1: ["names", "sources", "tensors"],
-    2: ["spec", "validate", "compare", "cache", "shared_cache", "isolation", "worker", "decisions", "branches", "fingerprint",
-        "localize", "latency"],
+    2: ["checkoptions", "generate", "spec", "validate", "compare", "cache", "shared_cache", "isolation", "worker",
+        "decisions", "branches", "fingerprint", "localize", "latency"],
     3: ["backends.base"],
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
     5: ["backends"],
     6: ["keep", "report", "report_html", "report_plots", "divergence", "modeltest", "declaration", "infer"],
     7: ["check"],
-    8: ["options", "plugin", "", "__main__", "zero"],
+    8: ["options", "session", "plugin", "", "__main__", "zero"],
 }
 SAME_LAYER = {
-    ("spec", "validate"), ("worker", "compare"), ("branches", "decisions"), ("worker", "isolation"), ("fingerprint", "cache"), ("cache", "shared_cache"), ("report_html", "report_plots"), ("infer", "declaration"),
+    ("spec", "validate"), ("spec", "generate"), ("worker", "compare"), ("worker", "isolation"), ("fingerprint", "cache"),
+    ("branches", "decisions"), ("cache", "shared_cache"), ("report_html", "report_plots"), ("infer", "declaration"),
     ("backends.aoti", "backends.export"), ("backends.onnx_export", "backends.export"), ("backends.onnx", "backends.export"),
     ("backends.onnx", "backends.onnx_export"), ("backends.onnx", "backends.precision"),
     ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
     ("backends.tvm", "backends.onnx_export"), ("backends.tvm", "backends.tvm_tuning"),
     ("backends.tensorrt", "backends.onnx_export"), ("plugin", ""), ("plugin", "options"), ("", "options"),
-    ("plugin", "zero"), ("zero", ""), ("__main__", "zero"), ("__main__", "options"),
+    ("plugin", "zero"), ("zero", ""), ("plugin", "session"), ("session", "options"), ("session", "zero"), ("__main__", "zero"), ("__main__", "options"),
 }
 
 
@@ -109,3 +110,21 @@ def test_no_import_circle():
 
     for module in sorted(graph):
         visit(module, [])
+
+
+#: the most parameters a function of the package takes (issue 23): settings travel as one CheckOptions
+MAX_PARAMETERS = 12
+
+
+def test_no_function_takes_more_than_twelve_parameters():
+    """A new setting is a CheckOptions field, not one more keyword threaded through run_check and its callers."""
+    too_many = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if p is not None]
+                count = len(names) - (names[:1] in (["self"], ["cls"]))
+                if count > MAX_PARAMETERS:
+                    too_many.append(f"pytest_deploy.{name or '__init__'}.{node.name} (line {node.lineno}): {count}")
+    assert not too_many, "; ".join(too_many)

@@ -1,4 +1,5 @@
-"""Unit tests for pytest_deploy.spec: tensor() declarations, dims, input spaces and example generation."""
+"""Unit tests for pytest_deploy.spec and pytest_deploy.generate: tensor() declarations, dims, input spaces and
+example generation."""
 
 from __future__ import annotations
 
@@ -10,19 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_deploy.errors import SpecError
-from pytest_deploy.spec import (
-    BOOL_PATTERNS,
-    FLOAT_PATTERNS,
-    INT_PATTERNS,
-    Example,
-    InputRecipe,
-    InputSpace,
-    TensorSpec,
-    make_tensor,
-    mask,
-    normalize_dims,
-    tensor,
-)
+from pytest_deploy.generate import BOOL_PATTERNS, FLOAT_PATTERNS, INT_PATTERNS, InputRecipe, make_tensor
+from pytest_deploy.spec import Example, InputSpace, TensorSpec, mask, normalize_dims, tensor
 
 # ------------------------------------------------------------------------------------ tensor()
 
