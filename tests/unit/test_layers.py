@@ -22,11 +22,11 @@ LAYERS = {
     1: ["names", "sources", "tensors"],
     2: ["spec", "validate", "compare", "cache", "isolation", "worker", "decisions", "fingerprint",
         "localize", "latency"],
-    3: ["backends.base"],
+    3: ["backends.base", "internal"],
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
     5: ["backends"],
-    6: ["keep", "report", "report_html", "divergence", "modeltest", "infer"],
+    6: ["keep", "report", "report_html", "divergence", "modeltest", "infer", "search", "examples"],
     7: ["check"],
     8: ["options", "plugin", "", "__main__", "zero"],
 }
@@ -37,7 +37,8 @@ SAME_LAYER = {
     ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
     ("backends.tvm", "backends.onnx_export"), ("backends.tvm", "backends.tvm_tuning"),
     ("backends.tensorrt", "backends.onnx_export"), ("plugin", ""), ("plugin", "options"), ("", "options"),
-    ("plugin", "zero"), ("zero", ""), ("__main__", "zero"), ("__main__", "options"),
+    ("plugin", "zero"), ("zero", ""), ("__main__", "zero"), ("__main__", "options"), ("search", "modeltest"),
+    ("examples", "divergence"),
 }
 
 
