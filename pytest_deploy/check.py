@@ -1,6 +1,8 @@
 """One check: model + input space → backend artifact on disk → run on generated examples → compare.
 
-``run_check`` is what the ``@deployable`` items, the ``deploy`` fixture and ``verify`` all call.
+``run_check`` is what the ``@deployable`` items, the ``deploy`` fixture and ``verify`` all call. A backend works in
+a :class:`CheckContext`; the example loop it starts (``ctx.run_examples``) is :mod:`pytest_deploy.examples`, the
+recorded decisions and the branch search are :mod:`pytest_deploy.search`.
 """
 
 from __future__ import annotations
@@ -273,6 +275,9 @@ class CheckContext:
         (``reference``, default :meth:`recorded_eager`); with ``record`` the branch search runs first and its finds
         are examples too: see :meth:`examples.ExampleRunner.run_examples`."""
         self.example_runner.run_examples(runner, reference=reference, record=record)
+
+
+# ------------------------------------------------------------------------------------ run_check
 
 
 def _bugs_fail_the_check(run: Callable[..., Result]) -> Callable[..., Result]:

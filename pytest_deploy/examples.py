@@ -246,9 +246,9 @@ class ExampleRunner:
     def _keep_masks(self, ex: Example, leaves: Leaves) -> dict[str, Any] | None:
         """For outputs led by a mask() input's dims (decided once, :meth:`_decide_masked`): path -> where the
         mask is valid. None when nothing is masked."""
-        ctx = self.ctx
         from .spec import MaskSpec
 
+        ctx = self.ctx
         masks = [i for i, s in enumerate(ctx.space.specs) if isinstance(s, MaskSpec)]
         if not masks or ctx.compare_masked or ex.specs is None:
             return None
@@ -393,7 +393,7 @@ class ExampleRunner:
                 "allow_vacuous=True when near-zero outputs are what the model should give")
         if ref.compared and not ref.varies:
             ctx.warn(f"{ctx.backend}: eager outputs were identical for every example ({ref.examples} inputs); "
-                      "the model may ignore its inputs (a dead signal), so the comparison proves little")
+                     "the model may ignore its inputs (a dead signal), so the comparison proves little")
 
     def _update_errors(self, cmp: Comparison) -> None:
         r = self.ctx.result
@@ -437,7 +437,7 @@ class ExampleRunner:
         return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------ run_check
+# ------------------------------------------------------------------------------------ helpers
 
 
 def _equal(a, b) -> bool:
