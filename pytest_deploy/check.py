@@ -1,121 +1,47 @@
 """One check: model + input space → backend artifact on disk → run on generated examples → compare.
 
-``run_check`` is what the ``@deployable`` items, the ``deploy`` fixture and ``verify`` all call.
+``run_check`` is what the ``@deployable`` items, the ``deploy`` fixture and ``verify`` all call. A backend works in
+a :class:`CheckContext`; the example loop it starts (``ctx.run_examples``) is :mod:`pytest_deploy.examples`, the
+recorded decisions and the branch search are :mod:`pytest_deploy.search`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import isolation
-from .branches import BranchAnalysis, Divergence, describe_divergence, describe_frozen_number, fix_for
+from .branches import BranchAnalysis
 from .cache import ArtifactCache
 from .checkoptions import CheckOptions
-from .compare import (
-    Comparison,
-    Leaves,
-    Tolerance,
-    UnsupportedOutput,
-    compare_outputs,
-    flatten,
-    format_number,
-    resolve_tolerance,
-    widen_for_precision,
-)
-from .decisions import Recorder, needs_line_tracing, record
+from .compare import Tolerance, compare_outputs, resolve_tolerance, widen_for_precision
+from .decisions import needs_line_tracing
 from .errors import INTERNAL, BackendUnavailable, DeployFailure, InternalError, SpecError, StageError
-from .localize import LocalizationError
+from .examples import ExampleFailed, ExampleRunner
+from .fingerprint import content_key, identity_key
+from .internal import internal_error
 from .modeltest import ModelState, ModelTest, Work
 from .results import Result
-from .sources import (
-    PACKAGE_DIR,
-    add_model_files,
-    describe_exception,
-    first_line,
-    is_model_code,
-    origin_frame,
-    package_frame,
-    package_path,
-    torchscript_error,
-)
-from .spec import SPECIAL_LABEL, Example, InputSpace
-from .tensors import clone_args, is_tensor
+from .search import BranchSearch
+from .sources import add_model_files, describe_exception, torchscript_error
+from .spec import Example, InputSpace
+from .tensors import clone_args
 
 #: Stage name → the timing bucket it counts towards in the report.
 _TIMING_BUCKET = {"export": "build", "check": "build", "simplify": "build", "compile": "build", "save": "build",
                   "load": "load", "run": "run", "compare": "run", "branches": "run", "reference": "run",
                   "latency": "latency"}
 
-#: After the first failing example, at most this many further runs are spent shrinking it.
-SHRINK_BUDGET = 150
-
-#: A failing special-pattern example gets at most this many runs to shrink its dims.
-DIM_SHRINK_RUNS = 24
-
-#: Outputs whose magnitude never exceeds the check's atol (or this) on any example make a vacuous check.
-VACUOUS_FLOOR = 1e-30
-
-#: Targeted search for the other outcome of each recorded decision: at most this many eager runs
-#: and this many seconds per check.
-EXPLORE_RUNS = 48
-EXPLORE_SECONDS = 5.0
-#: Within those bounds the budget follows the model's cost: as many runs as this many seconds of recorded
-#: eager runs on the canonical example allow, but never fewer than EXPLORE_MIN_RUNS (the systematic plan's
-#: first patterns at every corner of the dims).
-EXPLORE_COST_SECONDS = 2.0
-EXPLORE_MIN_RUNS = 12
-
-#: a failing trace check traces the model twice more to find the numbers computed from shapes that the trace froze
-#: (:meth:`CheckContext._frozen_shape_numbers`); not when building the artifact took longer than this
-RETRACE_BUDGET_S = 20.0
-
-
-@dataclass
-class _RunCounts:
-    """What run_examples counts while hypothesis runs the examples."""
-
-    runs: int = 0
-    failed_keys: set[tuple] = field(default_factory=set)  # _example_key of each failing example
-    after_failure: int = 0  # runs since the first failure: the shrink budget spent
-    passed: int = 0
-
-
-@dataclass
-class _ReferenceStats:
-    """What the eager outputs looked like over the examples (see CheckContext._observe_reference)."""
-
-    floats: int = 0  # float outputs seen
-    largest: float = 0.0  # the largest float magnitude, and where
-    largest_path: str | None = None
-    others: bool = False  # a non-empty output that is not floating point
-    shapes: dict[tuple, list] = field(default_factory=dict)  # output signature -> the first example's outputs
-    compared: int = 0  # examples compared with an earlier one of the same signature
-    varies: bool = False  # whether any of them differed
-    examples: int = 0
-
-
-class _ExampleFailed(Exception):
-    """Raised inside the hypothesis loop; carries the example and what went wrong with it."""
-
-    def __init__(self, example: Example, stage: str, text: str, comparison: Comparison | None = None):
-        super().__init__(text)
-        self.example = example
-        self.stage = stage
-        self.text = text
-        self.comparison = comparison
 
 
 class CheckContext:
@@ -144,9 +70,6 @@ class CheckContext:
         #: data-dependent decisions seen while eager PyTorch ran (and, for tracing backends, while tracing)
         self.analysis = BranchAnalysis()
         self.freezes_decisions = False
-        #: for a tracing backend: trace the model on given inputs (the artifact is thrown away), to read the Python
-        #: numbers the tracer froze (:meth:`_frozen_shape_numbers`)
-        self._retrace: Callable[[tuple], Any] | None = None
         # the model's files count as user code from here on (an installed package's too, such as transformers'):
         # registered before the line-tracing decision reads them, so that decision does not depend on which
         # check of the session came first
@@ -175,18 +98,10 @@ class CheckContext:
         self.compare_masked = bool(opts.compare_masked)
         #: eager outputs (near) zero on every example are allowed (allow_vacuous=True)
         self.allow_vacuous = bool(opts.allow_vacuous)
-        #: output path -> index of the mask() input whose dims lead that output (decided on the first example)
-        self._masked_paths: dict[str, int] | None = None
-        #: what the eager outputs looked like over the examples: the largest float magnitude, whether any changed
-        self._reference = _ReferenceStats()
         #: work shared with the other backends of the model test (modeltest.Work), or None
         self.shared: Work | None = None
         #: the model's state when its model test's first check began (put back before each eager run and build)
         self.state: ModelState | None = None
-        #: the branch search's steps, kept for the other backends while it runs: ("observe" | "note_fixed", run)
-        self._search_steps: list[tuple[str, Any]] | None = None
-        #: the model fails under the dispatch mode that tracks which decisions the inputs steer
-        self._untrackable = False
 
     # -- helpers for backends -------------------------------------------------------------------
 
@@ -251,22 +166,9 @@ class CheckContext:
 
     @functools.cached_property
     def content_key(self) -> str:
-        """Hash of what an artifact built from this check is made of: the model's structure and weights,
-        the user source files it reaches (and the test file), the input space and the canonical example.
-        Computed once per model test (the backends share it); artifact and exported-program keys start from it."""
-        from .cache import make_key
-        from .fingerprint import files_digest, model_digest, reachable_files, stable
-
-        if self.shared is not None and self.shared.content_key is not None:
-            return self.shared.content_key
-        files: set[str] = set(self.source_files)
-        space = stable({"specs": self.space.specs, "dims": self.space.dims, "strategy": self.space.strategy_override,
-                        "canonical": list(self.canonical.args)}, files)
-        digest = self.shared.model_digest(self.model) if self.shared is not None else model_digest(self.model)
-        key = make_key(digest, files_digest(reachable_files(self.model, files)), space)
-        if self.shared is not None:
-            self.shared.content_key = key
-        return key
+        """Hash of what an artifact built from this check is made of (:func:`fingerprint.content_key`); computed
+        once per model test (the backends share it); artifact and exported-program keys start from it."""
+        return content_key(self.model, self.space, lambda: self.canonical.args, self.source_files, self.shared)
 
     @property
     def model_key(self) -> str:
@@ -281,12 +183,7 @@ class CheckContext:
 
     @functools.cached_property
     def _identity_key(self) -> str:
-        from .cache import make_key
-        from .fingerprint import identity, stable
-
-        space = stable({"specs": self.space.specs, "dims": self.space.dims, "strategy": self.space.strategy_override,
-                        "canonical": list(self.canonical.args)})
-        return make_key("identity", identity(self.model), space)
+        return identity_key(self.model, self.space, self.canonical.args)
 
     def artifact(self, name: str, path: str) -> None:
         """Register a file the backend built outside the work directory (a cache entry's) for --deploy-keep-artifacts."""
@@ -301,7 +198,7 @@ class CheckContext:
         try:
             with isolation.guard(name, self.timeout):
                 yield
-        except (StageError, _ExampleFailed, DeployFailure, BackendUnavailable, InternalError, KeyboardInterrupt,
+        except (StageError, ExampleFailed, DeployFailure, BackendUnavailable, InternalError, KeyboardInterrupt,
                 SystemExit):
             raise
         except BaseException as exc:
@@ -316,137 +213,32 @@ class CheckContext:
             bucket = _TIMING_BUCKET.get(name, "build")
             self.result.timings[bucket] = self.result.timings.get(bucket, 0.0) + time.perf_counter() - start
 
+    # -- the decisions (search.py) and the example loop (examples.py) ------------------------------------
+
+    @functools.cached_property
+    def search(self) -> BranchSearch:
+        """The check's decisions: eager runs recorded, the branch search, what a trace lost."""
+        return BranchSearch(self)
+
+    @functools.cached_property
+    def example_runner(self) -> ExampleRunner:
+        """The check's example loop (:meth:`run_examples`)."""
+        return ExampleRunner(self)
+
     def traced_decisions(self, retrace: Callable[[tuple], Any] | None = None) -> None:
-        """Called by a backend whose artifact follows the path of the input it was built from
-        (torch.jit.trace): decisions whose outcome differs from that path's are trace-lost, and a
-        mismatch on such an example fails at stage branches. ``retrace(args)``: trace the model again on
-        ``args`` (run only when a check fails, to find the Python numbers computed from shapes that the trace
-        froze).
-
-        The path is recorded from eager PyTorch on the same input, not while tracing: under the tracer
-        shape reads are tensors (``len(x)`` and ``range(x.shape[1])`` convert them) and library modules
-        take their tracing branches, decisions no eager run makes."""
-        run = self.shared.traced_run if self.shared is not None else None
-        if run is None:
-            _, run = record(self.eager, self.canonical.args, lines=self.line_tracing)
-            if self.shared is not None:
-                self.shared.traced_run = run
-        self.analysis = BranchAnalysis(run)
-        self.freezes_decisions = True
-        self._retrace = retrace
-
-    def varying_inputs(self, args: tuple) -> list | None:
-        """Each input tensor of ``args`` whose values the spec lets vary, None in the place of one it holds
-        constant (a decision's sources are these positions); None when the spec does not say (a hypothesis
-        strategy, example inputs only)."""
-        if self.space.strategy_override is not None or len(self.space.specs) != len(args) or self._untrackable:
-            return None
-        return [a if is_tensor(a) and not spec.holds_constant() else None for a, spec in zip(args, self.space.specs)]
+        """Called by a backend whose artifact follows the path of the input it was built from (torch.jit.trace):
+        see :meth:`search.BranchSearch.traced_decisions`."""
+        self.search.traced_decisions(retrace)
 
     def recorded_eager(self, args: tuple, *, track: bool = False):
-        """Eager reference outputs, with the decisions taken on the way counted into the analysis; ``track``:
-        also which decisions depend on the inputs the spec lets vary (:class:`decisions.Taint`).
+        """Eager reference outputs, with the decisions taken on the way counted into the analysis, shared by the
+        backends of one model test: see :meth:`search.BranchSearch.recorded_eager`."""
+        return self.search.recorded_eager(args, track=track)
 
-        The backends of one model test share them: an example another backend's check ran gives its outputs
-        (as :class:`compare.Leaves`) and its recorded decisions without running eager PyTorch again."""
-        shared = self.shared if not track else None
-        hit = shared.reference(args) if shared is not None else None
-        if hit is not None:
-            leaves, run, mode = hit
-            self.analysis.observe(run)
-            self.result.details["branch_recording"] = mode
-            self._count("references_reused")
-            return leaves
-        varying = self.varying_inputs(args) if track else None
-        try:
-            with isolation.guard("reference", self.timeout), Recorder(self.line_tracing, varying) as rec:
-                out = self.eager(args)
-        except (StageError, KeyboardInterrupt):
-            raise
-        except Exception:
-            if varying is None:
-                raise
-            # a model that does not run under the dispatch mode that tracks the inputs: recorded without it (its
-            # decisions are then all chased, as they were before the tracking), and the search does without it too
-            self._untrackable = True
-            with isolation.guard("reference", self.timeout), Recorder(self.line_tracing) as rec:
-                out = self.eager(args)
-        self.analysis.observe(rec.run)
-        if self._search_steps is not None and track:
-            self._search_steps.append(("observe", rec.run))
-        mode = self.result.details["branch_recording"] = (
-            "tensor conversions and if/while outcomes" if rec.line_tracing
-            else "tensor conversions only (the model's code has no if/while)" if not self.line_tracing
-            else "tensor conversions only (another tracer, e.g. coverage or a debugger, owns sys.settrace)")
-        if shared is not None:
-            self._count("references_computed")
-            with contextlib.suppress(Exception):  # an output compare cannot flatten is reported by the loop
-                shared.keep_reference(args, Leaves(flatten(out)), rec.run, mode)
-        return out
-
-    def _count(self, what: str) -> None:
+    def count(self, what: str) -> None:
         """Count shared work in ``details.model_test`` (what this check took from its model test, what it did)."""
         counts = self.result.details.setdefault("model_test", {})
         counts[what] = counts.get(what, 0) + 1
-
-    def explore(self, run_seconds: float = 0.0) -> list[Example]:
-        """Search for inputs reaching the outcomes no input has reached yet; return those that did.
-
-        Only eager PyTorch runs here (it is cheap); the examples found are then run through the
-        backend like any other. Stops when every recorded branch has both outcomes, or the budget ends:
-        EXPLORE_COST_SECONDS of runs at ``run_seconds`` each (one recorded eager run on the canonical
-        example), between EXPLORE_MIN_RUNS and EXPLORE_RUNS runs, and never past EXPLORE_SECONDS.
-
-        A decision that no declared input can change (it read only the weights, inputs the spec holds
-        constant such as an all-ones mask, and shapes: :class:`decisions.Taint`) is chased only at the
-        corners of the dims, where a shape can still flip it; after that it stays uncovered, and is said to.
-        """
-        if self.space.strategy_override is not None or not self.analysis.sites:
-            return []
-        found: list[Example] = []
-        start = time.perf_counter()
-        budget = EXPLORE_RUNS if run_seconds <= 0 else \
-            max(EXPLORE_MIN_RUNS, min(EXPLORE_RUNS, int(EXPLORE_COST_SECONDS / run_seconds)))
-        candidates = self.space.exploration()
-        # the search starts at each corner of the dims: there, an if/while that read no tensor (a branch
-        # on a shape) is given its chance to go the other way and so become a decision
-        corners = len(self.space.dim_corners()) if any(lo != hi for lo, hi in self.space.dims.values()) else 0
-        # then, before the rest of the plan, the constant corners (all zero, all at an end of the range) of the
-        # integer inputs that feed a decision with an outcome not reached yet: flags and ids take them in real use
-        cornered: set[int] = set()
-        queue: list[Example] = []
-        runs = 0
-        for i in range(budget):
-            missing = self.analysis.missing_outcomes(candidates=i < corners, fixed=i < corners)
-            if not missing or time.perf_counter() - start > EXPLORE_SECONDS:
-                break
-            if i >= corners:
-                feeding = self.analysis.missing_sources()
-                todo = [k for k in range(len(self.space.specs)) if feeding >> k & 1 and k not in cornered]
-                cornered.update(todo)
-                queue.extend(self.space.corner_examples(todo))
-            ex = queue.pop(0) if queue and i >= corners else next(candidates)
-            seen = self.analysis.seen()
-            runs += 1
-            try:
-                _, run = record(self.eager, ex.args, lines=self.line_tracing, varying=self.varying_inputs(ex.args))
-            except Exception:  # a failing input is for the example loop to report, not the search
-                continue
-            new = {(site, outcome) for (site, _), (_, outcome) in run.decisions().items()} - seen
-            step = "observe" if new else "note_fixed"  # note_fixed: a decision this input steers is chased again
-            getattr(self.analysis, step)(run)
-            if self._search_steps is not None:
-                self._search_steps.append((step, run))
-            if new:
-                ex.label = "found by the branch search"
-                found.append(ex)
-        self.result.details["branch_search_runs"] = len(found)
-        fixed = self.analysis.fixed_uncovered()
-        self.result.details["branch_search"] = {
-            "runs": runs, "budget": budget,
-            "not_chased": [f"{s.site.describe()}: no declared input can change it (it reads only weights, shapes "
-                           "and inputs the spec holds constant)" for s in fixed]}
-        return found
 
     def fresh_model(self):
         """A new instance from the factory (the decorated test, or ``factory=``), in the same mode, built with
@@ -481,446 +273,12 @@ class CheckContext:
         if self.state is not None:
             _note_state_changes(self.result, self.state.reset(self.model))
 
-    # -- the example loop --------------------------------------------------------------------------
-
     def run_examples(self, runner: Callable[[tuple], Any], *, reference: Callable[[tuple], Any] | None = None,
                      record: bool = True) -> None:
-        """Run ``runner`` on the canonical example and ``examples - 1`` generated ones; compare each with eager.
-
-        Hypothesis generates the examples and shrinks the first failure; the artifact is built once
-        by the caller and reused for all. ``reference`` defaults to :meth:`recorded_eager`; with
-        ``record`` the branch search runs first and its finds are examples too.
-        """
-        from hypothesis import HealthCheck, Phase, Verbosity, given, settings
-        from hypothesis import example as explicit_example
-        from hypothesis import seed as hypothesis_seed
-        from hypothesis.errors import Flaky
-
-        reference = reference or self.recorded_eager
-        self.runner = runner
-        found: list[Example] = []
-        if record:
-            found = self._branch_search()
-        state = _RunCounts()
-
-        def one(ex: Example) -> None:
-            key = _example_key(ex)
-            if state.failed_keys:
-                state.after_failure += 1
-                if state.after_failure > SHRINK_BUDGET and key not in state.failed_keys:
-                    return  # shrink budget spent: stop exploring, keep the smallest failure found
-            state.runs += 1
-            try:
-                self._run_one(ex, runner, reference)
-            except _ExampleFailed:
-                if key is not None:
-                    state.failed_keys.add(key)
-                raise
-            if not state.failed_keys:
-                state.passed += 1
-
-        test = given(self.space.strategy())(one)
-        # ``examples`` counts every example run: the canonical one, the special patterns every input is
-        # guaranteed (as many as half the rest of the budget allows), then generated ones; the branch search's finds come on top.
-        special = self.space.special_examples((self.examples - 1) // 2)  # at most half: the rest explores dims
-        for ex in reversed([*special, *found]):
-            test = explicit_example(ex)(test)
-        test = explicit_example(self.canonical)(test)
-        generated = self.examples - 1 - len(special)
-        generate = (Phase.generate, Phase.shrink) if generated > 0 else (Phase.shrink,)
-        test = settings(
-            max_examples=max(1, generated),
-            deadline=None,
-            database=None,
-            derandomize=False,
-            suppress_health_check=list(HealthCheck),
-            phases=(Phase.explicit, *generate),
-            report_multiple_bugs=False,
-            print_blob=False,
-            verbosity=Verbosity.quiet,
-        )(test)
-        test = hypothesis_seed(self.seed)(test)
-        try:
-            test()
-        except _ExampleFailed as failure:
-            if failure.example.label == SPECIAL_LABEL:  # explicit examples are not shrunk by hypothesis
-                failure = self._shrink_dims(failure, runner, reference)
-            self.failed_example = failure.example
-            self.result.examples = state.passed + 1
-            stage, text = failure.stage, self._failure_text(failure, shrunk=state.runs > 1)
-            if failure.comparison is not None:
-                lost = self._lost_branch_text(failure)
-                if lost:
-                    stage, text = "branches", lost + "\n" + text
-            elif stage == "run" and self.freezes_decisions:  # a frozen shape number can break the run itself
-                frozen = self._frozen_shape_numbers(failure.example)
-                if frozen:
-                    text += "\n" + describe_frozen_number(frozen[0], "the failing input") + f"\n  fix: {fix_for(frozen[0])}"
-            from .divergence import locate
-
-            text += locate(self, failure.example.args, stage)  # where it broke; never raises
-            raise StageError(stage, text, comparison=failure.comparison) from None
-        except Flaky as exc:
-            bug = next((e for e in getattr(exc, "exceptions", ()) or () if isinstance(e, InternalError)), None)
-            if bug is not None:
-                raise bug from None
-            inner = _first_example_failure(exc)
-            text = (
-                f"{self.backend}: a failure did not reproduce when hypothesis replayed the same input, so the model "
-                "or the backend is nondeterministic (dropout left on? randomness in forward?)"
-            )
-            if inner is not None:
-                self.failed_example = inner.example
-                text += "\n  first failure: " + inner.text.replace("\n", "\n  ")
-            raise StageError(inner.stage if inner else "run", text) from None
-        finally:
-            self.result.branches = self.analysis.to_json()
-            if self.result.branches:
-                self.result.details["branch_summary"] = self.analysis.summary()
-        self.result.examples = state.passed
-        self._judge_reference()
-
-    def _branch_search(self) -> list[Example]:
-        """Record the canonical example and search for the decisions' other outcomes, once per model test:
-        a check whose model test already searched folds the recorded runs into its own analysis instead."""
-        done = self.shared.search if self.shared is not None else None
-        if done is not None:
-            for step, run in done.steps:
-                getattr(self.analysis, step)(run)
-            self.result.details.update(done.details)
-            self.result.details.setdefault("model_test", {})["branch_search"] = "shared"
-            return list(done.found)
-        self._search_steps = [] if self.shared is not None else None
-        began = time.perf_counter()
-        self.recorded_eager(self.canonical.args, track=True)  # the sites to search from
-        with isolation.guard("reference", self.timeout):
-            found = self.explore(time.perf_counter() - began)
-        if self.shared is not None and self._search_steps is not None:
-            from .modeltest import Search
-
-            keys = ("branch_recording", "branch_search_runs", "branch_search")
-            self.shared.search = Search(list(found), self._search_steps,
-                                        {k: self.result.details[k] for k in keys if k in self.result.details})
-            self._search_steps = None
-            self.result.details.setdefault("model_test", {})["branch_search"] = "ran"
-        return found
-
-    def _shrink_dims(self, failure: _ExampleFailed, runner, reference) -> _ExampleFailed:
-        """A failing special-pattern example with its dims made as small as still fails (each dim in turn,
-        by bisection towards its lower bound), its recipes unchanged."""
-        best = failure
-        recipes = failure.example.recipes  # every smaller candidate is built from these too
-        assert recipes is not None  # special-pattern examples are built from recipes
-        runs = 0
-        for name in sorted(self.space.dims):
-            low, high = self.space.dims[name][0], best.example.dims.get(name, 0)
-            first = True
-            while low < high and runs < DIM_SHRINK_RUNS:
-                mid = low if first else (low + high) // 2  # the lower bound first: failures need not be monotonic
-                first = False
-                candidate = self.space.build({**best.example.dims, name: mid}, recipes)
-                candidate.label = SPECIAL_LABEL
-                runs += 1
-                try:
-                    self._run_one(candidate, runner, reference)
-                except _ExampleFailed as smaller:
-                    best, high = smaller, mid
-                except Exception:
-                    low = mid + 1
-                else:
-                    low = mid + 1
-        if best is not failure:
-            best.example.label = SPECIAL_LABEL + ", dims shrunk"
-        return best
-
-    def _lost_branch_text(self, failure: _ExampleFailed) -> str | None:
-        """When a tracing backend's mismatch comes with a trace-lost decision, say where it is: a Python number
-        computed from a shape that the trace froze (:meth:`_frozen_shape_numbers`) first, as the decisions that
-        differ after it are mostly its symptoms."""
-        if not self.freezes_decisions:
-            return None
-        frozen = self._frozen_shape_numbers(failure.example)
-        try:
-            _, run = record(self.eager, failure.example.args, lines=self.line_tracing)
-        except Exception:
-            run = None
-        divergences = self.analysis.divergences(run) if run is not None else []
-        if not divergences and not frozen:
-            return None
-        if failure.comparison is not None:
-            worst = max(failure.comparison.errors, key=lambda e: e.max_abs)
-            atol, _ = self.tol.for_dtype(worst.dtype)
-            error = f"; max abs error {format_number(worst.max_abs)} > atol {atol:g}"
-        else:
-            error = ""
-        if frozen:
-            text = describe_frozen_number(frozen[0], "the failing input") + f"{error}\n  fix: {fix_for(frozen[0])}"
-            others = [d.site.where for d in (*frozen[1:], *divergences)]
-        else:
-            first = divergences[0]
-            self.analysis.mark_diverged(first.site)
-            stats = self.analysis.sites.get(first.site)
-            fix = fix_for(first, plain=stats is not None and stats.plain)
-            text = describe_divergence(first, "the failing input") + f"{error}\n  fix: {fix}"
-            others = [d.site.where for d in divergences[1:] if d.site != first.site]
-        others = list(dict.fromkeys(others))
-        if others:
-            text += "\n  the failing input also leaves the traced path at: " + ", ".join(others[:5])
-        return text
-
-    def _frozen_shape_numbers(self, example: Example) -> list[Divergence]:
-        """Python numbers computed from a tensor's shape (``float(w - 1) / 2``, ``int(x.shape[-1] * 0.5)``) that
-        the trace froze and that ``example`` gives another value: kind ``shape``, at the line that converts.
-
-        Eager PyTorch converts no tensor there (a shape is a Python int), so the recorder cannot see them; the
-        tracer does (a shape is a tensor under it, and it warns when converting one). Where it warned at a line
-        of the user's that eager converts nothing at, the model is traced again on the canonical example and on
-        ``example`` with the conversions recorded, and the values compared. Never raises."""
-        if self._retrace is None or self.result.timings.get("build", 0.0) > RETRACE_BUDGET_S:
-            return []
-        eager_sites = {site.where for site, _ in self.analysis.traced}
-        warned = {f"{w['file']}:{w['line']}" for w in self.result.details.get("tracer_warnings") or []
-                  if re.match(r"Converting a tensor to a Python (?:float|integer|number|index)", str(w.get("message")))}
-        if not warned - eager_sites:
-            return []
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _, traced = record(self._retrace, self.canonical.args, lines=False)
-                _, other = record(self._retrace, example.args, lines=False)
-        except Exception:
-            return []
-        theirs = {(site, n): (kind, value) for site, n, kind, value in other.events}
-        found: list[Divergence] = []
-        for site, n, kind, value in traced.events:
-            where = site.where
-            if kind in ("bool", "tolist") or where in eager_sites or where not in warned:
-                continue
-            mine = theirs.get((site, n))
-            if mine is not None and mine[1] != value and all(d.site != site for d in found):
-                found.append(Divergence(site, n, "shape", value, mine[1]))
-                self.analysis.add_frozen(site, value, mine[1])
-        return found
-
-    def _run_one(self, ex: Example, runner, reference) -> None:
-        try:
-            expected = reference(ex.args)
-        except StageError as err:
-            raise _ExampleFailed(ex, err.stage, err.message) from None
-        except InternalError:
-            raise
-        except Exception as exc:  # the reference itself fails: the spec does not fit forward
-            internal = internal_error(exc, staged=True)
-            if internal is not None:
-                raise internal from exc
-            raise _ExampleFailed(ex, "run", "eager PyTorch (the reference) fails on this input: " + describe_exception(
-                exc, "check that inputs= matches forward's arguments (count, dtypes, shapes)")) from None
-        try:
-            with self.stage("run"):
-                got = runner(clone_args(ex.args))
-        except StageError as err:
-            raise _ExampleFailed(ex, "run", err.message) from None
-        try:
-            with self.stage("compare"):
-                leaves = expected if isinstance(expected, Leaves) else Leaves(flatten(expected))  # flattened once
-                keep = self._keep_masks(ex, leaves)
-                self._observe_reference(ex, leaves, keep)
-                cmp = compare_outputs(leaves, got, self.tol, keep=keep)
-        except StageError as err:
-            raise _ExampleFailed(ex, "compare", err.message) from None
-        self._update_errors(cmp)
-        if not cmp.ok:
-            raise _ExampleFailed(ex, "compare", "", cmp)
-
-    # -- masks and the eager outputs themselves -------------------------------------------------------
-
-    def _keep_masks(self, ex: Example, leaves: Leaves) -> dict[str, Any] | None:
-        """For outputs led by a mask() input's dims (decided once, :meth:`_decide_masked`): path -> where the
-        mask is valid. None when nothing is masked."""
-        from .spec import MaskSpec
-
-        masks = [i for i, s in enumerate(self.space.specs) if isinstance(s, MaskSpec)]
-        if not masks or self.compare_masked or ex.specs is None:
-            return None
-        if self._masked_paths is None:
-            self._masked_paths = self._decide_masked(ex, leaves, masks)
-        keep = {}
-        for path, value in leaves:
-            index = self._masked_paths.get(path)
-            if index is None or not is_tensor(value):
-                continue
-            m = ex.args[index]
-            if tuple(value.shape[:m.dim()]) == tuple(m.shape):
-                keep[path] = m.bool()
-        if keep:
-            counts = self.result.details.setdefault("masked_positions", {"compared": 0, "left_out": 0})
-            values = dict(leaves)
-            for path, m in keep.items():
-                per = math.prod(values[path].shape[m.dim():])
-                counts["compared"] += int(m.sum()) * per
-                counts["left_out"] += int((~m).sum()) * per
-        return keep or None
-
-    def _decide_masked(self, ex: Example, leaves: Leaves, masks: list[int]) -> dict[str, int]:
-        """Which outputs are per-token: path -> the mask() input whose dims lead it on ``ex`` (the first
-        example) and on a probe whose masks have other sizes (:meth:`InputSpace.mask_probe`, run in eager
-        PyTorch once per model test). An output whose leading dims equal a mask's on one example only (logits
-        of 3 classes beside a mask 3 long) is compared in full; so is every output beside a mask whose last
-        dim cannot vary. Notes both in ``details``."""
-        candidates: dict[str, int] = {}
-        for path, value in leaves:
-            for i in masks:
-                m = ex.args[i]
-                if is_tensor(value) and value.dim() >= m.dim() and tuple(value.shape[:m.dim()]) == tuple(m.shape):
-                    candidates[path] = i
-                    break
-        if not candidates:
-            return {}
-        probe_masks, shapes, error, static = self._mask_probe(ex, sorted(set(candidates.values())))
-        names = self.space.names
-
-        def name(i: int) -> str:
-            return names[i] if i < len(names) else f"input {i}"
-
-        decided: dict[str, int] = {}
-        ruled_out: dict[str, str] = {}
-        for path, i in candidates.items():
-            m_shape = probe_masks.get(i)
-            shape = shapes.get(path)
-            if shape is None:  # a backend's own copy of an output ("simplified output[...]" for onnx)
-                shape = next((s for p, s in shapes.items() if path.endswith(" " + p)), None)
-            if i in static:
-                ruled_out[path] = f"mask {name(i)!r}: {static[i]}"
-            elif error is not None:
-                ruled_out[path] = f"eager PyTorch failed on other sizes of mask {name(i)!r}'s dims: {error}"
-            elif m_shape is None or shape is None or tuple(shape[:len(m_shape)]) != tuple(m_shape):
-                ruled_out[path] = (f"its leading dims do not follow mask {name(i)!r}'s dims: "
-                                   f"{_shape_text(shape)} beside mask {_shape_text(m_shape)} on another example")
-            else:
-                decided[path] = i
-        if decided:
-            self.result.details["masked_outputs"] = {p: name(i) for p, i in decided.items()}
-        if ruled_out:
-            self.result.details["unmasked_outputs"] = ruled_out
-        return decided
-
-    def _mask_probe(self, ex: Example, masks: list[int]) -> tuple[dict[int, tuple], dict[str, tuple], str | None,
-                                                                   dict[int, str]]:
-        """The probe's mask shapes by input position, its eager output shapes by path, the error eager PyTorch
-        raised on it (or None), and the masks that cannot vary with the reason; shared by the model test."""
-        key = (tuple(tuple(ex.args[i].shape) for i in masks), tuple(masks))
-        shared = self.shared.mask_probes if self.shared is not None else {}
-        if key not in shared:
-            probe, static = self.space.mask_probe(ex, masks)
-            probe_masks: dict[int, tuple] = {}
-            shapes: dict[str, tuple] = {}
-            error = None
-            if probe is not None:
-                probe_masks = {i: tuple(probe.args[i].shape) for i in masks if i not in static}
-                try:
-                    with isolation.guard("reference", self.timeout):
-                        out = self.eager(probe.args)
-                    shapes = {p: tuple(v.shape) for p, v in flatten(out) if is_tensor(v)}
-                except StageError:
-                    raise
-                except Exception as exc:
-                    error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
-            shared[key] = (probe_masks, shapes, error, static)
-            if self.shared is not None:
-                self._count("mask_probe_runs")
-        return shared[key]
-
-    def _observe_reference(self, ex: Example, leaves: Leaves, keep) -> None:
-        """Track the eager outputs over the examples: their largest float magnitude (a check whose outputs are
-        all (near) zero compares nothing) and whether they ever change with the input."""
-        ref = self._reference
-        ref.examples += 1
-        signature = []
-        for path, value in leaves:
-            if not is_tensor(value):
-                continue
-            signature.append((path, tuple(value.shape), str(value.dtype)))
-            if not value.is_floating_point() or value.numel() == 0:
-                ref.others = ref.others or value.numel() > 0
-                continue
-            shown = value.detach()
-            if keep and path in keep:
-                valid = keep[path].reshape(*keep[path].shape, *([1] * (shown.dim() - keep[path].dim())))
-                shown = torch_where(valid, shown)
-            largest = float(shown.abs().nan_to_num(0.0, 0.0, 0.0).max()) if shown.numel() else 0.0
-            ref.floats += 1
-            if largest >= ref.largest:
-                ref.largest, ref.largest_path = largest, path
-        key = tuple(signature)
-        values = [v for _, v in leaves if is_tensor(v)]
-        previous = ref.shapes.get(key)
-        if previous is None:
-            if len(ref.shapes) < 8:
-                ref.shapes[key] = [v.detach().clone() for v in values]
-        else:
-            ref.compared += 1
-            if not all(_equal(a, b) for a, b in zip(previous, values)):
-                ref.varies = True
-
-    def _judge_reference(self) -> None:
-        """After every example passed: fail a vacuous check, warn about outputs no input changes."""
-        ref = self._reference
-        if not ref.floats or ref.others or ref.examples == 0:
-            return
-        atol, _ = self.tol.float32
-        largest = ref.largest
-        if largest <= max(atol, VACUOUS_FLOOR) and not self.allow_vacuous:
-            raise StageError(
-                "reference",
-                f"vacuous check: eager PyTorch's outputs are (near) zero on every example (largest magnitude "
-                f"{format_number(largest)} at {ref.largest_path}, within atol {atol:g} of zero), so any backend "
-                "returning zeros would pass and the comparison proves nothing\n"
-                "  fix: initialise the weights (a library's default init can let the signal vanish, e.g. "
-                "model.apply(init_fn) or a seeded torch.nn.init.normal_ on each weight), or pass "
-                "allow_vacuous=True when near-zero outputs are what the model should give")
-        if ref.compared and not ref.varies:
-            self.warn(f"{self.backend}: eager outputs were identical for every example ({ref.examples} inputs); "
-                      "the model may ignore its inputs (a dead signal), so the comparison proves little")
-
-    def _update_errors(self, cmp: Comparison) -> None:
-        r = self.result
-        r.max_abs_error = cmp.max_abs if r.max_abs_error is None else max(r.max_abs_error, cmp.max_abs)
-        r.max_rel_error = cmp.max_rel if r.max_rel_error is None else max(r.max_rel_error, cmp.max_rel)
-
-    def _failure_text(self, failure: _ExampleFailed, shrunk: bool) -> str:
-        label = failure.example.label
-        which = "failing input" + (" (shrunk by hypothesis)" if shrunk and label == "generated"
-                                   else f" ({label})" if label != "generated" else "")
-        lines = []
-        if failure.comparison is not None:
-            cmp = failure.comparison
-            lines.append("outputs differ from eager PyTorch")
-            for err in cmp.errors[:5]:
-                lines.append("  " + err.text)
-                if err.reason in ("values", "nan") and err.needed_atol is not None:
-                    atol, rtol = self.tol.for_dtype(err.dtype)
-                    # rounded up: a tolerance copied from the message must pass
-                    need_atol = format_number(err.needed_atol, round_up=True)
-                    need_rtol = format_number(err.needed_rtol, round_up=True)
-                    lines.append(
-                        f"  max abs error {format_number(err.max_abs)}, max rel error {format_number(err.max_rel)}; "
-                        f"smallest tolerance that passes: atol={need_atol} (at rtol {rtol:g})"
-                        + (f" or rtol={need_rtol} (at atol {atol:g})" if err.needed_rtol is not None
-                           and not math.isinf(err.needed_rtol) else "")
-                    )
-            if len(cmp.errors) > 5:
-                lines.append(f"  ... and {len(cmp.errors) - 5} more outputs differ")
-            worst, here = self.result.max_abs_error, cmp.max_abs
-            if worst is not None and format_number(worst) != format_number(here):
-                # the reports' figure is the worst over the run; this input (often shrunk) can differ from it
-                lines.append(f"  the errors above are this input's; the worst over every example run is max abs "
-                             f"error {format_number(worst)}, the figure the reports show")
-        else:
-            lines.append(failure.text)
-        lines.append(f"  {which}:")
-        lines.extend("    " + ln for ln in failure.example.describe(self.space.names).splitlines())
-        lines.append(f"  reproduce: {self.options.get('reproduce', f'seed={self.seed}')}")
-        return "\n".join(lines)
+        """Run ``runner`` on the canonical example and ``examples - 1`` generated ones; compare each with eager
+        (``reference``, default :meth:`recorded_eager`); with ``record`` the branch search runs first and its finds
+        are examples too: see :meth:`examples.ExampleRunner.run_examples`."""
+        self.example_runner.run_examples(runner, reference=reference, record=record)
 
 
 # ------------------------------------------------------------------------------------ run_check
@@ -1323,37 +681,6 @@ def _check_reference(ctx: CheckContext) -> None:
         check_finite(leaves, example)
 
 
-#: Exceptions pytest-deploy raises on purpose: verdicts, bad declarations, an unavailable backend. Never a bug.
-_DELIBERATE = (StageError, DeployFailure, BackendUnavailable, SpecError, InternalError, Warning)
-#: Exceptions a stage meets through no fault of pytest-deploy's code, even raised in a frame of it: errors from the
-#: compiled functions of torch and the runtimes it calls (RuntimeError, TVM's and torch's), the machine's (OSError,
-#: MemoryError), and its own explanations that a stage turns into the verdict's message.
-_NOT_A_BUG_IN_A_STAGE = (RuntimeError, OSError, MemoryError, UnsupportedOutput, LocalizationError)
-
-
-def internal_error(exc: BaseException, *, staged: bool) -> InternalError | None:
-    """``exc`` as a pytest-deploy bug, or None when it is not one.
-
-    Inside a stage (``staged``), it is one when pytest-deploy's own code raised it (the innermost frame outside
-    the standard library is in the package; ``_NOT_A_BUG_IN_A_STAGE`` excepted); raised in torch, a backend's
-    library or the model, it is the backend's verdict. An exception that escaped every stage and handler of the
-    check is one unless the model's code raised it. What pytest-deploy raises on purpose never is."""
-    if not isinstance(exc, Exception) or isinstance(exc, _DELIBERATE):
-        return None
-    origin = origin_frame(exc.__traceback__)
-    if staged and (origin is None or not origin[0].startswith(PACKAGE_DIR) or isinstance(exc, _NOT_A_BUG_IN_A_STAGE)):
-        return None
-    if not staged and origin is not None and is_model_code(origin[0]):
-        return None
-    import traceback
-
-    where = package_frame(exc.__traceback__)
-    text = "pytest-deploy failed inside itself: " + first_line(exc)
-    if where is not None:
-        text += f"\n  at {package_path(where[0])}:{where[1]} in {where[2]}"
-    text += ("\n  this is a bug in pytest-deploy, not a verdict on the model or the backend; please report it: open "
-             "an issue with this message and the JSON report's details.internal_traceback (--deploy-report=PATH)")
-    return InternalError(text, "".join(traceback.format_exception(exc)))
 
 
 def _reference_kind(backend: str) -> tuple[bool, bool, bool]:
@@ -1533,32 +860,3 @@ def seeded_call(fn: Callable[[], Any], seed: int) -> Any:
         if np_state is not None:
             numpy.random.set_state(np_state)
 
-
-def _equal(a, b) -> bool:
-    import torch
-
-    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a.detach(), b.detach()))
-
-
-def torch_where(valid, value):
-    """``value`` with the positions where ``valid`` is False set to zero."""
-    import torch
-
-    return torch.where(valid, value, torch.zeros((), dtype=value.dtype))
-
-
-def _example_key(ex: Example):
-    if ex.recipes is None:
-        return None
-    return (tuple(sorted(ex.dims.items())), ex.recipes)
-
-
-def _first_example_failure(exc: BaseException) -> _ExampleFailed | None:
-    for sub in getattr(exc, "exceptions", ()) or ():
-        if isinstance(sub, _ExampleFailed):
-            return sub
-    return exc.__cause__ if isinstance(exc.__cause__, _ExampleFailed) else None
-
-
-def _shape_text(shape: tuple | None) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")" if shape is not None else "(no such output)"

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,37 @@ def environment() -> dict[str, Any]:
 
     return {"libraries": library_versions(LIBRARIES), "machine": machine(), "gpu": gpu_environment(),
             "python": sys.version.split()[0]}
+
+
+def content_key(model, space, canonical: Callable[[], tuple], files: Iterable[str] = (), shared: Any = None) -> str:
+    """Hash of what an artifact built from a check is made of: the model's structure and weights, the user source
+    files it reaches (and ``files``: the test file), the input space and the canonical example (``canonical()``
+    gives its arguments). ``shared`` (the model test's ``modeltest.Work``, or None) computes it once for every
+    backend: its ``content_key`` when set, else set here. Artifact and exported-program keys start from it."""
+    from .cache import make_key
+
+    if shared is not None and shared.content_key is not None:
+        return shared.content_key
+    extra: set[str] = set(files)
+    inputs = stable(_space_parts(space, canonical()), extra)
+    digest = shared.model_digest(model) if shared is not None else model_digest(model)
+    key = make_key(digest, files_digest(reachable_files(model, extra)), inputs)
+    if shared is not None:
+        shared.content_key = key
+    return key
+
+
+def identity_key(model, space, canonical: tuple) -> str:
+    """A key of the model object's current state and the input space that hashes no byte (:func:`identity`): for
+    work shared within this process when there is no cache. ``canonical``: the canonical example's arguments."""
+    from .cache import make_key
+
+    return make_key("identity", identity(model), stable(_space_parts(space, canonical)))
+
+
+def _space_parts(space, canonical: tuple) -> dict[str, Any]:
+    """What of the input space (``spec.InputSpace``) an artifact depends on, with the canonical example's arguments."""
+    return {"specs": space.specs, "dims": space.dims, "strategy": space.strategy_override, "canonical": list(canonical)}
 
 
 #: Options that change only what a failing check reports, never whether it passes: not part of the key.

@@ -63,7 +63,7 @@ class TraceBackend(Backend):
                 return torch.jit.trace(ctx.model, example_kwarg_inputs=kwargs, check_trace=False, strict=False)
             return torch.jit.trace(ctx.model, args, check_trace=False, strict=False)
 
-        def retrace(example_args: tuple) -> None:  # the frozen numbers of a failing check (ctx._frozen_shape_numbers)
+        def retrace(example_args: tuple) -> None:  # the frozen numbers of a failing check (search.BranchSearch)
             with torch.no_grad(), quiet_torch_logs():
                 trace(*ctx.space.split(clone_args(example_args)))
 

@@ -13,7 +13,7 @@ import time
 import torch
 from torch import nn
 
-from pytest_deploy import check as check_module
+from pytest_deploy import search as search_module
 from pytest_deploy import tensor, verify
 
 ONES = tensor("batch", 4, dtype=torch.int64, low=1, high=2)  # an all-ones mask: the spec holds it constant
@@ -96,7 +96,7 @@ def test_a_decision_that_reads_a_varying_input_too_is_chased_with_the_whole_budg
     result = run(OnMaskAndInput())
     search = result.details["branch_search"]
     assert search["not_chased"] == []
-    assert search["runs"] == search["budget"] >= check_module.EXPLORE_MIN_RUNS
+    assert search["runs"] == search["budget"] >= search_module.EXPLORE_MIN_RUNS
 
 
 def test_a_value_written_through_a_view_carries_the_inputs_dependence():
@@ -133,8 +133,8 @@ def test_the_search_budget_follows_the_models_cost():
     EXPLORE_MIN_RUNS; a model of microseconds gets every one of EXPLORE_RUNS."""
     slow = run(Slow()).details["branch_search"]
     fast = run(Fast()).details["branch_search"]
-    assert slow["budget"] == slow["runs"] == check_module.EXPLORE_MIN_RUNS
-    assert fast["budget"] == fast["runs"] == check_module.EXPLORE_RUNS
+    assert slow["budget"] == slow["runs"] == search_module.EXPLORE_MIN_RUNS
+    assert fast["budget"] == fast["runs"] == search_module.EXPLORE_RUNS
 
 
 class RunCount:
@@ -181,7 +181,7 @@ class OnFlags(nn.Module):
 
 def test_the_search_tries_the_constant_corners_of_the_integer_inputs_that_feed_an_unreached_outcome(monkeypatch):
     # the budget of a 110M-parameter model: the plan's dims corners, sign flips and reseeds would spend it all
-    monkeypatch.setattr(check_module, "EXPLORE_RUNS", check_module.EXPLORE_MIN_RUNS)
+    monkeypatch.setattr(search_module, "EXPLORE_RUNS", search_module.EXPLORE_MIN_RUNS)
     ids = tensor("batch", 16, dtype=torch.int64, low=0, high=100)
     flags = tensor("batch", 16, dtype=torch.int64, low=0, high=2)
     model = OnFlags().eval()

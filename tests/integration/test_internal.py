@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-import pytest_deploy.check
 import pytest_deploy.compare
+import pytest_deploy.examples
 from pytest_deploy import tensor, tensors
-from pytest_deploy.check import internal_error
+from pytest_deploy.internal import internal_error
 
 SPEC = dict(inputs=[tensor("batch", 4)], dims={"batch": (1, 3)}, examples=2)
 
@@ -58,7 +58,7 @@ def test_exceptions_from_torch_the_model_or_the_machine_are_not_internal():
 @pytest.mark.parametrize("backend", ["trace", "state_dict"])
 @pytest.mark.parametrize(("module", "name", "where"), [
     (pytest_deploy.compare, "is_tensor", "pytest_deploy/compare.py"),  # first met outside any stage
-    (pytest_deploy.check, "Leaves", "pytest_deploy/check.py"),  # met inside stage compare: once a compare verdict
+    (pytest_deploy.examples, "Leaves", "pytest_deploy/examples.py"),  # met inside stage compare: once a compare verdict
 ])
 def test_a_bug_in_comparison_fails_at_stage_internal(backend, module, name, where, monkeypatch):
     monkeypatch.setattr(module, name, None)  # a bug: 'NoneType' object is not callable

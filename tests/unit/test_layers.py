@@ -22,11 +22,12 @@ LAYERS = {
     1: ["names", "sources", "tensors"],
     2: ["checkoptions", "generate", "spec", "validate", "compare", "cache", "shared_cache", "isolation", "worker",
         "decisions", "branches", "fingerprint", "localize", "latency"],
-    3: ["backends.base"],
+    3: ["backends.base", "internal"],
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.aoti", "backends.onnx", "backends.tvm_tuning", "backends.tvm", "backends.tensorrt"],
     5: ["backends"],
-    6: ["keep", "report", "report_html", "report_plots", "divergence", "modeltest", "declaration", "infer"],
+    6: ["keep", "report", "report_html", "report_plots", "divergence", "modeltest", "declaration", "infer",
+        "search", "examples"],
     7: ["check"],
     8: ["options", "session", "plugin", "", "__main__", "zero"],
 }
@@ -38,7 +39,8 @@ SAME_LAYER = {
     ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
     ("backends.tvm", "backends.onnx_export"), ("backends.tvm", "backends.tvm_tuning"),
     ("backends.tensorrt", "backends.onnx_export"), ("plugin", ""), ("plugin", "options"), ("", "options"),
-    ("plugin", "zero"), ("zero", ""), ("plugin", "session"), ("session", "options"), ("session", "zero"), ("__main__", "zero"), ("__main__", "options"),
+    ("plugin", "zero"), ("zero", ""), ("plugin", "session"), ("session", "options"), ("session", "zero"),
+    ("__main__", "zero"), ("__main__", "options"), ("search", "modeltest"), ("examples", "divergence"),
 }
 
 
