@@ -238,7 +238,7 @@ def pytest_pyfunc_call(pyfuncitem):
     # as a serving process builds its own
     shared = session.model_test(pyfuncitem)
     if shared.built is None:
-        from .check import seeded_call
+        from .context import seeded_call
 
         returned = seeded_call(factory, seed)
     else:

@@ -94,7 +94,7 @@ def call_factory(target: Target, factory: Callable[..., Any]) -> tuple[Any, Any]
     """``factory()`` as ``(model, example_inputs or None)``, checked to be a ``torch.nn.Module``."""
     import torch
 
-    from .check import seeded_call
+    from .context import seeded_call
 
     try:
         returned = seeded_call(factory, 0)

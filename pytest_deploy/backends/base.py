@@ -25,7 +25,7 @@ Runner = Callable[[tuple], Any]
 
 
 class Check(Protocol):
-    """What a backend sees of the check it runs in (``pytest_deploy.check.CheckContext`` implements it).
+    """What a backend sees of the check it runs in (``pytest_deploy.context.CheckContext`` implements it).
 
     Backends import this, never the checker: the checker depends on backends, not the other way round."""
 

@@ -221,13 +221,13 @@ def test_unseeded_factory_gives_the_same_weights_for_every_check(tmp_path):
         built.append(model.weight.detach().clone())
         return model
 
-    from pytest_deploy.check import seeded_call
+    from pytest_deploy.context import seeded_call
 
     a = seeded_call(factory, 7)
     b = seeded_call(factory, 7)
     assert torch.equal(a.weight, b.weight)
     assert not torch.equal(seeded_call(factory, 8).weight, a.weight)
-    from pytest_deploy.check import fresh_seed
+    from pytest_deploy.context import fresh_seed
 
     assert fresh_seed(7) == fresh_seed(7) != 7
     assert not torch.equal(seeded_call(factory, fresh_seed(7)).weight, a.weight)

@@ -181,7 +181,7 @@ def test_passing_checks_leave_nothing_in_pytests_temp_dir_and_failing_ones_keep_
 SHARED = """
 import torch
 from pytest_deploy import deployable, tensor
-from pytest_deploy.check import CheckContext
+from pytest_deploy.context import CheckContext
 
 BUILDS = []
 EAGER = []

@@ -7,9 +7,9 @@ import torch
 
 import pytest_deploy
 from pytest_deploy import DeployFailure, tensor
-from pytest_deploy.check import _check_arity
 from pytest_deploy.compare import format_number
 from pytest_deploy.errors import StageError
+from pytest_deploy.reference import check_arity
 
 
 class TwoArgs(torch.nn.Module):
@@ -34,7 +34,7 @@ class NoArgs(torch.nn.Module):
 
 def test_check_arity_names_forwards_arguments():
     with pytest.raises(StageError) as info:
-        _check_arity(TwoArgs(), 1)
+        check_arity(TwoArgs(), 1)
     assert info.value.stage == "run"
     assert str(info.value) == (
         "inputs= declares 1 input(s) but TwoArgs.forward takes 2 positional argument(s) (x, mask); "
@@ -43,20 +43,20 @@ def test_check_arity_names_forwards_arguments():
 
 
 def test_check_arity_with_optional_arguments_gives_the_range():
-    _check_arity(OptionalArg(), 1)
-    _check_arity(OptionalArg(), 2)
+    check_arity(OptionalArg(), 1)
+    check_arity(OptionalArg(), 2)
     with pytest.raises(StageError, match=r"declares 3 input\(s\) but OptionalArg.forward takes 1 to 2 positional "
                                          r"argument\(s\) \(x, scale\)"):
-        _check_arity(OptionalArg(), 3)
+        check_arity(OptionalArg(), 3)
 
 
 def test_check_arity_no_arguments():
     with pytest.raises(StageError, match=r"takes 0 positional argument\(s\) \(\(none\)\)"):
-        _check_arity(NoArgs(), 1)
+        check_arity(NoArgs(), 1)
 
 
 def test_check_arity_accepts_var_positional():
-    _check_arity(VarArgs(), 5)  # no exception: *args takes any count
+    check_arity(VarArgs(), 5)  # no exception: *args takes any count
     result = pytest_deploy.verify(VarArgs(), "trace", inputs=[tensor(2), tensor(2), tensor(2)], examples=2)
     assert result.passed and result.examples == 2
 

@@ -28,8 +28,9 @@ LAYERS = {
     5: ["backends"],
     6: ["keep", "report", "report_html", "report_plots", "divergence", "modeltest", "declaration", "infer",
         "search", "examples"],
-    7: ["check"],
-    8: ["options", "session", "plugin", "", "__main__", "zero"],
+    7: ["context", "reference"],
+    8: ["check"],
+    9: ["options", "session", "plugin", "", "__main__", "zero"],
 }
 SAME_LAYER = {
     ("spec", "validate"), ("spec", "generate"), ("worker", "compare"), ("worker", "isolation"), ("fingerprint", "cache"),
@@ -40,7 +41,7 @@ SAME_LAYER = {
     ("backends.tvm", "backends.onnx_export"), ("backends.tvm", "backends.tvm_tuning"),
     ("backends.tensorrt", "backends.onnx_export"), ("plugin", ""), ("plugin", "options"), ("", "options"),
     ("plugin", "zero"), ("zero", ""), ("plugin", "session"), ("session", "options"), ("session", "zero"),
-    ("__main__", "zero"), ("__main__", "options"), ("search", "modeltest"), ("examples", "divergence"),
+    ("__main__", "zero"), ("__main__", "options"), ("search", "modeltest"), ("examples", "divergence"), ("reference", "context"),
 }
 
 
@@ -130,3 +131,18 @@ def test_no_function_takes_more_than_twelve_parameters():
                 if count > MAX_PARAMETERS:
                     too_many.append(f"pytest_deploy.{name or '__init__'}.{node.name} (line {node.lineno}): {count}")
     assert not too_many, "; ".join(too_many)
+
+
+#: the most lines a module of the package has, unless its docstring says why it stays whole (issue 23)
+MAX_MODULE_LINES = 600
+
+
+def test_every_module_is_one_a_reader_can_hold():
+    """A module past MAX_MODULE_LINES is split where it has a seam, or its docstring says why it is one thing."""
+    too_long = []
+    for name, path in modules().items():
+        text = path.read_text()
+        lines = text.count("\n")
+        if lines > MAX_MODULE_LINES and "stays whole" not in (ast.get_docstring(ast.parse(text)) or ""):
+            too_long.append(f"pytest_deploy.{name or '__init__'}: {lines} lines")
+    assert not too_long, "; ".join(too_long) + " (split it, or say in its docstring why it stays whole)"

@@ -94,7 +94,7 @@ def test_profiles_are_named_as_the_real_onnx_export_names_the_inputs():
     names of the graph TensorRT parses, whatever convention pytest-deploy has."""
     import torch
 
-    from pytest_deploy.check import _forward_arg_names
+    from pytest_deploy.reference import forward_arg_names
 
     class VarArgs(torch.nn.Module):
         def forward(self, x, *rest):
@@ -106,7 +106,7 @@ def test_profiles_are_named_as_the_real_onnx_export_names_the_inputs():
     program = torch.export.export(model, example, dynamic_shapes=({0: batch}, ({0: batch}, {0: batch})))
     graph = torch.onnx.export(program, example, dynamo=True, verbose=False).model
     exported = [i.name for i in graph.graph.inputs]
-    declared = space([tensor("b", 3)] * 3, {"b": (1, 4)}, names=_forward_arg_names(model, 3))
+    declared = space([tensor("b", 3)] * 3, {"b": (1, 4)}, names=forward_arg_names(model, 3))
     assert list(profile_shapes(declared)) == exported
 
 
