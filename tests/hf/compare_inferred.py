@@ -116,9 +116,8 @@ def compare(declared: dict, inferred: dict, decls: dict[str, tuple[str, str]], n
                     d_kind in ("xfailed", "failed") and i_kind == "failed" and d_stage == i_stage)
                 if d_kind == i_kind and d_kind not in ("passed", "failed", "xfailed", "missing"):
                     same = True  # skipped on both sides
-            key = "same" if same else "DIFF"
-            counts[f"{key} {d_kind}->{'refused' if refused and i_result is None else i_kind}"] = \
-                counts.get(f"{key} {d_kind}->{'refused' if refused and i_result is None else i_kind}", 0) + 1
+            key = f"{'same' if same else 'DIFF'} {d_kind}->{'refused' if refused and i_result is None else i_kind}"
+            counts[key] = counts.get(key, 0) + 1
             diffs += not same
             lines.append(f"| {name} | {backend} | {d_text} | {i_text} | {'' if same else 'DIFF'} |")
     total = len(names) * len(BACKENDS)
