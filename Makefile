@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.pytest-deploy-installed
 # pytest-xdist workers for make test (every backend of a model test runs on one worker); JOBS=0 runs serially
 JOBS   ?= 2
 
-.PHONY: setup demo test lint hf-corpus libs-corpus clean
+.PHONY: setup demo test lint hf-corpus hf-inferred libs-corpus clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ hf-corpus: setup
 	PYTEST_DEPLOY_HF=all $(BIN)/python -m pytest tests/hf -n 2 --deploy-report=hf-report.json --deploy-no-cache -rfE; \
 	status=$$?; $(BIN)/python tests/hf/matrix.py hf-report.json --write docs/hf-corpus.md; exit $$status
 
+# every architecture of the corpus with inputs inferred (--deploy-model) against its hand-written declaration;
+# prints the verdicts side by side (docs/zero-code.md)
+hf-inferred: setup
+	$(BIN)/python tests/hf/compare_inferred.py
+
 # every model of the corpus beyond transformers (tests/libs) against every backend, serially (CI runs a subset);
 # writes the matrix
 libs-corpus: setup
@@ -42,4 +47,4 @@ libs-corpus: setup
 	status=$$?; $(BIN)/python tests/libs/matrix.py libs-report.json --write docs/libs-corpus.md; exit $$status
 
 clean:
-	rm -rf $(VENV) .pytest_cache deploy-report.json hf-report.json libs-report.json *.egg-info
+	rm -rf $(VENV) .pytest_cache deploy-report.json hf-report.json hf-declared.json hf-inferred.json hf-declared.log hf-inferred.log libs-report.json *.egg-info
