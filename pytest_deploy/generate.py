@@ -326,6 +326,18 @@ def exploration_plans(specs: Sequence[Declared], bounds: Mapping[str, tuple[int,
         yield dims, [InputRecipe(rng.randrange(2**31), _pattern_for(s, pattern)) for s in specs]
 
 
+def calibration_plans(specs: Sequence[Declared], bounds: Mapping[str, tuple[int, int]], count: int,
+                      seed: int) -> list[Plan]:
+    """``count`` plans an int8 check calibrates on, drawn from ``seed`` (the check's): the canonical example's
+    first, then uniform values (the generated examples' usual pattern) at dims drawn within their bounds."""
+    rng = random.Random(f"calibration-{seed}")
+    out: list[Plan] = [(opt_dims(specs, bounds), canonical_recipes(specs))]
+    while len(out) < count:
+        dims = {n: rng.randint(lo, hi) for n, (lo, hi) in bounds.items()}
+        out.append((dims, [InputRecipe(rng.randrange(2**31), _pattern_for(s, "uniform")) for s in specs]))
+    return out[:count]
+
+
 def probe_dims(specs: Sequence[Declared], bounds: Mapping[str, tuple[int, int]], args: Sequence[Any],
                dims: Mapping[str, int], masks: Sequence[int]) -> tuple[dict[str, int] | None, dict[int, str]]:
     """The dims of a probe whose masks (input positions ``masks``) have other sizes than the example of ``args`` and
