@@ -249,8 +249,10 @@ class ExampleRunner:
             raise ExampleFailed(ex, "compare", err.message) from None
         self._update_errors(cmp)
         if self.agreement is not None and all(e.reason == "values" for e in cmp.errors):
-            # values beyond the tolerance are recorded, not failed on: the agreement gate judges at the end
-            self.agreement.add(ex, paired(leaves, got))
+            # values beyond the tolerance are recorded, not failed on: the agreement gate judges at the end, on the
+            # positions a mask() input marks valid
+            self.agreement.add(ex, [(p, e[keep[p]], a[keep[p]]) if keep and p in keep else (p, e, a)
+                                    for p, e, a in paired(leaves, got)])
         elif not cmp.ok:
             raise ExampleFailed(ex, "compare", "", cmp)
 

@@ -166,3 +166,25 @@ def test_generated_calibration_plans_are_deterministic_and_start_at_the_canonica
     assert plans != calibration_plans(SPECS, BOUNDS, 5, seed=4)
     assert all(r.pattern == "uniform" for _, recipes in plans for r in recipes)
     assert all(1 <= dims["batch"] <= 4 for dims, _ in plans)
+
+
+# ---------------------------------------------------------------------------------- what the keys see
+
+
+def test_only_int8_checks_carry_the_quantization_options():
+    from pytest_deploy.check import _normalised
+    from pytest_deploy.checkoptions import CheckOptions
+
+    fp32, _ = _normalised(CheckOptions(agreement="cosine", calibration=[(torch.zeros(1),)]), "onnx")
+    assert "agreement" not in fp32.backend_options and "calibration" not in fp32.backend_options
+    assert "calibration_examples" not in fp32.backend_options and fp32.calibration is None
+    generated, _ = _normalised(CheckOptions(precision="int8", calibration_examples=8), "onnx")
+    assert generated.backend_options["calibration_examples"] == 8 and "agreement" not in generated.backend_options
+    given, _ = _normalised(CheckOptions(precision="int8", agreement="sqnr", calibration=lambda: [(torch.zeros(1),)]),
+                           "onnx")
+    assert given.backend_options["agreement"] == {"sqnr": 20.0}
+    assert given.backend_options["calibration"] == calibration_digest([(torch.zeros(1),)])
+    assert len(given.calibration) == 1 and "calibration_examples" not in given.backend_options
+    dynamic, _ = _normalised(CheckOptions(precision="int8-dynamic", calibration=[(torch.zeros(1),)]), "onnx")
+    assert "calibration" not in dynamic.backend_options and dynamic.calibration is None
+    assert CheckOptions(calibration_examples=None).calibration_examples == 16
