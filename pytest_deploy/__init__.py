@@ -65,7 +65,8 @@ def verify(model, backend: str = "trace", *, factory=None, seed: int = 0, workdi
     Returns the :class:`Result`; raises :class:`DeployFailure` (with the message a failing test
     shows) when the backend does not reproduce eager PyTorch, and :class:`BackendUnavailable`
     when it cannot run here. Takes the marker's ``inputs``, ``dims``, ``examples``, ``atol``,
-    ``rtol``, ``tolerances``, ``train`` and ``precision``; ``factory`` (a zero-argument callable returning a fresh
+    ``rtol``, ``tolerances``, ``train``, ``precision`` (and at int8 ``agreement``, ``calibration``,
+    ``calibration_examples``); ``factory`` (a zero-argument callable returning a fresh
     model) is needed by ``state_dict`` and ``checkpoint``. ``cache_dir`` keeps artifacts and passing
     results (a check that passed with the same key is not rerun unless ``recheck``); ``isolate``,
     ``timeout`` and ``keep_artifacts`` are the ``--deploy-isolate``, ``--deploy-timeout`` and

@@ -244,8 +244,33 @@ def _normalised(opts: CheckOptions, backend: str) -> tuple[CheckOptions, Toleran
     if latency is not None:  # measured now, or not at all: a stored result's figures are another run's
         options["latency_threads"] = latency["threads"]
     cache = opts.cache if opts.cache is not None else ArtifactCache(None)
+    calibration = _quantization_options(opts, precision, options)
     return opts.replace(precision=precision, latency=latency, recheck=opts.recheck or latency is not None,
-                        backend_options=options, cache=cache), tol
+                        backend_options=options, cache=cache, calibration=calibration), tol
+
+
+def _quantization_options(opts: CheckOptions, precision: str, options: dict[str, Any]) -> list | None:
+    """At int8: the agreement gate (parsed) and what calibrates (the calibration inputs' digest, or how many generated
+    examples) among the backend options, so both keys see them; returns the calibration inputs read (or None).
+    Other precisions keep the options they had before int8 existed."""
+    from .names import PRECISIONS
+
+    if PRECISIONS[precision] != "int8":
+        return None
+    from .agreement import parse_agreement
+    from .validate import calibration_digest, read_calibration
+
+    gate = parse_agreement(opts.agreement)
+    if gate is not None:
+        options["agreement"] = gate
+    if precision != "int8":  # int8-dynamic: nothing calibrates
+        return None
+    if opts.calibration is None:
+        options["calibration_examples"] = opts.calibration_examples
+        return None
+    calibration = read_calibration(opts.calibration)
+    options["calibration"] = calibration_digest(calibration)
+    return calibration
 
 
 def _execute(run: _Run, result: Result) -> tuple[str, Result]:

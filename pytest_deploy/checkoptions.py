@@ -18,6 +18,8 @@ from .errors import SpecError
 
 #: hypothesis examples per backend when neither the marker, the call nor --deploy-examples says
 DEFAULT_EXAMPLES = 20
+#: generated examples an int8 check calibrates on when calibration= gives none
+DEFAULT_CALIBRATION_EXAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,14 @@ class CheckOptions:
     atol: Any = None
     rtol: Any = None
     tolerances: Any = None
-    #: fp32, fp16 or bf16 (None: the command line's ``backend_options["precision"]``, else fp32)
+    #: fp32, fp16, bf16, int8 or int8-dynamic (None: the command line's ``backend_options["precision"]``, else fp32)
     precision: str | None = None
+    #: at int8: the agreement gate (pytest_deploy.agreement.parse_agreement's forms; None: by output kind)
+    agreement: Any = None
+    #: at int8: the calibration inputs (an iterable, or a zero-argument callable yielding them); None: generated
+    calibration: Any = None
+    #: at int8: how many generated examples calibrate when ``calibration`` is None
+    calibration_examples: int = DEFAULT_CALIBRATION_EXAMPLES
     #: the checkpoint backend's training recipe
     train: Any = None
     #: NaN/Inf in eager outputs are intended; compare padded positions too; (near-)zero outputs are intended
@@ -80,6 +88,11 @@ class CheckOptions:
             object.__setattr__(self, "examples", DEFAULT_EXAMPLES)
         elif isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
             raise SpecError(f"examples={examples!r} must be a positive int")
+        count = self.calibration_examples
+        if count is None:
+            object.__setattr__(self, "calibration_examples", DEFAULT_CALIBRATION_EXAMPLES)
+        elif isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise SpecError(f"calibration_examples={count!r} must be a positive int")
         timeout = self.timeout
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise SpecError(f"timeout={timeout!r} must be a positive number of seconds")

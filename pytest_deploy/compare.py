@@ -88,7 +88,7 @@ def widen_for_precision(tol: Tolerance, default: Tolerance, precision: str) -> T
     so float32 outputs get it too); a user's tolerance is kept as given, and fp32 changes nothing."""
     from .names import PRECISIONS
 
-    if precision == "fp32" or tol != default:
+    if precision == "fp32" or PRECISIONS[precision] == "int8" or tol != default:
         return tol
     atol, rtol = default.for_dtype(PRECISIONS[precision])
     return Tolerance({dtype: (max(a, atol), max(r, rtol)) for dtype, (a, r) in default.per_dtype.items()})
@@ -218,6 +218,13 @@ class Comparison:
 
 class Leaves(list):
     """Outputs already flattened to ``[(path, leaf), ...]`` (e.g. by a worker process)."""
+
+
+def paired(expected: Any, got: Any) -> list[tuple[str, Any, Any]]:
+    """``[(path, eager leaf, backend leaf)]`` as :func:`compare_outputs` pairs them (empty where they do not pair)."""
+    pairs = _pair(expected if isinstance(expected, Leaves) else flatten(expected),
+                  got if isinstance(got, Leaves) else flatten(got), by_path=not isinstance(got, Leaves))
+    return [] if isinstance(pairs, LeafError) else list(pairs)
 
 
 def compare_outputs(expected: Any, got: Any, tol: Tolerance, keep: Mapping[str, Any] | None = None) -> Comparison:

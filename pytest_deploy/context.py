@@ -53,6 +53,8 @@ class CheckContext:
         self.factory = factory
         #: the backend's options (``opts.backend_options``, normalised by run_check): what backends read
         self.options = dict(opts.backend_options)
+        #: at int8: the calibration inputs ``calibration=`` gave (read by run_check), or None: generated ones
+        self.calibration = opts.calibration
         self.result = result
         self._canonical: Example | None = None
         #: callbacks run when the check ends (close worker processes, ...)

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import isolation
+from .agreement import QUANTIZED, Agreement
 from .branches import describe_frozen_number, fix_for
-from .compare import Comparison, Leaves, compare_outputs, flatten, format_number
+from .compare import Comparison, Leaves, compare_outputs, flatten, format_number, paired
 from .errors import InternalError, StageError
 from .internal import internal_error
 from .sources import describe_exception
@@ -82,6 +83,8 @@ class ExampleRunner:
         self.masked_paths: dict[str, int] | None = None
         #: what the eager outputs looked like over the examples: the largest float magnitude, whether any changed
         self.reference = _ReferenceStats()
+        #: at int8: the agreement gate the examples feed (pytest_deploy.agreement), judged after the loop
+        self.agreement: Agreement | None = None
 
     def run_examples(self, runner: Callable[[tuple], Any], *, reference: Callable[[tuple], Any] | None = None,
                      record: bool = True) -> None:
@@ -99,6 +102,9 @@ class ExampleRunner:
         ctx = self.ctx
         reference = reference or ctx.recorded_eager
         ctx.runner = runner
+        precision = ctx.options.get("precision") or "fp32"
+        if precision in QUANTIZED:  # judged by agreement over all the examples, not example by example
+            self.agreement = Agreement(ctx.options.get("agreement"), precision)
         found: list[Example] = []
         if record:
             found = ctx.search.branch_search()
@@ -120,10 +126,12 @@ class ExampleRunner:
             if not state.failed_keys:
                 state.passed += 1
 
-        test = given(ctx.space.strategy())(one)
+        quantized = self.agreement is not None
+        test = given(ctx.space.strategy(representative=quantized))(one)
         # ``examples`` counts every example run: the canonical one, the special patterns every input is
         # guaranteed (as many as half the rest of the budget allows), then generated ones; the branch search's finds come on top.
-        special = ctx.space.special_examples((ctx.examples - 1) // 2)  # at most half: the rest explores dims
+        # An int8 check's are representative (uniform values): agreement is not promised on constant or extreme inputs
+        special = [] if quantized else ctx.space.special_examples((ctx.examples - 1) // 2)
         for ex in reversed([*special, *found]):
             test = explicit_example(ex)(test)
         test = explicit_example(ctx.canonical)(test)
@@ -180,6 +188,8 @@ class ExampleRunner:
                 ctx.result.details["branch_summary"] = ctx.analysis.summary()
         ctx.result.examples = state.passed
         self._judge_reference()
+        if self.agreement is not None:
+            self.agreement.judge(ctx)
 
     def _shrink_dims(self, failure: ExampleFailed, runner, reference) -> ExampleFailed:
         """A failing special-pattern example with its dims made as small as still fails (each dim in turn,
@@ -238,7 +248,12 @@ class ExampleRunner:
         except StageError as err:
             raise ExampleFailed(ex, "compare", err.message) from None
         self._update_errors(cmp)
-        if not cmp.ok:
+        if self.agreement is not None and all(e.reason == "values" for e in cmp.errors):
+            # values beyond the tolerance are recorded, not failed on: the agreement gate judges at the end, on the
+            # positions a mask() input marks valid
+            self.agreement.add(ex, [(p, e[keep[p]], a[keep[p]]) if keep and p in keep else (p, e, a)
+                                    for p, e, a in paired(leaves, got)])
+        elif not cmp.ok:
             raise ExampleFailed(ex, "compare", "", cmp)
 
     # -- masks and the eager outputs themselves -------------------------------------------------------

@@ -224,13 +224,17 @@ def _weighted(patterns: Sequence[str]):
     return st.integers(0, total - 1).map(pick)
 
 
-def strategy(specs: Sequence[Declared], bounds: Mapping[str, tuple[int, int]], build: Callable[..., Any]):
+def strategy(specs: Sequence[Declared], bounds: Mapping[str, tuple[int, int]], build: Callable[..., Any],
+             representative: bool = False):
     """A hypothesis strategy of ``build(dims, recipes)``: each dim drawn within its bounds, each input a seed and
-    one of its patterns (weighted, shrinking to the first)."""
+    one of its patterns (weighted, shrinking to the first); ``representative``: the uniform pattern only (an int8
+    check's examples: agreement is promised on the input distribution, not on constant or extreme inputs)."""
     from hypothesis import strategies as st
 
     dim_st = st.fixed_dictionaries({n: st.integers(lo, hi) for n, (lo, hi) in bounds.items()})
-    recipe_sts = [st.builds(InputRecipe, st.integers(0, 2**31 - 1), _weighted(patterns(s))) for s in specs]
+    recipe_sts = [st.builds(InputRecipe, st.integers(0, 2**31 - 1),
+                            st.just(_pattern_for(s, "uniform")) if representative else _weighted(patterns(s)))
+                  for s in specs]
     return st.builds(build, dim_st, st.tuples(*recipe_sts))
 
 
@@ -324,6 +328,18 @@ def exploration_plans(specs: Sequence[Declared], bounds: Mapping[str, tuple[int,
         dims = {n: rng.randint(lo, hi) for n, (lo, hi) in bounds.items()}
         pattern = rng.choice(FLOAT_PATTERNS)
         yield dims, [InputRecipe(rng.randrange(2**31), _pattern_for(s, pattern)) for s in specs]
+
+
+def calibration_plans(specs: Sequence[Declared], bounds: Mapping[str, tuple[int, int]], count: int,
+                      seed: int) -> list[Plan]:
+    """``count`` plans an int8 check calibrates on, drawn from ``seed`` (the check's): the canonical example's
+    first, then uniform values (the generated examples' usual pattern) at dims drawn within their bounds."""
+    rng = random.Random(f"calibration-{seed}")
+    out: list[Plan] = [(opt_dims(specs, bounds), canonical_recipes(specs))]
+    while len(out) < count:
+        dims = {n: rng.randint(lo, hi) for n, (lo, hi) in bounds.items()}
+        out.append((dims, [InputRecipe(rng.randrange(2**31), _pattern_for(s, "uniform")) for s in specs]))
+    return out[:count]
 
 
 def probe_dims(specs: Sequence[Declared], bounds: Mapping[str, tuple[int, int]], args: Sequence[Any],

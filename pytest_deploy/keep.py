@@ -42,8 +42,10 @@ def load(artifact):
 def load(artifact):
     import onnxruntime as ort
 
-    # the graph that failed: the simplified one when stage is "simplify", else the exporter's
-    graph = artifact / ("model.sim.onnx" if STAGE == "simplify" else "model.onnx")
+    # the graph that failed: the quantized one at int8, the simplified one when stage is "simplify", else the
+    # exporter's
+    graph = artifact / ("model.int8.onnx" if (artifact / "model.int8.onnx").exists()
+                        else "model.sim.onnx" if STAGE == "simplify" else "model.onnx")
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 

@@ -107,8 +107,11 @@ for _row in BUILTINS:
 # ---------------------------------------------------------------------------------- precisions
 
 #: The precisions a check deploys at (``precision=``, ``--deploy-precision``), with the output dtype whose default
-#: tolerance row a reduced precision widens the float tolerances to.
-PRECISIONS: dict[str, str] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+#: tolerance row a reduced precision widens the float tolerances to. The int8 precisions (ONNX Runtime's static
+#: quantization, and its dynamic one of MatMul/Gemm weights) are judged by agreement, not tolerance
+#: (pytest_deploy.agreement): their tolerances stay as given.
+PRECISIONS: dict[str, str] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8",
+                              "int8-dynamic": "int8"}
 
 
 def parse_precision(value: object, *, where: str) -> str:

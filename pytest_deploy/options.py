@@ -63,7 +63,8 @@ HELP_TVM_TUNE = ("tune TVM kernels with MetaSchedule, TRIALS trials in all; the 
                  "artifact cache and reused by the next run")
 HELP_PRECISION = ("precision the onnx and tensorrt backends deploy at: fp32 (the default), fp16 or bf16; the float32 "
                   "graph is converted to that precision and default tolerances widen to it (a marker's precision= "
-                  "wins); backends with no reduced-precision route skip")
+                  "wins); int8 (static QDQ quantization, calibrated) or int8-dynamic (MatMul/Gemm weights) for onnx, "
+                  "judged by agreement= instead of tolerances; backends with no such route skip")
 HELP_MODEL = ("check the model a factory returns, with no test written: MODULE:FACTORY (a dotted module importable "
               "from where pytest runs, and a callable in it returning a torch.nn.Module); inputs are inferred "
               "(docs/zero-code.md); repeatable; with no test path given, only these models are collected")
@@ -90,18 +91,26 @@ MARKER_KWARGS = {
     "allow_nonfinite": "True when NaN/Inf eager outputs are intended (compared as equal where both sides agree)",
     "compare_masked": "True to compare every output position, also where a mask() input marks padding",
     "allow_vacuous": "True when eager outputs that are (near) zero on every example are intended",
-    "precision": "fp32 (default), fp16 or bf16: the precision onnx and tensorrt deploy at",
+    "precision": "fp32 (default), fp16 or bf16: the precision onnx and tensorrt deploy at; int8 or int8-dynamic "
+                 "(onnx): quantized, judged by agreement=",
+    "agreement": "at int8: the gate, 'top1', 'topk:5', 'cosine', 'sqnr' or {metric: threshold} (default by output "
+                 "kind: cosine >= 0.99 and sqnr >= 20 dB, top1 >= 0.99 for [batch, classes])",
+    "calibration": "at int8: the calibration inputs, an iterable or a zero-argument callable yielding tuples or "
+                   "dicts as inputs= declares (default: generated examples)",
+    "calibration_examples": "at int8: how many generated examples calibrate when calibration= is not given "
+                            "(default 16)",
     "latency": "True, False, or a dict (budget, min_runs, threads, min_speedup, max_p99_ms, ...): time the artifact "
                "beside eager after it passes",
 }
 #: The subset ``deploy(...)`` and ``verify(...)`` accept besides the model.
 CALL_KWARGS = ("inputs", "dims", "examples", "atol", "rtol", "tolerances", "train", "allow_nonfinite",
-               "compare_masked", "allow_vacuous", "precision", "latency")
+               "compare_masked", "allow_vacuous", "precision", "latency", "agreement", "calibration",
+               "calibration_examples")
 
 MARKER_DOC = (
     "deployable(backends=None, inputs=None, dims=None, examples=None, atol=None, rtol=None, tolerances=None, "
     "xfail=None, train=None, allow_nonfinite=False, compare_masked=False, allow_vacuous=False, precision=None, "
-    "latency=None): check that the model survives each backend's export, save, load and run; one test "
+    "latency=None, agreement=None, calibration=None, calibration_examples=None): check that the model survives each backend's export, save, load and run; one test "
     "item per backend (pytest-deploy)"
 )
 
@@ -208,7 +217,7 @@ def add_options(parser) -> None:
     group.addoption("--deploy-tvm-target", dest="deploy_tvm_target", default=None, metavar="T", help=HELP_TVM_TARGET)
     group.addoption("--deploy-tvm-tune", dest="deploy_tvm_tune", type=positive_int, default=None, metavar="TRIALS",
                     help=HELP_TVM_TUNE)
-    group.addoption("--deploy-precision", dest="deploy_precision", default=None, metavar="fp32|fp16|bf16",
+    group.addoption("--deploy-precision", dest="deploy_precision", default=None, metavar="fp32|fp16|bf16|int8|int8-dynamic",
                     help=HELP_PRECISION)
     group.addoption("--deploy-model", dest="deploy_model", action="append", default=None,
                     metavar="MODULE:FACTORY", help=HELP_MODEL)
@@ -524,6 +533,16 @@ def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARK
         from .names import parse_precision
 
         out["precision"] = parse_precision(out["precision"], where=f"{where} precision=")
+    if out.get("agreement") is not None:
+        from .agreement import parse_agreement
+
+        parse_agreement(out["agreement"], f"{where} agreement=")  # refused here, with where it came from
+    count = out.get("calibration_examples")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise SpecError(f"{where}: calibration_examples={count!r} must be a positive int")
+    if out.get("calibration") is not None and isinstance(out["calibration"], (str, bytes)):
+        raise SpecError(f"{where}: calibration= must be an iterable or a zero-argument callable yielding inputs "
+                        "(tuples or dicts as inputs= declares), not a string")
     if out.get("dims") is not None:
         from .spec import normalize_dims
 

@@ -11,6 +11,8 @@ import re
 import sys
 from importlib import metadata
 
+from .agreement import cell_text as agreement_cell
+from .agreement import markdown_lines as agreement_markdown
 from .compare import format_number
 from .fingerprint import gpu_environment
 from .latency import cell_text as latency_cell
@@ -47,6 +49,9 @@ def cell(result: Result) -> str:
     figure = latency_cell(result.latency)  # --deploy-latency: p50 and speedup over eager, "1.8 ms ×2.4"
     if figure:
         parts.append(figure)
+    agreement = agreement_cell(result.details)  # int8: the worst output's cosine, SQNR and top-1, "cos 0.9991 31.2dB"
+    if agreement:
+        parts.append(agreement)
     return " ".join(parts)
 
 
@@ -71,6 +76,8 @@ def summary_lines(results: list[Result], width: int | None = None) -> list[str]:
              else "cells: status codes above, numbers per check below")
     if any(r.latency and r.latency.get("p50_ms") is not None for r in results):
         cells += ", latency p50 and ×speedup over eager (--deploy-latency)"
+    if any(r.details.get("agreement") for r in results):
+        cells += ", int8: the worst output's cosine, SQNR and top-1 agreement"
     closing = [f"{plural(len(results), 'check')}: {tally}; build time {total_build:.1f}s ({cells}; cached: the "
                "result, or the artifact, came from the cache)"]
     bugs = [r for r in results if is_bug(r)]
@@ -335,6 +342,7 @@ def markdown(results: list[Result]) -> str:
         if counted:
             out += ["", "Inside installed libraries, counted per file (the JSON and HTML reports list each site):", ""]
             out += [f"- `{_md(names[test])}`: {_md(library_count_text(lib, group))}" for test, lib, group in counted]
+    out += agreement_markdown(results, names, _md)
     out += latency_markdown(results, names, _md)
     return "\n".join(out) + "\n"
 

@@ -429,11 +429,11 @@ class InputSpace:
         args = tuple(generate.make_tensor(s, dims, r) for s, r in zip(self.specs, recipes))
         return Example(args, dict(dims), tuple(recipes), self.specs)
 
-    def strategy(self):
-        """A hypothesis strategy of :class:`Example`."""
+    def strategy(self, representative: bool = False):
+        """A hypothesis strategy of :class:`Example` (``representative``: uniform values only, see generate)."""
         if self.strategy_override is not None:
             return self.strategy_override.map(lambda a: Example(_as_args(a), label="drawn from the inputs strategy"))
-        return generate.strategy(self.specs, self.dims, self.build)
+        return generate.strategy(self.specs, self.dims, self.build, representative)
 
     def special_examples(self, limit: int) -> list[Example]:
         """At most ``limit`` examples that together give every input each of its special patterns (near the

@@ -241,3 +241,106 @@ def check_example_size(specs: Sequence[Any], bounds: Mapping[str, tuple[int, int
         f"{specs[i].describe()} alone takes {sizes[i] / _GIB:.1f} GiB{at}; refused before anything was "
         "allocated; fix: lower the dims' upper bounds" + (f" ({', '.join(map(repr, used))})" if used else "")
     )
+
+
+# ---------------------------------------------------------------------------------- calibration inputs
+
+
+def read_calibration(value: Any) -> list[Any]:
+    """``calibration=`` as a list of its items: an iterable, or a zero-argument callable returning one. Read once,
+    in pytest's process, so that the result cache's key can hash what the check will calibrate on."""
+    if callable(value):
+        try:
+            value = value()
+        except Exception as exc:
+            raise SpecError(f"calibration=: calling it raised {type(exc).__name__}: {exc}; fix: pass an iterable, or "
+                            "a zero-argument callable returning one (a generator function)") from None
+    try:
+        items = list(value)
+    except TypeError:
+        raise SpecError(f"calibration= must be an iterable or a zero-argument callable yielding inputs, not "
+                        f"{type(value).__name__}") from None
+    if not items:
+        raise SpecError("calibration= yields no input; fix: give at least one (tuples or dicts as inputs= declares), "
+                        "or leave it out to calibrate on generated examples")
+    return items
+
+
+def calibration_digest(items: Sequence[Any]) -> str:
+    """A hash of the calibration inputs' dtypes, shapes and values (part of the check's and the artifact's keys)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key in sorted(value, key=str):
+                digest.update(str(key).encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"(")
+            for v in value:
+                feed(v)
+            digest.update(b")")
+        elif is_tensor(value) or hasattr(value, "tobytes"):
+            array = value.detach().cpu().contiguous().numpy() if is_tensor(value) else value
+            digest.update(f"{array.dtype}{tuple(array.shape)}".encode())
+            digest.update(array.tobytes())
+        else:
+            digest.update(repr(value).encode())
+
+    feed(list(items))
+    return digest.hexdigest()[:16]
+
+
+def calibration_args(item: Any, index: int, specs: Sequence[Any], names: Sequence[str],
+                     bounds: Mapping[str, tuple[int, int]]) -> tuple:
+    """One calibration input as forward's arguments in the declaration's order, checked against it (count, names,
+    dtypes, ranks, static sizes, dims within their bounds and equal wherever they recur). A mismatch raises
+    :class:`StageError` at stage ``compile`` naming the input, what was declared, what came, and the fix."""
+    import numpy as np
+    import torch
+
+    fix = ("  fix: yield inputs as inputs= declares them (tuples in forward's order, or dicts by input name), "
+           "or widen dims=")
+    where = f"calibration input {index}"
+    if isinstance(item, Mapping):
+        missing = [n for n in names if n not in item]
+        extra = [str(k) for k in item if k not in names]
+        if missing or extra:
+            raise StageError("compile", f"{where} has keys {sorted(map(str, item))} but the inputs are named "
+                                        f"{list(names)}" + (f" (missing {missing})" if missing else "")
+                             + (f" (unknown {extra})" if extra else "") + "\n" + fix)
+        args = tuple(item[n] for n in names)
+    else:
+        args = tuple(item) if isinstance(item, (list, tuple)) else (item,)
+    if specs and len(args) != len(specs):
+        raise StageError("compile", f"{where} holds {len(args)} value(s) but inputs= declares {len(specs)}\n{fix}")
+    args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args)
+    seen: dict[str, int] = {}
+    for i, (arg, spec) in enumerate(zip(args, specs)):
+        name = _arg_name(names, i)
+        expected = spec.describe() + "".join(
+            f", {d} in [{bounds[d][0]}, {bounds[d][1]}]" for d in dict.fromkeys(spec.dim_names()) if d in bounds)
+        if not is_tensor(arg):
+            raise StageError("compile", f"{where}, input {name}: expected a tensor {expected}, got "
+                                        f"{type(arg).__name__}\n{fix}")
+        problem = None
+        if arg.dtype != spec.torch_dtype:
+            problem = f"dtype {str(arg.dtype).replace('torch.', '')}"
+        elif arg.dim() != len(spec.shape):
+            problem = f"{arg.dim()} dims"
+        else:
+            for axis, (d, n) in enumerate(zip(spec.shape, arg.shape)):
+                if isinstance(d, int) and d != n:
+                    problem = f"dim {axis} is {n}, declared {d}"
+                elif isinstance(d, str) and d in bounds and not bounds[d][0] <= n <= bounds[d][1]:
+                    problem = f"dim {axis} ('{d}') is {n}, outside [{bounds[d][0]}, {bounds[d][1]}]"
+                elif isinstance(d, str) and seen.setdefault(d, n) != n:
+                    problem = f"dim {axis} ('{d}') is {n}, but another input has {d}={seen[d]}"
+                if problem:
+                    break
+        if problem:
+            raise StageError("compile", f"{where}, input {name}: expected {expected}, got {_describe(arg)} "
+                                        f"({problem})\n{fix}")
+    return args

@@ -34,6 +34,9 @@ class Check(Protocol):
     space: Any  #: the input space (:class:`pytest_deploy.spec.InputSpace`): specs, dims, names, keywords
     tol: Any  #: the tolerance (:class:`pytest_deploy.compare.Tolerance`)
     options: dict[str, Any]  #: backend options (targets, exporters, precisions)
+    #: at int8: the calibration inputs ``calibration=`` gave (a list of tuples or dicts), or None: generated ones
+    calibration: Any
+    seed: int  #: the check's seed (its generated examples')
     workdir: Path  #: where the artifact is written
     result: Any  #: the :class:`pytest_deploy.Result` being filled
     cache: Any  #: the artifact cache (:class:`pytest_deploy.cache.ArtifactCache`)
@@ -103,6 +106,9 @@ class Backend:
         passed at float32 in its place)."""
         if precision in self.precisions:
             return None
+        if precision.startswith("int8"):
+            return (f"{self.name} has no int8 route here; precision={precision} is checked by the onnx backend only "
+                    "(ONNX Runtime's quantization)")
         if self.precisions == ("fp32",):
             return (f"{self.name} has no reduced-precision route; it checks float32 only, so precision={precision} "
                     f"is not checked here (onnx and tensorrt deploy at reduced precision)")

@@ -8,6 +8,10 @@ At ``precision="fp16"`` both graphs are converted to float16 (inputs and outputs
 :mod:`.precision`) and ONNX Runtime runs the converted graphs; on its CPU provider, which computes most
 float16 nodes in float32 without rounding between them, through the emulation graph that rounds every
 float16 value as float16 kernels do. An output that overflows to inf names the node and the module.
+
+At ``precision="int8"`` (or ``"int8-dynamic"``) the graph users ship (the simplified one) is quantized by ONNX
+Runtime (:mod:`.quantize`) and only the quantized graph runs; it is judged by agreement with eager PyTorch
+(:mod:`pytest_deploy.agreement`), not element by element.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ class OnnxBackend(Backend):
     aliases = ("ort", "onnxruntime")
     requires = ("onnx", "onnxruntime", "onnxsim", "onnxscript", "numpy")
     extra = "onnx"
-    precisions = ("fp32", "fp16", "bf16")
+    precisions = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
     spawns_runtime = True
     description = "torch.onnx.export (dims dynamic) → onnx.checker → onnxsim → onnxruntime, raw and simplified"
 
@@ -80,6 +84,13 @@ class OnnxBackend(Backend):
             raw_path, run_raw = _reduce(ctx, raw_path, external)
             if simplified_path:
                 simplified_path, run_simplified = _reduce(ctx, simplified_path, external)
+        elif precision.startswith("int8"):  # the graph users ship, quantized: the one graph that runs
+            from .quantize import graph_bytes, quantize
+
+            float_path = simplified_path or raw_path
+            raw_path = run_raw = quantize(ctx, float_path, precision)
+            simplified_path = run_simplified = None
+            ctx.note("model_size", {"float_bytes": graph_bytes(float_path), "quantized_bytes": graph_bytes(raw_path)})
         raw = _session(ctx, run_raw, optimize=run_raw == raw_path)
         simplified = (_session(ctx, run_simplified, optimize=run_simplified == simplified_path)
                       if run_simplified else None)
@@ -107,7 +118,7 @@ class OnnxBackend(Backend):
             ctx.run_examples(run, reference=reference)
         except StageError as failure:
             err = failure
-            if err.stage == "compare" and precision != "fp32":
+            if err.stage == "compare" and precision == "fp16":
                 why = _explain_reduced(ctx, raw, run_raw)
                 if why:
                     err = StageError(err.stage, f"{err.message}\n{why}", comparison=err.comparison)

@@ -45,6 +45,10 @@ def reduced_precision_reason(backend: str, precision: str) -> str | None:
     """Why ``backend`` (onnx, tensorrt) cannot deploy at ``precision`` here, or None when it can."""
     if precision == "fp32":
         return None
+    if precision.startswith("int8"):
+        from .quantize import quantization_reason
+
+        return quantization_reason(backend, precision)
     if precision == "bf16":
         runtime = (" (ONNX Runtime's CPU provider has no bfloat16 kernels for Add, MatMul or Relu either)"
                    if backend == "onnx" else "")

@@ -162,6 +162,8 @@ def test_an_unknown_precision_in_a_marker_fails_at_collection(pytester):
     (["--deploy-trt-fp16"], "", "fp16"),
     (["--deploy-precision=FP16"], "", "fp16"),
     ([], "bf16", "bf16"),
+    (["--deploy-precision=int8"], "", "int8"),
+    ([], "int8-dynamic", "int8-dynamic"),
     (["--deploy-precision=fp32"], "fp16", "fp32"),  # the command line wins over ini
 ])
 def test_precision_options_parse(pytester, args, ini, expected):
