@@ -81,3 +81,17 @@ def test_gru_tagger():
 def test_early_exit_classifier():
     torch.manual_seed(0)
     return EarlyExitClassifier().eval()
+
+
+@deployable(
+    backends=["onnx"],
+    inputs=[tensor("batch", 3, 32, 32)],
+    dims={"batch": (1, 8)},
+    examples=10,
+    # ONNX Runtime's static int8 quantization (QDQ), calibrated on 16 generated examples; judged by agreement with
+    # eager (top-1, cosine, SQNR), not by an element-wise tolerance (docs/backends.md)
+    precision="int8",
+)
+def test_cnn_classifier_int8():
+    torch.manual_seed(0)
+    return SmallCNN().eval()
