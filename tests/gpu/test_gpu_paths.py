@@ -1,0 +1,61 @@
+"""The GPU paths a CPU machine cannot check: ONNX Runtime's CUDA provider at fp32 and fp16, TVM built for CUDA.
+
+Each test skips, with what is missing, where there is no CUDA device or no runtime for it;
+``tests/gpu/run_gpu_checks.sh`` runs them (and the other CUDA tests) on a GPU machine, one line per check.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_deploy import tensor, verify
+
+SPEC = dict(inputs=[tensor("batch", 3, 16, 16)], dims={"batch": (1, 4)}, examples=4)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5)).eval()
+
+
+def _cuda_provider_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA device (none here)"
+    try:
+        import onnxruntime
+    except ImportError:
+        return "needs onnxruntime-gpu (onnxruntime is not installed)"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "needs onnxruntime-gpu: this onnxruntime has no CUDAExecutionProvider"
+    return None
+
+
+@pytest.mark.skipif(_cuda_provider_reason() is not None, reason=str(_cuda_provider_reason()))
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_onnx_runs_on_the_cuda_provider(precision):
+    result = verify(_model(), "onnx", precision=precision, **SPEC)
+    assert result.passed, result.message
+    assert result.details["onnxruntime_provider"] == "CUDAExecutionProvider", result.details
+    assert result.details["isolated"].startswith("spawned worker process"), result.details["isolated"]
+
+
+def _tvm_cuda_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA device (none here)"
+    try:
+        import tvm
+    except ImportError:
+        return "needs apache-tvm built with CUDA (tvm is not installed)"
+    if not tvm.cuda(0).exist:
+        return "needs apache-tvm built with CUDA: tvm.cuda(0) does not exist in this build"
+    return None
+
+
+@pytest.mark.skipif(_tvm_cuda_reason() is not None, reason=str(_tvm_cuda_reason()))
+def test_tvm_builds_and_runs_for_cuda():
+    result = verify(_model(), "tvm", backend_options={"tvm_target": "cuda"}, **SPEC)
+    assert result.passed, result.message
+    assert result.details["tvm_target"] == "cuda"
