@@ -22,6 +22,7 @@ import importlib.util
 import os
 import re
 import tempfile
+from types import FrameType
 
 from ..errors import StageError
 from ..sources import first_line
@@ -140,27 +141,28 @@ def _tune(ms, tasks, work: str, trials: int):
         cost_model = ms.cost_model.XGBModel(num_warmup_samples=XGB_WARMUP, num_tuning_cores=cores)
     else:
         cost_model = ms.cost_model.RandomModel()
-    return ms.tune.tune_tasks(
-        tasks=contexts, task_weights=weights, work_dir=work, max_trials_global=trials,
-        num_trials_per_iter=min(trials, PER_BATCH), builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=120, initializer=importer),
-        runner=ms.runner.LocalRunner(timeout_sec=60), database="json", cost_model=cost_model)
+    builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=120, initializer=importer)
+    return ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work, max_trials_global=trials,
+                              num_trials_per_iter=min(trials, PER_BATCH), builder=builder,
+                              runner=ms.runner.LocalRunner(timeout_sec=60), database="json", cost_model=cost_model)
 
 
-def _intrinsics_importer():
-    """A function importing ``tvm.s_tir.tensor_intrin`` with a cheap ``inspect.stack``: one without the source
+def _intrinsics_importer(module: str = "tvm.s_tir.tensor_intrin"):
+    """A function importing ``module`` (TVM's tensor intrinsics) with a cheap ``inspect.stack``: one without the source
     lookups behind each frame (``inspect.getmodule`` scans every loaded module for each frame whose file is not on
     disk). The first three frames keep their line of code, which is all TVMScript's decorators read (whether the
     function is defined in a class). Nested, so that cloudpickle sends it by value to MetaSchedule's builder
     workers (which import tensor_intrin for every candidate batch), without their importing pytest-deploy."""
 
     def import_tensor_intrinsics() -> None:
+        import importlib
         import inspect
         import linecache
         import sys
 
-        def stack(context: int = 1) -> list:
-            frames = []
-            frame = sys._getframe(1)
+        def stack(context: int = 1) -> list[inspect.FrameInfo]:
+            frames: list[inspect.FrameInfo] = []
+            frame: FrameType | None = sys._getframe(1)
             while frame is not None:
                 code = frame.f_code
                 line = linecache.getline(code.co_filename, frame.f_lineno) if len(frames) < 3 and context else ""
@@ -171,7 +173,7 @@ def _intrinsics_importer():
 
         original, inspect.stack = inspect.stack, stack
         try:
-            import tvm.s_tir.tensor_intrin  # noqa: F401
+            importlib.import_module(module)
         finally:
             inspect.stack = original
 
