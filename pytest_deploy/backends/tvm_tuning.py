@@ -55,14 +55,22 @@ XGB_WARMUP = 16
 SEED = 0
 
 
-def fuse(module):
-    """The passes before task extraction: lower to TIR and fuse, as ``tvm.compile`` would."""
+def fuse(module, target):
+    """The passes before task extraction, exactly those ``compile_relax`` runs before it looks kernels up in the
+    database: library dispatch, lower to TIR, fold constants (the weights' transposes), fuse. Any difference and
+    the database's kernels match none of the compiled module's, which then keeps TVM's default schedules."""
+    import tvm
     from tvm import relax
+    from tvm.relax import pipeline
 
-    for transform in (relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-                      relax.transform.FuseOps(), relax.transform.FuseTIR()):
-        module = transform(module)
-    return module
+    try:
+        dispatch = list(pipeline.library_dispatch_passes(target))
+    except (ValueError, AttributeError):  # as compile_relax: a target the pipeline dispatcher does not know
+        dispatch = []
+    passes = [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+              relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(passes)(module)
 
 
 def with_cores(target):
@@ -80,7 +88,6 @@ def tuned_executable(ctx, module, target, trials: int, key: str):
     """Compile ``module`` with a tuning database: from the cache when one is kept, else tuned now."""
     from tvm.s_tir import meta_schedule as ms
 
-    module = fuse(module)
     target = with_cores(target)
     with ctx.cache.lock(key):
         entry = ctx.cache.lookup(key)
@@ -89,7 +96,7 @@ def tuned_executable(ctx, module, target, trials: int, key: str):
             ctx.result.cached = True
             return _compile(ctx, ms, _database(ms, entry), module, target)
         try:
-            tasks = ms.relax_integration.extract_tasks(module, target)
+            tasks = ms.relax_integration.extract_tasks(fuse(module, target), target)
         except Exception as exc:
             raise StageError("compile", f"MetaSchedule cannot extract tuning tasks: {first_line(exc)}") from None
         tasks = [t for t in tasks if all(_is_static(f) for f in t.dispatched[0].functions.values())]
