@@ -80,9 +80,9 @@ def main() -> None:
     first_wall, first = run("tune", workdir, cache, args.trials)
     second_wall, second = run("reuse", workdir, cache, args.trials, "--deploy-recheck")
     print(f"\nfirst run (tunes) {first_wall:.0f} s wall; second run (same cache) {second_wall:.0f} s wall\n")
-    print("| model | trials | search | tuned p50 ms | untuned p50 ms | untuned / tuned | threads "
+    print("| model | trials | search | tuned p50 ms | untuned p50 ms | untuned / tuned | eager p50 ms | threads "
           "| first run: build s | second run: database | second run: build s |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for size in sizes:
         name = f"test_mlp_{size}"
         a, b = first.get(name), second.get(name)
@@ -91,6 +91,7 @@ def main() -> None:
             continue
         lat = a["latency"]
         tuned = lat["shapes"][0]["p50_ms"]
+        eager = lat["shapes"][0].get("eager", {}).get("p50_ms", float("nan"))
         untuned = lat.get("variants", {}).get("untuned", {}).get("canonical", {}).get("p50_ms")
         note = a["details"].get("tvm_tuning", "")
         search = note.split("trials (", 1)[-1].rsplit(")", 1)[0]  # "tuned 3 task(s) with 64 trials (...); ..."
@@ -98,7 +99,7 @@ def main() -> None:
         threads = lat.get("knobs", {}).get("threads", "-")
         ratio = f"{untuned / tuned:.2f}" if untuned else "-"
         print(f"| MLP {size} | {args.trials} | {search} | {tuned:.3f} | {untuned if untuned is None else round(untuned, 3)} "
-              f"| {ratio} | {threads} | {a['timings'].get('build', 0):.0f} | {reused} "
+              f"| {ratio} | {eager:.3f} | {threads} | {a['timings'].get('build', 0):.0f} | {reused} "
               f"| {b['timings'].get('build', 0) if b else 0:.1f} |")
 
 
