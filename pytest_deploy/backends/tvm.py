@@ -258,11 +258,12 @@ class TvmBackend(Backend):
         import hashlib
 
         from ..cache import library_versions, machine, make_key
-        from .tvm_tuning import tuned_executable
+        from .tvm_tuning import search_settings, tuned_executable
 
         trials = int(ctx.options["tvm_tune"])
         program = hashlib.sha256(module.script().encode()).hexdigest()
-        key = make_key("tvm-tune", program, str(target), trials, library_versions(["apache-tvm"]), machine())
+        key = make_key("tvm-tune", program, str(target), trials, search_settings(),
+                       library_versions(["apache-tvm", "xgboost"]), machine())
         return tuned_executable(ctx, module, target, trials, key)
 
     def _untuned(self, ctx, module, target) -> None:

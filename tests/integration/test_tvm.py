@@ -602,8 +602,9 @@ print(json.dumps([cold.to_json(), warm.to_json()]))
 def test_metaschedule_tuning_is_paid_once_then_the_database_comes_from_the_cache(tmp_path):
     """A real MetaSchedule run with a tiny budget (a minute or two here), then the same check again.
 
-    In a fresh interpreter: TVM's script parser calls inspect.stack(), whose cost grows with the number of
-    loaded modules, and this test suite's process has loaded thousands (tuning there took 5 minutes)."""
+    In a fresh interpreter, as a user's script runs it. (It moved there when tuning in this suite's process took
+    5 minutes: MetaSchedule imports TVM's tensor intrinsics, some 250 TVMScript functions each calling
+    inspect.stack(), whose cost grows with the loaded modules; tvm_tuning now imports them with a cheap one.)"""
     import subprocess
     import sys
 
