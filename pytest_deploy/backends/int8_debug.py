@@ -52,8 +52,9 @@ def base_name(name: str) -> str:
     return name
 
 
-def _all_values(model: Any, feeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every value the graph computes on each feed (every node output made a graph output), on CPU, unoptimised."""
+def _exposed(model: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A run of the graph giving every value it computes (every node output made a graph output, as Polygraphy's
+    ``ModifyOutputs`` marks all), on CPU, unoptimised."""
     import onnx
     import onnxruntime as ort
 
@@ -70,35 +71,34 @@ def _all_values(model: Any, feeds: list[dict[str, Any]]) -> list[dict[str, Any]]
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return [{**feed, **dict(zip(names, session.run(None, feed)))} for feed in feeds]
+    return lambda feed: {**feed, **dict(zip(names, session.run(None, feed)))}
 
 
 def node_sqnr(float_model: Any, qdq_model: Any, feeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``[{"node", "op", "output", "sqnr_db", "input_sqnr_db", "producers"}]`` for every node of the QDQ graph but its
     Q/DQ pairs, in graph (topological) order: its output's SQNR against the float graph's, pooled over ``feeds``, its
-    activation inputs' lowest (None when it has none), and the nodes computing those inputs."""
+    activation inputs' lowest (None when it has none), and the nodes computing those inputs. One feed's values are
+    held at a time."""
     import numpy as np
 
-    floats, qdqs = _all_values(float_model, feeds), _all_values(qdq_model, feeds)
-    cache: dict[str, float | None] = {}
+    run_float, run_qdq = _exposed(float_model), _exposed(qdq_model)
+    sums: dict[str, list[float] | None] = {}  # float value name -> [signal, noise], None where it does not pair
+    for feed in feeds:
+        want, have = run_float(feed), run_qdq(feed)
+        for name, w in want.items():
+            h = have.get(name + _DEQUANT_OUTPUT, have.get(name))  # as the next node consumes it
+            if h is None or not np.issubdtype(np.asarray(w).dtype, np.floating) or np.shape(w) != np.shape(h):
+                sums[name] = None
+                continue
+            w, h = np.asarray(w, dtype=np.float64), np.asarray(h, dtype=np.float64)
+            pair = sums.setdefault(name, [0.0, 0.0])
+            if pair is not None:
+                pair[0] += float((w * w).sum())
+                pair[1] += float(((h - w) ** 2).sum())
 
     def sqnr(name: str) -> float | None:
-        base = base_name(name)
-        if base not in cache:
-            signal = noise = 0.0
-            for want, have in zip(floats, qdqs):
-                w = want.get(base)
-                h = have.get(base + _DEQUANT_OUTPUT, have.get(base))  # as the next node consumes it
-                if w is None or h is None or not np.issubdtype(np.asarray(w).dtype, np.floating) \
-                        or np.shape(w) != np.shape(h):
-                    cache[base] = None
-                    break
-                w, h = np.asarray(w, dtype=np.float64), np.asarray(h, dtype=np.float64)
-                signal += float((w * w).sum())
-                noise += float(((h - w) ** 2).sum())
-            else:
-                cache[base] = sqnr_db(signal, noise)
-        return cache[base]
+        pair = sums.get(base_name(name))
+        return None if pair is None else sqnr_db(pair[0], pair[1])
 
     producer = {base_name(o): n.name for n in qdq_model.graph.node if n.op_type not in _QDQ_OPS for o in n.output}
     rows = []
@@ -161,26 +161,37 @@ def explain(ctx: Any, float_path: str, qdq_path: str, agreement: Any,
     Records ``details["int8_sqnr"]`` and ``details["int8_exclude_suggested"]``. Never raises."""
     import onnx
 
+    prepared = ctx.path("int8_debug.pre.onnx")
     try:
-        prepared = ctx.path("int8_debug.pre.onnx")
         preprocess(ctx, float_path, prepared)
         float_model, qdq_model = onnx.load(prepared), onnx.load(qdq_path)
         initializers = {t.name for t in float_model.graph.initializer}
         names = [i.name for i in float_model.graph.input if i.name not in initializers]
         declared = input_names(ctx.space, len(ctx.space.specs))
+        # the worst example (the gate's failing metric's) first
+        examples = sorted((ex for ex, _ in agreement.samples), key=lambda ex: ex is not ctx.failed_example)
         feeds = [{name: to_numpy(example.args[declared.index(name) if name in declared else pos])
-                  for pos, name in enumerate(names)} for example, _ in agreement.samples[:SQNR_EXAMPLES]]
+                  for pos, name in enumerate(names)} for example in examples[:SQNR_EXAMPLES]]
         rows = node_sqnr(float_model, qdq_model, feeds)
+        ctx.note("int8_sqnr", [{"node": r["node"], "op": r["op"], "sqnr_db": _json(r["sqnr_db"])}
+                               for r in rows[:SQNR_ROWS]])
+        threshold = agreement.sqnr_threshold()
+        first = first_collapse(rows, threshold)
+        where = where_text(first, threshold, _origin_nodes(ctx, qdq_model))
     except Exception as exc:  # the explanation is extra: never hide the gate's own failure
         ctx.note("int8_sqnr_error", first_line(exc))
         return f"  diverges first at: not located ({first_line(exc)})"
-    ctx.note("int8_sqnr", [{"node": r["node"], "op": r["op"], "sqnr_db": _json(r["sqnr_db"])}
-                           for r in rows[:SQNR_ROWS]])
-    threshold = agreement.sqnr_threshold()
-    first = first_collapse(rows, threshold)
-    lines = [where_text(first, threshold, _origin_nodes(ctx, qdq_model))]
-    lines.append(_retry(ctx, float_path, candidates(rows, first), replay))
-    return "\n".join(lines)
+    finally:
+        _remove(prepared)
+    return where + "\n" + _retry(ctx, float_path, candidates(rows, first), replay)
+
+
+def _remove(path: str) -> None:
+    import os
+
+    for one in (path, path + ".data"):
+        if os.path.exists(one):
+            os.remove(one)
 
 
 def _origin_nodes(ctx: Any, qdq_model: Any) -> dict[str, Any]:
@@ -237,6 +248,8 @@ def _retry(ctx: Any, float_path: str, tries: list[list[str]], replay: Callable[[
         except Exception as exc:  # a retry that cannot run proves nothing: say so, never hide the failure
             ctx.note("int8_exclude_error", first_line(exc))
             break
+        finally:
+            _remove(path)
         tried.append(len(nodes))
         if again.first_failure() is None:
             ctx.note("int8_exclude_suggested", exclude)
