@@ -103,7 +103,7 @@ class _Sums:
         if metric == "cosine":
             return _cosine(self.dot, self.eager_sq, self.got_sq)
         if metric == "sqnr":
-            return _sqnr(self.eager_sq, self.noise_sq)
+            return sqnr_db(self.eager_sq, self.noise_sq)
         k = int(metric[3:])
         return self.hits[k] / self.rows if self.rows and k in self.hits else None
 
@@ -114,7 +114,8 @@ def _cosine(dot: float, a: float, b: float) -> float:
     return dot / math.sqrt(a * b)
 
 
-def _sqnr(signal: float, noise: float) -> float:
+def sqnr_db(signal: float, noise: float) -> float:
+    """``10 log10(signal / noise)`` in dB: inf without noise, -inf without signal."""
     if noise == 0.0:
         return math.inf
     if signal == 0.0:
@@ -132,10 +133,14 @@ class Agreement:
         self.precision = precision
         self.outputs: dict[str, _Sums] = {}
         self.examples = 0
+        #: each example and what judging another artifact on it again needs: ``(example, replay)``
+        self.samples: list[tuple[Any, Any]] = []
 
-    def add(self, example: Any, pairs: Any) -> None:
-        """One example's outputs: ``[(path, eager's value, the artifact's)]`` (:func:`compare.paired`)."""
+    def add(self, example: Any, pairs: Any, replay: Any = None) -> None:
+        """One example's outputs: ``[(path, eager's value, the artifact's)]`` (:func:`compare.paired`); ``replay``
+        (eager's outputs and the padding masks) is kept with the example in :attr:`samples`."""
         self.examples += 1
+        self.samples.append((example, replay))
         for path, want, have in pairs:
             if not (hasattr(want, "is_floating_point") and want.is_floating_point() and hasattr(have, "shape")):
                 continue
@@ -149,7 +154,7 @@ class Agreement:
             nn = float(((g - e) ** 2).sum())
             sums.dot, sums.eager_sq, sums.got_sq, sums.noise_sq = sums.dot + dot, sums.eager_sq + ee, \
                 sums.got_sq + gg, sums.noise_sq + nn
-            mine = {"cosine": _cosine(dot, ee, gg), "sqnr": _sqnr(ee, nn)}
+            mine = {"cosine": _cosine(dot, ee, gg), "sqnr": sqnr_db(ee, nn)}
             ks = sorted({1, *(int(m[3:]) for m in sums.gate or {} if m.startswith("top"))})
             if want.dim() >= 1 and want.shape[-1] > 1 and want.numel():
                 classes = want.shape[-1]
@@ -187,16 +192,27 @@ class Agreement:
                 s.value(m) is not None for s in self.outputs.values() for m in self.gate):
             raise StageError("compare", f"agreement={self.gate} names metrics no output has (top-k needs a float "
                                         "output whose last dim holds classes)\n  fix: gate on 'cosine' or 'sqnr'")
+        below = self.first_failure()
+        if below is not None:
+            path, metric, value, threshold = below
+            worst_value, example = self.outputs[path].worst.get(metric, (value, None))
+            if example is not None:
+                ctx.failed_example = example
+            raise StageError("compare", self._failure_text(ctx, path, metric, value, threshold, worst_value, example))
+
+    def first_failure(self) -> tuple[str, str, float, float] | None:
+        """The first ``(output path, metric, value, threshold)`` below its threshold, or None: the gate passes."""
         for path, sums in self.outputs.items():
             for metric, threshold in (sums.gate or {}).items():
                 value = sums.value(metric)
-                if value is None or value >= threshold:
-                    continue
-                worst_value, example = sums.worst.get(metric, (value, None))
-                if example is not None:
-                    ctx.failed_example = example
-                raise StageError("compare", self._failure_text(ctx, path, metric, value, threshold, worst_value,
-                                                               example))
+                if value is not None and value < threshold:
+                    return path, metric, value, threshold
+        return None
+
+    def sqnr_threshold(self) -> float:
+        """The SQNR (dB) the gate asks of its outputs (the default's where no output's gate names one)."""
+        found = [s.gate["sqnr"] for s in self.outputs.values() if s.gate and "sqnr" in s.gate]
+        return max(found) if found else DEFAULT_THRESHOLDS["sqnr"]
 
     def _failure_text(self, ctx: Any, path: str, metric: str, value: float, threshold: float, worst: float,
                       example: Any) -> str:

@@ -265,6 +265,8 @@ def _quantization_options(opts: CheckOptions, precision: str, options: dict[str,
         options["agreement"] = gate
     if precision != "int8":  # int8-dynamic: nothing calibrates
         return None
+    if opts.int8_exclude:
+        options["int8_exclude"] = list(opts.int8_exclude)
     if opts.calibration is None:
         options["calibration_examples"] = opts.calibration_examples
         return None

@@ -48,6 +48,8 @@ class CheckOptions:
     calibration: Any = None
     #: at int8: how many generated examples calibrate when ``calibration`` is None
     calibration_examples: int = DEFAULT_CALIBRATION_EXAMPLES
+    #: at int8: ONNX node names kept in float (quantize_static's ``nodes_to_exclude``); None: none
+    int8_exclude: Any = None
     #: the checkpoint backend's training recipe
     train: Any = None
     #: NaN/Inf in eager outputs are intended; compare padded positions too; (near-)zero outputs are intended

@@ -220,11 +220,14 @@ class Leaves(list):
     """Outputs already flattened to ``[(path, leaf), ...]`` (e.g. by a worker process)."""
 
 
-def paired(expected: Any, got: Any) -> list[tuple[str, Any, Any]]:
-    """``[(path, eager leaf, backend leaf)]`` as :func:`compare_outputs` pairs them (empty where they do not pair)."""
+def paired(expected: Any, got: Any, keep: Mapping[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+    """``[(path, eager leaf, backend leaf)]`` as :func:`compare_outputs` pairs them (empty where they do not pair);
+    with ``keep`` (path -> a padding mask, as :func:`compare_outputs` takes it), only the positions it keeps."""
     pairs = _pair(expected if isinstance(expected, Leaves) else flatten(expected),
                   got if isinstance(got, Leaves) else flatten(got), by_path=not isinstance(got, Leaves))
-    return [] if isinstance(pairs, LeafError) else list(pairs)
+    if isinstance(pairs, LeafError):
+        return []
+    return [(p, e[keep[p]], a[keep[p]]) if keep and p in keep else (p, e, a) for p, e, a in pairs]
 
 
 def compare_outputs(expected: Any, got: Any, tol: Tolerance, keep: Mapping[str, Any] | None = None) -> Comparison:

@@ -251,8 +251,7 @@ class ExampleRunner:
         if self.agreement is not None and all(e.reason == "values" for e in cmp.errors):
             # values beyond the tolerance are recorded, not failed on: the agreement gate judges at the end, on the
             # positions a mask() input marks valid
-            self.agreement.add(ex, [(p, e[keep[p]], a[keep[p]]) if keep and p in keep else (p, e, a)
-                                    for p, e, a in paired(leaves, got)])
+            self.agreement.add(ex, paired(leaves, got, keep), replay=(leaves, keep))
         elif not cmp.ok:
             raise ExampleFailed(ex, "compare", "", cmp)
 

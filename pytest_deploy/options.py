@@ -99,18 +99,20 @@ MARKER_KWARGS = {
                    "dicts as inputs= declares (default: generated examples)",
     "calibration_examples": "at int8: how many generated examples calibrate when calibration= is not given "
                             "(default 16)",
+    "int8_exclude": "at int8: ONNX node names kept in float (quantize_static's nodes_to_exclude), as a failing "
+                    "check's message suggests",
     "latency": "True, False, or a dict (budget, min_runs, threads, min_speedup, max_p99_ms, ...): time the artifact "
                "beside eager after it passes",
 }
 #: The subset ``deploy(...)`` and ``verify(...)`` accept besides the model.
 CALL_KWARGS = ("inputs", "dims", "examples", "atol", "rtol", "tolerances", "train", "allow_nonfinite",
                "compare_masked", "allow_vacuous", "precision", "latency", "agreement", "calibration",
-               "calibration_examples")
+               "calibration_examples", "int8_exclude")
 
 MARKER_DOC = (
     "deployable(backends=None, inputs=None, dims=None, examples=None, atol=None, rtol=None, tolerances=None, "
     "xfail=None, train=None, allow_nonfinite=False, compare_masked=False, allow_vacuous=False, precision=None, "
-    "latency=None, agreement=None, calibration=None, calibration_examples=None): check that the model survives each backend's export, save, load and run; one test "
+    "latency=None, agreement=None, calibration=None, calibration_examples=None, int8_exclude=None): check that the model survives each backend's export, save, load and run; one test "
     "item per backend (pytest-deploy)"
 )
 
@@ -540,6 +542,10 @@ def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARK
     count = out.get("calibration_examples")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise SpecError(f"{where}: calibration_examples={count!r} must be a positive int")
+    exclude = out.get("int8_exclude")
+    if exclude is not None and (isinstance(exclude, (str, bytes)) or not isinstance(exclude, (list, tuple))
+                                or not all(isinstance(n, str) and n for n in exclude)):
+        raise SpecError(f"{where}: int8_exclude={exclude!r} must be a list of ONNX node names (strings)")
     if out.get("calibration") is not None and isinstance(out["calibration"], (str, bytes)):
         raise SpecError(f"{where}: calibration= must be an iterable or a zero-argument callable yielding inputs "
                         "(tuples or dicts as inputs= declares), not a string")

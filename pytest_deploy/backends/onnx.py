@@ -80,6 +80,7 @@ class OnnxBackend(Backend):
         precision = ctx.options.get("precision") or "fp32"
         ctx.note("precision", precision)
         run_raw, run_simplified = raw_path, simplified_path  # the graphs ONNX Runtime runs for them
+        shipped = simplified_path or raw_path  # the float graph users ship
         if precision == "fp16":
             raw_path, run_raw = _reduce(ctx, raw_path, external)
             if simplified_path:
@@ -122,6 +123,8 @@ class OnnxBackend(Backend):
                 why = _explain_reduced(ctx, raw, run_raw)
                 if why:
                     err = StageError(err.stage, f"{err.message}\n{why}", comparison=err.comparison)
+            elif err.stage == "compare" and precision == "int8":
+                err = _explain_int8(ctx, err, shipped, run_raw)
             errors = err.comparison.errors if err.comparison is not None else []
             if err.stage == "compare" and errors and all(e.path.startswith(SIMPLIFIED) for e in errors):
                 raise StageError(
@@ -234,6 +237,28 @@ def _reduce(ctx, path: str, external: bool) -> tuple[str, str]:
     ctx.note("precision_emulation", "CPU: every float16 value rounded to float16 (Cast round trips), as float16 "
                                     "kernels round it")
     return converted, run_path
+
+
+def _explain_int8(ctx, err: StageError, float_path: str, run_path: str) -> StageError:
+    """An int8 agreement failure with where the QDQ graph diverges first and the nodes to keep in float
+    (:mod:`.int8_debug`); other compare failures (a dtype or shape mismatch) unchanged."""
+    from ..compare import Leaves, paired
+    from .int8_debug import explain
+
+    runner = getattr(ctx, "example_runner", None)
+    agreement = getattr(runner, "agreement", None)
+    if agreement is None or agreement.first_failure() is None:
+        return err
+
+    def replay(path: str):
+        session = _session(ctx, path)
+        again = type(agreement)(agreement.gate, agreement.precision)
+        for example, (leaves, keep) in agreement.samples:
+            again.add(example, paired(leaves, Leaves(session.run(example.args)), keep))
+        return again
+
+    why = explain(ctx, float_path, run_path, agreement, replay)
+    return StageError(err.stage, f"{err.message}\n{why}", comparison=err.comparison)
 
 
 def _explain_reduced(ctx, session, run_path: str) -> str:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import StageError
@@ -52,6 +54,8 @@ def settings(ctx: Any, precision: str) -> dict[str, Any]:
         return {**out, "method": "quantize_dynamic", "ops": list(DYNAMIC_OPS), "weights": "int8 per tensor"}
     out.update(method="quantize_static", format="QDQ", weights="int8 per channel", activations="uint8",
                calibrate="MinMax", preprocess="quant_pre_process")
+    if ctx.options.get("int8_exclude"):
+        out["nodes_to_exclude"] = list(ctx.options["int8_exclude"])
     if ctx.calibration is not None:
         out["calibration"] = {"inputs": len(ctx.calibration), "from": "calibration=",
                               "digest": ctx.options.get("calibration")}
@@ -95,33 +99,71 @@ def quantize(ctx: Any, src: str, precision: str) -> str:
     ctx.note("quantization", parts)
     feeds: list[dict[str, Any]] | None = None
     if precision == "int8":
-        import onnx
-
-        graph = onnx.load(src, load_external_data=False)
-        initializers = {t.name for t in graph.graph.initializer}
-        inputs = [i.name for i in graph.graph.input if i.name not in initializers]
         with ctx.stage("compile"):
-            feeds = calibration_feeds(ctx, inputs)
+            feeds = static_feeds(ctx, src)
 
     def build() -> None:
         with ctx.stage("compile"):
-            _quantize(ctx, src, ctx.path(QUANTIZED), precision, feeds)
+            quantize_to(ctx, src, ctx.path(QUANTIZED), precision, feeds, ctx.options.get("int8_exclude"))
 
     return str(ctx.cached_files("onnx-" + precision, parts, [QUANTIZED], build) / QUANTIZED)
 
 
-def _quantize(ctx: Any, src: str, dst: str, precision: str, feeds: list[dict[str, Any]] | None) -> None:
+def static_feeds(ctx: Any, src: str) -> list[dict[str, Any]]:
+    """The calibration feeds of the float graph at ``src`` (by its input names, initializers left out)."""
+    import onnx
+
+    graph = onnx.load(src, load_external_data=False)
+    initializers = {t.name for t in graph.graph.initializer}
+    return calibration_feeds(ctx, [i.name for i in graph.graph.input if i.name not in initializers])
+
+
+def quantize_to(ctx: Any, src: str, dst: str, precision: str, feeds: list[dict[str, Any]] | None,
+                exclude: list[str] | None = None) -> None:
+    """Quantize the float graph at ``src`` into ``dst`` (nodes named in ``exclude`` kept in float)."""
+    with _quiet_logs():
+        _run_quantizer(ctx, src, dst, precision, feeds, exclude)
+
+
+def preprocess(ctx: Any, src: str, dst: str) -> None:
+    """ORT's recommended pre-processing of ``src`` into ``dst`` (what ``quantize_static`` reads, so its node names
+    are the ones ``nodes_to_exclude`` takes); without symbolic shape inference where that cannot read the graph."""
+    import warnings
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with _quiet_logs(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            quant_pre_process(src, dst)
+        except Exception as first:  # symbolic shape inference cannot read some graphs: ORT's documented fallback
+            try:
+                quant_pre_process(src, dst, skip_symbolic_shape=True)
+            except Exception:
+                raise StageError("compile", f"onnxruntime's quant_pre_process fails: {first_line(first)}\n{_FIX}") \
+                    from None
+            ctx.note("quantization_preprocess", f"without symbolic shape inference ({first_line(first)})")
+
+
+@contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """ORT's advice goes to the root logger: silenced (failures reach the user as stage errors)."""
     import logging
 
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # ORT's advice on the root logger; failures reach the user as stage errors
+    logging.disable(logging.WARNING)
     try:
-        _run_quantizer(ctx, src, dst, precision, feeds)
+        yield
     finally:
         logging.disable(previous)
 
 
-def _run_quantizer(ctx: Any, src: str, dst: str, precision: str, feeds: list[dict[str, Any]] | None) -> None:
+_FIX = ("  fix: check fp32 first; keep the failing op in float (quantize_static's nodes_to_exclude), or use "
+        "precision='int8-dynamic'")
+
+
+def _run_quantizer(ctx: Any, src: str, dst: str, precision: str, feeds: list[dict[str, Any]] | None,
+                   exclude: list[str] | None) -> None:
     import warnings
 
     from onnxruntime.quantization import (
@@ -131,10 +173,8 @@ def _run_quantizer(ctx: Any, src: str, dst: str, precision: str, feeds: list[dic
         quantize_dynamic,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    fix = ("  fix: check fp32 first; keep the failing op in float (quantize_static's nodes_to_exclude), or use "
-           "precision='int8-dynamic'")
+    fix = _FIX
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if precision == "int8-dynamic":
@@ -144,15 +184,7 @@ def _run_quantizer(ctx: Any, src: str, dst: str, precision: str, feeds: list[dic
                 raise StageError("compile", f"onnxruntime's quantize_dynamic fails: {first_line(exc)}\n{fix}") from None
             return
         prepared = dst[: -len(".onnx")] + ".pre.onnx"
-        try:
-            quant_pre_process(src, prepared)
-        except Exception as first:  # symbolic shape inference cannot read some graphs: ORT's documented fallback
-            try:
-                quant_pre_process(src, prepared, skip_symbolic_shape=True)
-            except Exception:
-                raise StageError("compile", f"onnxruntime's quant_pre_process fails: {first_line(first)}\n{fix}") \
-                    from None
-            ctx.note("quantization_preprocess", f"without symbolic shape inference ({first_line(first)})")
+        preprocess(ctx, src, prepared)
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
@@ -163,7 +195,8 @@ def _run_quantizer(ctx: Any, src: str, dst: str, precision: str, feeds: list[dic
 
         try:
             quantize_static(prepared, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=list(exclude or []))
         except Exception as exc:
             raise StageError("compile", f"onnxruntime's quantize_static fails: {first_line(exc)}\n{fix}") from None
         finally:

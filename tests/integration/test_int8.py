@@ -213,3 +213,49 @@ def test_int8_through_the_marker_writes_the_metrics_to_the_json_and_markdown_rep
     assert check["details"]["quantization"]["calibration"]["inputs"] == 4
     markdown = (pytester.path / "r.md").read_text()
     assert "### Agreement (quantized checks)" in markdown and "| onnx | int8 | output |" in markdown
+
+
+def test_a_failing_int8_gate_names_where_it_breaks_and_an_exclusion_that_passes_pasted_back():
+    """Issue 28: the first node whose SQNR collapses (with the module and the user's line), the per-node SQNR in
+    details, and the smallest int8_exclude= found that passes; pasted back, the same check passes."""
+    kwargs = dict(inputs=[tensor("batch", 16)], dims={"batch": (1, 8)}, examples=6, precision="int8",
+                  isolate="none", seed=0)
+    with pytest.raises(DeployFailure) as info:
+        verify(Outliers().eval(), "onnx", **kwargs)
+    text, details = str(info.value), info.value.result.details
+    assert "  diverges first at node 'node_linear_1' (op Gemm, SQNR " in text
+    assert "dB < 20.0 dB; its inputs " in text and "in module 'out' (Linear)" in text
+    assert "test_int8.py:" in text and "`return self.out(torch.relu(self.inp(x)) * self.scale)`" in text
+    rows = details["int8_sqnr"]
+    assert [r["node"] for r in rows] == ["node_linear", "node_mul_4", "node_linear_1"]
+    assert rows[-1]["op"] == "Gemm" and rows[-1]["sqnr_db"] < 20 <= rows[0]["sqnr_db"]
+    suggested = details["int8_exclude_suggested"]
+    assert suggested == ["node_mul_4", "node_linear_1"]
+    assert f"  fix, proven: int8_exclude={suggested!r} (those nodes kept in float) passes the gate on the same 6 " \
+           "example(s): output top1 100.0%" in text
+    # the same verdict on a rerun, and the suggestion pasted back passes
+    with pytest.raises(DeployFailure) as again:
+        verify(Outliers().eval(), "onnx", **kwargs)
+    assert again.value.result.details["int8_sqnr"] == rows
+    passed = verify(Outliers().eval(), "onnx", int8_exclude=suggested, **kwargs)
+    assert passed.outcome == "passed"
+    assert passed.details["quantization"]["nodes_to_exclude"] == suggested
+    assert passed.details["agreement"]["output"]["top1"] == 1.0
+
+
+def test_when_no_exclusion_passes_the_message_says_so(monkeypatch):
+    from pytest_deploy.backends import int8_debug
+
+    monkeypatch.setattr(int8_debug, "MAX_RETRIES", 1)  # the first collapsing node alone is not enough here
+    with pytest.raises(DeployFailure) as info:
+        verify(Outliers().eval(), "onnx", inputs=[tensor("batch", 16)], dims={"batch": (1, 8)}, examples=4,
+               precision="int8", isolate="none")
+    text = str(info.value)
+    assert "  diverges first at node 'node_linear_1'" in text
+    assert "  no exclusion tried passes the gate (kept in float: 1 node(s); at most 1 retries in 60 s)" in text
+    assert info.value.result.details["int8_exclude_suggested"] is None
+
+
+def test_int8_exclude_is_refused_unless_a_list_of_node_names():
+    with pytest.raises(SpecError, match=r"int8_exclude='node_mul_4' must be a list of ONNX node names"):
+        verify(cnn(), "onnx", inputs=IMAGES, examples=1, precision="int8", int8_exclude="node_mul_4")
