@@ -115,6 +115,9 @@ class OnnxBackend(Backend):
 
         # --deploy-latency times the graph users ship: the simplified one when there is one
         ctx.latency_runner = (simplified or raw).run
+        if precision.startswith("int8") and ctx.options.get("latency_threads"):
+            # the float graph it was quantized from, timed beside it: the int8 speedup over fp32 in the same run
+            ctx.latency_variants["fp32"] = _session(ctx, shipped).run
         try:
             ctx.run_examples(run, reference=reference)
         except StageError as failure:

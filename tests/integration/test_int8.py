@@ -259,3 +259,19 @@ def test_when_no_exclusion_passes_the_message_says_so(monkeypatch):
 def test_int8_exclude_is_refused_unless_a_list_of_node_names():
     with pytest.raises(SpecError, match=r"int8_exclude='node_mul_4' must be a list of ONNX node names"):
         verify(cnn(), "onnx", inputs=IMAGES, examples=1, precision="int8", int8_exclude="node_mul_4")
+
+
+def test_with_latency_the_float_graph_is_timed_beside_the_int8_one():
+    """Issue 28 item 5: the int8 speedup over fp32 in the same run (latency.variants.fp32.ratio: the float graph's p50
+    over the int8 graph's), beside the model sizes; the fp32 check has no such variant."""
+    latency = {"budget": 0.3, "min_runs": 10, "warmup": 1}
+    result = verify(cnn(), "onnx", inputs=IMAGES, dims=IMAGE_DIMS, examples=4, precision="int8", latency=latency)
+    variant = result.latency["variants"]["fp32"]
+    assert set(variant) == {shape["label"] for shape in result.latency["shapes"]}
+    for label, figures in variant.items():
+        assert figures["p50_ms"] > 0 and figures["ratio"] > 0, figures
+        mine = next(s for s in result.latency["shapes"] if s["label"] == label)
+        assert figures["ratio"] == pytest.approx(figures["p50_ms"] / mine["p50_ms"])
+    assert result.details["model_size"]["quantized_bytes"] < result.details["model_size"]["float_bytes"]
+    plain = verify(cnn(), "onnx", inputs=IMAGES, dims=IMAGE_DIMS, examples=2, latency=latency)
+    assert "variants" not in plain.latency
