@@ -31,20 +31,31 @@ from .onnx_export import input_names
 QUANTIZED = "model.int8.onnx"
 #: The ops int8-dynamic quantizes (their weights).
 DYNAMIC_OPS = ("MatMul", "Gemm")
+#: Who runs the static QDQ graph, and how its activations are quantized for it: ONNX Runtime's CPU kernels prefer
+#: uint8 activations with a zero point (U8S8); TensorRT takes symmetric int8 only (zero point 0, its explicit
+#: quantization), so its graph has int8 activations, symmetric.
+TARGETS = {"onnxruntime": {"activations": "uint8"},
+           "tensorrt": {"activations": "int8 symmetric"}}
 
 
 def quantization_reason(backend: str, precision: str) -> str | None:
-    """Why ``backend`` cannot deploy at ``precision`` (int8, int8-dynamic) here, or None when it can."""
-    if backend != "onnx":
+    """Why ``backend`` cannot deploy at ``precision`` (int8, int8-dynamic) here, or None when it can: onnx runs the
+    quantized graph in ONNX Runtime; tensorrt builds the static QDQ graph (:data:`TARGETS`) into an engine."""
+    if backend == "tensorrt" and precision == "int8-dynamic":
+        return ("tensorrt: precision=int8-dynamic quantizes activations at run time, which TensorRT does not do; use "
+                "precision='int8' (a calibrated QDQ graph, built into a strongly typed engine), or check int8-dynamic "
+                "with the onnx backend")
+    if backend not in ("onnx", "tensorrt"):
         return f"{backend}: precision={precision} is checked by the onnx backend only (ONNX Runtime's quantization)"
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxruntime.quantization") is None:
-        return (f"onnx: precision={precision} needs onnxruntime.quantization, which this onnxruntime lacks; "
-                "pip install -U onnxruntime")
+        return (f"{backend}: precision={precision} quantizes the graph with onnxruntime.quantization, which is not "
+                "installed here; pip install -U onnxruntime")
     return None
 
 
-def settings(ctx: Any, precision: str) -> dict[str, Any]:
-    """What the quantized graph is made with: the key parts of its cache entry, and ``details["quantization"]``."""
+def settings(ctx: Any, precision: str, target: str = "onnxruntime") -> dict[str, Any]:
+    """What the quantized graph is made with: the key parts of its cache entry, and ``details["quantization"]``;
+    ``target`` (:data:`TARGETS`): who runs it."""
     import onnxruntime
 
     out: dict[str, Any] = {"precision": precision, "onnxruntime": onnxruntime.__version__,
@@ -52,8 +63,10 @@ def settings(ctx: Any, precision: str) -> dict[str, Any]:
                            "opset": ctx.options.get("onnx_opset")}
     if precision == "int8-dynamic":
         return {**out, "method": "quantize_dynamic", "ops": list(DYNAMIC_OPS), "weights": "int8 per tensor"}
-    out.update(method="quantize_static", format="QDQ", weights="int8 per channel", activations="uint8",
-               calibrate="MinMax", preprocess="quant_pre_process")
+    out.update(method="quantize_static", format="QDQ", weights="int8 per channel",
+               activations=TARGETS[target]["activations"], calibrate="MinMax", preprocess="quant_pre_process")
+    if target != "onnxruntime":  # the onnxruntime graph keeps the key it had before other targets existed
+        out["target"] = target
     if ctx.options.get("int8_exclude"):
         out["nodes_to_exclude"] = list(ctx.options["int8_exclude"])
     if ctx.calibration is not None:
@@ -91,11 +104,11 @@ def calibration_feeds(ctx: Any, graph_inputs: list[str]) -> list[dict[str, Any]]
     return feeds
 
 
-def quantize(ctx: Any, src: str, precision: str) -> str:
-    """The float32 graph at ``src`` quantized at ``precision`` (int8 or int8-dynamic): the path of the quantized
-    graph, built into the work directory or found in the artifact cache. Calibration inputs are read and checked
-    before anything is quantized."""
-    parts = settings(ctx, precision)
+def quantize(ctx: Any, src: str, precision: str, target: str = "onnxruntime") -> str:
+    """The float32 graph at ``src`` quantized at ``precision`` (int8 or int8-dynamic) for ``target`` (:data:`TARGETS`):
+    the path of the quantized graph, built into the work directory or found in the artifact cache. Calibration
+    inputs are read and checked before anything is quantized."""
+    parts = settings(ctx, precision, target)
     ctx.note("quantization", parts)
     feeds: list[dict[str, Any]] | None = None
     if precision == "int8":
@@ -104,7 +117,7 @@ def quantize(ctx: Any, src: str, precision: str) -> str:
 
     def build() -> None:
         with ctx.stage("compile"):
-            quantize_to(ctx, src, ctx.path(QUANTIZED), precision, feeds, ctx.options.get("int8_exclude"))
+            quantize_to(ctx, src, ctx.path(QUANTIZED), precision, feeds, ctx.options.get("int8_exclude"), target)
 
     return str(ctx.cached_files("onnx-" + precision, parts, [QUANTIZED], build) / QUANTIZED)
 
@@ -119,10 +132,10 @@ def static_feeds(ctx: Any, src: str) -> list[dict[str, Any]]:
 
 
 def quantize_to(ctx: Any, src: str, dst: str, precision: str, feeds: list[dict[str, Any]] | None,
-                exclude: list[str] | None = None) -> None:
-    """Quantize the float graph at ``src`` into ``dst`` (nodes named in ``exclude`` kept in float)."""
+                exclude: list[str] | None = None, target: str = "onnxruntime") -> None:
+    """Quantize the float graph at ``src`` into ``dst`` for ``target`` (nodes named in ``exclude`` kept in float)."""
     with _quiet_logs():
-        _run_quantizer(ctx, src, dst, precision, feeds, exclude)
+        _run_quantizer(ctx, src, dst, precision, feeds, exclude, target)
 
 
 def preprocess(ctx: Any, src: str, dst: str) -> None:
@@ -163,7 +176,7 @@ _FIX = ("  fix: check fp32 first; keep the failing op in float (quantize_static'
 
 
 def _run_quantizer(ctx: Any, src: str, dst: str, precision: str, feeds: list[dict[str, Any]] | None,
-                   exclude: list[str] | None) -> None:
+                   exclude: list[str] | None, target: str = "onnxruntime") -> None:
     import warnings
 
     from onnxruntime.quantization import (
@@ -194,9 +207,11 @@ def _run_quantizer(ctx: Any, src: str, dst: str, precision: str, feeds: list[dic
                 return next(self.items, None)
 
         try:
+            symmetric = target == "tensorrt"
             quantize_static(prepared, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=list(exclude or []))
+                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude or []),
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {})
         except Exception as exc:
             raise StageError("compile", f"onnxruntime's quantize_static fails: {first_line(exc)}\n{fix}") from None
         finally:

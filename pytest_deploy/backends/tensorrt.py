@@ -258,8 +258,9 @@ class TensorRTBackend(Backend):
     requires = ("tensorrt", "polygraphy")
     extra = "tensorrt"
     precisions = ("fp32", "fp16", "bf16")
-    description = ("ONNX export (converted to fp16 when asked) → Polygraphy: TensorRT parser → engine (profiles from "
-                   "dims, strongly typed on TensorRT 11; cached) → serialize → deserialize → TrtRunner on CUDA")
+    description = ("ONNX export (converted to fp16, or quantized to an int8 QDQ graph, when asked) → Polygraphy: "
+                   "TensorRT parser → engine (profiles from dims, strongly typed on TensorRT 11 and for reduced "
+                   "precisions; cached) → serialize → deserialize → TrtRunner on CUDA")
 
     spawns_runtime = True
 
@@ -268,8 +269,9 @@ class TensorRTBackend(Backend):
 
     def precision_reason(self, precision: str) -> str | None:
         if precision.startswith("int8"):  # said before anything looks for TensorRT itself
-            return (f"tensorrt: precision={precision} needs an int8 engine built from a QDQ graph (TensorRT's explicit "
-                    "quantization); that route is future work here: check int8 with the onnx backend")
+            from .quantize import quantization_reason
+
+            return quantization_reason(self.name, precision)
         return super().precision_reason(precision)
 
     def unavailable_reason(self, options=None) -> str | None:
@@ -337,6 +339,10 @@ def _export(ctx, precision: str) -> str:
     export_dynamo(ctx, path, ctx.options.get("onnx_opset"), external)
     if precision == "fp32":
         return path
+    if precision == "int8":  # the calibrated QDQ graph, activations symmetric: TensorRT's explicit quantization
+        from .quantize import quantize
+
+        return quantize(ctx, path, precision, target="tensorrt")
     from .precision import convert_fp16
 
     converted = ctx.path("model.fp16.onnx")

@@ -166,14 +166,51 @@ def test_int8_dynamic_on_a_linear_model_passes():
     assert result.details["agreement"]["output"]["cosine"] >= 0.99
 
 
-@pytest.mark.parametrize(("backend", "words"), [
-    ("tensorrt", "needs an int8 engine built from a QDQ graph (TensorRT's explicit quantization); that route is "
-                 "future work here"),
-    ("trace", "has no int8 route here; precision=int8 is checked by the onnx backend only"),
+@pytest.mark.parametrize(("backend", "precision", "words"), [
+    ("tensorrt", "int8-dynamic", "quantizes activations at run time, which TensorRT does not do; use "
+                                 "precision='int8'"),
+    ("trace", "int8", "has no int8 route here; precision=int8 is checked by the onnx backend only"),
 ])
-def test_backends_without_an_int8_route_skip_with_the_reason(backend, words):
+def test_backends_without_an_int8_route_skip_with_the_reason(backend, precision, words):
     with pytest.raises(BackendUnavailable, match=words.replace("(", r"\(").replace(")", r"\)")):
-        verify(cnn(), backend, inputs=IMAGES, dims=IMAGE_DIMS, examples=1, precision="int8")
+        verify(cnn(), backend, inputs=IMAGES, dims=IMAGE_DIMS, examples=1, precision=precision)
+
+
+def test_the_tensorrt_qdq_graph_is_symmetric_int8_and_agrees_with_eager(tmp_path):
+    """TensorRT takes symmetric int8 Q/DQ only: the graph its int8 route builds has int8 zero points, all 0 (the onnx
+    route's activations are uint8 with zero points); run by ONNX Runtime here, that same graph agrees with eager."""
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    from pytest_deploy.agreement import sqnr_db
+    from pytest_deploy.backends.quantize import quantize_to
+
+    model = cnn()
+    src, feeds = str(tmp_path / "model.onnx"), []
+    torch.onnx.export(model, (torch.randn(2, 3, 16, 16),), src, input_names=["x"], dynamo=True)
+    torch.manual_seed(1)
+    batches = [torch.rand(2, 3, 16, 16) * 2 - 1 for _ in range(8)]
+    feeds = [{"x": b.numpy()} for b in batches]
+
+    class Ctx:
+        def note(self, *args):
+            pass
+
+    for target, dtype, symmetric in (("tensorrt", onnx.TensorProto.INT8, True),
+                                     ("onnxruntime", onnx.TensorProto.UINT8, False)):
+        dst = str(tmp_path / f"{target}.onnx")
+        quantize_to(Ctx(), src, dst, "int8", feeds, None, target)
+        graph = onnx.load(dst).graph
+        values = {t.name: t for t in graph.initializer}
+        points = [values[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+        assert points and all(p.data_type == dtype for p in points), target
+        assert all(not numpy_helper.to_array(p).any() for p in points) == symmetric, target
+        session = onnxruntime.InferenceSession(dst, providers=["CPUExecutionProvider"])
+        got = torch.cat([torch.from_numpy(session.run(None, f)[0]) for f in feeds])
+        with torch.no_grad():
+            want = torch.cat([model(b) for b in batches])
+        assert sqnr_db(float((want ** 2).sum()), float(((want - got) ** 2).sum())) >= 20, target
 
 
 def test_bad_agreement_and_calibration_settings_are_refused():

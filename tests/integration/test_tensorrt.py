@@ -58,6 +58,16 @@ def test_cnn_fp16_uses_fp16_tolerances(tmp_path):
 
 
 @needs_trt
+def test_cnn_int8_builds_the_symmetric_qdq_graph_into_a_strongly_typed_engine(tmp_path):
+    """precision=int8: the calibrated QDQ graph (int8 activations, symmetric) is TensorRT's explicit quantization;
+    judged by the agreement gate, as the onnx backend's int8 is."""
+    result = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=5, cache_dir=tmp_path, precision="int8")
+    assert result.outcome == "passed", result.message
+    assert result.details["trt_strongly_typed"] and result.details["quantization"]["target"] == "tensorrt"
+    assert result.details["agreement"]["output"]["cosine"] >= 0.99
+
+
+@needs_trt
 def test_dynamic_batch_runs_every_generated_shape(monkeypatch):
     import tensorrt as trt
 

@@ -161,6 +161,7 @@ def test_trtexec_command_for_a_static_model_has_no_shapes_and_fp32_by_default():
     ("10.13.3.9", "fp16", False, {"strongly_typed": True, "tf32": False}),  # the fp16 graph's types decide
     ("11.4.0.13", "fp32", False, {"strongly_typed": True, "tf32": False}),  # TensorRT 11: strongly typed only
     ("11.4.0.13", "fp16", True, {"strongly_typed": True, "tf32": True}),
+    ("10.13.3.9", "int8", False, {"strongly_typed": True, "tf32": False}),  # the QDQ graph's Q/DQ nodes decide
 ])
 def test_build_settings_for_tensorrt_10_and_11(version, precision, tf32, expected):
     assert build_settings(version, precision, tf32) == expected
