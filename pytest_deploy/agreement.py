@@ -258,6 +258,19 @@ def figures_text(figures: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def facts_text(details: dict[str, Any]) -> str:
+    """A quantized check's figures for the HTML card: each output's (``output: top1 100.0% cos 0.9991 sqnr 31.2 dB``),
+    and the model's size in float and int8; empty for other checks."""
+    found = details.get("agreement")
+    if not isinstance(found, dict) or not found:
+        return ""
+    parts = [f"{path}: {figures_text(figures)}" for path, figures in found.items() if isinstance(figures, dict)]
+    size = details.get("model_size")
+    if isinstance(size, dict) and size.get("float_bytes") and size.get("quantized_bytes"):
+        parts.append(f"size {_bytes(size['float_bytes'])} float, {_bytes(size['quantized_bytes'])} int8")
+    return "; ".join(parts)
+
+
 def cell_text(details: dict[str, Any]) -> str:
     """The summary table's compact figure of a quantized check: its worst output's cosine and SQNR (and top-1
     where there is one), ``cos 0.9991 31.2dB top1 100%``; empty for other checks."""

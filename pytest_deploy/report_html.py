@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any
 
+from .agreement import facts_text as agreement_facts
 from .compare import format_number
 from .latency import facts_text as latency_facts
 from .names import backend_names
@@ -339,6 +340,9 @@ def _check(result: dict, anchor: str, node_plot: str | None, same_branches: tupl
     latency = latency_facts(result.get("latency"))
     if latency:
         facts.append(("latency", escape(latency)))
+    agreement = agreement_facts(result.get("details") or {})
+    if agreement:
+        facts.append(("agreement", escape(agreement)))
     for key in ("seed", "artifact"):
         if result.get(key) is not None:
             facts.append((key, f'<span class="mono">{escape(result[key])}</span>'))

@@ -319,6 +319,51 @@ def _plot_nodes(result: dict) -> str | None:
     return _figure_uri(fig)
 
 
+def _sqnr_rows(result: dict) -> list[dict]:
+    rows = (result.get("details") or {}).get("int8_sqnr")
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def _plot_sqnr(result: dict) -> str | None:
+    """A failing int8 check's SQNR per node of the quantized graph (float graph's output against the QDQ graph's),
+    in graph order, against the gate's SQNR threshold; the first node where it collapses marked."""
+    from matplotlib.figure import Figure
+
+    rows = _sqnr_rows(result)
+    values = [as_number(r.get("sqnr_db")) for r in rows]
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    top = max(finite) + 5
+    ys = [top if v is None or v == math.inf else max(v, min(finite) - 5) for v in values]
+    labels = [f"{r.get('node')} ({r.get('op')})" for r in rows]
+    first = (result.get("details") or {}).get("int8_sqnr_first") or {}
+    threshold = as_number(first.get("threshold_db"))
+    many = len(rows) > 40
+    fig = Figure(figsize=(9.0, 4.0 if many else 4.8), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot(range(len(ys)), ys, marker="." if many else "o", markersize=4 if many else 5, color="#3b6ea8",
+            linewidth=1.2, zorder=3)
+    if threshold is not None:
+        ax.axhline(threshold, color="#1d1d1f", linestyle="--", linewidth=1.2, label=f"gate {threshold:g} dB")
+    at = next((i for i, r in enumerate(rows) if first.get("node") and r.get("node") == first.get("node")), None)
+    if at is not None:
+        ax.scatter([at], [ys[at]], s=90, marker="X", color=COLORS["failed"][1], edgecolors="black", zorder=4,
+                   label=f"collapses first: {labels[at]}")
+    ax.set_xlabel("node of the quantized graph, in graph order", fontsize=_FONT["label"])
+    ax.set_ylabel("SQNR against the float graph (dB)", fontsize=_FONT["label"])
+    ax.tick_params(axis="y", labelsize=_FONT["tick"])
+    if not many:
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=_FONT["note"])
+    ax.grid(axis="y", color="#e0e0e0", zorder=0)
+    ax.set_title(f"per-node SQNR: {result.get('test')} [{result.get('backend')}]", fontsize=_FONT["title"])
+    if threshold is not None or at is not None:
+        ax.legend(loc="lower left", fontsize=_FONT["legend"], frameon=False)
+    fig.tight_layout()
+    return _figure_uri(fig)
+
+
 def _figure(uri: str, caption: str, alt: str) -> str:
     return f'<figure><img src="{escape(uri)}" alt="{escape(alt)}"><figcaption>{escape(caption)}</figcaption></figure>'
 
@@ -334,7 +379,7 @@ def plots_section(results: list[dict], backends: list[str]) -> tuple[str, list[s
         from matplotlib.backends import backend_agg  # noqa: F401
     except ImportError:
         note = f'<p class="note plots-missing">{escape(_INSTALL_NOTE)}</p>'
-        return note, [note if _node_errors(r) else None for r in results]
+        return note, [note if _node_errors(r) or _sqnr_rows(r) else None for r in results]
     parts = []
     for what, draw, caption in (
         ("error", _plot_errors, "Max abs error of each check (one marker; failed checks as a large X) against the "
@@ -358,16 +403,22 @@ def plots_section(results: list[dict], backends: list[str]) -> tuple[str, list[s
             parts.append(_figure(uri, caption, f"{what} plot"))
     nodes: list[str | None] = []
     for r in results:
-        if not _node_errors(r):
+        if _sqnr_rows(r):  # a failing int8 check: where the quantized graph loses the signal
+            kind, plot = "per-node SQNR", _plot_sqnr
+            caption = ("SQNR of each node's output in the quantized graph against the float graph's, in graph order, "
+                       "on the failing examples; the gate's SQNR threshold dashed.")
+        elif _node_errors(r):
+            kind, plot = "per-node error", _plot_nodes
+            caption = "Max abs error of each node's output against eager PyTorch, in execution order."
+        else:
             nodes.append(None)
             continue
         try:
-            uri = _plot_nodes(r)
+            uri = plot(r)
         except Exception as exc:
-            nodes.append(_failed_plot("per-node error", exc))
+            nodes.append(_failed_plot(kind, exc))
             continue
-        nodes.append(_figure(uri, "Max abs error of each node's output against eager PyTorch, in execution order.",
-                             f"per-node error of {r.get('test')} [{r.get('backend')}]") if uri else None)
+        nodes.append(_figure(uri, caption, f"{kind} of {r.get('test')} [{r.get('backend')}]") if uri else None)
     if not parts:
         parts.append('<p class="note">No check has errors or timings to plot.</p>')
     return f'<div class="plots">{"".join(parts)}</div>', nodes

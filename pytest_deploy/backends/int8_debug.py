@@ -177,6 +177,7 @@ def explain(ctx: Any, float_path: str, qdq_path: str, agreement: Any,
                                for r in rows[:SQNR_ROWS]])
         threshold = agreement.sqnr_threshold()
         first = first_collapse(rows, threshold)
+        ctx.note("int8_sqnr_first", {"node": first["node"] if first else None, "threshold_db": threshold})
         where = where_text(first, threshold, _origin_nodes(ctx, qdq_model))
     except Exception as exc:  # the explanation is extra: never hide the gate's own failure
         ctx.note("int8_sqnr_error", first_line(exc))

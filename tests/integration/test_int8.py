@@ -278,6 +278,14 @@ def test_a_failing_int8_gate_names_where_it_breaks_and_an_exclusion_that_passes_
     assert passed.outcome == "passed"
     assert passed.details["quantization"]["nodes_to_exclude"] == suggested
     assert passed.details["agreement"]["output"]["top1"] == 1.0
+    assert details["int8_sqnr_first"] == {"node": "node_linear_1", "threshold_db": 20.0}
+    # the HTML report: the failing card's per-node SQNR plot, each card's agreement figures and model size
+    pytest.importorskip("matplotlib")
+    from pytest_deploy.report_html import render_html
+
+    page = render_html([info.value.result.to_json(), passed.to_json()], {})
+    assert page.count('alt="per-node SQNR of ') == 1
+    assert page.count("<div><dt>agreement</dt>") == 2 and "output: top1 100.0% cos " in page and " int8</dd>" in page
 
 
 def test_when_no_exclusion_passes_the_message_says_so(monkeypatch):
