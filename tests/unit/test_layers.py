@@ -38,7 +38,7 @@ SAME_LAYER = {
     ("branches", "decisions"), ("cache", "shared_cache"), ("report_html", "report_plots"), ("infer", "declaration"),
     ("backends.aoti", "backends.export"), ("backends.onnx_export", "backends.export"), ("backends.onnx", "backends.export"),
     ("backends.onnx", "backends.onnx_export"), ("backends.onnx", "backends.precision"),
-    ("backends.tensorrt", "backends.precision"), ("backends.tvm", "backends.export"),
+    ("backends.tensorrt", "backends.precision"), ("backends.tensorrt", "backends.quantize"), ("backends.tvm", "backends.export"),
     ("backends.onnx", "backends.quantize"), ("backends.precision", "backends.quantize"),
     ("backends.quantize", "backends.onnx_export"), ("backends.onnx", "backends.int8_debug"),
     ("backends.int8_debug", "backends.precision"), ("backends.int8_debug", "backends.quantize"),
