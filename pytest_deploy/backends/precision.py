@@ -154,11 +154,13 @@ def emulate_fp16(model):
         nodes.append(node)
         for i, name in enumerate(node.output):
             if name and name in rounded:
+                # one pair per output, named uniquely (a Split has several; ONNX Runtime refuses duplicate names)
+                base = node.name if len(node.output) == 1 and node.name else f"{node.name}/{name}"
                 node.output[i] = name + UNROUNDED
                 nodes.append(helper.make_node("Cast", [name + UNROUNDED], [name + ROUNDED], to=TensorProto.FLOAT16,
-                                              name=f"{node.name}/to_fp16"))
+                                              name=f"{base}/to_fp16"))
                 nodes.append(helper.make_node("Cast", [name + ROUNDED], [name], to=TensorProto.FLOAT,
-                                              name=f"{node.name}/from_fp16"))
+                                              name=f"{base}/from_fp16"))
     del g.node[:]
     g.node.extend(nodes)
     return out
