@@ -182,7 +182,7 @@ def nonfinite_outputs(expected: list[tuple[str, Any]], got: list[tuple[str, Any]
     return paths
 
 
-def locate_overflow(model, feed: Mapping[str, Any], providers: list[str]) -> dict[str, Any] | None:
+def locate_overflow(model, feed: Mapping[str, Any], providers: list) -> dict[str, Any] | None:
     """The first node (in graph order) whose float output holds inf or NaN while all its float inputs are finite,
     run with every intermediate value as a graph output; None when no node does."""
     import numpy as np
