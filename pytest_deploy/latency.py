@@ -54,7 +54,7 @@ CHECK_EVERY = 10
 KEPT_SAMPLES = 200
 
 #: Result.details keys that are a backend's knobs worth naming beside a latency figure.
-KNOB_KEYS = ("onnxruntime_provider", "onnxruntime_threads", "onnx_exporter", "precision", "onnx_simplified",
+KNOB_KEYS = ("onnxruntime_provider", "onnxruntime_tf32", "onnxruntime_threads", "onnx_exporter", "precision", "onnx_simplified",
              "tvm_target", "tvm_tuning", "tvm_importer", "trt_builder", "trt_tf32", "trt_version", "exported_program")
 
 

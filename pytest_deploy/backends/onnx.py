@@ -96,6 +96,8 @@ class OnnxBackend(Backend):
         simplified = (_session(ctx, run_simplified, optimize=run_simplified == simplified_path)
                       if run_simplified else None)
         ctx.note("onnxruntime_provider", raw.info["provider"])
+        if raw.info["provider"] == "CUDAExecutionProvider":
+            ctx.note("onnxruntime_tf32", False)  # session_providers: always off
         if ctx.options.get("latency_threads"):
             ctx.note("onnxruntime_threads", raw.info.get("intra_op_num_threads"))
 
@@ -284,7 +286,7 @@ def _explain_reduced(ctx, session, run_path: str) -> str:
         feed = {name: to_numpy(arg) for name, arg in zip(input_names(ctx.space, len(example.args)), example.args)}
         # in pytest's process: on the CPU provider when the session itself runs in a spawned (CUDA) worker
         providers = ["CPUExecutionProvider"] if ctx.spawn_runtime else session.info["providers"]
-        found = locate_overflow(onnx.load(run_path), feed, providers)
+        found = locate_overflow(onnx.load(run_path), feed, session_providers(providers))
     except Exception as exc:  # the explanation is extra: never hide the comparison's own failure
         ctx.note("precision_overflow_error", first_line(exc))
         return clamped_text(clamped) if clamped else ""
@@ -375,6 +377,13 @@ def providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def session_providers(names: list[str]) -> list:
+    """``names`` (from :func:`providers`) as ONNX Runtime's ``providers=`` takes them, with their options: the CUDA
+    provider with TF32 off (``use_tf32``, on by default in ONNX Runtime), since fp32 checks are judged with fp32
+    tolerances and the TensorRT backend builds without TF32 too."""
+    return [(name, {"use_tf32": "0"}) if name == "CUDAExecutionProvider" else name for name in names]
+
+
 def _session(ctx, path: str, optimize: bool = True):
     """An ONNX Runtime session on ``path`` (an :class:`OrtRuntime`), in a spawned worker process when the check uses
     CUDA (:class:`~pytest_deploy.worker.Runtime`); ``optimize=False`` for the float16 emulation graph, whose Cast round
@@ -406,7 +415,7 @@ class OrtRuntime:
             options.intra_op_num_threads = int(config["threads"])
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(self.path, options, providers=providers())
+            self.session = ort.InferenceSession(self.path, options, providers=session_providers(providers()))
         except Exception as exc:
             raise StageError("load", explain_runtime_error(exc, self.path)) from None
         self.inputs = [i.name for i in self.session.get_inputs()]

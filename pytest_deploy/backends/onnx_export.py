@@ -1,6 +1,6 @@
 """Exporting a model to ONNX, shared by every backend that deploys an ONNX graph (onnx, tensorrt) and by the
-standalone repro scripts: the exporters, the graph's input names and dynamic axes, and where a graph node came
-from in the user's code.
+standalone repro scripts: the exporters, the graph's input names and dynamic axes, where a graph node came
+from in the user's code, and the graph's digest independent of the checkout it was exported from.
 """
 
 from __future__ import annotations
@@ -181,3 +181,54 @@ def node_source(path: str, node_name: str):
                 if prop.key == "pkg.torch.onnx.stack_trace":
                     return frame_from_stack(prop.value)
     return None
+
+
+def onnx_digest(path: str) -> str:
+    """The graph's digest for the engine's cache key: of a canonical copy without the documentation and metadata
+    the exporter writes (``doc_string``, ``metadata_props``: source stack traces with the checkout's absolute
+    paths, module names), which TensorRT does not build from, so every checkout of the same model shares its
+    engine; the nodes, attributes, initializers and external weights are all digested, so any real change counts."""
+    import hashlib
+
+    import onnx
+
+    from ..cache import file_digest
+
+    model = onnx.load(path, load_external_data=False)
+    _strip_annotations(model)
+    parts = [hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()]
+    if os.path.exists(path + ".data"):
+        parts.append(file_digest(path + ".data"))
+    return ":".join(parts)
+
+
+def _strip_annotations(model) -> None:
+    """Clear every ``doc_string`` and ``metadata_props`` in ``model`` (its graph, subgraphs, nodes, values,
+    initializers and functions), in place."""
+    import onnx
+
+    def clear(proto) -> None:
+        proto.ClearField("doc_string")
+        if hasattr(proto, "metadata_props"):
+            proto.ClearField("metadata_props")
+
+    def graph(g) -> None:
+        clear(g)
+        for value in [*g.input, *g.output, *g.value_info, *g.initializer, *g.sparse_initializer]:
+            if hasattr(value, "doc_string"):
+                clear(value)
+        for node in g.node:
+            clear(node)
+            for attr in node.attribute:
+                attr.ClearField("doc_string")
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    graph(attr.g)
+                for sub in attr.graphs:
+                    graph(sub)
+
+    clear(model)
+    graph(model.graph)
+    for function in model.functions:
+        clear(function)
+        for node in function.node:
+            clear(node)

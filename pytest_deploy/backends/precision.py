@@ -154,11 +154,13 @@ def emulate_fp16(model):
         nodes.append(node)
         for i, name in enumerate(node.output):
             if name and name in rounded:
+                # one pair per output, named uniquely (a Split has several; ONNX Runtime refuses duplicate names)
+                base = node.name if len(node.output) == 1 and node.name else f"{node.name}/{name}"
                 node.output[i] = name + UNROUNDED
                 nodes.append(helper.make_node("Cast", [name + UNROUNDED], [name + ROUNDED], to=TensorProto.FLOAT16,
-                                              name=f"{node.name}/to_fp16"))
+                                              name=f"{base}/to_fp16"))
                 nodes.append(helper.make_node("Cast", [name + ROUNDED], [name], to=TensorProto.FLOAT,
-                                              name=f"{node.name}/from_fp16"))
+                                              name=f"{base}/from_fp16"))
     del g.node[:]
     g.node.extend(nodes)
     return out
@@ -180,7 +182,7 @@ def nonfinite_outputs(expected: list[tuple[str, Any]], got: list[tuple[str, Any]
     return paths
 
 
-def locate_overflow(model, feed: Mapping[str, Any], providers: list[str]) -> dict[str, Any] | None:
+def locate_overflow(model, feed: Mapping[str, Any], providers: list) -> dict[str, Any] | None:
     """The first node (in graph order) whose float output holds inf or NaN while all its float inputs are finite,
     run with every intermediate value as a graph output; None when no node does."""
     import numpy as np

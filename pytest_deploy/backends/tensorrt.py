@@ -357,15 +357,6 @@ def _export(ctx, precision: str) -> str:
     return converted
 
 
-def _onnx_digest(path: str) -> str:
-    from ..cache import file_digest
-
-    parts = [file_digest(path)]
-    if os.path.exists(path + ".data"):
-        parts.append(file_digest(path + ".data"))
-    return ":".join(parts)
-
-
 def _graph_outputs(path: str) -> list[str]:
     import onnx
 
@@ -375,11 +366,12 @@ def _graph_outputs(path: str) -> list[str]:
 def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str, bool], build) -> str:
     """The engine file: from the artifact cache, or built by ``build(config)`` (in the spawned worker) and stored."""
     from ..fingerprint import gpu_environment
+    from .onnx_export import onnx_digest
 
     gpu = gpu_environment()
     flags = {"builder": builder, **settings, "shapes": config["shapes"], "shape_values": config["shape_values"],
              "workspace": WORKSPACE_BYTES}
-    key = engine_cache_key(_onnx_digest(config["onnx"]), version, gpu, flags)
+    key = engine_cache_key(onnx_digest(config["onnx"]), version, gpu, flags)
     ctx.note("cache_key", key[:16])
     ctx.note("trt_profiles", {n: s for n, s in config["shapes"].items() if s[0] != s[2]})
     with ctx.cache.lock(key):

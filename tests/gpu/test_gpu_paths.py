@@ -39,6 +39,7 @@ def test_onnx_runs_on_the_cuda_provider(precision):
     result = verify(_model(), "onnx", precision=precision, **SPEC)
     assert result.passed, result.message
     assert result.details["onnxruntime_provider"] == "CUDAExecutionProvider", result.details
+    assert result.details["onnxruntime_tf32"] is False, result.details  # use_tf32=0, as fp32 tolerances assume
     assert result.details["isolated"].startswith("spawned worker process"), result.details["isolated"]
 
 

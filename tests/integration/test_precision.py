@@ -48,6 +48,19 @@ class Overflows(nn.Module):
         return self.head((self.amplify(y) * 1e-5).mean((2, 3)))
 
 
+class SwiGLU(nn.Module):
+    """A fused gate/up projection split with chunk: one node, two outputs (issue 26)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate_up = nn.Linear(8, 32)
+        self.down = nn.Linear(16, 8)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, -1)
+        return self.down(nn.functional.silu(gate) * up)
+
+
 def cnn() -> nn.Module:
     torch.manual_seed(0)
     return helpers.SmallCNN().eval()
@@ -62,6 +75,16 @@ def test_cnn_passes_fp16_with_fp16_tolerances():
     assert "rounded to float16" in result.details["precision_emulation"]
     # the float16 graph really ran: its error is far above float32's round-off
     assert result.max_abs_error > 1e-5
+
+
+def test_a_model_with_chunk_passes_fp16():
+    """A node with several float16 outputs (Split) gets one uniquely named rounding per output: ONNX Runtime
+    refused the emulation graph at load ("two nodes with same node name ...") when they shared the node's name."""
+    torch.manual_seed(0)
+    result = verify(SwiGLU().eval(), "onnx", inputs=[tensor("batch", 4, 8)], dims={"batch": (1, 3)}, examples=3,
+                    precision="fp16", isolate="none")
+    assert result.outcome == "passed", result.details
+    assert (result.atol, result.rtol) == DEFAULT_TOLERANCES["onnx"]["float16"]
 
 
 def test_user_tolerances_are_kept_at_fp16():
