@@ -87,6 +87,59 @@ def out_of_range_constants(model) -> list[dict[str, Any]]:
     return found
 
 
+def separate_outputs(model) -> list[str]:
+    """Give every graph output that other nodes also read a node of its own: the producer writes
+    ``<name>__inner``, its readers read that, and an ``Identity`` writes ``<name>``. In place; returns the outputs
+    separated.
+
+    With ``keep_io_types=True`` the converter renames a float output's producer and casts the float16 value back to
+    float32 under the output's name, but leaves the output's other readers reading that name: a node it converted to
+    float16 then reads float32 and ONNX Runtime refuses the graph (Hugging Face's last hidden state, read again by
+    the pooler or the LM head, is such an output)."""
+    from onnx import helper
+
+    graph = model.graph
+    read = {name for node in graph.node for name in node.input}
+    produced = {name for node in graph.node for name in node.output}
+    separated = []
+    for out in graph.output:
+        if out.name not in read or out.name not in produced:
+            continue
+        inner = out.name + "__inner"
+        for node in graph.node:
+            node.input[:] = [inner if i == out.name else i for i in node.input]
+            node.output[:] = [inner if o == out.name else o for o in node.output]
+        for info in graph.value_info:
+            if info.name == out.name:
+                info.name = inner
+        graph.node.append(helper.make_node("Identity", [inner], [out.name], name=f"{out.name}/output"))
+        separated.append(out.name)
+    return separated
+
+
+def retarget_casts(model) -> list[str]:
+    """Make every ``Cast`` to float32 whose output the converter typed float16 cast to float16. In place; returns the
+    nodes changed.
+
+    The converter types every float value of a converted node float16 (its ``value_info``) and converts its readers,
+    but leaves a ``Cast(to=FLOAT)`` node's ``to`` as it is: an int64 ``arange`` cast to float for rotary or
+    relative position embeddings then writes float32 where the graph declares, and its readers expect, float16, and
+    ONNX Runtime refuses the graph."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    fp16 = {v.name for v in graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
+    changed = []
+    for node in graph.node:
+        if node.op_type != "Cast" or not node.output or node.output[0] not in fp16:
+            continue
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+                changed.append(node.name)
+    return changed
+
+
 def convert_fp16(src: str, dst: str, external: bool) -> dict[str, Any]:
     """The float32 graph at ``src`` converted to float16 at ``dst`` (inputs and outputs kept float32); returns what
     the report records (the converter, the constants it clamped)."""
@@ -96,10 +149,12 @@ def convert_fp16(src: str, dst: str, external: bool) -> dict[str, Any]:
     from onnxconverter_common import float16
 
     model = onnx.load(src)
+    separate_outputs(model)
     clamped = out_of_range_constants(model)
     with warnings.catch_warnings():  # the clamped constants are reported (above), not warned about
         warnings.simplefilter("ignore")
         converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX)
+    retarget_casts(converted)
     onnx.save_model(converted, dst, save_as_external_data=external, all_tensors_to_one_file=True,
                     location=os.path.basename(dst) + ".data")
     out: dict[str, Any] = {"precision_converter": converter_version()}

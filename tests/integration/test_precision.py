@@ -61,6 +61,33 @@ class SwiGLU(nn.Module):
         return self.down(nn.functional.silu(gate) * up)
 
 
+class Pooled(nn.Module):
+    """Returns a hidden state that its head reads too, as Hugging Face's models return the last hidden state and
+    pool or project it: a graph output with readers inside the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        hidden = torch.tanh(self.body(x))
+        return hidden, self.head(hidden[:, 0])
+
+
+class Positions(nn.Module):
+    """Position features from an int64 arange over a dynamic length cast to float, as rotary and relative position
+    embeddings compute them."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        pos = torch.arange(x.shape[1], device=x.device).float()
+        return self.proj(x) + torch.sin(pos / 4.0)[None, :, None]
+
+
 def cnn() -> nn.Module:
     torch.manual_seed(0)
     return helpers.SmallCNN().eval()
@@ -85,6 +112,28 @@ def test_a_model_with_chunk_passes_fp16():
                     precision="fp16", isolate="none")
     assert result.outcome == "passed", result.details
     assert (result.atol, result.rtol) == DEFAULT_TOLERANCES["onnx"]["float16"]
+
+
+def test_an_output_that_the_graph_reads_again_converts():
+    """keep_io_types casts an output back to float32 under its name while the graph's other readers of it were
+    converted to float16: ONNX Runtime refused the converted graph ("Type (tensor(float16)) of output arg ... does not
+    match expected type"), failing every encoder and decoder of the Hugging Face corpus at compile."""
+    torch.manual_seed(0)
+    result = verify(Pooled().eval(), "onnx", inputs=[tensor("batch", 4, 8)], dims={"batch": (1, 3)}, examples=3,
+                    precision="fp16", isolate="none")
+    assert result.outcome == "passed", result.details
+    assert result.max_abs_error > 1e-5  # float16 ran
+
+
+def test_an_int64_value_cast_to_float_converts():
+    """The converter types a Cast-to-float's output float16 but leaves its to=FLOAT: ONNX Runtime refused the graph
+    ("Inferred elem type differs ... (1) vs (10)" at onnx.checker), failing Llama, T5, DeBERTa and every decoder with
+    rotary positions at compile."""
+    torch.manual_seed(0)
+    result = verify(Positions().eval(), "onnx", inputs=[tensor("batch", "seq", 8)], dims={"batch": (1, 2),
+                    "seq": (2, 9)}, examples=3, precision="fp16", isolate="none")
+    assert result.outcome == "passed", result.details
+    assert result.max_abs_error > 1e-5  # float16 ran
 
 
 def test_user_tolerances_are_kept_at_fp16():
