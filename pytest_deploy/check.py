@@ -243,6 +243,8 @@ def _normalised(opts: CheckOptions, backend: str) -> tuple[CheckOptions, Toleran
     latency = parse_settings(opts.latency, "latency=")
     if latency is not None:  # measured now, or not at all: a stored result's figures are another run's
         options["latency_threads"] = latency["threads"]
+    if precision == "fp16" and opts.fp16_block_list:
+        options["fp16_block_list"] = list(opts.fp16_block_list)
     cache = opts.cache if opts.cache is not None else ArtifactCache(None)
     calibration = _quantization_options(opts, precision, options)
     return opts.replace(precision=precision, latency=latency, recheck=opts.recheck or latency is not None,

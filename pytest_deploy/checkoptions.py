@@ -50,6 +50,8 @@ class CheckOptions:
     calibration_examples: int = DEFAULT_CALIBRATION_EXAMPLES
     #: at int8: ONNX node names kept in float (quantize_static's ``nodes_to_exclude``); None: none
     int8_exclude: Any = None
+    #: at fp16: ONNX node names kept in float32 (onnxconverter-common's ``node_block_list``); None: none
+    fp16_block_list: Any = None
     #: the checkpoint backend's training recipe
     train: Any = None
     #: NaN/Inf in eager outputs are intended; compare padded positions too; (near-)zero outputs are intended

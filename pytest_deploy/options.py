@@ -101,18 +101,20 @@ MARKER_KWARGS = {
                             "(default 16)",
     "int8_exclude": "at int8: ONNX node names kept in float (quantize_static's nodes_to_exclude), as a failing "
                     "check's message suggests",
+    "fp16_block_list": "at fp16: ONNX node names kept in float32 (onnxconverter-common's node_block_list), as a "
+                       "failing check's message suggests",
     "latency": "True, False, or a dict (budget, min_runs, threads, min_speedup, max_p99_ms, ...): time the artifact "
                "beside eager after it passes",
 }
 #: The subset ``deploy(...)`` and ``verify(...)`` accept besides the model.
 CALL_KWARGS = ("inputs", "dims", "examples", "atol", "rtol", "tolerances", "train", "allow_nonfinite",
                "compare_masked", "allow_vacuous", "precision", "latency", "agreement", "calibration",
-               "calibration_examples", "int8_exclude")
+               "calibration_examples", "int8_exclude", "fp16_block_list")
 
 MARKER_DOC = (
     "deployable(backends=None, inputs=None, dims=None, examples=None, atol=None, rtol=None, tolerances=None, "
     "xfail=None, train=None, allow_nonfinite=False, compare_masked=False, allow_vacuous=False, precision=None, "
-    "latency=None, agreement=None, calibration=None, calibration_examples=None, int8_exclude=None): check that the model survives each backend's export, save, load and run; one test "
+    "latency=None, agreement=None, calibration=None, calibration_examples=None, int8_exclude=None, fp16_block_list=None): check that the model survives each backend's export, save, load and run; one test "
     "item per backend (pytest-deploy)"
 )
 
@@ -542,10 +544,11 @@ def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARK
     count = out.get("calibration_examples")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise SpecError(f"{where}: calibration_examples={count!r} must be a positive int")
-    exclude = out.get("int8_exclude")
-    if exclude is not None and (isinstance(exclude, (str, bytes)) or not isinstance(exclude, (list, tuple))
-                                or not all(isinstance(n, str) and n for n in exclude)):
-        raise SpecError(f"{where}: int8_exclude={exclude!r} must be a list of ONNX node names (strings)")
+    for key in ("int8_exclude", "fp16_block_list"):
+        names = out.get(key)
+        if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple))
+                                  or not all(isinstance(n, str) and n for n in names)):
+            raise SpecError(f"{where}: {key}={names!r} must be a list of ONNX node names (strings)")
     if out.get("calibration") is not None and isinstance(out["calibration"], (str, bytes)):
         raise SpecError(f"{where}: calibration= must be an iterable or a zero-argument callable yielding inputs "
                         "(tuples or dicts as inputs= declares), not a string")
