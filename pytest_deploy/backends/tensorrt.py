@@ -15,7 +15,7 @@ onnx backend verifies through ONNX Runtime) and built strongly typed, on TensorR
 the float32 graph, with TF32 off unless ``--deploy-trt-tf32``.
 
 Everything above the backend class is pure (no TensorRT, no torch) and unit-tested; the class needs TensorRT,
-Polygraphy and a CUDA device.
+Polygraphy and a CUDA device. What runs where CUDA lives (the build, the runtime) is in :mod:`.tensorrt_engine`.
 """
 
 from __future__ import annotations
@@ -24,21 +24,28 @@ import importlib.util
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import StageError
-from ..sources import first_line, short_path
+from ..sources import first_line
 from .base import Backend
+from .tensorrt_engine import (
+    WORKSPACE_BYTES,
+    Shape,
+    TrtRuntime,
+    _shapes,
+    build_engine,
+    describe_parser_errors,
+    dynamic_profiles,
+    polygraphy_profiles,
+    trtexec_command,
+)
 
 INSTALL_HINT = 'pip install "pytest-deploy[tensorrt]" (tensorrt and polygraphy) on a machine with an NVIDIA GPU and CUDA'
 BUILDERS = ("python", "trtexec")
-#: Builder workspace limit (``MemoryPoolType.WORKSPACE``).
-WORKSPACE_BYTES = 1 << 30
 ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"
-
-Shape = tuple[int, ...]
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -71,10 +78,6 @@ def profile_shapes(space) -> dict[str, tuple[Shape, Shape, Shape]]:
     return out
 
 
-def dynamic_profiles(shapes: Mapping[str, tuple[Shape, Shape, Shape]]) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """The inputs whose shape varies (min != max): the ones an optimization profile must cover."""
-    return {name: s for name, s in shapes.items() if s[0] != s[2]}
-
 
 def trt_major(version: str | None) -> int | None:
     """The major version of a TensorRT version string (``"11.4.0.13"`` -> 11); None when unreadable."""
@@ -89,19 +92,6 @@ def build_settings(trt_version: str | None, precision: str = "fp32", tf32: bool 
     major = trt_major(trt_version) or 10
     return {"strongly_typed": major >= 11 or precision != "fp32", "tf32": bool(tf32)}
 
-
-def polygraphy_profiles(shapes: Mapping[str, tuple[Shape, Shape, Shape]]) -> list:
-    """One Polygraphy ``Profile`` covering every dynamic input (min, opt, max as :func:`profile_shapes` gives them);
-    an empty list for a static graph (TensorRT then needs none)."""
-    from polygraphy.backend.trt import Profile
-
-    dynamic = dynamic_profiles(shapes)
-    if not dynamic:
-        return []
-    profile = Profile()
-    for name, (lo, opt, hi) in dynamic.items():
-        profile.add(name, min=lo, opt=opt, max=hi)
-    return [profile]
 
 
 def shape_tensor_values(space, name: str) -> tuple[list[int], list[int], list[int]]:
@@ -155,35 +145,6 @@ def trtexec_version(trtexec: str = "trtexec") -> str | None:
     return parse_trtexec_version(proc.stdout + proc.stderr)
 
 
-def _shape_arg(shapes: Mapping[str, tuple[Shape, Shape, Shape]], which: int) -> str:
-    def tensor(name: str) -> str:
-        return f"'{name}'" if ":" in name else name  # trtexec's quoting for names holding ':'
-
-    return ",".join(f"{tensor(n)}:{'x'.join(str(d) for d in s[which])}" for n, s in shapes.items())
-
-
-def trtexec_command(onnx_path: str, engine_path: str, shapes: Mapping[str, tuple[Shape, Shape, Shape]],
-                    strongly_typed: bool = False, tf32: bool = False, timing_cache: str | None = None,
-                    trtexec: str = "trtexec") -> list[str]:
-    """The ``trtexec`` command that builds the engine the in-process builder builds: shapes only for dynamic
-    inputs (trtexec rejects shapes for a static model), ``--stronglyTyped`` as :func:`build_settings` decides (never
-    ``--fp16``: reduced precision comes from the converted graph, and TensorRT 11 has no such flag), ``--noTF32``
-    unless TF32 is allowed, ``--timingCacheFile`` when asked, the same workspace limit (MiB); ``--skipInference``
-    builds only."""
-    cmd = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
-    dynamic = dynamic_profiles(shapes)
-    if dynamic:
-        cmd += [f"--minShapes={_shape_arg(dynamic, 0)}", f"--optShapes={_shape_arg(dynamic, 1)}",
-                f"--maxShapes={_shape_arg(dynamic, 2)}"]
-    if strongly_typed:
-        cmd.append("--stronglyTyped")
-    if not tf32:
-        cmd.append("--noTF32")
-    if timing_cache:
-        cmd.append(f"--timingCacheFile={timing_cache}")
-    cmd += [f"--memPoolSize=workspace:{WORKSPACE_BYTES >> 20}", "--skipInference"]
-    return cmd
-
 
 def engine_cache_key(onnx_digest: str, trt_version: str | None, gpu: Any, flags: Mapping[str, Any]) -> str:
     """Cache key of an engine: the ONNX content, the TensorRT version that builds it (trtexec's own for that
@@ -199,20 +160,6 @@ def timing_cache_key(trt_version: str | None, gpu: Any) -> str:
 
     return make_key("tensorrt-timing-cache", trt_version, gpu)
 
-
-def describe_parser_errors(errors: Iterable[Any], where=lambda node: None) -> str:
-    """TensorRT's ONNX parser errors, one per line with the node and its op; ``where(node name)`` gives the
-    user's source line of a node, when the graph records it."""
-    lines = []
-    for err in errors:
-        node = err.node_name() if hasattr(err, "node_name") else ""
-        op = err.node_operator() if hasattr(err, "node_operator") else ""
-        label = f"node '{node}'" if node else f"node #{err.node()}"
-        lines.append(f"{label} (op {op or '?'}): {err.desc()}")
-        src = where(node) if node else None
-        if src:
-            lines.append(f"  from {short_path(src[0])}:{src[1]}  `{src[2]}`")
-    return "\n".join(lines)
 
 
 def _cuda_device() -> bool:
@@ -313,8 +260,8 @@ class TensorRTBackend(Backend):
 
             builder_process = Runtime("TensorRT", ctx.timeout)
             ctx.cleanup.callback(builder_process.close)
-            build = lambda cfg: builder_process.call(f"{__name__}:build_engine", cfg, "compile")  # noqa: E731
-            open_runtime = lambda cfg: spawned_runtime(ctx, "TensorRT", f"{__name__}:TrtRuntime", cfg)  # noqa: E731
+            build = lambda cfg: builder_process.call(f"{build_engine.__module__}:build_engine", cfg, "compile")  # noqa: E731
+            open_runtime = lambda cfg: spawned_runtime(ctx, "TensorRT", f"{TrtRuntime.__module__}:TrtRuntime", cfg)  # noqa: E731
         else:
             build, open_runtime = build_engine, TrtRuntime
         engine_path = _engine(ctx, config, builder, version, settings, build)
@@ -402,148 +349,6 @@ def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str
         ctx.note("cache_events", list(ctx.cache.events))
     return engine_path
 
-
-def _polygraphy_errors(output: str) -> str:
-    """The error lines Polygraphy's logger printed (TensorRT's errors reach it through its one trt.Logger)."""
-    lines = [ln.strip() for ln in output.splitlines() if ln.lstrip().startswith(("[E]", "[!]"))]
-    return "; ".join(lines[-4:]) or "no error was logged"
-
-
-# ------------------------------------------------------------------------------ where CUDA lives
-# Everything below takes and returns plain data, so the spawned worker process (pytest_deploy.worker.Runtime) can
-# run it: build_engine through Runtime.call, TrtRuntime through Runtime.open.
-
-
-def _shapes(plain: Mapping[str, list]) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """:func:`profile_shapes`' value back from the lists it crosses the worker pipe as."""
-    return {n: (tuple(lo), tuple(opt), tuple(hi)) for n, (lo, opt, hi) in plain.items()}
-
-
-def build_engine(job: dict) -> None:
-    """Build ``job["onnx"]`` into the engine file ``job["engine"]`` with Polygraphy (or trtexec)."""
-    if job["builder"] == "trtexec":
-        _build_trtexec(job)
-    else:
-        _build_python(job)
-
-
-def _build_python(job: dict) -> None:
-    import contextlib
-    import io
-
-    import tensorrt as trt
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, Profile, create_network, get_trt_logger
-    from polygraphy.exception import PolygraphyException
-
-    from .onnx_export import node_source
-
-    onnx_path, timing_path, settings = job["onnx"], job["timing_cache"], job["settings"]
-    shapes = _shapes(job["shapes"])
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        try:
-            builder, network = create_network(strongly_typed=settings["strongly_typed"])
-            parser = trt.OnnxParser(network, get_trt_logger())
-            ok = parser.parse_from_file(onnx_path)  # from the file: external weights are found beside it
-        except PolygraphyException as exc:
-            raise StageError("compile", f"TensorRT cannot create the network: {first_line(exc)} "
-                                        f"({_polygraphy_errors(log.getvalue())})") from None
-        if not ok or parser.num_errors:
-            errors = [parser.get_error(i) for i in range(parser.num_errors)]
-            raise StageError("compile", "TensorRT's ONNX parser rejects the exported graph:\n  "
-                             + (describe_parser_errors(errors, lambda node: node_source(onnx_path, node))
-                                .replace("\n", "\n  ") or "no error was reported"))
-        profile = next(iter(polygraphy_profiles(shapes)), None) or Profile()
-        for i in range(network.num_inputs):
-            tensor = network.get_input(i)
-            if getattr(tensor, "is_shape_tensor", False):  # its values are a shape: the profile bounds the values, not the shape
-                if tensor.name not in job["shape_values"]:
-                    raise StageError("compile", f"TensorRT marks input '{tensor.name}' as a shape tensor; declare it "
-                                                "as a fixed 1-D integer tensor() whose low/high bound its values")
-                lo, opt, hi = job["shape_values"][tensor.name]
-                profile.add(tensor.name, min=lo, opt=opt, max=hi)
-            elif any(d < 0 for d in tensor.shape) and tensor.name not in shapes:
-                raise StageError("compile", f"the ONNX graph's input '{tensor.name}' has dynamic dims "
-                                            f"{tuple(tensor.shape)} but no spec in inputs= names it")
-        config = CreateConfig(profiles=[profile] if len(profile) else None, tf32=settings["tf32"],
-                              memory_pool_limits={trt.MemoryPoolType.WORKSPACE: WORKSPACE_BYTES},
-                              load_timing_cache=timing_path if os.path.exists(timing_path) else None)
-        try:
-            serialized = EngineBytesFromNetwork((builder, network, parser), config=config,
-                                                save_timing_cache=timing_path)()
-        except PolygraphyException as exc:
-            raise StageError("compile", f"TensorRT could not build an engine: {first_line(exc)} "
-                                        f"({_polygraphy_errors(log.getvalue())})") from None
-    try:
-        with open(job["engine"], "wb") as fh:
-            fh.write(serialized)
-    except OSError as exc:
-        raise StageError("save", f"cannot write the engine: {exc}") from None
-
-
-def _build_trtexec(job: dict) -> None:
-    import subprocess
-
-    settings = job["settings"]
-    shapes = _shapes(job["shapes"])
-    cmd = trtexec_command(job["onnx"], job["engine"], shapes, settings["strongly_typed"], settings["tf32"],
-                          job["timing_cache"], job["trtexec"])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not os.path.exists(job["engine"]):
-        output = (proc.stdout + proc.stderr).splitlines()
-        errors = [ln for ln in output if "[E]" in ln] or output[-5:]
-        raise StageError("compile", f"trtexec exits with status {proc.returncode}:\n  " + "\n  ".join(errors[-8:]))
-
-
-class TrtRuntime:
-    """Polygraphy's ``TrtRunner`` on the deserialized engine: it sets the input shapes (and shape-tensor values),
-    and its output allocator sizes every output when TensorRT knows its shape (data-dependent shapes and empty
-    outputs included). ``run(args)`` -> ``[("output[i]", CPU tensor)]`` in the graph's output order."""
-
-    def __init__(self, config: dict) -> None:
-        import contextlib
-        import io
-
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-        from polygraphy.exception import PolygraphyException
-
-        self.declared = list(config["declared"])
-        self.outputs = list(config["outputs"])
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log):
-            try:
-                with open(config["engine"], "rb") as fh:
-                    engine = EngineFromBytes(fh.read())()
-                self.runner = TrtRunner(engine)
-                self.runner.activate()
-            except PolygraphyException as exc:
-                raise StageError("load", f"TensorRT cannot load the engine: {first_line(exc)} "
-                                         f"({_polygraphy_errors(log.getvalue())})") from None
-        self.inputs = list(self.runner.get_input_metadata().keys())
-        self.info = {"inputs": self.inputs}
-
-    def run(self, args) -> list:
-        import contextlib
-        import io
-        from collections import OrderedDict
-
-        import torch
-        from polygraphy.exception import PolygraphyException
-
-        feed = OrderedDict()
-        for pos, name in enumerate(self.inputs):
-            arg = args[self.declared.index(name) if name in self.declared else pos]
-            feed[name] = arg.detach().to("cuda").contiguous() if isinstance(arg, torch.Tensor) else arg
-        out = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out):
-                results = self.runner.infer(feed, copy_outputs_to_host=True)
-        except PolygraphyException as exc:
-            raise StageError("run", f"TensorRT execution fails: {first_line(exc)} "
-                                    f"({_polygraphy_errors(out.getvalue())})") from None
-        order = self.outputs
-        names = sorted(results, key=lambda n: order.index(n) if n in order else len(order))
-        return [(f"output[{i}]", torch.as_tensor(results[n]).cpu()) for i, n in enumerate(names)]
 
 
 __all__ = ["TensorRTBackend", "TrtRuntime", "build_engine", "profile_shapes", "dynamic_profiles",
