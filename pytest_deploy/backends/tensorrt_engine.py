@@ -184,6 +184,9 @@ class TrtRuntime:
     and its output allocator sizes every output when TensorRT knows its shape (data-dependent shapes and empty
     outputs included). ``run(args)`` -> ``[("output[i]", CPU tensor)]`` in the graph's output order."""
 
+    #: where inputs go: TensorRT's device (a shape tensor's values stay on the host, where TensorRT reads them)
+    device = "cuda"
+
     def __init__(self, config: dict) -> None:
         import contextlib
         import io
@@ -214,10 +217,15 @@ class TrtRuntime:
         import torch
         from polygraphy.exception import PolygraphyException
 
+        engine = self.runner.engine
         feed = OrderedDict()
         for pos, name in enumerate(self.inputs):
             arg = args[self.declared.index(name) if name in self.declared else pos]
-            feed[name] = arg.detach().to("cuda").contiguous() if isinstance(arg, torch.Tensor) else arg
+            if isinstance(arg, torch.Tensor):
+                # TrtRunner takes a shape tensor (is_shape_inference_io) from host memory only
+                where = "cpu" if engine.is_shape_inference_io(name) else self.device
+                arg = arg.detach().to(where).contiguous()
+            feed[name] = arg
         out = io.StringIO()
         try:
             with contextlib.redirect_stdout(out):
