@@ -263,12 +263,23 @@ class TensorRTBackend(Backend):
             build = lambda cfg: builder_process.call(f"{build_engine.__module__}:build_engine", cfg, "compile")  # noqa: E731
             open_runtime = lambda cfg: spawned_runtime(ctx, "TensorRT", f"{TrtRuntime.__module__}:TrtRuntime", cfg)  # noqa: E731
         else:
-            build, open_runtime = build_engine, TrtRuntime
+            build, open_runtime = build_engine, _in_process(ctx)
         engine_path = _engine(ctx, config, builder, version, settings, build)
         with ctx.stage("load"):
             runtime = open_runtime({**config, "engine": engine_path})
         ctx.run_examples(lambda args: Leaves(runtime.run(args)), reference=lambda args: Leaves(
             (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
+
+
+def _in_process(ctx):
+    """Opens :class:`TrtRuntime` in this process (``--deploy-isolate=none``), deactivated when the check ends."""
+
+    def open_runtime(config: dict) -> TrtRuntime:
+        runtime = TrtRuntime(config)
+        ctx.cleanup.callback(runtime.close)
+        return runtime
+
+    return open_runtime
 
 
 def _declared(ctx) -> list[str]:

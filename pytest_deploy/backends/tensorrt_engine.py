@@ -182,7 +182,8 @@ def _build_trtexec(job: dict) -> None:
 class TrtRuntime:
     """Polygraphy's ``TrtRunner`` on the deserialized engine: it sets the input shapes (and shape-tensor values),
     and its output allocator sizes every output when TensorRT knows its shape (data-dependent shapes and empty
-    outputs included). ``run(args)`` -> ``[("output[i]", CPU tensor)]`` in the graph's output order."""
+    outputs included). ``run(args)`` -> ``[("output[i]", CPU tensor)]`` in the graph's output order, each a copy
+    (the runner reuses its host buffers on the next run); :meth:`close` deactivates the runner."""
 
     #: where inputs go: TensorRT's device (a shape tensor's values stay on the host, where TensorRT reads them)
     device = "cuda"
@@ -235,7 +236,14 @@ class TrtRuntime:
                                     f"({_polygraphy_errors(out.getvalue())})") from None
         order = self.outputs
         names = sorted(results, key=lambda n: order.index(n) if n in order else len(order))
-        return [(f"output[{i}]", torch.as_tensor(results[n]).cpu()) for i, n in enumerate(names)]
+        # copies: the results are views of the runner's host buffers, which its next infer overwrites
+        return [(f"output[{i}]", torch.as_tensor(results[n]).to("cpu", copy=True)) for i, n in enumerate(names)]
+
+    def close(self) -> None:
+        """Deactivate the runner (frees its execution context, device buffers and stream); once is enough."""
+        runner = getattr(self, "runner", None)
+        if runner is not None and runner.is_active:
+            runner.deactivate()
 
 
 __all__ = ["TrtRuntime", "build_engine", "dynamic_profiles", "polygraphy_profiles", "trtexec_command",

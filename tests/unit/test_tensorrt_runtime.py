@@ -6,12 +6,22 @@ script) and the ONNX export's external-data threshold. TensorRT itself runs in `
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sys
+import textwrap
+import types
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
 
+from pytest_deploy import tensor
+from pytest_deploy.backends import onnx_export
+from pytest_deploy.backends import tensorrt as trt_backend
 from pytest_deploy.backends.tensorrt_engine import TrtRuntime
+from pytest_deploy.spec import InputSpace
 
 polygraphy_array = pytest.importorskip("polygraphy.util.array")
 
@@ -73,3 +83,158 @@ def test_shape_tensor_inputs_stay_on_the_host_and_the_others_go_to_the_device():
     assert feed["target"].device.type == "cpu" and torch.equal(feed["target"], target)
     assert feed["x"].device.type == "meta" and feed["x"].is_contiguous() and feed["x"].shape == (3, 2)
 
+
+def test_outputs_are_copies_the_next_run_does_not_overwrite():
+    rt, runner = runtime()
+    first = rt.run((torch.ones(2),))
+    second = rt.run((torch.ones(2),))
+    assert first[0][0] == "output[0]"
+    assert first[0][1].tolist() == [1.0, 1.0] and second[0][1].tolist() == [2.0, 2.0]
+    assert first[0][1].data_ptr() != runner.host_buffer.data_ptr()
+
+
+def test_close_deactivates_the_runner_once():
+    rt, runner = runtime()
+    rt.close()
+    rt.close()
+    assert runner.deactivations == 1 and not runner.is_active
+
+
+def test_a_spawned_runtime_is_closed_in_its_worker_when_the_runtime_closes(tmp_path, monkeypatch):
+    """Runtime.close ends the worker, which first calls the runtime's close() (TrtRuntime's deactivates its runner)."""
+    from pytest_deploy.worker import Runtime
+
+    (tmp_path / "closing_runtime.py").write_text(textwrap.dedent("""
+        class Closing:
+            def __init__(self, config):
+                self.marker = config["marker"]
+                self.info = {}
+
+            def run(self, args):
+                return []
+
+            def close(self):
+                with open(self.marker, "w") as fh:
+                    fh.write("closed")
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))  # the worker is started with this process's sys.path
+    marker = tmp_path / "closed"
+    worker = Runtime("demo", timeout=120)
+    try:
+        worker.open("closing_runtime:Closing", {"marker": str(marker)})
+        assert not marker.exists()
+    finally:
+        worker.close()
+    assert marker.read_text() == "closed"
+
+
+# ------------------------------------------------------------------------------ the backend's verify, on fakes
+
+
+class FakeCache:
+    """The artifact cache's interface as ``_engine`` uses it, recording which locks are held."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.entries: dict[str, Path] = {}
+        self.held: set[str] = set()
+        self.events: list[str] = []
+
+    @contextlib.contextmanager
+    def lock(self, key: str):
+        assert key not in self.held, f"lock {key} taken twice"
+        self.held.add(key)
+        try:
+            yield
+        finally:
+            self.held.discard(key)
+
+    def lookup(self, key: str) -> Path | None:
+        return self.entries.get(key)
+
+    def store(self, key: str, files: dict) -> Path:
+        entry = self.root / key
+        shutil.rmtree(entry, ignore_errors=True)
+        entry.mkdir(parents=True)
+        for name, source in files.items():
+            shutil.copyfile(source, entry / name)
+        self.entries[key] = entry
+        return entry
+
+
+class FakeCtx:
+    """What ``TensorRTBackend.verify`` uses of a check; ``run_examples`` only keeps the runner it is given."""
+
+    def __init__(self, tmp_path: Path, spawn_runtime: bool, options=None):
+        self.workdir = tmp_path / "work"
+        self.workdir.mkdir()
+        self.options = dict(options or {})
+        self.space = InputSpace.resolve([tensor("batch", 4)], {"batch": (1, 2)}, names=["x"])
+        self.model = torch.nn.Linear(4, 2)
+        self.spawn_runtime = spawn_runtime
+        self.timeout = None
+        self.cleanup = contextlib.ExitStack()
+        self.cache = FakeCache(tmp_path / "cache")
+        self.result = types.SimpleNamespace(cached=False, details={})
+        self.runners: list = []
+
+    def path(self, name: str) -> str:
+        return str(self.workdir / name)
+
+    def note(self, key: str, value) -> None:
+        self.result.details[key] = value
+
+    @contextlib.contextmanager
+    def stage(self, name: str, hint=None):
+        yield
+
+    def run_examples(self, runner, reference=None, record=True) -> None:
+        self.runners.append(runner)
+
+
+@pytest.fixture
+def fake_trt(monkeypatch, tmp_path):
+    """A ``tensorrt`` module holding only its version (all verify reads of it here), and the export replaced by a
+    file: what is under test is what verify does around the build, not TensorRT."""
+    module = types.ModuleType("tensorrt")
+    module.__version__ = "10.3.0"
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"graph")
+    monkeypatch.setattr(trt_backend, "_export", lambda ctx, precision: str(onnx_path))
+    monkeypatch.setattr(trt_backend, "_graph_outputs", lambda path: ["out"])
+    monkeypatch.setattr(onnx_export, "onnx_digest", lambda path: "digest")
+    monkeypatch.setattr(trt_backend, "engine_cache_key", lambda *parts: "engine-key")
+    return module
+
+
+def cached_engine(ctx: FakeCtx) -> None:
+    """An engine already in the artifact cache under the key verify computes."""
+    engine = ctx.workdir.parent / "cached.engine"
+    engine.write_bytes(b"engine")
+    ctx.cache.store("engine-key", {trt_backend.ENGINE: str(engine)})
+
+
+def test_the_in_process_runtime_is_closed_when_the_check_ends(tmp_path, monkeypatch, fake_trt):
+    """--deploy-isolate=none: TrtRuntime lives in pytest's process, and the check's cleanup deactivates it."""
+    opened = []
+
+    class Recording:
+        def __init__(self, config):
+            self.config, self.closed = config, 0
+            opened.append(self)
+
+        def run(self, args):
+            return []
+
+        def close(self):
+            self.closed += 1
+
+    monkeypatch.setattr(trt_backend, "TrtRuntime", Recording)
+    ctx = FakeCtx(tmp_path, spawn_runtime=False)
+    cached_engine(ctx)
+    trt_backend.TensorRTBackend().verify(ctx)
+    assert [r.config["engine"] for r in opened] == [str(ctx.cache.entries["engine-key"] / trt_backend.ENGINE)]
+    assert opened[0].closed == 0
+    ctx.cleanup.close()
+    assert opened[0].closed == 1
