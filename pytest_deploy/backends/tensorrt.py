@@ -24,7 +24,7 @@ import importlib.util
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import StageError
@@ -255,20 +255,38 @@ class TensorRTBackend(Backend):
                   "shape_values": shape_values, "settings": dict(settings), "declared": declared,
                   "outputs": _graph_outputs(onnx_path)}
         if ctx.spawn_runtime:
-            from ..worker import Runtime
             from .base import spawned_runtime
 
-            builder_process = Runtime("TensorRT", ctx.timeout)
-            ctx.cleanup.callback(builder_process.close)
-            build = lambda cfg: builder_process.call(f"{build_engine.__module__}:build_engine", cfg, "compile")  # noqa: E731
             open_runtime = lambda cfg: spawned_runtime(ctx, "TensorRT", f"{TrtRuntime.__module__}:TrtRuntime", cfg)  # noqa: E731
         else:
-            build, open_runtime = build_engine, _in_process(ctx)
-        engine_path = _engine(ctx, config, builder, version, settings, build)
+            open_runtime = _in_process(ctx)
+        engine_path = _engine(ctx, config, builder, version, settings, _builder(ctx))
         with ctx.stage("load"):
             runtime = open_runtime({**config, "engine": engine_path})
         ctx.run_examples(lambda args: Leaves(runtime.run(args)), reference=lambda args: Leaves(
             (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
+
+
+def _builder(ctx) -> Callable[[str, dict], Any]:
+    """``call(function, job)``: one of :mod:`.tensorrt_engine`'s build functions, run where CUDA lives: in the
+    builder's worker process, spawned at the first call (an engine from the artifact cache starts none), or in this
+    process without ``ctx.spawn_runtime``."""
+    from . import tensorrt_engine
+
+    if not ctx.spawn_runtime:
+        return lambda function, job: getattr(tensorrt_engine, function)(job)
+    process = None
+
+    def call(function: str, job: dict) -> Any:
+        nonlocal process
+        if process is None:
+            from ..worker import Runtime
+
+            process = Runtime("TensorRT", ctx.timeout)
+            ctx.cleanup.callback(process.close)
+        return process.call(f"{tensorrt_engine.__name__}:{function}", job, "compile")
+
+    return call
 
 
 def _in_process(ctx):
@@ -321,8 +339,10 @@ def _graph_outputs(path: str) -> list[str]:
     return [o.name for o in onnx.load(path, load_external_data=False).graph.output]
 
 
-def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str, bool], build) -> str:
-    """The engine file: from the artifact cache, or built by ``build(config)`` (in the spawned worker) and stored."""
+def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str, bool],
+            call: Callable[[str, dict], Any]) -> str:
+    """The engine file: from the artifact cache, or built by ``call("build_engine", job)`` (:func:`_builder`) and
+    stored."""
     from ..fingerprint import gpu_environment
     from .onnx_export import onnx_digest
 
@@ -352,7 +372,7 @@ def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str
                     config["onnx"], engine_path, shapes, settings["strongly_typed"], settings["tf32"], timing_path,
                     trtexec)))
             with ctx.stage("compile"):
-                build(job)
+                call("build_engine", job)
             if os.path.exists(timing_path):
                 ctx.cache.store(timing, {TIMING_CACHE: timing_path})
         ctx.cache.store(key, {ENGINE: engine_path})

@@ -238,3 +238,45 @@ def test_the_in_process_runtime_is_closed_when_the_check_ends(tmp_path, monkeypa
     assert opened[0].closed == 0
     ctx.cleanup.close()
     assert opened[0].closed == 1
+
+
+def count_runtimes(monkeypatch) -> list:
+    """Every ``worker.Runtime`` constructed (none starts a process); the runtime's own worker is stubbed apart."""
+    from pytest_deploy import worker
+    from pytest_deploy.backends import base
+
+    made: list = []
+
+    class Counted:
+        def __init__(self, label, timeout=None):
+            made.append(label)
+            self.calls: list = []
+
+        def call(self, function, config, stage):
+            self.calls.append(function)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(worker, "Runtime", Counted)
+    monkeypatch.setattr(base, "spawned_runtime", lambda ctx, label, factory, config: types.SimpleNamespace(
+        factory=factory, config=config))
+    return made
+
+
+def test_an_engine_from_the_cache_spawns_no_builder_process(tmp_path, monkeypatch, fake_trt):
+    made = count_runtimes(monkeypatch)
+    ctx = FakeCtx(tmp_path, spawn_runtime=True)
+    cached_engine(ctx)
+    trt_backend.TensorRTBackend().verify(ctx)
+    assert ctx.result.cached and ctx.runners
+    assert made == []
+
+
+def test_a_build_spawns_one_builder_process(tmp_path, monkeypatch, fake_trt):
+    made = count_runtimes(monkeypatch)
+    ctx = FakeCtx(tmp_path, spawn_runtime=True)
+    (ctx.workdir / trt_backend.ENGINE).write_bytes(b"engine")  # what the (stubbed) builder worker writes
+    trt_backend.TensorRTBackend().verify(ctx)
+    assert made == ["TensorRT"] and not ctx.result.cached
+    assert "engine-key" in ctx.cache.entries
