@@ -365,7 +365,8 @@ def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str
             if cached_timing is not None:
                 shutil.copyfile(cached_timing / TIMING_CACHE, timing_path)
             trtexec = shutil.which("trtexec") or "trtexec"
-            job = {**config, "engine": engine_path, "timing_cache": timing_path, "builder": builder, "trtexec": trtexec}
+            job = {**config, "engine": engine_path, "timing_cache": timing_path, "builder": builder, "trtexec": trtexec,
+                   "timeout": ctx.timeout}
             if builder == "trtexec":
                 shapes = _shapes(config["shapes"])
                 ctx.note("trtexec_command", " ".join(trtexec_command(

@@ -10,7 +10,9 @@ The build's pure parts (profiles, the trtexec command line, parser messages) are
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+import signal
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..errors import StageError
@@ -18,6 +20,8 @@ from ..sources import first_line, short_path
 
 #: Builder workspace limit (``MemoryPoolType.WORKSPACE``).
 WORKSPACE_BYTES = 1 << 30
+#: ``prctl(PR_SET_PDEATHSIG, sig)``: Linux sends ``sig`` to the process when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 Shape = tuple[int, ...]
 
@@ -165,18 +169,69 @@ def _build_python(job: dict) -> None:
         raise StageError("save", f"cannot write the engine: {exc}") from None
 
 
+def _dies_with_parent() -> Callable[[], None]:
+    """What the trtexec child runs between fork and exec: a process group of its own, and on Linux a SIGKILL when
+    its parent dies (``prctl(PR_SET_PDEATHSIG)``, kept across exec), so that a builder worker killed by
+    ``--deploy-timeout`` takes trtexec with it. ``prctl`` is looked up here, before the fork: the child only calls."""
+    parent = os.getpid()
+    prctl, args = None, ()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):  # no libc symbol: trtexec still gets its own group
+            prctl = None
+        args = (ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(*args)
+            if os.getppid() != parent:  # the parent died before the request took hold: follow it now
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return setup
+
+
 def _build_trtexec(job: dict) -> None:
+    """Run trtexec, killed (with its process group) after ``job["timeout"]`` seconds when given, and by the kernel
+    when the process that started it dies."""
     import subprocess
 
     settings = job["settings"]
     shapes = _shapes(job["shapes"])
     cmd = trtexec_command(job["onnx"], job["engine"], shapes, settings["strongly_typed"], settings["tf32"],
                           job["timing_cache"], job["trtexec"])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    timeout = job.get("timeout")
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_dies_with_parent())
+    except OSError as exc:
+        raise StageError("compile", f"cannot start trtexec ({cmd[0]}): {exc}; put TensorRT's bin/ directory on PATH, "
+                                    "or use --deploy-trt-builder=python") from None
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException as exc:  # a timeout, or this process interrupted: trtexec does not outlive the build
+        _kill_group(proc)
+        proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise StageError("compile", f"trtexec did not finish within {timeout:g} s (--deploy-timeout) and was "
+                                        "killed; raise --deploy-timeout for this model") from None
+        raise
     if proc.returncode != 0 or not os.path.exists(job["engine"]):
-        output = (proc.stdout + proc.stderr).splitlines()
+        output = (stdout + stderr).splitlines()
         errors = [ln for ln in output if "[E]" in ln] or output[-5:]
         raise StageError("compile", f"trtexec exits with status {proc.returncode}:\n  " + "\n  ".join(errors[-8:]))
+
+
+def _kill_group(proc) -> None:
+    """SIGKILL ``proc``'s process group (its own, from :func:`_dies_with_parent`); ``proc`` alone if that fails."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        proc.kill()
 
 
 class TrtRuntime:

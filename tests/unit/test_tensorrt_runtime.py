@@ -7,9 +7,14 @@ script) and the ONNX export's external-data threshold. TensorRT itself runs in `
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 import types
 from collections import OrderedDict
 from pathlib import Path
@@ -240,20 +245,21 @@ def test_the_in_process_runtime_is_closed_when_the_check_ends(tmp_path, monkeypa
     assert opened[0].closed == 1
 
 
-def count_runtimes(monkeypatch) -> list:
-    """Every ``worker.Runtime`` constructed (none starts a process); the runtime's own worker is stubbed apart."""
+def count_runtimes(monkeypatch, calls: list | None = None) -> list:
+    """Every ``worker.Runtime`` constructed (none starts a process), its calls kept in ``calls``; the runtime's own
+    worker is stubbed apart."""
     from pytest_deploy import worker
     from pytest_deploy.backends import base
 
     made: list = []
+    calls = [] if calls is None else calls
 
     class Counted:
         def __init__(self, label, timeout=None):
             made.append(label)
-            self.calls: list = []
 
         def call(self, function, config, stage):
-            self.calls.append(function)
+            calls.append((function, config))
 
         def close(self):
             pass
@@ -280,3 +286,88 @@ def test_a_build_spawns_one_builder_process(tmp_path, monkeypatch, fake_trt):
     trt_backend.TensorRTBackend().verify(ctx)
     assert made == ["TensorRT"] and not ctx.result.cached
     assert "engine-key" in ctx.cache.entries
+
+
+# ------------------------------------------------------------------------------ trtexec's process
+
+
+def fake_trtexec(tmp_path: Path, seconds: int) -> tuple[Path, Path]:
+    """A ``trtexec`` that writes its pid and sleeps (``exec``: the pid written is the sleeping process's)."""
+    pidfile = tmp_path / "trtexec.pid"
+    script = tmp_path / "bin" / "trtexec"
+    script.parent.mkdir()
+    script.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep {seconds}\n")
+    script.chmod(0o755)
+    return script, pidfile
+
+
+def trtexec_job(tmp_path: Path, trtexec: Path, timeout=None) -> dict:
+    return {"onnx": str(tmp_path / "model.onnx"), "engine": str(tmp_path / "model.engine"), "shapes": {},
+            "settings": {"strongly_typed": False, "tf32": False}, "timing_cache": str(tmp_path / "timing.cache"),
+            "trtexec": str(trtexec), "timeout": timeout}
+
+
+def wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan waits for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_trtexec_dies_with_the_process_that_started_it(tmp_path):
+    """What --deploy-timeout does to the builder's worker (SIGKILL) must not leave trtexec building on the GPU."""
+    script, pidfile = fake_trtexec(tmp_path, 60)
+    code = ("import json, sys\nfrom pytest_deploy.backends.tensorrt_engine import _build_trtexec\n"
+            "_build_trtexec(json.loads(sys.argv[1]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    parent = subprocess.Popen([sys.executable, "-c", code, json.dumps(trtexec_job(tmp_path, script))], env=env)
+    pid = None
+    try:
+        assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 60), "fake trtexec never started"
+        pid = int(pidfile.read_text())
+        assert running(pid)
+        parent.kill()
+        parent.wait()
+        assert wait_for(lambda: not running(pid), 10), "trtexec outlived the process that started it"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if pid is not None and running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_trtexec_is_killed_at_the_timeout(tmp_path):
+    from pytest_deploy.backends.tensorrt_engine import _build_trtexec
+    from pytest_deploy.errors import StageError
+
+    script, pidfile = fake_trtexec(tmp_path, 20)
+    start = time.monotonic()
+    with pytest.raises(StageError) as info:
+        _build_trtexec(trtexec_job(tmp_path, script, timeout=1))
+    assert time.monotonic() - start < 15
+    assert info.value.stage == "compile"
+    assert "trtexec did not finish within 1 s (--deploy-timeout) and was killed" in info.value.message
+    assert not running(int(pidfile.read_text()))
+
+
+def test_the_build_is_given_the_check_timeout(tmp_path, monkeypatch, fake_trt):
+    calls: list = []
+    count_runtimes(monkeypatch, calls)
+    ctx = FakeCtx(tmp_path, spawn_runtime=True)
+    ctx.timeout = 42.0
+    (ctx.workdir / trt_backend.ENGINE).write_bytes(b"engine")
+    trt_backend.TensorRTBackend().verify(ctx)
+    assert [(function, job["timeout"]) for function, job in calls] == [("pytest_deploy.backends.tensorrt_engine:build_engine", 42.0)]
