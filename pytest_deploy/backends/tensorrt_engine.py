@@ -174,7 +174,8 @@ def _dies_with_parent() -> Callable[[], None]:
     its parent dies (``prctl(PR_SET_PDEATHSIG)``, kept across exec), so that a builder worker killed by
     ``--deploy-timeout`` takes trtexec with it. ``prctl`` is looked up here, before the fork: the child only calls."""
     parent = os.getpid()
-    prctl, args = None, ()
+    prctl: Any = None
+    args: tuple = ()
     if sys.platform.startswith("linux"):
         import ctypes
 
