@@ -342,7 +342,9 @@ def _graph_outputs(path: str) -> list[str]:
 def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str, bool],
             call: Callable[[str, dict], Any]) -> str:
     """The engine file: from the artifact cache, or built by ``call("build_engine", job)`` (:func:`_builder`) and
-    stored."""
+    stored. TensorRT's timing cache, shared by every build with this TensorRT on this GPU, is copied in before the
+    build and stored back after it (:func:`_timing_cache_in`, :func:`_timing_cache_out`); its lock is never held
+    across a build."""
     from ..fingerprint import gpu_environment
     from .onnx_export import onnx_digest
 
@@ -352,35 +354,58 @@ def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str
     key = engine_cache_key(onnx_digest(config["onnx"]), version, gpu, flags)
     ctx.note("cache_key", key[:16])
     ctx.note("trt_profiles", {n: s for n, s in config["shapes"].items() if s[0] != s[2]})
-    with ctx.cache.lock(key):
+    with ctx.cache.lock(key):  # one build per engine: another check needing it waits, then finds it cached
         entry = ctx.cache.lookup(key)
         if entry is not None:
             ctx.result.cached = True
             return str(entry / ENGINE)
         engine_path = ctx.path(ENGINE)
         timing = timing_cache_key(version, gpu)
-        with ctx.cache.lock(timing):
-            cached_timing = ctx.cache.lookup(timing)
-            timing_path = ctx.path(TIMING_CACHE)
-            if cached_timing is not None:
-                shutil.copyfile(cached_timing / TIMING_CACHE, timing_path)
-            trtexec = shutil.which("trtexec") or "trtexec"
-            job = {**config, "engine": engine_path, "timing_cache": timing_path, "builder": builder, "trtexec": trtexec,
-                   "timeout": ctx.timeout}
-            if builder == "trtexec":
-                shapes = _shapes(config["shapes"])
-                ctx.note("trtexec_command", " ".join(trtexec_command(
-                    config["onnx"], engine_path, shapes, settings["strongly_typed"], settings["tf32"], timing_path,
-                    trtexec)))
-            with ctx.stage("compile"):
-                call("build_engine", job)
-            if os.path.exists(timing_path):
-                ctx.cache.store(timing, {TIMING_CACHE: timing_path})
+        timing_path = ctx.path(TIMING_CACHE)
+        copied = _timing_cache_in(ctx, timing, timing_path)
+        trtexec = shutil.which("trtexec") or "trtexec"
+        job = {**config, "engine": engine_path, "timing_cache": timing_path, "builder": builder, "trtexec": trtexec,
+               "timeout": ctx.timeout}
+        if builder == "trtexec":
+            shapes = _shapes(config["shapes"])
+            ctx.note("trtexec_command", " ".join(trtexec_command(
+                config["onnx"], engine_path, shapes, settings["strongly_typed"], settings["tf32"], timing_path,
+                trtexec)))
+        with ctx.stage("compile"):
+            call("build_engine", job)
+        if os.path.exists(timing_path):
+            _timing_cache_out(ctx, timing, timing_path, copied, call)
         ctx.cache.store(key, {ENGINE: engine_path})
     if ctx.cache.events:
         ctx.note("cache_events", list(ctx.cache.events))
     return engine_path
 
+
+def _timing_cache_in(ctx, timing: str, path: str) -> str | None:
+    """Copy the stored timing cache to ``path``, under its lock; the digest of what was copied (None: none was)."""
+    from ..cache import file_digest
+
+    with ctx.cache.lock(timing):
+        stored = ctx.cache.lookup(timing)
+        if stored is None:
+            return None
+        shutil.copyfile(stored / TIMING_CACHE, path)
+    return file_digest(path)
+
+
+def _timing_cache_out(ctx, timing: str, path: str, copied: str | None, call: Callable[[str, dict], Any]) -> None:
+    """Store this build's timing cache (``path``), under its lock. When another build stored one since this one
+    copied it in, that one is merged into ours first (:func:`.tensorrt_engine.merge_timing_cache`, Polygraphy's
+    ``save_timing_cache`` merge), so two concurrent builds each add their timings instead of the last one's
+    replacing the other's."""
+    from ..cache import file_digest
+
+    with ctx.cache.lock(timing):
+        stored = ctx.cache.lookup(timing)
+        if stored is not None and file_digest(stored / TIMING_CACHE) != copied:
+            with ctx.stage("compile"):
+                call("merge_timing_cache", {"into": path, "from": str(stored / TIMING_CACHE)})
+        ctx.cache.store(timing, {TIMING_CACHE: path})
 
 
 __all__ = ["TensorRTBackend", "TrtRuntime", "build_engine", "profile_shapes", "dynamic_profiles",

@@ -1,5 +1,6 @@
 """Where TensorRT and CUDA live, for the ``tensorrt`` backend (:mod:`.tensorrt`): the engine build (Polygraphy's
-loaders, or the ``trtexec`` binary) and :class:`TrtRuntime`, which runs the engine. Everything here takes and returns plain data, so the spawned worker process
+loaders, or the ``trtexec`` binary), the merge of TensorRT's timing cache, and :class:`TrtRuntime`, which runs the
+engine. Everything here takes and returns plain data, so the spawned worker process
 (:class:`pytest_deploy.worker.Runtime`) can run it: the build functions through ``Runtime.call``, ``TrtRuntime``
 through ``Runtime.open``; under ``--deploy-isolate=none`` they run in pytest's process.
 
@@ -235,6 +236,37 @@ def _kill_group(proc) -> None:
         proc.kill()
 
 
+def merge_timing_cache(job: dict) -> None:
+    """Merge the timing cache file ``job["from"]`` (another build's, stored while this one ran) into
+    ``job["into"]`` (this build's), as Polygraphy's ``EngineBytesFromNetwork(save_timing_cache=)`` merges the cache
+    it saves into the file already there: under Polygraphy's ``LockFile``, ``ITimingCache.combine`` with
+    ``ignore_mismatch=True``. A cache this TensorRT cannot read (trtexec's, from another TensorRT) is not merged,
+    as Polygraphy skips an unreadable previous cache: ``job["into"]`` then stays as it is."""
+    import contextlib
+    import io
+
+    import tensorrt as trt
+    from polygraphy import util
+    from polygraphy.backend.trt import get_trt_logger
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder = trt.Builder(get_trt_logger())
+        config = builder.create_builder_config()
+
+        def read(path: str):
+            try:
+                return config.create_timing_cache(util.load_file(path))
+            except Exception:
+                return None
+
+        with util.LockFile(job["into"]):
+            ours, theirs = read(job["into"]), read(job["from"])
+            if not ours or theirs is None or not ours.combine(theirs, ignore_mismatch=True):
+                return
+            with ours.serialize() as buffer:
+                util.save_file(buffer, job["into"], description="tactic timing cache")
+
+
 class TrtRuntime:
     """Polygraphy's ``TrtRunner`` on the deserialized engine: it sets the input shapes (and shape-tensor values),
     and its output allocator sizes every output when TensorRT knows its shape (data-dependent shapes and empty
@@ -302,5 +334,5 @@ class TrtRuntime:
             runner.deactivate()
 
 
-__all__ = ["TrtRuntime", "build_engine", "dynamic_profiles", "polygraphy_profiles", "trtexec_command",
-           "describe_parser_errors", "WORKSPACE_BYTES"]
+__all__ = ["TrtRuntime", "build_engine", "merge_timing_cache", "dynamic_profiles", "polygraphy_profiles",
+           "trtexec_command", "describe_parser_errors", "WORKSPACE_BYTES"]

@@ -371,3 +371,79 @@ def test_the_build_is_given_the_check_timeout(tmp_path, monkeypatch, fake_trt):
     (ctx.workdir / trt_backend.ENGINE).write_bytes(b"engine")
     trt_backend.TensorRTBackend().verify(ctx)
     assert [(function, job["timeout"]) for function, job in calls] == [("pytest_deploy.backends.tensorrt_engine:build_engine", 42.0)]
+
+
+# ------------------------------------------------------------------------------ the timing cache
+
+
+class TimingBuilds:
+    """Stands in for the builder worker: ``build_engine`` loads the timing cache it is given and saves it with this
+    build's timing added (as ``load_timing_cache=`` / ``save_timing_cache=`` do), a timing cache being a set of lines
+    here; ``merge_timing_cache`` unites two such sets (as ``ITimingCache.combine`` does). ``during_build`` runs
+    inside the build: another check's build finishing meanwhile."""
+
+    def __init__(self, ctx: FakeCtx, timing: str, during_build=None):
+        self.ctx, self.timing, self.during_build = ctx, timing, during_build
+        self.calls: list = []
+        self.held_during_build: list = []
+
+    def __call__(self, function: str, job: dict) -> None:
+        self.calls.append((function, dict(job)))
+        if function == "build_engine":
+            self.held_during_build.append(set(self.ctx.cache.held))
+            if self.during_build:
+                self.during_build()
+            Path(job["engine"]).write_bytes(b"engine")
+            write_timings(job["timing_cache"], read_timings(job["timing_cache"]) | {"this build"})
+        elif function == "merge_timing_cache":
+            write_timings(job["into"], read_timings(job["into"]) | read_timings(job["from"]))
+
+
+def read_timings(path) -> set[str]:
+    return set(Path(path).read_text().split("\n")) - {""} if Path(path).exists() else set()
+
+
+def write_timings(path, timings: set[str]) -> None:
+    Path(path).write_text("\n".join(sorted(timings)))
+
+
+def build_engine_with_timings(tmp_path, during_build=None, stored: set[str] | None = None):
+    from pytest_deploy.fingerprint import gpu_environment
+
+    ctx = FakeCtx(tmp_path, spawn_runtime=True)
+    timing = trt_backend.timing_cache_key("10.3.0", gpu_environment())
+    if stored is not None:
+        write_timings(tmp_path / "stored.cache", stored)
+        ctx.cache.store(timing, {trt_backend.TIMING_CACHE: str(tmp_path / "stored.cache")})
+    builds = TimingBuilds(ctx, timing, during_build and (lambda: during_build(ctx, timing)))
+    config = {"onnx": str(tmp_path / "model.onnx"), "shapes": {}, "shape_values": {}}
+    engine = trt_backend._engine(ctx, config, "python", "10.3.0", {"strongly_typed": False, "tf32": False}, builds)
+    return ctx, timing, builds, engine
+
+
+def test_the_timing_cache_lock_is_not_held_while_the_engine_builds(tmp_path, fake_trt):
+    """Held across the build, it serialised every build with this TensorRT on this GPU, unbounded by the timeout."""
+    ctx, timing, builds, engine = build_engine_with_timings(tmp_path, stored={"earlier build"})
+    assert builds.held_during_build == [{"engine-key"}]  # the engine's own lock only: one build per engine
+    assert read_timings(ctx.cache.entries[timing] / trt_backend.TIMING_CACHE) == {"earlier build", "this build"}
+    assert [function for function, _ in builds.calls] == ["build_engine"]  # the stored cache was unchanged
+    assert Path(engine).read_bytes() == b"engine" and not ctx.cache.held
+
+
+def test_a_timing_cache_stored_during_the_build_is_merged_not_overwritten(tmp_path, fake_trt):
+    def another_build_finishes(ctx, timing):
+        write_timings(tmp_path / "other.cache", {"earlier build", "another build"})
+        with ctx.cache.lock(timing):  # free during the build
+            ctx.cache.store(timing, {trt_backend.TIMING_CACHE: str(tmp_path / "other.cache")})
+
+    ctx, timing, builds, _ = build_engine_with_timings(tmp_path, another_build_finishes, stored={"earlier build"})
+    stored = ctx.cache.entries[timing] / trt_backend.TIMING_CACHE
+    assert read_timings(stored) == {"earlier build", "another build", "this build"}
+    merges = [job for function, job in builds.calls if function == "merge_timing_cache"]
+    assert merges == [{"into": ctx.path(trt_backend.TIMING_CACHE), "from": str(stored)}]
+
+
+def test_the_first_build_stores_its_timing_cache(tmp_path, fake_trt):
+    ctx, timing, builds, _ = build_engine_with_timings(tmp_path)
+    assert read_timings(ctx.cache.entries[timing] / trt_backend.TIMING_CACHE) == {"this build"}
+    assert [function for function, _ in builds.calls] == ["build_engine"]
