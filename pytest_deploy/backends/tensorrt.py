@@ -308,10 +308,11 @@ def _declared(ctx) -> list[str]:
 
 def _export(ctx, precision: str) -> str:
     """The model as ONNX, exported exactly as the onnx backend exports it (and converted as it converts it)."""
-    from .onnx_export import EXTERNAL_DATA_THRESHOLD, export_dynamo, weight_bytes
+    from .onnx_export import export_dynamo, external_data
 
     path = ctx.path("model.onnx")
-    external = weight_bytes(ctx.model) > EXTERNAL_DATA_THRESHOLD
+    external = external_data(ctx)  # the onnx backend's rule, its onnx_external_data_threshold option included
+    ctx.note("onnx_external_data", external)
     export_dynamo(ctx, path, ctx.options.get("onnx_opset"), external)
     if precision == "fp32":
         return path

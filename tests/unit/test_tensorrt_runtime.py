@@ -447,3 +447,25 @@ def test_the_first_build_stores_its_timing_cache(tmp_path, fake_trt):
     ctx, timing, builds, _ = build_engine_with_timings(tmp_path)
     assert read_timings(ctx.cache.entries[timing] / trt_backend.TIMING_CACHE) == {"this build"}
     assert [function for function, _ in builds.calls] == ["build_engine"]
+
+
+# ------------------------------------------------------------------------------ the export's external data
+
+
+def test_external_data_follows_the_onnx_threshold_option(tmp_path):
+    ctx = FakeCtx(tmp_path, spawn_runtime=False)  # a Linear(4, 2): 40 bytes of weights
+    assert not onnx_export.external_data(ctx)  # 2 GiB by default
+    ctx.options["onnx_external_data_threshold"] = 40
+    assert not onnx_export.external_data(ctx)
+    ctx.options["onnx_external_data_threshold"] = 39
+    assert onnx_export.external_data(ctx)
+
+
+@pytest.mark.parametrize("threshold, external", [(None, False), (1, True)])
+def test_tensorrt_exports_with_the_onnx_backends_threshold(tmp_path, monkeypatch, threshold, external):
+    saved = []
+    monkeypatch.setattr(onnx_export, "export_dynamo", lambda ctx, path, opset, external: saved.append(external))
+    options = {} if threshold is None else {"onnx_external_data_threshold": threshold}
+    ctx = FakeCtx(tmp_path, spawn_runtime=False, options=options)
+    assert trt_backend._export(ctx, "fp32") == ctx.path("model.onnx")
+    assert saved == [external] and ctx.result.details["onnx_external_data"] is external
