@@ -133,7 +133,8 @@ class Worker:
 class Runtime:
     """A backend's runtime in a fresh interpreter: ``factory`` (``"package.module:function"``, importable there) is
     called with ``config`` (plain data: paths, settings, names) and returns an object whose ``run(args)`` gives
-    ``[(path, tensor), ...]`` on the CPU. :meth:`call` runs a plain function there (an engine build).
+    ``[(path, tensor), ...]`` on the CPU, and whose ``close()``, if it has one, the worker calls when :meth:`close`
+    ends it. :meth:`call` runs a plain function there (an engine build).
 
     Every failure is a :class:`~pytest_deploy.errors.StageError` of the stage it happened in: an error raised
     there (a ``StageError`` keeps its own stage), a worker that died (the signal is named) or one that did not
@@ -218,7 +219,8 @@ def _serve(req_fd: int, rep_fd: int) -> None:
     while True:
         try:
             request = _recv(requests)
-        except EOFError:
+        except EOFError:  # the parent closed the runtime
+            _close(runtime)
             return
         try:
             op = request["op"]
@@ -247,6 +249,7 @@ def _serve(req_fd: int, rep_fd: int) -> None:
                 if op == "call":
                     reply = {"ok": True, "value": value}
                 else:
+                    _close(runtime)
                     runtime = value
                     reply = {"ok": True, "info": dict(getattr(runtime, "info", None) or {})}
             elif op == "run_runtime":
@@ -258,6 +261,18 @@ def _serve(req_fd: int, rep_fd: int) -> None:
         except Exception as exc:
             reply = _error_reply(exc)
         _send(replies, reply)
+
+
+def _close(runtime: Any) -> None:
+    """Call the runtime's ``close()``, when it has one (it frees device memory, a runner's context); a failure there
+    goes to the worker's log, the check's outcome is already known."""
+    close = getattr(runtime, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:
+        traceback.print_exc()
 
 
 def _import(target: str) -> Any:

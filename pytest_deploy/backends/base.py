@@ -173,7 +173,8 @@ class Backend:
 def spawned_runtime(ctx: Check, label: str, factory: str, config: dict) -> Any:
     """A runtime opened in a fresh interpreter (:class:`pytest_deploy.worker.Runtime`): ``factory``
     (``"package.module:Class"``) is called there with ``config`` (plain data) and must return an object with
-    ``run(args) -> [(path, tensor)]`` and an ``info`` dict. The worker is closed when the check ends; a crash in it
+    ``run(args) -> [(path, tensor)]`` and an ``info`` dict (and may have ``close()``, called in the worker when it
+    is closed). The worker is closed when the check ends; a crash in it
     fails this check at the stage it happened in. Call it inside ``ctx.stage(...)``."""
     from ..worker import Runtime
 

@@ -25,12 +25,11 @@ from ..tensors import clone_args, from_numpy, is_tensor, to_numpy
 from .base import Backend, quiet_torch_logs, spawned_runtime
 from .onnx_export import (
     EXPORTERS,
-    EXTERNAL_DATA_THRESHOLD,
     export_dynamo,
     export_torchscript,
+    external_data,
     input_names,
     node_source,
-    weight_bytes,
 )
 
 _PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2
@@ -65,10 +64,8 @@ class OnnxBackend(Backend):
         if exporter not in EXPORTERS:
             raise StageError("export", f"unknown ONNX exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
         opset = ctx.options.get("onnx_opset")
-        threshold = ctx.options.get("onnx_external_data_threshold")
-        threshold = EXTERNAL_DATA_THRESHOLD if threshold is None else threshold
         raw_path = ctx.path("model.onnx")
-        external = weight_bytes(ctx.model) > threshold
+        external = external_data(ctx)
         ctx.note("onnx_exporter", exporter)
         ctx.note("onnx_external_data", external)
         if exporter == "dynamo":

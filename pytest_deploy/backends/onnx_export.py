@@ -24,6 +24,14 @@ def weight_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
+def external_data(ctx) -> bool:
+    """Whether the check's graph is saved with its weights in a separate ``.data`` file: the model's weights are
+    over the ``onnx_external_data_threshold`` backend option (bytes; :data:`EXTERNAL_DATA_THRESHOLD` when unset).
+    One rule for every backend that exports ONNX (onnx, tensorrt)."""
+    threshold = ctx.options.get("onnx_external_data_threshold")
+    return weight_bytes(ctx.model) > (EXTERNAL_DATA_THRESHOLD if threshold is None else threshold)
+
+
 def export_dynamo(ctx, path: str, opset: int | None, external: bool) -> None:
     onnx_program = dynamo_program(ctx, export_program(ctx), opset)
     with ctx.stage("save"), quiet_torch_logs():

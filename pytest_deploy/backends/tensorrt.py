@@ -15,7 +15,7 @@ onnx backend verifies through ONNX Runtime) and built strongly typed, on TensorR
 the float32 graph, with TF32 off unless ``--deploy-trt-tf32``.
 
 Everything above the backend class is pure (no TensorRT, no torch) and unit-tested; the class needs TensorRT,
-Polygraphy and a CUDA device.
+Polygraphy and a CUDA device. What runs where CUDA lives (the build, the runtime) is in :mod:`.tensorrt_engine`.
 """
 
 from __future__ import annotations
@@ -24,21 +24,28 @@ import importlib.util
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import StageError
-from ..sources import first_line, short_path
+from ..sources import first_line
 from .base import Backend
+from .tensorrt_engine import (
+    WORKSPACE_BYTES,
+    Shape,
+    TrtRuntime,
+    _shapes,
+    build_engine,
+    describe_parser_errors,
+    dynamic_profiles,
+    polygraphy_profiles,
+    trtexec_command,
+)
 
 INSTALL_HINT = 'pip install "pytest-deploy[tensorrt]" (tensorrt and polygraphy) on a machine with an NVIDIA GPU and CUDA'
 BUILDERS = ("python", "trtexec")
-#: Builder workspace limit (``MemoryPoolType.WORKSPACE``).
-WORKSPACE_BYTES = 1 << 30
 ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"
-
-Shape = tuple[int, ...]
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -71,10 +78,6 @@ def profile_shapes(space) -> dict[str, tuple[Shape, Shape, Shape]]:
     return out
 
 
-def dynamic_profiles(shapes: Mapping[str, tuple[Shape, Shape, Shape]]) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """The inputs whose shape varies (min != max): the ones an optimization profile must cover."""
-    return {name: s for name, s in shapes.items() if s[0] != s[2]}
-
 
 def trt_major(version: str | None) -> int | None:
     """The major version of a TensorRT version string (``"11.4.0.13"`` -> 11); None when unreadable."""
@@ -89,19 +92,6 @@ def build_settings(trt_version: str | None, precision: str = "fp32", tf32: bool 
     major = trt_major(trt_version) or 10
     return {"strongly_typed": major >= 11 or precision != "fp32", "tf32": bool(tf32)}
 
-
-def polygraphy_profiles(shapes: Mapping[str, tuple[Shape, Shape, Shape]]) -> list:
-    """One Polygraphy ``Profile`` covering every dynamic input (min, opt, max as :func:`profile_shapes` gives them);
-    an empty list for a static graph (TensorRT then needs none)."""
-    from polygraphy.backend.trt import Profile
-
-    dynamic = dynamic_profiles(shapes)
-    if not dynamic:
-        return []
-    profile = Profile()
-    for name, (lo, opt, hi) in dynamic.items():
-        profile.add(name, min=lo, opt=opt, max=hi)
-    return [profile]
 
 
 def shape_tensor_values(space, name: str) -> tuple[list[int], list[int], list[int]]:
@@ -155,35 +145,6 @@ def trtexec_version(trtexec: str = "trtexec") -> str | None:
     return parse_trtexec_version(proc.stdout + proc.stderr)
 
 
-def _shape_arg(shapes: Mapping[str, tuple[Shape, Shape, Shape]], which: int) -> str:
-    def tensor(name: str) -> str:
-        return f"'{name}'" if ":" in name else name  # trtexec's quoting for names holding ':'
-
-    return ",".join(f"{tensor(n)}:{'x'.join(str(d) for d in s[which])}" for n, s in shapes.items())
-
-
-def trtexec_command(onnx_path: str, engine_path: str, shapes: Mapping[str, tuple[Shape, Shape, Shape]],
-                    strongly_typed: bool = False, tf32: bool = False, timing_cache: str | None = None,
-                    trtexec: str = "trtexec") -> list[str]:
-    """The ``trtexec`` command that builds the engine the in-process builder builds: shapes only for dynamic
-    inputs (trtexec rejects shapes for a static model), ``--stronglyTyped`` as :func:`build_settings` decides (never
-    ``--fp16``: reduced precision comes from the converted graph, and TensorRT 11 has no such flag), ``--noTF32``
-    unless TF32 is allowed, ``--timingCacheFile`` when asked, the same workspace limit (MiB); ``--skipInference``
-    builds only."""
-    cmd = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
-    dynamic = dynamic_profiles(shapes)
-    if dynamic:
-        cmd += [f"--minShapes={_shape_arg(dynamic, 0)}", f"--optShapes={_shape_arg(dynamic, 1)}",
-                f"--maxShapes={_shape_arg(dynamic, 2)}"]
-    if strongly_typed:
-        cmd.append("--stronglyTyped")
-    if not tf32:
-        cmd.append("--noTF32")
-    if timing_cache:
-        cmd.append(f"--timingCacheFile={timing_cache}")
-    cmd += [f"--memPoolSize=workspace:{WORKSPACE_BYTES >> 20}", "--skipInference"]
-    return cmd
-
 
 def engine_cache_key(onnx_digest: str, trt_version: str | None, gpu: Any, flags: Mapping[str, Any]) -> str:
     """Cache key of an engine: the ONNX content, the TensorRT version that builds it (trtexec's own for that
@@ -199,20 +160,6 @@ def timing_cache_key(trt_version: str | None, gpu: Any) -> str:
 
     return make_key("tensorrt-timing-cache", trt_version, gpu)
 
-
-def describe_parser_errors(errors: Iterable[Any], where=lambda node: None) -> str:
-    """TensorRT's ONNX parser errors, one per line with the node and its op; ``where(node name)`` gives the
-    user's source line of a node, when the graph records it."""
-    lines = []
-    for err in errors:
-        node = err.node_name() if hasattr(err, "node_name") else ""
-        op = err.node_operator() if hasattr(err, "node_operator") else ""
-        label = f"node '{node}'" if node else f"node #{err.node()}"
-        lines.append(f"{label} (op {op or '?'}): {err.desc()}")
-        src = where(node) if node else None
-        if src:
-            lines.append(f"  from {short_path(src[0])}:{src[1]}  `{src[2]}`")
-    return "\n".join(lines)
 
 
 def _cuda_device() -> bool:
@@ -308,20 +255,49 @@ class TensorRTBackend(Backend):
                   "shape_values": shape_values, "settings": dict(settings), "declared": declared,
                   "outputs": _graph_outputs(onnx_path)}
         if ctx.spawn_runtime:
-            from ..worker import Runtime
             from .base import spawned_runtime
 
-            builder_process = Runtime("TensorRT", ctx.timeout)
-            ctx.cleanup.callback(builder_process.close)
-            build = lambda cfg: builder_process.call(f"{__name__}:build_engine", cfg, "compile")  # noqa: E731
-            open_runtime = lambda cfg: spawned_runtime(ctx, "TensorRT", f"{__name__}:TrtRuntime", cfg)  # noqa: E731
+            open_runtime = lambda cfg: spawned_runtime(ctx, "TensorRT", f"{TrtRuntime.__module__}:TrtRuntime", cfg)  # noqa: E731
         else:
-            build, open_runtime = build_engine, TrtRuntime
-        engine_path = _engine(ctx, config, builder, version, settings, build)
+            open_runtime = _in_process(ctx)
+        engine_path = _engine(ctx, config, builder, version, settings, _builder(ctx))
         with ctx.stage("load"):
             runtime = open_runtime({**config, "engine": engine_path})
         ctx.run_examples(lambda args: Leaves(runtime.run(args)), reference=lambda args: Leaves(
             (p, v) for p, v in flatten(ctx.recorded_eager(args)) if hasattr(v, "dtype")))
+
+
+def _builder(ctx) -> Callable[[str, dict], Any]:
+    """``call(function, job)``: one of :mod:`.tensorrt_engine`'s build functions, run where CUDA lives: in the
+    builder's worker process, spawned at the first call (an engine from the artifact cache starts none), or in this
+    process without ``ctx.spawn_runtime``."""
+    from . import tensorrt_engine
+
+    if not ctx.spawn_runtime:
+        return lambda function, job: getattr(tensorrt_engine, function)(job)
+    process = None
+
+    def call(function: str, job: dict) -> Any:
+        nonlocal process
+        if process is None:
+            from ..worker import Runtime
+
+            process = Runtime("TensorRT", ctx.timeout)
+            ctx.cleanup.callback(process.close)
+        return process.call(f"{tensorrt_engine.__name__}:{function}", job, "compile")
+
+    return call
+
+
+def _in_process(ctx):
+    """Opens :class:`TrtRuntime` in this process (``--deploy-isolate=none``), deactivated when the check ends."""
+
+    def open_runtime(config: dict) -> TrtRuntime:
+        runtime = TrtRuntime(config)
+        ctx.cleanup.callback(runtime.close)
+        return runtime
+
+    return open_runtime
 
 
 def _declared(ctx) -> list[str]:
@@ -332,10 +308,11 @@ def _declared(ctx) -> list[str]:
 
 def _export(ctx, precision: str) -> str:
     """The model as ONNX, exported exactly as the onnx backend exports it (and converted as it converts it)."""
-    from .onnx_export import EXTERNAL_DATA_THRESHOLD, export_dynamo, weight_bytes
+    from .onnx_export import export_dynamo, external_data
 
     path = ctx.path("model.onnx")
-    external = weight_bytes(ctx.model) > EXTERNAL_DATA_THRESHOLD
+    external = external_data(ctx)  # the onnx backend's rule, its onnx_external_data_threshold option included
+    ctx.note("onnx_external_data", external)
     export_dynamo(ctx, path, ctx.options.get("onnx_opset"), external)
     if precision == "fp32":
         return path
@@ -363,8 +340,12 @@ def _graph_outputs(path: str) -> list[str]:
     return [o.name for o in onnx.load(path, load_external_data=False).graph.output]
 
 
-def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str, bool], build) -> str:
-    """The engine file: from the artifact cache, or built by ``build(config)`` (in the spawned worker) and stored."""
+def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str, bool],
+            call: Callable[[str, dict], Any]) -> str:
+    """The engine file: from the artifact cache, or built by ``call("build_engine", job)`` (:func:`_builder`) and
+    stored. TensorRT's timing cache, shared by every build with this TensorRT on this GPU, is copied in before the
+    build and stored back after it (:func:`_timing_cache_in`, :func:`_timing_cache_out`); its lock is never held
+    across a build."""
     from ..fingerprint import gpu_environment
     from .onnx_export import onnx_digest
 
@@ -374,176 +355,58 @@ def _engine(ctx, config: dict, builder: str, version: str, settings: Mapping[str
     key = engine_cache_key(onnx_digest(config["onnx"]), version, gpu, flags)
     ctx.note("cache_key", key[:16])
     ctx.note("trt_profiles", {n: s for n, s in config["shapes"].items() if s[0] != s[2]})
-    with ctx.cache.lock(key):
+    with ctx.cache.lock(key):  # one build per engine: another check needing it waits, then finds it cached
         entry = ctx.cache.lookup(key)
         if entry is not None:
             ctx.result.cached = True
             return str(entry / ENGINE)
         engine_path = ctx.path(ENGINE)
         timing = timing_cache_key(version, gpu)
-        with ctx.cache.lock(timing):
-            cached_timing = ctx.cache.lookup(timing)
-            timing_path = ctx.path(TIMING_CACHE)
-            if cached_timing is not None:
-                shutil.copyfile(cached_timing / TIMING_CACHE, timing_path)
-            trtexec = shutil.which("trtexec") or "trtexec"
-            job = {**config, "engine": engine_path, "timing_cache": timing_path, "builder": builder, "trtexec": trtexec}
-            if builder == "trtexec":
-                shapes = _shapes(config["shapes"])
-                ctx.note("trtexec_command", " ".join(trtexec_command(
-                    config["onnx"], engine_path, shapes, settings["strongly_typed"], settings["tf32"], timing_path,
-                    trtexec)))
-            with ctx.stage("compile"):
-                build(job)
-            if os.path.exists(timing_path):
-                ctx.cache.store(timing, {TIMING_CACHE: timing_path})
+        timing_path = ctx.path(TIMING_CACHE)
+        copied = _timing_cache_in(ctx, timing, timing_path)
+        trtexec = shutil.which("trtexec") or "trtexec"
+        job = {**config, "engine": engine_path, "timing_cache": timing_path, "builder": builder, "trtexec": trtexec,
+               "timeout": ctx.timeout}
+        if builder == "trtexec":
+            shapes = _shapes(config["shapes"])
+            ctx.note("trtexec_command", " ".join(trtexec_command(
+                config["onnx"], engine_path, shapes, settings["strongly_typed"], settings["tf32"], timing_path,
+                trtexec)))
+        with ctx.stage("compile"):
+            call("build_engine", job)
+        if os.path.exists(timing_path):
+            _timing_cache_out(ctx, timing, timing_path, copied, call)
         ctx.cache.store(key, {ENGINE: engine_path})
     if ctx.cache.events:
         ctx.note("cache_events", list(ctx.cache.events))
     return engine_path
 
 
-def _polygraphy_errors(output: str) -> str:
-    """The error lines Polygraphy's logger printed (TensorRT's errors reach it through its one trt.Logger)."""
-    lines = [ln.strip() for ln in output.splitlines() if ln.lstrip().startswith(("[E]", "[!]"))]
-    return "; ".join(lines[-4:]) or "no error was logged"
+def _timing_cache_in(ctx, timing: str, path: str) -> str | None:
+    """Copy the stored timing cache to ``path``, under its lock; the digest of what was copied (None: none was)."""
+    from ..cache import file_digest
+
+    with ctx.cache.lock(timing):
+        stored = ctx.cache.lookup(timing)
+        if stored is None:
+            return None
+        shutil.copyfile(stored / TIMING_CACHE, path)
+    return file_digest(path)
 
 
-# ------------------------------------------------------------------------------ where CUDA lives
-# Everything below takes and returns plain data, so the spawned worker process (pytest_deploy.worker.Runtime) can
-# run it: build_engine through Runtime.call, TrtRuntime through Runtime.open.
+def _timing_cache_out(ctx, timing: str, path: str, copied: str | None, call: Callable[[str, dict], Any]) -> None:
+    """Store this build's timing cache (``path``), under its lock. When another build stored one since this one
+    copied it in, that one is merged into ours first (:func:`.tensorrt_engine.merge_timing_cache`, Polygraphy's
+    ``save_timing_cache`` merge), so two concurrent builds each add their timings instead of the last one's
+    replacing the other's."""
+    from ..cache import file_digest
 
-
-def _shapes(plain: Mapping[str, list]) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """:func:`profile_shapes`' value back from the lists it crosses the worker pipe as."""
-    return {n: (tuple(lo), tuple(opt), tuple(hi)) for n, (lo, opt, hi) in plain.items()}
-
-
-def build_engine(job: dict) -> None:
-    """Build ``job["onnx"]`` into the engine file ``job["engine"]`` with Polygraphy (or trtexec)."""
-    if job["builder"] == "trtexec":
-        _build_trtexec(job)
-    else:
-        _build_python(job)
-
-
-def _build_python(job: dict) -> None:
-    import contextlib
-    import io
-
-    import tensorrt as trt
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, Profile, create_network, get_trt_logger
-    from polygraphy.exception import PolygraphyException
-
-    from .onnx_export import node_source
-
-    onnx_path, timing_path, settings = job["onnx"], job["timing_cache"], job["settings"]
-    shapes = _shapes(job["shapes"])
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        try:
-            builder, network = create_network(strongly_typed=settings["strongly_typed"])
-            parser = trt.OnnxParser(network, get_trt_logger())
-            ok = parser.parse_from_file(onnx_path)  # from the file: external weights are found beside it
-        except PolygraphyException as exc:
-            raise StageError("compile", f"TensorRT cannot create the network: {first_line(exc)} "
-                                        f"({_polygraphy_errors(log.getvalue())})") from None
-        if not ok or parser.num_errors:
-            errors = [parser.get_error(i) for i in range(parser.num_errors)]
-            raise StageError("compile", "TensorRT's ONNX parser rejects the exported graph:\n  "
-                             + (describe_parser_errors(errors, lambda node: node_source(onnx_path, node))
-                                .replace("\n", "\n  ") or "no error was reported"))
-        profile = next(iter(polygraphy_profiles(shapes)), None) or Profile()
-        for i in range(network.num_inputs):
-            tensor = network.get_input(i)
-            if getattr(tensor, "is_shape_tensor", False):  # its values are a shape: the profile bounds the values, not the shape
-                if tensor.name not in job["shape_values"]:
-                    raise StageError("compile", f"TensorRT marks input '{tensor.name}' as a shape tensor; declare it "
-                                                "as a fixed 1-D integer tensor() whose low/high bound its values")
-                lo, opt, hi = job["shape_values"][tensor.name]
-                profile.add(tensor.name, min=lo, opt=opt, max=hi)
-            elif any(d < 0 for d in tensor.shape) and tensor.name not in shapes:
-                raise StageError("compile", f"the ONNX graph's input '{tensor.name}' has dynamic dims "
-                                            f"{tuple(tensor.shape)} but no spec in inputs= names it")
-        config = CreateConfig(profiles=[profile] if len(profile) else None, tf32=settings["tf32"],
-                              memory_pool_limits={trt.MemoryPoolType.WORKSPACE: WORKSPACE_BYTES},
-                              load_timing_cache=timing_path if os.path.exists(timing_path) else None)
-        try:
-            serialized = EngineBytesFromNetwork((builder, network, parser), config=config,
-                                                save_timing_cache=timing_path)()
-        except PolygraphyException as exc:
-            raise StageError("compile", f"TensorRT could not build an engine: {first_line(exc)} "
-                                        f"({_polygraphy_errors(log.getvalue())})") from None
-    try:
-        with open(job["engine"], "wb") as fh:
-            fh.write(serialized)
-    except OSError as exc:
-        raise StageError("save", f"cannot write the engine: {exc}") from None
-
-
-def _build_trtexec(job: dict) -> None:
-    import subprocess
-
-    settings = job["settings"]
-    shapes = _shapes(job["shapes"])
-    cmd = trtexec_command(job["onnx"], job["engine"], shapes, settings["strongly_typed"], settings["tf32"],
-                          job["timing_cache"], job["trtexec"])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not os.path.exists(job["engine"]):
-        output = (proc.stdout + proc.stderr).splitlines()
-        errors = [ln for ln in output if "[E]" in ln] or output[-5:]
-        raise StageError("compile", f"trtexec exits with status {proc.returncode}:\n  " + "\n  ".join(errors[-8:]))
-
-
-class TrtRuntime:
-    """Polygraphy's ``TrtRunner`` on the deserialized engine: it sets the input shapes (and shape-tensor values),
-    and its output allocator sizes every output when TensorRT knows its shape (data-dependent shapes and empty
-    outputs included). ``run(args)`` -> ``[("output[i]", CPU tensor)]`` in the graph's output order."""
-
-    def __init__(self, config: dict) -> None:
-        import contextlib
-        import io
-
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-        from polygraphy.exception import PolygraphyException
-
-        self.declared = list(config["declared"])
-        self.outputs = list(config["outputs"])
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log):
-            try:
-                with open(config["engine"], "rb") as fh:
-                    engine = EngineFromBytes(fh.read())()
-                self.runner = TrtRunner(engine)
-                self.runner.activate()
-            except PolygraphyException as exc:
-                raise StageError("load", f"TensorRT cannot load the engine: {first_line(exc)} "
-                                         f"({_polygraphy_errors(log.getvalue())})") from None
-        self.inputs = list(self.runner.get_input_metadata().keys())
-        self.info = {"inputs": self.inputs}
-
-    def run(self, args) -> list:
-        import contextlib
-        import io
-        from collections import OrderedDict
-
-        import torch
-        from polygraphy.exception import PolygraphyException
-
-        feed = OrderedDict()
-        for pos, name in enumerate(self.inputs):
-            arg = args[self.declared.index(name) if name in self.declared else pos]
-            feed[name] = arg.detach().to("cuda").contiguous() if isinstance(arg, torch.Tensor) else arg
-        out = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out):
-                results = self.runner.infer(feed, copy_outputs_to_host=True)
-        except PolygraphyException as exc:
-            raise StageError("run", f"TensorRT execution fails: {first_line(exc)} "
-                                    f"({_polygraphy_errors(out.getvalue())})") from None
-        order = self.outputs
-        names = sorted(results, key=lambda n: order.index(n) if n in order else len(order))
-        return [(f"output[{i}]", torch.as_tensor(results[n]).cpu()) for i, n in enumerate(names)]
+    with ctx.cache.lock(timing):
+        stored = ctx.cache.lookup(timing)
+        if stored is not None and file_digest(stored / TIMING_CACHE) != copied:
+            with ctx.stage("compile"):
+                call("merge_timing_cache", {"into": path, "from": str(stored / TIMING_CACHE)})
+        ctx.cache.store(timing, {TIMING_CACHE: path})
 
 
 __all__ = ["TensorRTBackend", "TrtRuntime", "build_engine", "profile_shapes", "dynamic_profiles",

@@ -86,6 +86,28 @@ def test_dynamic_batch_runs_every_generated_shape(monkeypatch):
 
 
 @needs_trt
+def test_timing_caches_of_two_builds_merge(tmp_path):
+    """Two builds' timing caches (each model's own cache directory) merged as Polygraphy's save_timing_cache merges:
+    the result is a timing cache TensorRT reads, holding at least what each held."""
+    import tensorrt as trt
+    from polygraphy.backend.trt import get_trt_logger
+
+    from pytest_deploy.backends.tensorrt_engine import merge_timing_cache
+
+    linear = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.Linear(12, 3)).eval()
+    for model, inputs, cache in ((cnn(), INPUTS, "a"), (linear, [tensor("batch", 6)], "b")):
+        result = verify(model, "tensorrt", inputs=inputs, dims=DIMS, examples=2, cache_dir=tmp_path / cache)
+        assert result.outcome == "passed", result.message
+    [a], [b] = (list((tmp_path / cache).rglob("timing.cache")) for cache in ("a", "b"))
+    merged = tmp_path / "merged.cache"
+    shutil.copyfile(a, merged)
+    merge_timing_cache({"into": str(merged), "from": str(b)})
+    assert merged.stat().st_size >= max(a.stat().st_size, b.stat().st_size)
+    builder = trt.Builder(get_trt_logger())
+    assert builder.create_builder_config().create_timing_cache(merged.read_bytes())
+
+
+@needs_trt
 @needs_trtexec
 def test_trtexec_route(tmp_path):
     result = verify(cnn(), "tensorrt", inputs=INPUTS, dims=DIMS, examples=3, cache_dir=tmp_path,

@@ -25,7 +25,7 @@ LAYERS = {
     3: ["backends.base", "internal"],
     4: ["backends.export", "backends.torchscript", "backends.serialization", "backends.onnx_export", "backends.precision",
         "backends.quantize", "backends.int8_debug", "backends.aoti", "backends.onnx", "backends.tvm_tuning",
-        "backends.tvm", "backends.tensorrt"],
+        "backends.tvm", "backends.tensorrt", "backends.tensorrt_engine"],
     5: ["backends"],
     6: ["keep", "report", "report_html", "report_plots", "divergence", "modeltest", "declaration", "infer",
         "search", "examples"],
@@ -44,7 +44,8 @@ SAME_LAYER = {
     ("backends.int8_debug", "backends.precision"), ("backends.int8_debug", "backends.quantize"),
     ("backends.int8_debug", "backends.onnx_export"),
     ("backends.tvm", "backends.onnx_export"), ("backends.tvm", "backends.tvm_tuning"),
-    ("backends.tensorrt", "backends.onnx_export"), ("plugin", ""), ("plugin", "options"), ("", "options"),
+    ("backends.tensorrt", "backends.onnx_export"), ("backends.tensorrt", "backends.tensorrt_engine"),
+    ("backends.tensorrt_engine", "backends.onnx_export"), ("plugin", ""), ("plugin", "options"), ("", "options"),
     ("plugin", "zero"), ("zero", ""), ("plugin", "session"), ("session", "options"), ("session", "zero"),
     ("__main__", "zero"), ("__main__", "options"), ("search", "modeltest"), ("examples", "divergence"), ("reference", "context"),
 }
