@@ -32,8 +32,7 @@ from .onnx_export import (
     node_source,
     weight_bytes,
 )
-
-_PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2
+from .precision import PROTO_LIMIT as _PROTO_LIMIT
 
 #: Path prefix of the simplified graph's outputs in comparisons.
 SIMPLIFIED = "simplified "
@@ -214,7 +213,7 @@ def _reduce(ctx, path: str, external: bool) -> tuple[str, str]:
     to run)``; on CPU the graph to run is the float16 emulation (see :mod:`.precision`)."""
     import onnx
 
-    from .precision import convert_fp16, emulate_fp16
+    from .precision import conversion_failure, convert_fp16, emulate_fp16
 
     converted = path[: -len(".onnx")] + ".fp16.onnx"
     with ctx.stage("compile"):
@@ -222,9 +221,7 @@ def _reduce(ctx, path: str, external: bool) -> tuple[str, str]:
             info = convert_fp16(path, converted, external)
             onnx.checker.check_model(converted, full_check=True)
         except Exception as exc:
-            raise StageError("compile", f"onnxconverter-common cannot convert the graph to float16: "
-                                        f"{first_line(exc)}\n  fix: keep the failing op in float32 "
-                                        "(convert_float_to_float16's op_block_list), or check fp32") from None
+            raise StageError("compile", conversion_failure(exc)) from None
     for key, value in info.items():
         ctx.note(key, value)
     session = _session(ctx, converted)  # the converted graph itself loads, whatever runs the examples

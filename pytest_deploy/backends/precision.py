@@ -27,6 +27,8 @@ from ..sources import frame_from_stack, short_path
 
 #: float16's largest finite value.
 FP16_MAX = 65504.0
+#: A serialized graph this large cannot go through in-memory shape inference (protobuf's 2 GiB, with a margin).
+PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2
 #: Suffixes of the names the emulation graph gives a node's unrounded output and its float16 copy.
 UNROUNDED, ROUNDED = "__fp32", "__fp16"
 
@@ -87,25 +89,66 @@ def out_of_range_constants(model) -> list[dict[str, Any]]:
     return found
 
 
+def _stored_large(src: str) -> bool:
+    """The graph at ``src`` keeps its weights in external data, or is near protobuf's 2 GiB limit: in-memory shape
+    inference (which serializes the whole graph, weights included) cannot hold it."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    if os.path.getsize(src) > PROTO_LIMIT:
+        return True
+    return any(uses_external_data(t) for t in onnx.load(src, load_external_data=False).graph.initializer)
+
+
 def convert_fp16(src: str, dst: str, external: bool) -> dict[str, Any]:
     """The float32 graph at ``src`` converted to float16 at ``dst`` (inputs and outputs kept float32); returns what
-    the report records (the converter, the constants it clamped)."""
+    the report records (the converter, the constants it clamped).
+
+    A graph with external data (a model over 2 GiB) is shape-inferred from its file (``infer_shapes_path``) and
+    converted with the converter's own in-memory shape inference off (``disable_shape_infer``: it relies on the
+    value_info that inference wrote), since protobuf cannot serialize a message over 2 GiB."""
     import warnings
 
     import onnx
     from onnxconverter_common import float16
 
-    model = onnx.load(src)
+    large = _stored_large(src)
+    if large:
+        # beside src, so that the relative location of src's external data resolves from it too
+        inferred = os.path.splitext(src)[0] + ".inferred.onnx"
+        try:
+            onnx.shape_inference.infer_shapes_path(src, inferred)
+            model = onnx.load(inferred)
+        finally:
+            if os.path.exists(inferred):
+                os.remove(inferred)
+    else:
+        model = onnx.load(src)
     clamped = out_of_range_constants(model)
     with warnings.catch_warnings():  # the clamped constants are reported (above), not warned about
         warnings.simplefilter("ignore")
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX)
-    onnx.save_model(converted, dst, save_as_external_data=external, all_tensors_to_one_file=True,
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX,
+                                                     disable_shape_infer=large)
+    onnx.save_model(converted, dst, save_as_external_data=external or large, all_tensors_to_one_file=True,
                     location=os.path.basename(dst) + ".data")
     out: dict[str, Any] = {"precision_converter": converter_version()}
     if clamped:
         out["precision_clamped"] = clamped
     return out
+
+
+def conversion_failure(exc: BaseException) -> str:
+    """The compile stage's message when the float16 conversion (or its check) raises ``exc``."""
+    import re
+
+    from ..sources import first_line
+
+    text = f"onnxconverter-common cannot convert the graph to float16: {first_line(exc)}"
+    if re.search(r"2 ?GB|protobuf size", str(exc), re.IGNORECASE):  # protobuf's, or onnx.checker's, size limit
+        return (f"{text}\n  the graph is over protobuf's 2 GiB limit, so it cannot be converted in memory; a graph "
+                "with external data is converted from its file\n  fix: export with external data (the onnx backend's "
+                "onnx_external_data_threshold option, below the weights' size), or check fp32")
+    return f"{text}\n  fix: keep the failing op in float32 (convert_float_to_float16's op_block_list), or check fp32"
 
 
 # ------------------------------------------------------------------------------------------- emulation
@@ -116,8 +159,8 @@ def fp16_values(model) -> set[str]:
     import onnx
     from onnx import TensorProto
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+    try:  # serializing a graph over 2 GiB fails in protobuf (or takes its memory twice): the declared types
+        inferred = onnx.shape_inference.infer_shapes(model) if model.ByteSize() < PROTO_LIMIT else model
     except Exception:  # a graph shape inference cannot read: the types the graph itself declares
         inferred = model
     graph = inferred.graph

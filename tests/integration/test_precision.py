@@ -212,3 +212,20 @@ def test_the_marker_wins_over_the_command_line(pytester):
     result = pytester.runpytest("--deploy-precision=fp16", "-rs", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*trace has no reduced-precision route*"])
+
+
+def test_fp16_of_a_graph_with_external_data_passes_without_in_memory_shape_inference(monkeypatch):
+    """A model over 2 GiB is exported with external data; there protobuf refuses onnx.shape_inference.infer_shapes
+    (made to refuse here, for a small model given external data by its threshold): the float16 conversion
+    infers shapes from the file instead."""
+    import onnx
+
+    def too_big(*args, **kwargs):
+        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB: 2400000000")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", too_big)
+    result = verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=2, precision="fp16", isolate="none",
+                    backend_options={"onnx_external_data_threshold": 0})
+    assert result.outcome == "passed", result.message
+    assert result.details["onnx_external_data"] is True
+    assert "rounded to float16" in result.details["precision_emulation"]
