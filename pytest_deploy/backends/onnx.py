@@ -265,7 +265,17 @@ def _explain_int8(ctx, err: StageError, float_path: str, run_path: str) -> Stage
 
 def _explain_reduced(ctx, session, run_path: str) -> str:
     """Why a reduced-precision graph's outputs differ, when the graph says: an overflow to inf or NaN (the first
-    node and its module), or constants beyond float16's range; empty otherwise."""
+    node and its module), constants beyond float16's range, or tiny constants the converter raised; empty
+    otherwise."""
+    from .precision import raised_text
+
+    raised = ctx.result.details.get("precision_raised") or []
+    return "\n".join(text for text in (_explain_range(ctx, session, run_path), raised_text(raised) if raised else "")
+                     if text)
+
+
+def _explain_range(ctx, session, run_path: str) -> str:
+    """The overflow (or the clamped constants) part of :func:`_explain_reduced`."""
     from ..compare import flatten
     from .precision import clamped_text, locate_overflow, nonfinite_outputs, overflow_text
 

@@ -229,3 +229,23 @@ def test_fp16_of_a_graph_with_external_data_passes_without_in_memory_shape_infer
     assert result.outcome == "passed", result.message
     assert result.details["onnx_external_data"] is True
     assert "rounded to float16" in result.details["precision_emulation"]
+
+
+class TinyScale(nn.Module):
+    """x * 1e-12 / 1e-6 (x * 1e-6): float16 conversion raises the 1e-12 to the converter's min_positive_val, 1e-7,
+    so the float16 graph gives about 0.1 x."""
+
+    def forward(self, x):
+        return x * 1e-12 / 1e-6
+
+
+def test_a_tiny_constant_the_converter_raises_is_named_in_the_failure():
+    with pytest.raises(DeployFailure) as info:
+        verify(TinyScale(), "onnx", inputs=[tensor("batch", 8)], dims={"batch": (1, 2)}, examples=2,
+               precision="fp16", isolate="none")
+    result = info.value.result
+    assert result.stage == "compare"
+    raised = result.details["precision_raised"]
+    assert [c["min_abs"] for c in raised] == [pytest.approx(1e-12)] and raised[0]["node"]
+    assert (f"float16 conversion raised tiny constant(s) '{raised[0]['name']}' (smallest nonzero |value| 1e-12"
+            in str(info.value))

@@ -17,7 +17,14 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from pytest_deploy.backends.precision import conversion_failure, convert_fp16, emulate_fp16
+from pytest_deploy.backends.precision import (
+    MIN_POSITIVE,
+    conversion_failure,
+    convert_fp16,
+    emulate_fp16,
+    raised_constants,
+    raised_text,
+)
 
 #: what protobuf raises when onnx serializes a ModelProto over 2 GiB for in-memory shape inference
 TOO_BIG = "Message onnx.ModelProto exceeds maximum protobuf size of 2GB: 2400000000"
@@ -101,3 +108,43 @@ def test_a_graph_over_2_gib_converts(tmp_path):
     dst = str(tmp_path / "big.fp16.onnx")
     convert_fp16(src, dst, external=True)
     np.testing.assert_allclose(run(dst, {"ids": ids}), expected, atol=2e-3, rtol=1e-3)
+
+
+def normalize(path) -> str:
+    """y = (x - 0.5) / sqrt(x * x + eps), eps = 1e-12 a Constant node; and an initializer holding one value below
+    the converter's min_positive_val (-3e-9) beside ordinary ones."""
+    eps = helper.make_tensor("eps_value", TensorProto.FLOAT, [], [1e-12])
+    shift = numpy_helper.from_array(np.array([0.5, -3e-9, 0.0, 0.25], dtype=np.float32), "shift")
+    nodes = [helper.make_node("Constant", [], ["eps"], value=eps, name="eps_const"),
+             helper.make_node("Sub", ["x", "shift"], ["centred"], name="centre"),
+             helper.make_node("Mul", ["x", "x"], ["square"], name="square"),
+             helper.make_node("Add", ["square", "eps"], ["variance"], name="add_eps"),
+             helper.make_node("Sqrt", ["variance"], ["std"], name="std"),
+             helper.make_node("Div", ["centred", "std"], ["y"], name="scale")]
+    graph = helper.make_graph(nodes, "normalize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [shift])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path, external=False)
+
+
+def test_tiny_constants_the_converter_raises_are_listed(tmp_path):
+    src = normalize(tmp_path / "norm.onnx")
+    raised = {c["name"]: c for c in raised_constants(onnx.load(src))}
+    assert set(raised) == {"eps", "shift"}
+    assert raised["eps"]["min_abs"] == pytest.approx(1e-12) and raised["eps"]["count"] == 1
+    assert raised["eps"]["node"] == "add_eps"
+    assert raised["shift"] == {"name": "shift", "min_abs": pytest.approx(3e-9), "count": 1, "node": "centre"}
+    info = convert_fp16(src, str(tmp_path / "norm.fp16.onnx"), external=False)
+    assert info["precision_raised"] == [raised["shift"], raised["eps"]]  # initializers, then Constant nodes
+    # the converter really raised them: its float16 eps is min_positive_val, as float16 holds it
+    converted = onnx.load(str(tmp_path / "norm.fp16.onnx"))
+    value = next(numpy_helper.to_array(n.attribute[0].t) for n in converted.graph.node if n.output[0] == "eps")
+    assert float(value) == pytest.approx(float(np.float16(MIN_POSITIVE)))
+    text = raised_text(info["precision_raised"])
+    assert "'eps' (smallest nonzero |value| 1e-12, 1 value(s), used by node 'add_eps')" in text
+    assert "to 1e-07" in text and "node_block_list" in text
+
+
+def test_constants_at_or_above_min_positive_val_are_not_listed(tmp_path):
+    src = mlp(tmp_path / "mlp.onnx", external=False)
+    assert raised_constants(onnx.load(src)) == []
+    assert "precision_raised" not in convert_fp16(src, str(tmp_path / "mlp.fp16.onnx"), external=False)
