@@ -124,7 +124,7 @@ class OnnxBackend(Backend):
         except StageError as failure:
             err = failure
             if err.stage == "compare" and precision == "fp16":
-                why = _explain_reduced(ctx, raw, run_raw)
+                why = _explain_reduced(ctx, raw)
                 if why:
                     err = StageError(err.stage, f"{err.message}\n{why}", comparison=err.comparison)
             elif err.stage == "compare" and precision == "int8":
@@ -263,21 +263,20 @@ def _explain_int8(ctx, err: StageError, float_path: str, run_path: str) -> Stage
     return StageError(err.stage, f"{err.message}\n{why}", comparison=err.comparison)
 
 
-def _explain_reduced(ctx, session, run_path: str) -> str:
+def _explain_reduced(ctx, session) -> str:
     """Why a reduced-precision graph's outputs differ, when the graph says: an overflow to inf or NaN (the first
     node and its module), constants beyond float16's range, or tiny constants the converter raised; empty
     otherwise."""
     from .precision import raised_text
 
     raised = ctx.result.details.get("precision_raised") or []
-    return "\n".join(text for text in (_explain_range(ctx, session, run_path), raised_text(raised) if raised else "")
-                     if text)
+    return "\n".join(text for text in (_explain_range(ctx, session), raised_text(raised) if raised else "") if text)
 
 
-def _explain_range(ctx, session, run_path: str) -> str:
+def _explain_range(ctx, session) -> str:
     """The overflow (or the clamped constants) part of :func:`_explain_reduced`."""
     from ..compare import flatten
-    from .precision import clamped_text, locate_overflow, nonfinite_outputs, overflow_text
+    from .precision import clamped_text, nonfinite_outputs, overflow_text
 
     clamped = ctx.result.details.get("precision_clamped") or []
     example = ctx.failed_example
@@ -288,18 +287,23 @@ def _explain_range(ctx, session, run_path: str) -> str:
         paths = nonfinite_outputs(expected, session.run(example.args))
         if not paths:
             return clamped_text(clamped) if clamped else ""
-        import onnx
-
-        feed = {name: to_numpy(arg) for name, arg in zip(input_names(ctx.space, len(example.args)), example.args)}
-        # in pytest's process: on the CPU provider when the session itself runs in a spawned (CUDA) worker
-        providers = ["CPUExecutionProvider"] if ctx.spawn_runtime else session.info["providers"]
-        found = locate_overflow(onnx.load(run_path), feed, session_providers(providers))
+        found = _locate_overflow(session, example.args)
     except Exception as exc:  # the explanation is extra: never hide the comparison's own failure
         ctx.note("precision_overflow_error", first_line(exc))
         return clamped_text(clamped) if clamped else ""
     if found:
         ctx.note("precision_overflow", found)
     return overflow_text(paths, found, clamped)
+
+
+def _locate_overflow(session, args: tuple) -> dict | None:
+    """:meth:`OrtRuntime.locate_overflow` where ``session`` lives: in its spawned worker for a CUDA check, whose
+    float16 kernels overflow (pytest's process has no CUDA; its CPU provider computes them in float32)."""
+    from ..worker import Runtime
+
+    if isinstance(session, Runtime):
+        return session.invoke("locate_overflow", [list(args)], "compare")
+    return session.locate_overflow(args)
 
 
 # ------------------------------------------------------------------------------- check, simplify
@@ -429,15 +433,28 @@ class OrtRuntime:
         self.info = {"provider": self.session.get_providers()[0], "providers": self.session.get_providers(),
                      "intra_op_num_threads": options.intra_op_num_threads}
 
+    def feed(self, args) -> dict:
+        """One example's inputs by the graph's input names, as numpy arrays."""
+        return {name: to_numpy(args[self.declared.index(name) if name in self.declared else pos])
+                for pos, name in enumerate(self.inputs)}
+
     def run(self, args) -> list:
-        feed = {}
-        for pos, name in enumerate(self.inputs):
-            feed[name] = to_numpy(args[self.declared.index(name) if name in self.declared else pos])
+        feed = self.feed(args)
         try:
             outputs = self.session.run(None, feed)
         except Exception as exc:
             raise StageError("run", explain_runtime_error(exc, self.path)) from None
         return [(f"output[{i}]", from_numpy(o)) for i, o in enumerate(outputs)]
+
+    def locate_overflow(self, args) -> dict | None:
+        """The first node of this session's graph whose output overflows on ``args``
+        (:func:`.precision.locate_overflow`), run in this process on this session's providers: for a CUDA check in
+        the spawned worker the session lives in, on its float16 kernels; on CPU on the emulation graph it runs."""
+        import onnx
+
+        from .precision import locate_overflow
+
+        return locate_overflow(onnx.load(self.path), self.feed(args), session_providers(self.session.get_providers()))
 
 
 def explain_runtime_error(exc: BaseException, path: str) -> str:

@@ -249,3 +249,26 @@ def test_a_tiny_constant_the_converter_raises_is_named_in_the_failure():
     assert [c["min_abs"] for c in raised] == [pytest.approx(1e-12)] and raised[0]["node"]
     assert (f"float16 conversion raised tiny constant(s) '{raised[0]['name']}' (smallest nonzero |value| 1e-12"
             in str(info.value))
+
+
+def test_the_overflow_is_located_where_the_session_runs(monkeypatch):
+    """A CUDA check's session lives in a spawned worker, where its float16 kernels overflow; pytest's process has
+    the CPU provider only, which computes float16 nodes in float32 and finds nothing. The probe therefore runs in
+    the worker, on the graph its session runs. Here the spawn_runtime option takes that route on CPU (the session
+    runs the emulation graph), and the probe is refused in pytest's process: the node is still named."""
+    from pytest_deploy.backends import precision
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the overflow probe ran in pytest's process, not where the session lives")
+
+    monkeypatch.setattr(precision, "locate_overflow", refuse)
+    torch.manual_seed(0)
+    with pytest.raises(DeployFailure) as info:
+        verify(Overflows().eval(), "onnx", inputs=[tensor("batch", 3, 8, 8)], dims={"batch": (1, 2)}, examples=2,
+               precision="fp16", isolate="none", cache_dir=None, backend_options={"spawn_runtime": True})
+    details = info.value.result.details
+    assert details["isolated"].startswith("spawned worker process")
+    assert "precision_overflow_error" not in details
+    assert details["precision_overflow"]["module"] == "amplify" and details["precision_overflow"]["op"] == "Mul"
+    assert "(op Mul) in module 'amplify' (Amplify)" in str(info.value)
+
