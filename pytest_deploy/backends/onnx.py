@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from ..errors import StageError
 from ..sources import first_line, short_path
@@ -80,10 +81,11 @@ class OnnxBackend(Backend):
         ctx.note("precision", precision)
         run_raw, run_simplified = raw_path, simplified_path  # the graphs ONNX Runtime runs for them
         shipped = simplified_path or raw_path  # the float graph users ship
+        raw = simplified = None  # at fp16 on CUDA: the sessions _reduce opened on the graphs that run
         if precision == "fp16":
-            raw_path, run_raw = _reduce(ctx, raw_path, external)
+            raw_path, run_raw, raw = _reduce(ctx, raw_path, external)
             if simplified_path:
-                simplified_path, run_simplified = _reduce(ctx, simplified_path, external)
+                simplified_path, run_simplified, simplified = _reduce(ctx, simplified_path, external)
         elif precision.startswith("int8"):  # the graph users ship, quantized: the one graph that runs
             from .quantize import graph_bytes, quantize
 
@@ -91,9 +93,10 @@ class OnnxBackend(Backend):
             raw_path = run_raw = quantize(ctx, float_path, precision)
             simplified_path = run_simplified = None
             ctx.note("model_size", {"float_bytes": graph_bytes(float_path), "quantized_bytes": graph_bytes(raw_path)})
-        raw = _session(ctx, run_raw, optimize=run_raw == raw_path)
-        simplified = (_session(ctx, run_simplified, optimize=run_simplified == simplified_path)
-                      if run_simplified else None)
+        if raw is None:
+            raw = _session(ctx, run_raw, optimize=run_raw == raw_path)
+        if simplified is None and run_simplified:
+            simplified = _session(ctx, run_simplified, optimize=run_simplified == simplified_path)
         ctx.note("onnxruntime_provider", raw.info["provider"])
         if raw.info["provider"] == "CUDAExecutionProvider":
             ctx.note("onnxruntime_tf32", False)  # session_providers: always off
@@ -208,9 +211,11 @@ def _intermediates(ctx, path: str, names: set[str], args: tuple) -> dict:
 # ------------------------------------------------------------------------------ reduced precision
 
 
-def _reduce(ctx, path: str, external: bool) -> tuple[str, str]:
+def _reduce(ctx, path: str, external: bool) -> tuple[str, str, Any]:
     """The graph at ``path`` converted to float16 (checked, loaded by ONNX Runtime): ``(converted graph, the graph
-    to run)``; on CPU the graph to run is the float16 emulation (see :mod:`.precision`)."""
+    to run, the session on it or None)``. On CPU the graph to run is the float16 emulation (see :mod:`.precision`),
+    and the session that loaded the converted graph is closed; otherwise that session is the one that runs (on
+    CUDA, one worker process and one CUDA context per graph, not two)."""
     import onnx
 
     from .precision import conversion_failure, convert_fp16, emulate_fp16
@@ -227,18 +232,19 @@ def _reduce(ctx, path: str, external: bool) -> tuple[str, str]:
     session = _session(ctx, converted)  # the converted graph itself loads, whatever runs the examples
     if session.info["provider"] != "CPUExecutionProvider":
         ctx.note("precision_emulation", None)
-        return converted, converted
+        return converted, converted, session
     emulated = emulate_fp16(onnx.load(converted))
     if emulated is None:
         ctx.note("precision_emulation", "none: the graph has subgraphs (If, Loop, Scan); ONNX Runtime's CPU provider "
                                         "computes most float16 nodes in float32, so overflow may go unseen")
-        return converted, converted
+        return converted, converted, session
+    session.close()  # it showed that the converted graph loads; the emulation graph runs in its place
     run_path = converted[: -len(".onnx")] + ".emulated.onnx"
     onnx.save_model(emulated, run_path, save_as_external_data=external, all_tensors_to_one_file=True,
                     location=os.path.basename(run_path) + ".data")
     ctx.note("precision_emulation", "CPU: every float16 value rounded to float16 (Cast round trips), as float16 "
                                     "kernels round it")
-    return converted, run_path
+    return converted, run_path, None
 
 
 def _explain_int8(ctx, err: StageError, float_path: str, run_path: str) -> StageError:
@@ -455,6 +461,10 @@ class OrtRuntime:
         from .precision import locate_overflow
 
         return locate_overflow(onnx.load(self.path), self.feed(args), session_providers(self.session.get_providers()))
+
+    def close(self) -> None:
+        """Drop the session and what it holds (on CUDA, its device memory)."""
+        self.session = None
 
 
 def explain_runtime_error(exc: BaseException, path: str) -> str:

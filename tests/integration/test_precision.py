@@ -9,6 +9,7 @@ Backends without a reduced-precision route skip with the reason; an unknown prec
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -272,3 +273,66 @@ def test_the_overflow_is_located_where_the_session_runs(monkeypatch):
     assert details["precision_overflow"]["module"] == "amplify" and details["precision_overflow"]["op"] == "Mul"
     assert "(op Mul) in module 'amplify' (Amplify)" in str(info.value)
 
+
+class SessionCount:
+    """Stands in for ``spawned_runtime``: builds the :class:`OrtRuntime` in this process and counts the sessions
+    opened (their graphs) and still open. With ``claim_cuda`` its ``info`` says the CUDA provider ran it (the
+    provider the check asked for), though ONNX Runtime here has the CPU provider only and ran it on CPU: enough for
+    the check to take its CUDA route, whose sessions are what is counted; nothing CUDA computes is checked."""
+
+    def __init__(self, claim_cuda: bool):
+        self.claim_cuda = claim_cuda
+        self.opened: list[str] = []
+        self.open: set[int] = set()
+        self.most_open = 0
+
+    def __call__(self, ctx, label, factory, config):
+        from pytest_deploy.backends.onnx import OrtRuntime
+
+        count = self
+
+        class Counted(OrtRuntime):
+            def close(self):
+                count.open.discard(id(self))
+                super().close()
+
+        runtime = Counted(config)
+        if self.claim_cuda:
+            runtime.info = {**runtime.info, "provider": "CUDAExecutionProvider"}
+        ctx.cleanup.callback(runtime.close)
+        self.opened.append(os.path.basename(config["path"]))
+        self.open.add(id(runtime))
+        self.most_open = max(self.most_open, len(self.open))
+        return runtime
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider .CUDAExecutionProvider.:UserWarning")
+def test_an_fp16_check_on_cuda_opens_one_session_per_graph_that_runs(monkeypatch):
+    """On CUDA each session is a spawned worker with its own CUDA context. _reduce's session on each converted graph
+    is the one that runs it: two sessions (raw and simplified), not four (see SessionCount for what is pretended)."""
+    from pytest_deploy.backends import onnx as onnx_backend
+
+    count = SessionCount(claim_cuda=True)
+    monkeypatch.setattr(onnx_backend, "providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnx_backend, "spawned_runtime", count)
+    result = verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=2, precision="fp16", cache_dir=None)
+    assert result.passed, result.message
+    assert result.details["onnxruntime_provider"] == "CUDAExecutionProvider"  # the route taken: no emulation
+    assert result.details["precision_emulation"] is None
+    assert count.opened == ["model.fp16.onnx", "model.sim.fp16.onnx"]
+    assert count.most_open == 2 and not count.open  # all closed when the check ended
+
+
+def test_an_fp16_check_on_cpu_closes_the_sessions_that_only_load_the_converted_graph(monkeypatch):
+    """On CPU (spawn_runtime option, sessions counted as above, the CPU provider reported as it is) the converted
+    graphs are loaded, then their emulation graphs run: the loading sessions are closed first."""
+    from pytest_deploy.backends import onnx as onnx_backend
+
+    count = SessionCount(claim_cuda=False)
+    monkeypatch.setattr(onnx_backend, "spawned_runtime", count)
+    result = verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=2, precision="fp16", isolate="none",
+                    cache_dir=None, backend_options={"spawn_runtime": True})
+    assert result.passed, result.message
+    assert count.opened == ["model.fp16.onnx", "model.sim.fp16.onnx", "model.fp16.emulated.onnx",
+                            "model.sim.fp16.emulated.onnx"]
+    assert count.most_open == 2 and not count.open
