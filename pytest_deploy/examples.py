@@ -268,14 +268,7 @@ class ExampleRunner:
             return None
         if self.masked_paths is None:
             self.masked_paths = self._decide_masked(ex, leaves, masks)
-        keep = {}
-        for path, value in leaves:
-            index = self.masked_paths.get(path)
-            if index is None or not is_tensor(value):
-                continue
-            m = ex.args[index]
-            if tuple(value.shape[:m.dim()]) == tuple(m.shape):
-                keep[path] = m.bool()
+        keep = self.masks_for(ex, leaves)
         if keep:
             counts = ctx.result.details.setdefault("masked_positions", {"compared": 0, "left_out": 0})
             values = dict(leaves)
@@ -284,6 +277,19 @@ class ExampleRunner:
                 counts["compared"] += int(m.sum()) * per
                 counts["left_out"] += int((~m).sum()) * per
         return keep or None
+
+    def masks_for(self, ex: Example, leaves: Leaves) -> dict[str, Any]:
+        """The padding masks already decided for ``leaves`` on ``ex``: path -> where the mask is valid (counted nowhere:
+        a backend's explanation compares again with them)."""
+        keep = {}
+        for path, value in leaves:
+            index = (self.masked_paths or {}).get(path)
+            if index is None or not is_tensor(value):
+                continue
+            m = ex.args[index]
+            if tuple(value.shape[:m.dim()]) == tuple(m.shape):
+                keep[path] = m.bool()
+        return keep
 
     def _decide_masked(self, ex: Example, leaves: Leaves, masks: list[int]) -> dict[str, int]:
         """Which outputs are per-token: path -> the mask() input whose dims lead it on ``ex`` (the first

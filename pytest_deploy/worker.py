@@ -157,6 +157,11 @@ class Runtime:
     def run(self, args: tuple | list) -> list[tuple[str, Any]]:
         return [(p, v) for p, v in self._request({"op": "run_runtime", "args": list(args)}, "run")["leaves"]]
 
+    def invoke(self, method: str, args: list, stage: str) -> Any:
+        """``runtime.method(*args)`` on the runtime :meth:`open` made there (plain data in, plain data back): work
+        that must run where the runtime lives, on its device."""
+        return self._request({"op": "invoke_runtime", "method": method, "args": list(args)}, stage)["value"]
+
     def close(self) -> None:
         self.worker.close()
 
@@ -256,6 +261,10 @@ def _serve(req_fd: int, rep_fd: int) -> None:
                 if runtime is None:
                     raise RuntimeError("no runtime opened")
                 reply = {"ok": True, "leaves": [[p, v] for p, v in runtime.run(request["args"])]}
+            elif op == "invoke_runtime":
+                if runtime is None:
+                    raise RuntimeError("no runtime opened")
+                reply = {"ok": True, "value": getattr(runtime, request["method"])(*request["args"])}
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception as exc:

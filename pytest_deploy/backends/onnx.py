@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from ..errors import StageError
 from ..sources import first_line, short_path
@@ -31,8 +32,7 @@ from .onnx_export import (
     input_names,
     node_source,
 )
-
-_PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2
+from .precision import PROTO_LIMIT as _PROTO_LIMIT
 
 #: Path prefix of the simplified graph's outputs in comparisons.
 SIMPLIFIED = "simplified "
@@ -78,10 +78,11 @@ class OnnxBackend(Backend):
         ctx.note("precision", precision)
         run_raw, run_simplified = raw_path, simplified_path  # the graphs ONNX Runtime runs for them
         shipped = simplified_path or raw_path  # the float graph users ship
+        raw = simplified = None  # at fp16 on CUDA: the sessions _reduce opened on the graphs that run
         if precision == "fp16":
-            raw_path, run_raw = _reduce(ctx, raw_path, external)
+            raw_path, run_raw, raw = _reduce(ctx, raw_path, external)
             if simplified_path:
-                simplified_path, run_simplified = _reduce(ctx, simplified_path, external)
+                simplified_path, run_simplified, simplified = _reduce(ctx, simplified_path, external)
         elif precision.startswith("int8"):  # the graph users ship, quantized: the one graph that runs
             from .quantize import graph_bytes, quantize
 
@@ -89,9 +90,10 @@ class OnnxBackend(Backend):
             raw_path = run_raw = quantize(ctx, float_path, precision)
             simplified_path = run_simplified = None
             ctx.note("model_size", {"float_bytes": graph_bytes(float_path), "quantized_bytes": graph_bytes(raw_path)})
-        raw = _session(ctx, run_raw, optimize=run_raw == raw_path)
-        simplified = (_session(ctx, run_simplified, optimize=run_simplified == simplified_path)
-                      if run_simplified else None)
+        if raw is None:
+            raw = _session(ctx, run_raw, optimize=run_raw == raw_path)
+        if simplified is None and run_simplified:
+            simplified = _session(ctx, run_simplified, optimize=run_simplified == simplified_path)
         ctx.note("onnxruntime_provider", raw.info["provider"])
         if raw.info["provider"] == "CUDAExecutionProvider":
             ctx.note("onnxruntime_tf32", False)  # session_providers: always off
@@ -122,13 +124,14 @@ class OnnxBackend(Backend):
         except StageError as failure:
             err = failure
             if err.stage == "compare" and precision == "fp16":
-                why = _explain_reduced(ctx, raw, run_raw)
+                why = _explain_reduced(ctx, raw, shipped)
                 if why:
                     err = StageError(err.stage, f"{err.message}\n{why}", comparison=err.comparison)
             elif err.stage == "compare" and precision == "int8":
                 err = _explain_int8(ctx, err, shipped, run_raw)
             errors = err.comparison.errors if err.comparison is not None else []
-            if err.stage == "compare" and errors and all(e.path.startswith(SIMPLIFIED) for e in errors):
+            if (err.stage == "compare" and errors and all(e.path.startswith(SIMPLIFIED) for e in errors)
+                    and (precision != "fp16" or _simplify_changed_float32(ctx, shipped))):
                 raise StageError(
                     "simplify",
                     "onnxsim changed the outputs: the raw ONNX graph matches eager PyTorch, the simplified one "
@@ -206,39 +209,40 @@ def _intermediates(ctx, path: str, names: set[str], args: tuple) -> dict:
 # ------------------------------------------------------------------------------ reduced precision
 
 
-def _reduce(ctx, path: str, external: bool) -> tuple[str, str]:
+def _reduce(ctx, path: str, external: bool) -> tuple[str, str, Any]:
     """The graph at ``path`` converted to float16 (checked, loaded by ONNX Runtime): ``(converted graph, the graph
-    to run)``; on CPU the graph to run is the float16 emulation (see :mod:`.precision`)."""
+    to run, the session on it or None)``. On CPU the graph to run is the float16 emulation (see :mod:`.precision`),
+    and the session that loaded the converted graph is closed; otherwise that session is the one that runs (on
+    CUDA, one worker process and one CUDA context per graph, not two)."""
     import onnx
 
-    from .precision import convert_fp16, emulate_fp16
+    from .precision import conversion_failure, convert_fp16, emulate_fp16
 
     converted = path[: -len(".onnx")] + ".fp16.onnx"
     with ctx.stage("compile"):
         try:
-            info = convert_fp16(path, converted, external)
+            info = convert_fp16(path, converted, external, ctx.options.get("fp16_block_list") or ())
             onnx.checker.check_model(converted, full_check=True)
         except Exception as exc:
-            raise StageError("compile", f"onnxconverter-common cannot convert the graph to float16: "
-                                        f"{first_line(exc)}\n  fix: keep the failing op in float32 "
-                                        "(convert_float_to_float16's op_block_list), or check fp32") from None
+            raise StageError("compile", conversion_failure(exc)) from None
     for key, value in info.items():
         ctx.note(key, value)
     session = _session(ctx, converted)  # the converted graph itself loads, whatever runs the examples
     if session.info["provider"] != "CPUExecutionProvider":
         ctx.note("precision_emulation", None)
-        return converted, converted
+        return converted, converted, session
     emulated = emulate_fp16(onnx.load(converted))
     if emulated is None:
         ctx.note("precision_emulation", "none: the graph has subgraphs (If, Loop, Scan); ONNX Runtime's CPU provider "
                                         "computes most float16 nodes in float32, so overflow may go unseen")
-        return converted, converted
+        return converted, converted, session
+    session.close()  # it showed that the converted graph loads; the emulation graph runs in its place
     run_path = converted[: -len(".onnx")] + ".emulated.onnx"
     onnx.save_model(emulated, run_path, save_as_external_data=external, all_tensors_to_one_file=True,
                     location=os.path.basename(run_path) + ".data")
     ctx.note("precision_emulation", "CPU: every float16 value rounded to float16 (Cast round trips), as float16 "
                                     "kernels round it")
-    return converted, run_path
+    return converted, run_path, None
 
 
 def _explain_int8(ctx, err: StageError, float_path: str, run_path: str) -> StageError:
@@ -263,33 +267,145 @@ def _explain_int8(ctx, err: StageError, float_path: str, run_path: str) -> Stage
     return StageError(err.stage, f"{err.message}\n{why}", comparison=err.comparison)
 
 
-def _explain_reduced(ctx, session, run_path: str) -> str:
-    """Why a reduced-precision graph's outputs differ, when the graph says: an overflow to inf or NaN (the first
-    node and its module), or constants beyond float16's range; empty otherwise."""
+def _explain_reduced(ctx, session, float_path: str) -> str:
+    """Why a float16 graph's outputs differ, where the graph says: an overflow to inf or NaN (the first node and its
+    module), tiny constants the converter raised, and the float32 block list that makes the failing example pass
+    (:mod:`.fp16_search`, verified); constants clamped to 65504 only where that list keeps their readers float32
+    (an attention mask's fill value is clamped harmlessly). Empty when nothing is known."""
+    from .fp16_search import block_list_text
+    from .precision import clamped_text, raised_text
+
+    raised = ctx.result.details.get("precision_raised") or []
+    clamped = ctx.result.details.get("precision_clamped") or []
+    overflow = _explain_range(ctx, session)
+    lines = [overflow] if overflow else []
+    block = _block_list(ctx, float_path)
+    if block is not None:
+        kept = set(block.nodes or ())
+        proven = [c for c in clamped if c.get("node") in kept]
+        if proven and not overflow:
+            lines.append(clamped_text(proven))
+        text = block_list_text(block, "on the float16 emulation graph (ONNX Runtime, CPU)")
+        lines.append(text if overflow else "float16 rounding: " + text.lstrip())
+    if raised:
+        lines.append(raised_text(raised))
+    return "\n".join(lines)
+
+
+def _explain_range(ctx, session) -> str:
+    """The overflow part of :func:`_explain_reduced`: which outputs hold inf or NaN, and the first node whose output
+    overflows; empty when none does."""
     from ..compare import flatten
-    from .precision import clamped_text, locate_overflow, nonfinite_outputs, overflow_text
+    from .precision import nonfinite_outputs, overflow_text
 
     clamped = ctx.result.details.get("precision_clamped") or []
     example = ctx.failed_example
     if example is None:
-        return clamped_text(clamped) if clamped else ""
+        return ""
     try:
         expected = [(p, v) for p, v in flatten(ctx.eager(example.args)) if is_tensor(v)]
         paths = nonfinite_outputs(expected, session.run(example.args))
         if not paths:
-            return clamped_text(clamped) if clamped else ""
-        import onnx
-
-        feed = {name: to_numpy(arg) for name, arg in zip(input_names(ctx.space, len(example.args)), example.args)}
-        # in pytest's process: on the CPU provider when the session itself runs in a spawned (CUDA) worker
-        providers = ["CPUExecutionProvider"] if ctx.spawn_runtime else session.info["providers"]
-        found = locate_overflow(onnx.load(run_path), feed, session_providers(providers))
+            return ""
+        found = _locate_overflow(session, example.args)
     except Exception as exc:  # the explanation is extra: never hide the comparison's own failure
         ctx.note("precision_overflow_error", first_line(exc))
-        return clamped_text(clamped) if clamped else ""
+        return ""
     if found:
         ctx.note("precision_overflow", found)
     return overflow_text(paths, found, clamped)
+
+
+def _locate_overflow(session, args: tuple) -> dict | None:
+    """:meth:`OrtRuntime.locate_overflow` where ``session`` lives: in its spawned worker for a CUDA check, whose
+    float16 kernels overflow (pytest's process has no CUDA; its CPU provider computes them in float32)."""
+    from ..worker import Runtime
+
+    if isinstance(session, Runtime):
+        return session.invoke("locate_overflow", [list(args)], "compare")
+    return session.locate_overflow(args)
+
+
+def _block_list(ctx, float_path: str):
+    """The float32 block list that makes the failing example pass (:func:`.fp16_search.search_block_list`), each
+    attempt the graph at ``float_path`` converted with it and run as a CPU check runs it (the emulation graph,
+    ONNX Runtime's CPU provider, in this process); recorded in ``details.precision_block_list``. None when the search
+    cannot run (no failing example, a graph over 2 GB)."""
+    import onnx
+
+    from ..compare import Leaves, compare_outputs, flatten
+    from .fp16_search import SUBGRAPH_OPS, search_block_list
+    from .precision import convert_model, emulate_fp16
+
+    example = ctx.failed_example
+    if example is None:
+        return None
+    try:
+        model = onnx.load(float_path)
+        if model.ByteSize() > _PROTO_LIMIT:
+            ctx.note("precision_block_list", "not searched: the graph is over 2 GB")
+            return None
+        expected = Leaves([(p, v) for p, v in flatten(ctx.eager(example.args)) if is_tensor(v)])
+        runner = getattr(ctx, "example_runner", None)
+        keep = runner.masks_for(example, expected) if runner is not None else None
+        names = [n.name for n in model.graph.node if n.op_type not in SUBGRAPH_OPS]
+        declared = input_names(ctx.space, len(ctx.space.specs))
+
+        def attempt(block: list[str]) -> bool:
+            trial = onnx.ModelProto()
+            trial.CopyFrom(model)
+            converted = convert_model(trial, block)
+            graph = emulate_fp16(converted) or converted
+            got = Leaves(_cpu_run(graph, declared, example.args))
+            return compare_outputs(expected, got, ctx.tol, keep=keep).ok
+
+        found = search_block_list(names, attempt)
+    except Exception as exc:  # the explanation is extra: never hide the comparison's own failure
+        ctx.note("precision_block_list_error", first_line(exc))
+        return None
+    ctx.note("precision_block_list", found.nodes)
+    ctx.note("precision_block_search", {"attempts": found.attempts, "seconds": round(found.seconds, 1),
+                                        "graph": os.path.basename(float_path), "stopped": found.stopped})
+    return found
+
+
+def _cpu_run(model, declared: list[str], args) -> list:
+    """``model`` (in memory) run once on ONNX Runtime's CPU provider, unoptimised (the emulation's round trips
+    stay): ``[("output[i]", tensor)]``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {}
+    for pos, graph_input in enumerate(session.get_inputs()):
+        name = graph_input.name
+        feed[name] = to_numpy(args[declared.index(name) if name in declared else pos])
+    return [(f"output[{i}]", from_numpy(o)) for i, o in enumerate(session.run(None, feed))]
+
+
+def _simplify_changed_float32(ctx, float_path: str) -> bool:
+    """At fp16, when only the simplified graph's outputs fail: whether onnxsim changed the float32 graph's numbers
+    (the simplified float32 graph, run on the failing example, misses eager by more than the fp32 tolerance). When
+    it does not, the raw and simplified float16 graphs only round at different points, and onnxsim is not to
+    blame. True (blame onnxsim, as at fp32) when it cannot be told."""
+    import onnx
+
+    from ..compare import Leaves, compare_outputs, flatten, resolve_tolerance
+
+    example = ctx.failed_example
+    if example is None or not float_path.endswith(".sim.onnx"):
+        return True
+    try:
+        expected = Leaves([(p, v) for p, v in flatten(ctx.eager(example.args)) if is_tensor(v)])
+        got = Leaves(_cpu_run(onnx.load(float_path), input_names(ctx.space, len(ctx.space.specs)), example.args))
+        changed = not compare_outputs(expected, got, resolve_tolerance("onnx")).ok
+    except Exception as exc:
+        ctx.note("precision_simplify_check_error", first_line(exc))
+        return True
+    ctx.note("precision_simplify_float32", "changed" if changed else "unchanged")
+    return changed
 
 
 # ------------------------------------------------------------------------------- check, simplify
@@ -419,15 +535,32 @@ class OrtRuntime:
         self.info = {"provider": self.session.get_providers()[0], "providers": self.session.get_providers(),
                      "intra_op_num_threads": options.intra_op_num_threads}
 
+    def feed(self, args) -> dict:
+        """One example's inputs by the graph's input names, as numpy arrays."""
+        return {name: to_numpy(args[self.declared.index(name) if name in self.declared else pos])
+                for pos, name in enumerate(self.inputs)}
+
     def run(self, args) -> list:
-        feed = {}
-        for pos, name in enumerate(self.inputs):
-            feed[name] = to_numpy(args[self.declared.index(name) if name in self.declared else pos])
+        feed = self.feed(args)
         try:
             outputs = self.session.run(None, feed)
         except Exception as exc:
             raise StageError("run", explain_runtime_error(exc, self.path)) from None
         return [(f"output[{i}]", from_numpy(o)) for i, o in enumerate(outputs)]
+
+    def locate_overflow(self, args) -> dict | None:
+        """The first node of this session's graph whose output overflows on ``args``
+        (:func:`.precision.locate_overflow`), run in this process on this session's providers: for a CUDA check in
+        the spawned worker the session lives in, on its float16 kernels; on CPU on the emulation graph it runs."""
+        import onnx
+
+        from .precision import locate_overflow
+
+        return locate_overflow(onnx.load(self.path), self.feed(args), session_providers(self.session.get_providers()))
+
+    def close(self) -> None:
+        """Drop the session and what it holds (on CUDA, its device memory)."""
+        self.session = None
 
 
 def explain_runtime_error(exc: BaseException, path: str) -> str:

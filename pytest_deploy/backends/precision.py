@@ -20,13 +20,17 @@ onnx and numpy are imported inside the functions.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..sources import frame_from_stack, short_path
 
 #: float16's largest finite value.
 FP16_MAX = 65504.0
+#: The converter's ``min_positive_val``: nonzero constants smaller in magnitude are raised to it (its default).
+MIN_POSITIVE = 1e-7
+#: A serialized graph this large cannot go through in-memory shape inference (protobuf's 2 GiB, with a margin).
+PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2
 #: Suffixes of the names the emulation graph gives a node's unrounded output and its float16 copy.
 UNROUNDED, ROUNDED = "__fp32", "__fp16"
 
@@ -63,10 +67,8 @@ def reduced_precision_reason(backend: str, precision: str) -> str | None:
 # ------------------------------------------------------------------------------------------ conversion
 
 
-def out_of_range_constants(model) -> list[dict[str, Any]]:
-    """Initializers and Constant nodes of a float32 graph holding a finite value beyond float16's range: the
-    converter clamps them to 65504. ``[{"name", "max_abs", "node" (the first consumer)}]``."""
-    import numpy as np
+def _float_constants(model):
+    """``(name, values, first consumer)`` of each float32 initializer and Constant node value of ``model``."""
     from onnx import TensorProto, numpy_helper
 
     consumers: dict[str, str] = {}
@@ -76,14 +78,22 @@ def out_of_range_constants(model) -> list[dict[str, Any]]:
     tensors = [(t.name, t) for t in model.graph.initializer]
     tensors += [(node.output[0], a.t) for node in model.graph.node if node.op_type == "Constant"
                 for a in node.attribute if a.name == "value"]
-    found = []
     for name, tensor in tensors:
-        if tensor.data_type != TensorProto.FLOAT:
-            continue
-        values = np.abs(numpy_helper.to_array(tensor))
+        if tensor.data_type == TensorProto.FLOAT:
+            yield name, numpy_helper.to_array(tensor), consumers.get(name)
+
+
+def out_of_range_constants(model) -> list[dict[str, Any]]:
+    """Initializers and Constant nodes of a float32 graph holding a finite value beyond float16's range: the
+    converter clamps them to 65504. ``[{"name", "max_abs", "node" (the first consumer)}]``."""
+    import numpy as np
+
+    found = []
+    for name, values, node in _float_constants(model):
+        values = np.abs(values)
         values = values[np.isfinite(values)]
         if values.size and float(values.max()) > FP16_MAX:
-            found.append({"name": name, "max_abs": float(values.max()), "node": consumers.get(name)})
+            found.append({"name": name, "max_abs": float(values.max()), "node": node})
     return found
 
 
@@ -140,27 +150,99 @@ def retarget_casts(model) -> list[str]:
     return changed
 
 
-def convert_fp16(src: str, dst: str, external: bool) -> dict[str, Any]:
-    """The float32 graph at ``src`` converted to float16 at ``dst`` (inputs and outputs kept float32); returns what
-    the report records (the converter, the constants it clamped)."""
+def raised_constants(model) -> list[dict[str, Any]]:
+    """Initializers and Constant nodes of a float32 graph holding a nonzero value smaller in magnitude than
+    :data:`MIN_POSITIVE`: the converter raises each to ±MIN_POSITIVE (a LayerNorm eps of 1e-12 becomes 1e-7).
+    ``[{"name", "min_abs" (the smallest nonzero |value|), "count" (values raised), "node" (the first consumer)}]``."""
+    import numpy as np
+
+    found = []
+    for name, values, node in _float_constants(model):
+        values = np.abs(values)
+        # the converter's rule (convert_np_to_float16): 0 < |x| < min_positive_val, compared in float32
+        tiny = values[(values > 0) & (values < np.float32(MIN_POSITIVE))]
+        if tiny.size:
+            found.append({"name": name, "min_abs": float(tiny.min()), "count": int(tiny.size), "node": node})
+    return found
+
+
+def _stored_large(src: str) -> bool:
+    """The graph at ``src`` keeps its weights in external data, or is near protobuf's 2 GiB limit: in-memory shape
+    inference (which serializes the whole graph, weights included) cannot hold it."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    if os.path.getsize(src) > PROTO_LIMIT:
+        return True
+    return any(uses_external_data(t) for t in onnx.load(src, load_external_data=False).graph.initializer)
+
+
+def convert_model(model, block_list: Sequence[str] = (), shape_inference: bool = True):
+    """The float32 ``model`` converted to float16 (inputs and outputs kept float32, the nodes named in ``block_list``
+    kept float32), with the converter's two defects mended (:func:`separate_outputs`, :func:`retarget_casts`);
+    ``shape_inference=False`` when the model's value_info was inferred already (from its file). ``model`` itself is
+    changed (its outputs separated)."""
     import warnings
 
-    import onnx
     from onnxconverter_common import float16
 
-    model = onnx.load(src)
     separate_outputs(model)
-    clamped = out_of_range_constants(model)
-    with warnings.catch_warnings():  # the clamped constants are reported (above), not warned about
+    with warnings.catch_warnings():  # the clamped and raised constants are reported, not warned about
         warnings.simplefilter("ignore")
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX)
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX,
+                                                     min_positive_val=MIN_POSITIVE,
+                                                     disable_shape_infer=not shape_inference,
+                                                     node_block_list=list(block_list) or None)
     retarget_casts(converted)
-    onnx.save_model(converted, dst, save_as_external_data=external, all_tensors_to_one_file=True,
+    return converted
+
+
+def convert_fp16(src: str, dst: str, external: bool, block_list: Sequence[str] = ()) -> dict[str, Any]:
+    """The float32 graph at ``src`` converted to float16 at ``dst`` (inputs and outputs kept float32, ``block_list``'s
+    nodes float32); returns what the report records (the converter, the constants it clamped and the ones it raised).
+
+    A graph with external data (a model over 2 GiB) is shape-inferred from its file (``infer_shapes_path``) and
+    converted with the converter's own in-memory shape inference off (``disable_shape_infer``: it relies on the
+    value_info that inference wrote), since protobuf cannot serialize a message over 2 GiB."""
+    import onnx
+
+    large = _stored_large(src)
+    if large:
+        # beside src, so that the relative location of src's external data resolves from it too
+        inferred = os.path.splitext(src)[0] + ".inferred.onnx"
+        try:
+            onnx.shape_inference.infer_shapes_path(src, inferred)
+            model = onnx.load(inferred)
+        finally:
+            if os.path.exists(inferred):
+                os.remove(inferred)
+    else:
+        model = onnx.load(src)
+    clamped = out_of_range_constants(model)
+    raised = raised_constants(model)
+    converted = convert_model(model, block_list, shape_inference=not large)
+    onnx.save_model(converted, dst, save_as_external_data=external or large, all_tensors_to_one_file=True,
                     location=os.path.basename(dst) + ".data")
     out: dict[str, Any] = {"precision_converter": converter_version()}
     if clamped:
         out["precision_clamped"] = clamped
+    if raised:
+        out["precision_raised"] = raised
     return out
+
+
+def conversion_failure(exc: BaseException) -> str:
+    """The compile stage's message when the float16 conversion (or its check) raises ``exc``."""
+    import re
+
+    from ..sources import first_line
+
+    text = f"onnxconverter-common cannot convert the graph to float16: {first_line(exc)}"
+    if re.search(r"2 ?GB|protobuf size", str(exc), re.IGNORECASE):  # protobuf's, or onnx.checker's, size limit
+        return (f"{text}\n  the graph is over protobuf's 2 GiB limit, so it cannot be converted in memory; a graph "
+                "with external data is converted from its file\n  fix: export with external data (the onnx backend's "
+                "onnx_external_data_threshold option, below the weights' size), or check fp32")
+    return f"{text}\n  fix: keep the failing op in float32 (convert_float_to_float16's op_block_list), or check fp32"
 
 
 # ------------------------------------------------------------------------------------------- emulation
@@ -171,8 +253,8 @@ def fp16_values(model) -> set[str]:
     import onnx
     from onnx import TensorProto
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+    try:  # serializing a graph over 2 GiB fails in protobuf (or takes its memory twice): the declared types
+        inferred = onnx.shape_inference.infer_shapes(model) if model.ByteSize() < PROTO_LIMIT else model
     except Exception:  # a graph shape inference cannot read: the types the graph itself declares
         inferred = model
     graph = inferred.graph
@@ -331,3 +413,16 @@ def clamped_text(clamped: list[dict[str, Any]]) -> str:
             "  fix: keep those values within float16's range, or keep their nodes in float32 (onnxconverter-common's "
             "node_block_list)")
 
+
+
+def raised_text(raised: list[dict[str, Any]]) -> str:
+    """A failing check's note on tiny constants the converter raised to ``min_positive_val`` (their values
+    changed: a LayerNorm eps of 1e-12 became 1e-7)."""
+    names = ", ".join(f"'{c['name']}' (smallest nonzero |value| {c['min_abs']:.4g}, {c['count']} value(s), used by "
+                      f"node '{c['node']}')" for c in raised[:3])
+    more = f" and {len(raised) - 3} more" if len(raised) > 3 else ""
+    return (f"float16 conversion raised tiny constant(s) {names}{more} to {MIN_POSITIVE:g}: onnxconverter-common "
+            f"raises every nonzero |value| below its min_positive_val ({MIN_POSITIVE:g}), so the fp16 graph computes "
+            "with larger values than eager\n"
+            f"  fix: use constants of at least {MIN_POSITIVE:g} (an eps of 1e-5 or 1e-6, as float16 models use), or keep "
+            "their nodes in float32 (onnxconverter-common's node_block_list)")

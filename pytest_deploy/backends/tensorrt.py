@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import StageError
-from ..sources import first_line
 from .base import Backend
 from .tensorrt_engine import (
     WORKSPACE_BYTES,
@@ -320,15 +319,14 @@ def _export(ctx, precision: str) -> str:
         from .quantize import quantize
 
         return quantize(ctx, path, precision, target="tensorrt")
-    from .precision import convert_fp16
+    from .precision import conversion_failure, convert_fp16
 
     converted = ctx.path("model.fp16.onnx")
     with ctx.stage("compile"):
         try:
-            info = convert_fp16(path, converted, external)
+            info = convert_fp16(path, converted, external, ctx.options.get("fp16_block_list") or ())
         except Exception as exc:
-            raise StageError("compile", f"onnxconverter-common cannot convert the graph to float16: {first_line(exc)}"
-                                        "\n  fix: keep the failing op in float32 (op_block_list), or check fp32") from None
+            raise StageError("compile", conversion_failure(exc)) from None
     for key, value in info.items():
         ctx.note(key, value)
     return converted

@@ -60,3 +60,29 @@ def test_tvm_builds_and_runs_for_cuda():
     result = verify(_model(), "tvm", backend_options={"tvm_target": "cuda"}, **SPEC)
     assert result.passed, result.message
     assert result.details["tvm_target"] == "cuda"
+
+
+class _Amplified(nn.Module):
+    """Finite in float32 (the amplified values are scaled back down); beyond 65504, so inf, in float16."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return (torch.relu(self.conv(x)) * 1000.0 * 100.0 * 1e-5).mean((2, 3))
+
+
+@pytest.mark.skipif(_cuda_provider_reason() is not None, reason=str(_cuda_provider_reason()))
+def test_onnx_fp16_overflow_is_located_on_the_cuda_provider():
+    """The probe runs in the spawned worker, on the CUDA provider, where the float16 kernels overflow (pytest's
+    process would run it on the CPU provider, which computes float16 nodes in float32 and finds nothing)."""
+    from pytest_deploy import DeployFailure
+
+    torch.manual_seed(0)
+    with pytest.raises(DeployFailure) as info:
+        verify(_Amplified().eval(), "onnx", precision="fp16", **SPEC)
+    details = info.value.result.details
+    assert details["onnxruntime_provider"] == "CUDAExecutionProvider", details
+    assert details["precision_emulation"] is None, details
+    assert details["precision_overflow"]["op"] == "Mul", details.get("precision_overflow_error")

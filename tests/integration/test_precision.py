@@ -9,6 +9,7 @@ Backends without a reduced-precision route skip with the reason; an unknown prec
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -88,6 +89,19 @@ class Positions(nn.Module):
         return self.proj(x) + torch.sin(pos / 4.0)[None, :, None]
 
 
+class Cancels(nn.Module):
+    """Finite everywhere in float16, but a small value carried at 1000 loses its low bits (float16's spacing there
+    is 0.5): fp16 rounding, not overflow, takes it past the tolerance."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = self.proj(x)
+        return torch.tanh((y + 1000.0) - 1000.0)
+
+
 def cnn() -> nn.Module:
     torch.manual_seed(0)
     return helpers.SmallCNN().eval()
@@ -134,6 +148,31 @@ def test_an_int64_value_cast_to_float_converts():
                     "seq": (2, 9)}, examples=3, precision="fp16", isolate="none")
     assert result.outcome == "passed", result.details
     assert result.max_abs_error > 1e-5  # float16 ran
+
+
+def test_a_rounding_failure_offers_a_verified_block_list_that_passes():
+    """No overflow, only rounding: the message offers the float32 block list found by auto_convert_mixed_precision's
+    search, verified on the failing example; given back as fp16_block_list=, the check passes."""
+    torch.manual_seed(0)
+    spec = dict(inputs=[tensor("batch", 8)], dims={"batch": (1, 3)}, examples=3, precision="fp16", isolate="none")
+    with pytest.raises(DeployFailure) as info:
+        verify(Cancels().eval(), "onnx", **spec)
+    result = info.value.result
+    assert result.stage == "compare"
+    message = str(info.value)
+    assert "float16 rounding: keeping" in message and "verified" in message, message
+    assert "onnxsim changed" not in message
+    block = result.details["precision_block_list"]
+    assert block and len(block) < result.details["onnx_nodes"]["simplified"], result.details
+    assert "float16 overflow" not in message
+    again = verify(Cancels().eval(), "onnx", fp16_block_list=block, **spec)
+    assert again.outcome == "passed"
+    assert again.max_abs_error > 1e-6  # the rest of the graph still ran in float16
+
+
+def test_a_bad_fp16_block_list_is_refused():
+    with pytest.raises(SpecError, match="fp16_block_list"):
+        verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, precision="fp16", fp16_block_list="node_add")
 
 
 def test_user_tolerances_are_kept_at_fp16():
@@ -261,3 +300,126 @@ def test_the_marker_wins_over_the_command_line(pytester):
     result = pytester.runpytest("--deploy-precision=fp16", "-rs", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*trace has no reduced-precision route*"])
+
+
+def test_fp16_of_a_graph_with_external_data_passes_without_in_memory_shape_inference(monkeypatch):
+    """A model over 2 GiB is exported with external data; there protobuf refuses onnx.shape_inference.infer_shapes
+    (made to refuse here, for a small model given external data by its threshold): the float16 conversion
+    infers shapes from the file instead."""
+    import onnx
+
+    def too_big(*args, **kwargs):
+        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB: 2400000000")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", too_big)
+    result = verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=2, precision="fp16", isolate="none",
+                    backend_options={"onnx_external_data_threshold": 0})
+    assert result.outcome == "passed", result.message
+    assert result.details["onnx_external_data"] is True
+    assert "rounded to float16" in result.details["precision_emulation"]
+
+
+class TinyScale(nn.Module):
+    """x * 1e-12 / 1e-6 (x * 1e-6): float16 conversion raises the 1e-12 to the converter's min_positive_val, 1e-7,
+    so the float16 graph gives about 0.1 x."""
+
+    def forward(self, x):
+        return x * 1e-12 / 1e-6
+
+
+def test_a_tiny_constant_the_converter_raises_is_named_in_the_failure():
+    with pytest.raises(DeployFailure) as info:
+        verify(TinyScale(), "onnx", inputs=[tensor("batch", 8)], dims={"batch": (1, 2)}, examples=2,
+               precision="fp16", isolate="none")
+    result = info.value.result
+    assert result.stage == "compare"
+    raised = result.details["precision_raised"]
+    assert [c["min_abs"] for c in raised] == [pytest.approx(1e-12)] and raised[0]["node"]
+    assert (f"float16 conversion raised tiny constant(s) '{raised[0]['name']}' (smallest nonzero |value| 1e-12"
+            in str(info.value))
+
+
+def test_the_overflow_is_located_where_the_session_runs(monkeypatch):
+    """A CUDA check's session lives in a spawned worker, where its float16 kernels overflow; pytest's process has
+    the CPU provider only, which computes float16 nodes in float32 and finds nothing. The probe therefore runs in
+    the worker, on the graph its session runs. Here the spawn_runtime option takes that route on CPU (the session
+    runs the emulation graph), and the probe is refused in pytest's process: the node is still named."""
+    from pytest_deploy.backends import precision
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the overflow probe ran in pytest's process, not where the session lives")
+
+    monkeypatch.setattr(precision, "locate_overflow", refuse)
+    torch.manual_seed(0)
+    with pytest.raises(DeployFailure) as info:
+        verify(Overflows().eval(), "onnx", inputs=[tensor("batch", 3, 8, 8)], dims={"batch": (1, 2)}, examples=2,
+               precision="fp16", isolate="none", cache_dir=None, backend_options={"spawn_runtime": True})
+    details = info.value.result.details
+    assert details["isolated"].startswith("spawned worker process")
+    assert "precision_overflow_error" not in details
+    assert details["precision_overflow"]["module"] == "amplify" and details["precision_overflow"]["op"] == "Mul"
+    assert "(op Mul) in module 'amplify' (Amplify)" in str(info.value)
+
+
+class SessionCount:
+    """Stands in for ``spawned_runtime``: builds the :class:`OrtRuntime` in this process and counts the sessions
+    opened (their graphs) and still open. With ``claim_cuda`` its ``info`` says the CUDA provider ran it (the
+    provider the check asked for), though ONNX Runtime here has the CPU provider only and ran it on CPU: enough for
+    the check to take its CUDA route, whose sessions are what is counted; nothing CUDA computes is checked."""
+
+    def __init__(self, claim_cuda: bool):
+        self.claim_cuda = claim_cuda
+        self.opened: list[str] = []
+        self.open: set[int] = set()
+        self.most_open = 0
+
+    def __call__(self, ctx, label, factory, config):
+        from pytest_deploy.backends.onnx import OrtRuntime
+
+        count = self
+
+        class Counted(OrtRuntime):
+            def close(self):
+                count.open.discard(id(self))
+                super().close()
+
+        runtime = Counted(config)
+        if self.claim_cuda:
+            runtime.info = {**runtime.info, "provider": "CUDAExecutionProvider"}
+        ctx.cleanup.callback(runtime.close)
+        self.opened.append(os.path.basename(config["path"]))
+        self.open.add(id(runtime))
+        self.most_open = max(self.most_open, len(self.open))
+        return runtime
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider .CUDAExecutionProvider.:UserWarning")
+def test_an_fp16_check_on_cuda_opens_one_session_per_graph_that_runs(monkeypatch):
+    """On CUDA each session is a spawned worker with its own CUDA context. _reduce's session on each converted graph
+    is the one that runs it: two sessions (raw and simplified), not four (see SessionCount for what is pretended)."""
+    from pytest_deploy.backends import onnx as onnx_backend
+
+    count = SessionCount(claim_cuda=True)
+    monkeypatch.setattr(onnx_backend, "providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnx_backend, "spawned_runtime", count)
+    result = verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=2, precision="fp16", cache_dir=None)
+    assert result.passed, result.message
+    assert result.details["onnxruntime_provider"] == "CUDAExecutionProvider"  # the route taken: no emulation
+    assert result.details["precision_emulation"] is None
+    assert count.opened == ["model.fp16.onnx", "model.sim.fp16.onnx"]
+    assert count.most_open == 2 and not count.open  # all closed when the check ended
+
+
+def test_an_fp16_check_on_cpu_closes_the_sessions_that_only_load_the_converted_graph(monkeypatch):
+    """On CPU (spawn_runtime option, sessions counted as above, the CPU provider reported as it is) the converted
+    graphs are loaded, then their emulation graphs run: the loading sessions are closed first."""
+    from pytest_deploy.backends import onnx as onnx_backend
+
+    count = SessionCount(claim_cuda=False)
+    monkeypatch.setattr(onnx_backend, "spawned_runtime", count)
+    result = verify(cnn(), "onnx", inputs=INPUTS, dims=DIMS, examples=2, precision="fp16", isolate="none",
+                    cache_dir=None, backend_options={"spawn_runtime": True})
+    assert result.passed, result.message
+    assert count.opened == ["model.fp16.onnx", "model.sim.fp16.onnx", "model.fp16.emulated.onnx",
+                            "model.sim.fp16.emulated.onnx"]
+    assert count.most_open == 2 and not count.open

@@ -1,0 +1,156 @@
+"""Float16 conversion (pytest_deploy.backends.precision) on graphs built here: a graph with external data (how a
+model over 2 GiB is exported) converts without in-memory shape inference, and constants the converter changes are
+listed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+for _module in ("onnx", "onnxruntime", "onnxconverter_common"):
+    pytest.importorskip(_module)
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import uses_external_data
+
+from pytest_deploy.backends.precision import (
+    MIN_POSITIVE,
+    conversion_failure,
+    convert_fp16,
+    emulate_fp16,
+    raised_constants,
+    raised_text,
+)
+
+#: what protobuf raises when onnx serializes a ModelProto over 2 GiB for in-memory shape inference
+TOO_BIG = "Message onnx.ModelProto exceeds maximum protobuf size of 2GB: 2400000000"
+
+
+def save(model, path, external: bool) -> str:
+    model.ir_version = 10  # ONNX Runtime reads it
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=os.path.basename(path) + ".data", size_threshold=0)
+    return str(path)
+
+
+def mlp(path, external: bool) -> str:
+    """x[n, 16] -> MatMul, Add, Relu, MatMul -> y[n, 8], random float32 weights."""
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.standard_normal((16, 32)) * 0.3, "b1": rng.standard_normal(32) * 0.1,
+               "w2": rng.standard_normal((32, 8)) * 0.3}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Add", ["h", "b1"], ["h1"], name="bias1"),
+             helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
+             helper.make_node("MatMul", ["h2", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path, external)
+
+
+def run(path: str, feed: dict) -> np.ndarray:
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def test_a_graph_with_external_data_converts_without_in_memory_shape_inference(tmp_path, monkeypatch):
+    """Over 2 GiB, onnx.shape_inference.infer_shapes (which the converter calls on the loaded graph) fails in
+    protobuf; made to fail so here, a graph with external data still converts, and its float16 graph runs."""
+    src = mlp(tmp_path / "mlp.onnx", external=True)
+
+    def too_big(*args, **kwargs):
+        raise ValueError(TOO_BIG)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", too_big)
+    dst = str(tmp_path / "mlp.fp16.onnx")
+    info = convert_fp16(src, dst, external=True)
+    assert info["precision_converter"].startswith("onnxconverter-common ")
+    onnx.checker.check_model(dst, full_check=True)
+    converted = onnx.load(dst, load_external_data=False)
+    assert any(uses_external_data(t) for t in converted.graph.initializer)  # saved as it came: external data
+    assert {t.data_type for t in converted.graph.initializer} == {TensorProto.FLOAT16}
+    assert not [p for p in os.listdir(tmp_path) if "inferred" in p]  # the shape-inferred copy is removed
+    feed = {"x": np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)}
+    fp32, fp16 = run(src, feed), run(dst, feed)
+    assert fp16.dtype == np.float32  # inputs and outputs kept float32
+    np.testing.assert_allclose(fp16, fp32, atol=2e-2, rtol=1e-2)
+    assert not np.array_equal(fp16, fp32)  # float16 weights ran, not the float32 ones
+    # the CPU emulation graph is built without in-memory inference too, from the types the conversion declared
+    emulated = emulate_fp16(onnx.load(dst))
+    np.testing.assert_allclose(ort.InferenceSession(emulated.SerializeToString()).run(None, feed)[0], fp32,
+                               atol=2e-2, rtol=1e-2)
+
+
+def test_a_conversion_over_protobufs_limit_says_so():
+    text = conversion_failure(ValueError(TOO_BIG))
+    assert "over protobuf's 2 GiB limit" in text and "onnx_external_data_threshold" in text
+    assert "op_block_list" not in text  # keeping an op in float32 does not help a graph too big to serialize
+    assert "op_block_list" in conversion_failure(RuntimeError("Unsupported op Foo"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PYTEST_DEPLOY_LARGE_MODELS"),
+                    reason="builds a 2.3 GB graph (about 10 GB of memory); set PYTEST_DEPLOY_LARGE_MODELS=1 to run")
+def test_a_graph_over_2_gib_converts(tmp_path):
+    """Two embedding tables of 1.15 GB each (a tensor over 2 GiB cannot even be built in protobuf): the graph, 2.3 GB,
+    is over protobuf's limit for one message, as large models are."""
+    rows, width = 70_000, 4096
+    rng = np.random.default_rng(0)
+    tables = {name: rng.standard_normal((rows, width), dtype=np.float32) for name in ("left", "right")}
+    nodes = [helper.make_node("Gather", ["left", "ids"], ["a"], name="lookup_left"),
+             helper.make_node("Gather", ["right", "ids"], ["b"], name="lookup_right"),
+             helper.make_node("Add", ["a", "b"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "lookup", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+                              [numpy_helper.from_array(t, name) for name, t in tables.items()])
+    ids = np.array([0, 7, rows - 1], dtype=np.int64)
+    expected = tables["left"][ids] + tables["right"][ids]
+    src = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "big.onnx", True)
+    assert os.path.getsize(src + ".data") > 2 * 1024**3
+    del tables, graph  # the conversion holds the graph several times over
+    dst = str(tmp_path / "big.fp16.onnx")
+    convert_fp16(src, dst, external=True)
+    np.testing.assert_allclose(run(dst, {"ids": ids}), expected, atol=1e-2, rtol=2e-3)
+
+
+def normalize(path) -> str:
+    """y = (x - 0.5) / sqrt(x * x + eps), eps = 1e-12 a Constant node; and an initializer holding one value below
+    the converter's min_positive_val (-3e-9) beside ordinary ones."""
+    eps = helper.make_tensor("eps_value", TensorProto.FLOAT, [], [1e-12])
+    shift = numpy_helper.from_array(np.array([0.5, -3e-9, 0.0, 0.25], dtype=np.float32), "shift")
+    nodes = [helper.make_node("Constant", [], ["eps"], value=eps, name="eps_const"),
+             helper.make_node("Sub", ["x", "shift"], ["centred"], name="centre"),
+             helper.make_node("Mul", ["x", "x"], ["square"], name="square"),
+             helper.make_node("Add", ["square", "eps"], ["variance"], name="add_eps"),
+             helper.make_node("Sqrt", ["variance"], ["std"], name="std"),
+             helper.make_node("Div", ["centred", "std"], ["y"], name="scale")]
+    graph = helper.make_graph(nodes, "normalize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [shift])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path, external=False)
+
+
+def test_tiny_constants_the_converter_raises_are_listed(tmp_path):
+    src = normalize(tmp_path / "norm.onnx")
+    raised = {c["name"]: c for c in raised_constants(onnx.load(src))}
+    assert set(raised) == {"eps", "shift"}
+    assert raised["eps"]["min_abs"] == pytest.approx(1e-12) and raised["eps"]["count"] == 1
+    assert raised["eps"]["node"] == "add_eps"
+    assert raised["shift"] == {"name": "shift", "min_abs": pytest.approx(3e-9), "count": 1, "node": "centre"}
+    info = convert_fp16(src, str(tmp_path / "norm.fp16.onnx"), external=False)
+    assert info["precision_raised"] == [raised["shift"], raised["eps"]]  # initializers, then Constant nodes
+    # the converter really raised them: its float16 eps is min_positive_val, as float16 holds it
+    converted = onnx.load(str(tmp_path / "norm.fp16.onnx"))
+    value = next(numpy_helper.to_array(n.attribute[0].t) for n in converted.graph.node if n.output[0] == "eps")
+    assert float(value) == pytest.approx(float(np.float16(MIN_POSITIVE)))
+    text = raised_text(info["precision_raised"])
+    assert "'eps' (smallest nonzero |value| 1e-12, 1 value(s), used by node 'add_eps')" in text
+    assert "to 1e-07" in text and "node_block_list" in text
+
+
+def test_constants_at_or_above_min_positive_val_are_not_listed(tmp_path):
+    src = mlp(tmp_path / "mlp.onnx", external=False)
+    assert raised_constants(onnx.load(src)) == []
+    assert "precision_raised" not in convert_fp16(src, str(tmp_path / "mlp.fp16.onnx"), external=False)
