@@ -154,3 +154,75 @@ def test_constants_at_or_above_min_positive_val_are_not_listed(tmp_path):
     src = mlp(tmp_path / "mlp.onnx", external=False)
     assert raised_constants(onnx.load(src)) == []
     assert "precision_raised" not in convert_fp16(src, str(tmp_path / "mlp.fp16.onnx"), external=False)
+
+
+class _Space:
+    names = ["x"]
+    specs = [None]
+
+
+class _Ctx:
+    """What _simplify_changed_float32 reads of a check: the failing example, eager PyTorch on it, the inputs' names."""
+
+    def __init__(self, weights: dict):
+        import torch
+
+        self.space = _Space()
+        self.failed_example = type("Example", (), {"args": (torch.rand(3, 16),)})()
+        self.notes: dict = {}
+        self.weights = {k: torch.as_tensor(v.astype(np.float32)) for k, v in weights.items()}
+
+    def eager(self, args):
+        import torch
+
+        h = torch.relu(args[0] @ self.weights["w1"] + self.weights["b1"])
+        return h @ self.weights["w2"]
+
+    def note(self, key, value):
+        self.notes[key] = value
+
+
+def test_onnxsim_is_blamed_at_fp16_only_when_its_float32_graph_changed(tmp_path):
+    """At fp16 the raw and simplified graphs round at different points; only a simplified float32 graph that itself
+    misses eager blames onnxsim."""
+    from pytest_deploy.backends.onnx import _simplify_changed_float32
+
+    path = mlp(tmp_path / "model.sim.onnx", external=False)
+    model = onnx.load(path)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    ctx = _Ctx(weights)
+    assert _simplify_changed_float32(ctx, path) is False
+    assert ctx.notes["precision_simplify_float32"] == "unchanged"
+    weights["b1"] = weights["b1"] + 0.5  # the float32 graph no longer computes what eager computes
+    assert _simplify_changed_float32(_Ctx(weights), path) is True
+
+
+def test_the_block_list_search_returns_a_list_that_passed_and_only_the_nodes_needed():
+    """auto_convert_mixed_precision's bisection with our attempt: the list it returns passed its last attempt, holds
+    the nodes that must stay float32 and no good segment's nodes."""
+    from pytest_deploy.backends.fp16_search import search_block_list
+
+    names = [f"n{i}" for i in range(40)]
+    needed = {"n7", "n31"}
+    calls = []
+
+    def attempt(block):
+        calls.append(list(block))
+        return needed <= set(block)
+
+    found = search_block_list(names, attempt)
+    assert found.nodes is not None and needed <= set(found.nodes)
+    assert len(found.nodes) < len(names) // 2
+    assert calls[-1] == found.nodes and found.attempts == len(calls)
+
+
+def test_the_block_list_search_says_when_nothing_passes_or_the_budget_ends():
+    from pytest_deploy.backends.fp16_search import block_list_text, search_block_list
+
+    names = [f"n{i}" for i in range(16)]
+    never = search_block_list(names, lambda block: False)
+    assert never.nodes is None and never.stopped == "no list passes"
+    assert "not float16 rounding" in block_list_text(never, "here")
+    short = search_block_list(names, lambda block: False, max_attempts=3)
+    assert short.nodes is None and short.stopped == "budget" and short.attempts == 3
+    assert "budget" in block_list_text(short, "here")
