@@ -545,10 +545,10 @@ def validate_kwargs(kwargs: Mapping[str, Any], *, where: str, allowed=tuple(MARK
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise SpecError(f"{where}: calibration_examples={count!r} must be a positive int")
     for key in ("int8_exclude", "fp16_block_list"):
-        names = out.get(key)
-        if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple))
-                                  or not all(isinstance(n, str) and n for n in names)):
-            raise SpecError(f"{where}: {key}={names!r} must be a list of ONNX node names (strings)")
+        nodes = out.get(key)
+        if nodes is not None and (isinstance(nodes, (str, bytes)) or not isinstance(nodes, (list, tuple))
+                                  or not all(isinstance(n, str) and n for n in nodes)):
+            raise SpecError(f"{where}: {key}={nodes!r} must be a list of ONNX node names (strings)")
     if out.get("calibration") is not None and isinstance(out["calibration"], (str, bytes)):
         raise SpecError(f"{where}: calibration= must be an iterable or a zero-argument callable yielding inputs "
                         "(tuples or dicts as inputs= declares), not a string")
