@@ -31,7 +31,9 @@ DEFAULT_TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {
     "script": _JIT,
     "export": _JIT,
     "aoti": _COMPILED,
-    "onnx": _COMPILED,
+    # float16 as TensorRT's: measured on the Hugging Face corpus converted to fp16 (docs/hf-corpus.md), the encoders'
+    # float16 rounding reaches 4.9e-3 on O(1) hidden states, over the compilers' 2e-3
+    "onnx": {**_COMPILED, "float16": (1e-2, 1e-2)},
     "tvm": _COMPILED,
     "tensorrt": {"float64": (1e-5, 1e-4), "float32": (1e-3, 1e-3), "float16": (1e-2, 1e-2), "bfloat16": (2e-2, 2e-2)},
 }
