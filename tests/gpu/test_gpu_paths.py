@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pytest_deploy import tensor, verify
+from pytest_deploy.backends import get_backend
 
 SPEC = dict(inputs=[tensor("batch", 3, 16, 16)], dims={"batch": (1, 4)}, examples=4)
 
@@ -21,20 +22,32 @@ def _model() -> nn.Module:
                          nn.Linear(8, 5)).eval()
 
 
-def _cuda_provider_reason() -> str | None:
+NO_CUDA = "needs a CUDA device: torch.cuda.is_available() is False here"
+
+
+def _onnx_cuda_reason(precision: str) -> str | None:
+    """Why ONNX Runtime's CUDA provider cannot run the check at ``precision`` here (the onnx backend's own reason
+    first: onnx, onnxscript, the fp16 converter), or None."""
     if not torch.cuda.is_available():
-        return "needs a CUDA device (none here)"
-    try:
-        import onnxruntime
-    except ImportError:
-        return "needs onnxruntime-gpu (onnxruntime is not installed)"
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        return "needs onnxruntime-gpu: this onnxruntime has no CUDAExecutionProvider"
+        return NO_CUDA
+    reason = get_backend("onnx").unavailable_reason({"precision": precision})
+    if reason:
+        return reason
+    import onnxruntime
+
+    providers = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        return (f"needs onnxruntime-gpu: onnxruntime {onnxruntime.__version__} here has no CUDAExecutionProvider "
+                f"(it has {', '.join(providers)}); pip install onnxruntime-gpu")
     return None
 
 
-@pytest.mark.skipif(_cuda_provider_reason() is not None, reason=str(_cuda_provider_reason()))
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def _onnx_case(precision: str):
+    reason = _onnx_cuda_reason(precision)
+    return pytest.param(precision, marks=pytest.mark.skipif(reason is not None, reason=str(reason)))
+
+
+@pytest.mark.parametrize("precision", [_onnx_case("fp32"), _onnx_case("fp16")])
 def test_onnx_runs_on_the_cuda_provider(precision):
     result = verify(_model(), "onnx", precision=precision, **SPEC)
     assert result.passed, result.message
@@ -44,15 +57,11 @@ def test_onnx_runs_on_the_cuda_provider(precision):
 
 
 def _tvm_cuda_reason() -> str | None:
+    """Why TVM cannot build for CUDA here (the tvm backend's own reason: tvm missing, no linker, a TVM built without
+    CUDA), or None."""
     if not torch.cuda.is_available():
-        return "needs a CUDA device (none here)"
-    try:
-        import tvm
-    except ImportError:
-        return "needs apache-tvm built with CUDA (tvm is not installed)"
-    if not tvm.cuda(0).exist:
-        return "needs apache-tvm built with CUDA: tvm.cuda(0) does not exist in this build"
-    return None
+        return NO_CUDA
+    return get_backend("tvm").unavailable_reason({"tvm_target": "cuda"})
 
 
 @pytest.mark.skipif(_tvm_cuda_reason() is not None, reason=str(_tvm_cuda_reason()))
@@ -73,7 +82,7 @@ class _Amplified(nn.Module):
         return (torch.relu(self.conv(x)) * 1000.0 * 100.0 * 1e-5).mean((2, 3))
 
 
-@pytest.mark.skipif(_cuda_provider_reason() is not None, reason=str(_cuda_provider_reason()))
+@pytest.mark.skipif(_onnx_cuda_reason("fp16") is not None, reason=str(_onnx_cuda_reason("fp16")))
 def test_onnx_fp16_overflow_is_located_on_the_cuda_provider():
     """The probe runs in the spawned worker, on the CUDA provider, where the float16 kernels overflow (pytest's
     process would run it on the CPU provider, which computes float16 nodes in float32 and finds nothing)."""

@@ -37,6 +37,26 @@ def check(backend: str, model, inputs, dims, *, examples: int = 5, **kwargs) -> 
         return exc.result, str(exc)
 
 
+def record_spawned_runs(monkeypatch) -> list[tuple[list[tuple[int, ...]], list[tuple[int, ...]]]]:
+    """Record each run of a spawned runtime (``pytest_deploy.worker.Runtime.run``, called in pytest's process): the
+    shapes of the inputs sent to the worker process, and of the outputs its runtime (a TensorRT engine, an ONNX
+    Runtime session) sent back. A patch of the runtime's own library cannot do this: the spawned interpreter imports
+    it afresh, so the patch never reaches the process that runs the engine."""
+    from pytest_deploy import worker
+
+    runs: list[tuple[list[tuple[int, ...]], list[tuple[int, ...]]]] = []
+    real = worker.Runtime.run
+
+    def spy(self, args):
+        leaves = real(self, args)
+        runs.append(([tuple(a.shape) for a in args if hasattr(a, "shape")],
+                     [tuple(v.shape) for _, v in leaves if hasattr(v, "shape")]))
+        return leaves
+
+    monkeypatch.setattr(worker.Runtime, "run", spy)
+    return runs
+
+
 class SmallCNN(nn.Module):
     """Conv, BatchNorm, ReLU, a strided conv and a linear head: the CNN of the precision and TensorRT tests."""
 

@@ -39,6 +39,20 @@ def test_onnx_runtime_runs_in_a_spawned_worker(monkeypatch):
     assert result.max_abs_error is not None and result.max_abs_error < 1e-4
 
 
+def test_spawned_runtime_runs_every_generated_shape(monkeypatch):
+    """The observation test_tensorrt.py's dynamic-batch test makes of its engine, here on ONNX Runtime's CPU session
+    in its spawned worker: every generated batch, the dims' bounds among them, ran there."""
+    runs = helpers.record_spawned_runs(monkeypatch)
+    model = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.Linear(12, 3)).eval()
+    result = verify(model, "onnx", inputs=[tensor("batch", 6)], dims={"batch": (1, 16)}, examples=10,
+                    backend_options=SPAWN, cache_dir=None)
+    assert result.passed and result.details["isolated"].startswith("spawned worker process")
+    assert all(outputs == [(inputs[0][0], 3)] for inputs, outputs in runs), runs
+    batches = {inputs[0][0] for inputs, _ in runs}
+    assert {1, 16} <= batches and len(batches) >= 3, runs
+    assert len(runs) >= result.examples
+
+
 def test_onnx_spawned_runtime_finds_a_mismatch():
     class Drifts(nn.Module):
         """Adds 1 only while not exported: ONNX Runtime's outputs differ from eager by exactly 1."""
