@@ -269,9 +269,10 @@ def _explain_int8(ctx, err: StageError, float_path: str, run_path: str) -> Stage
 
 def _explain_reduced(ctx, session, float_path: str) -> str:
     """Why a float16 graph's outputs differ, where the graph says: an overflow to inf or NaN (the first node and its
-    module), tiny constants the converter raised, and the float32 block list that makes the failing example pass
-    (:mod:`.fp16_search`, verified); constants clamped to 65504 only where that list keeps their readers float32
-    (an attention mask's fill value is clamped harmlessly). Empty when nothing is known."""
+    module), and the float32 block list that makes the failing example pass (:mod:`.fp16_search`, verified); the
+    constants the converter clamped to 65504 or raised to 1e-7 only where that list keeps their readers float32 (an
+    attention mask's fill value is clamped, and a random weight of 1e-8 raised, harmlessly; all are in the
+    details). Empty when nothing is known."""
     from .fp16_search import block_list_text
     from .precision import clamped_text, raised_text
 
@@ -280,15 +281,17 @@ def _explain_reduced(ctx, session, float_path: str) -> str:
     overflow = _explain_range(ctx, session)
     lines = [overflow] if overflow else []
     block = _block_list(ctx, float_path)
-    if block is not None:
-        kept = set(block.nodes or ())
-        proven = [c for c in clamped if c.get("node") in kept]
-        if proven and not overflow:
-            lines.append(clamped_text(proven))
-        text = block_list_text(block, "on the float16 emulation graph (ONNX Runtime, CPU)")
-        lines.append(text if overflow else "float16 rounding: " + text.lstrip())
+    if block is None:
+        return "\n".join(lines)
+    kept = set(block.nodes or ())
+    clamped = [c for c in clamped if c.get("node") in kept]  # proven to matter: their readers must stay float32
+    raised = [c for c in raised if c.get("node") in kept]
+    if clamped and not overflow:
+        lines.append(clamped_text(clamped))
     if raised:
         lines.append(raised_text(raised))
+    text = block_list_text(block, "on the float16 emulation graph (ONNX Runtime, CPU)")
+    lines.append(text if overflow else "float16 rounding: " + text.lstrip())
     return "\n".join(lines)
 
 
