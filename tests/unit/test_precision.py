@@ -222,7 +222,7 @@ def test_the_block_list_search_says_when_nothing_passes_or_the_budget_ends():
     names = [f"n{i}" for i in range(16)]
     never = search_block_list(names, lambda block: False)
     assert never.nodes is None and never.stopped == "no list passes"
-    assert "not float16 rounding" in block_list_text(never, "here")
+    assert "no node_block_list passes" in block_list_text(never, "here")
     short = search_block_list(names, lambda block: False, max_attempts=3)
     assert short.nodes is None and short.stopped == "budget" and short.attempts == 3
     assert "budget" in block_list_text(short, "here")
