@@ -280,8 +280,6 @@ def _plot_latency_sizes(results: list[dict], backends: list[str]) -> str | None:
 
 def _plot_nodes(result: dict) -> str | None:
     """Max abs error per node in execution order, against the check's atol; the first node beyond it marked."""
-    from matplotlib.figure import Figure
-
     nodes = _node_errors(result)
     errors = [as_number(n.get("max_abs_error")) for n in nodes]
     if not nodes or all(e is None for e in errors):
@@ -290,33 +288,13 @@ def _plot_nodes(result: dict) -> str | None:
     floor = _log_floor([e for e in errors if e is not None] + ([atol] if atol else []))
     ys = [floor if e is None or math.isnan(e) or e <= 0 else e for e in errors]
     labels = [str(n.get("module") or n.get("node") or i) for i, n in enumerate(nodes)]
-    many = len(nodes) > 40
-    fig = Figure(figsize=(9.0, 4.0 if many else 4.8), dpi=100)
-    ax = fig.add_subplot()
-    ax.plot(range(len(ys)), ys, marker="." if many else "o", markersize=4 if many else 5, color="#3b6ea8",
-            linewidth=1.2, zorder=3)
-    if atol:
-        ax.axhline(atol, color="#1d1d1f", linestyle="--", linewidth=1.2, label=f"atol {atol:g}")
     div = result.get("divergence") if isinstance(result.get("divergence"), dict) else {}
     first = next((i for i, n in enumerate(nodes) if div and n.get("node") == div.get("node")), None)
     if first is None and atol:
         first = next((i for i, e in enumerate(errors) if e is not None and e > atol), None)
-    if first is not None:
-        ax.scatter([first], [ys[first]], s=90, marker="X", color=COLORS["failed"][1], edgecolors="black", zorder=4,
-                   label=f"first beyond atol: {labels[first]}")
-    ax.set_yscale("log")
-    ax.set_xlabel("node, in execution order", fontsize=_FONT["label"])
-    ax.set_ylabel("max abs error (log)", fontsize=_FONT["label"])
-    ax.tick_params(axis="y", labelsize=_FONT["tick"])
-    if not many:
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=_FONT["note"])
-    ax.grid(axis="y", color="#e0e0e0", zorder=0)
-    ax.set_title(f"per-node error: {result.get('test')} [{result.get('backend')}]", fontsize=_FONT["title"])
-    if atol or first is not None:
-        ax.legend(loc="upper left", fontsize=_FONT["legend"], frameon=False)
-    fig.tight_layout()
-    return _figure_uri(fig)
+    return _per_node_plot(result, ys, labels, line=(atol, f"atol {atol:g}" if atol else ""),
+                          mark=(first, "first beyond atol"), log=True,
+                          axes=("node, in execution order", "max abs error (log)", "per-node error"))
 
 
 def _sqnr_rows(result: dict) -> list[dict]:
@@ -327,8 +305,6 @@ def _sqnr_rows(result: dict) -> list[dict]:
 def _plot_sqnr(result: dict) -> str | None:
     """A failing int8 check's SQNR per node of the quantized graph (float graph's output against the QDQ graph's),
     in graph order, against the gate's SQNR threshold; the first node where it collapses marked."""
-    from matplotlib.figure import Figure
-
     rows = _sqnr_rows(result)
     values = [as_number(r.get("sqnr_db")) for r in rows]
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -339,27 +315,42 @@ def _plot_sqnr(result: dict) -> str | None:
     labels = [f"{r.get('node')} ({r.get('op')})" for r in rows]
     first = (result.get("details") or {}).get("int8_sqnr_first") or {}
     threshold = as_number(first.get("threshold_db"))
-    many = len(rows) > 40
+    at = next((i for i, r in enumerate(rows) if first.get("node") and r.get("node") == first.get("node")), None)
+    return _per_node_plot(result, ys, labels, line=(threshold, f"gate {threshold:g} dB" if threshold is not None else ""),
+                          mark=(at, "collapses first"), log=False,
+                          axes=("node of the quantized graph, in graph order", "SQNR against the float graph (dB)",
+                                "per-node SQNR"))
+
+
+def _per_node_plot(result: dict, ys: list[float], labels: list[str], *, line: tuple, mark: tuple, log: bool,
+                   axes: tuple[str, str, str]) -> str:
+    """One value per node in order (``ys``, named by ``labels``), a dashed ``line`` (value, label) to judge it by,
+    the ``mark`` (index, words) node marked; ``axes`` = (x label, y label, title's first words)."""
+    from matplotlib.figure import Figure
+
+    (threshold, threshold_label), (at, words) = line, mark
+    many = len(ys) > 40
     fig = Figure(figsize=(9.0, 4.0 if many else 4.8), dpi=100)
     ax = fig.add_subplot()
     ax.plot(range(len(ys)), ys, marker="." if many else "o", markersize=4 if many else 5, color="#3b6ea8",
             linewidth=1.2, zorder=3)
-    if threshold is not None:
-        ax.axhline(threshold, color="#1d1d1f", linestyle="--", linewidth=1.2, label=f"gate {threshold:g} dB")
-    at = next((i for i, r in enumerate(rows) if first.get("node") and r.get("node") == first.get("node")), None)
+    if threshold:
+        ax.axhline(threshold, color="#1d1d1f", linestyle="--", linewidth=1.2, label=threshold_label)
     if at is not None:
         ax.scatter([at], [ys[at]], s=90, marker="X", color=COLORS["failed"][1], edgecolors="black", zorder=4,
-                   label=f"collapses first: {labels[at]}")
-    ax.set_xlabel("node of the quantized graph, in graph order", fontsize=_FONT["label"])
-    ax.set_ylabel("SQNR against the float graph (dB)", fontsize=_FONT["label"])
+                   label=f"{words}: {labels[at]}")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(axes[0], fontsize=_FONT["label"])
+    ax.set_ylabel(axes[1], fontsize=_FONT["label"])
     ax.tick_params(axis="y", labelsize=_FONT["tick"])
     if not many:
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=_FONT["note"])
     ax.grid(axis="y", color="#e0e0e0", zorder=0)
-    ax.set_title(f"per-node SQNR: {result.get('test')} [{result.get('backend')}]", fontsize=_FONT["title"])
-    if threshold is not None or at is not None:
-        ax.legend(loc="lower left", fontsize=_FONT["legend"], frameon=False)
+    ax.set_title(f"{axes[2]}: {result.get('test')} [{result.get('backend')}]", fontsize=_FONT["title"])
+    if threshold or at is not None:
+        ax.legend(loc="upper left" if log else "lower left", fontsize=_FONT["legend"], frameon=False)
     fig.tight_layout()
     return _figure_uri(fig)
 
