@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.pytest-deploy-installed
 # pytest-xdist workers for make test (every backend of a model test runs on one worker); JOBS=0 runs serially
 JOBS   ?= 2
 
-.PHONY: setup demo test lint hf-corpus hf-inferred libs-corpus clean
+.PHONY: setup demo test lint hf-corpus hf-corpus-fp16 hf-inferred libs-corpus clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: setup
 hf-corpus: setup
 	PYTEST_DEPLOY_HF=all $(BIN)/python -m pytest tests/hf -n 2 --deploy-report=hf-report.json --deploy-no-cache -rfE; \
 	status=$$?; $(BIN)/python tests/hf/matrix.py hf-report.json --write docs/hf-corpus.md; exit $$status
+
+# every architecture on onnx converted to float16, with the fp16 declared defects; writes the fp16 table
+hf-corpus-fp16: setup
+	PYTEST_DEPLOY_HF=all PYTEST_DEPLOY_HF_PRECISION=fp16 $(BIN)/python -m pytest tests/hf -n 2 --deploy-report=hf-fp16-report.json --deploy-no-cache -rfE; \
+	status=$$?; $(BIN)/python tests/hf/matrix.py hf-fp16-report.json --fp16 --write docs/hf-corpus.md; exit $$status
 
 # every architecture of the corpus with inputs inferred (--deploy-model) against its hand-written declaration;
 # prints the verdicts side by side (docs/zero-code.md)

@@ -21,6 +21,8 @@ hf-corpus`` runs them all (``PYTEST_DEPLOY_HF=all``).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -63,6 +65,19 @@ DEFECTS: dict[tuple[str, str], str] = {
 }
 
 
+#: ``PYTEST_DEPLOY_HF_PRECISION=fp16`` (make hf-corpus-fp16): every architecture on onnx, converted to float16 and
+#: judged with the default fp16 tolerances; its declared defects are these (and the vacuous ones above).
+PRECISION = os.environ.get("PYTEST_DEPLOY_HF_PRECISION") or None
+_AUDIO_FP16 = ("compare: float16 rounding in the convolutional feature encoder over the raw waveform reaches 2e-2 to "
+               "2.6e-2 on O(1) features, over the 1e-2 tolerance; HuBERT's verified block list keeps its first Conv "
+               "float32, and for Wav2Vec2 none passes (the converter's float16 round trips between blocked nodes "
+               "already miss)")
+FP16_DEFECTS: dict[tuple[str, str], str] = {
+    **{(name, "onnx"): _AUDIO_FP16 for name in ("wav2vec2", "hubert")},
+    **{key: reason for key, reason in DEFECTS.items() if key[1] == "onnx"},
+}
+
+
 def _spec(kind_spec):
     kind, shape = kind_spec[0], kind_spec[1]
     if kind == "ids":
@@ -78,9 +93,10 @@ def _declare(name: str, arch: zoo.Arch, init: str):
 
     build.__name__ = f"test_{name}"
     build.__doc__ = f"{arch.model_class} ({arch.family}){': ' + arch.notes if arch.notes else ''}"
-    xfail = {backend: reason for (arch_name, backend), reason in DEFECTS.items() if arch_name == name}
-    test = deployable(backends=BACKENDS, inputs={k: _spec(v) for k, v in arch.inputs.items()}, dims=arch.dims,
-                      examples=EXAMPLES, xfail=xfail or None)(build)
+    defects = FP16_DEFECTS if PRECISION == "fp16" else DEFECTS
+    xfail = {backend: reason for (arch_name, backend), reason in defects.items() if arch_name == name}
+    test = deployable(backends=["onnx"] if PRECISION else BACKENDS, inputs={k: _spec(v) for k, v in arch.inputs.items()},
+                      dims=arch.dims, examples=EXAMPLES, xfail=xfail or None, precision=PRECISION)(build)
     test.in_ci_subset = name in CI_SUBSET  # tests/hf/conftest.py deselects the others unless PYTEST_DEPLOY_HF=all
     test.corpus, test.corpus_group = "hf", arch.family
     return pytest.mark.hf(test)
