@@ -14,7 +14,6 @@ for _module in ("onnx", "onnxscript", "onnxsim", "onnxruntime", "onnxconverter_c
 
 from hf import zoo
 from hf.test_corpus import _spec
-
 from pytest_deploy import verify
 from pytest_deploy.compare import DEFAULT_TOLERANCES
 
