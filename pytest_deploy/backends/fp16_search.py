@@ -33,6 +33,7 @@ class BlockSearch:
     seconds: float
     stopped: str | None = None
     tried: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 def search_block_list(node_names: Sequence[str], attempt: Callable[[list[str]], bool], *, seconds: float = 60.0,
@@ -49,7 +50,11 @@ def search_block_list(node_names: Sequence[str], attempt: Callable[[list[str]], 
     def run(block: list[str]) -> bool:
         out.attempts += 1
         out.tried.append(len(block))
-        return attempt(block)
+        try:
+            return attempt(block)
+        except Exception as exc:  # a converted graph that cannot run: this attempt fails, the search goes on
+            out.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+            return False
 
     while (segment := segments.get_largest()) is not None:
         if time.monotonic() - start > seconds or out.attempts >= max_attempts:

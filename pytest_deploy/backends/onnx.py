@@ -368,7 +368,8 @@ def _block_list(ctx, float_path: str):
         return None
     ctx.note("precision_block_list", found.nodes)
     ctx.note("precision_block_search", {"attempts": found.attempts, "seconds": round(found.seconds, 1),
-                                        "graph": os.path.basename(float_path), "stopped": found.stopped})
+                                        "graph": os.path.basename(float_path), "stopped": found.stopped,
+                                        "failed_to_run": len(found.errors), "first_error": next(iter(found.errors), None)})
     return found
 
 

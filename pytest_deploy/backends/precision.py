@@ -184,17 +184,130 @@ def convert_model(model, block_list: Sequence[str] = (), shape_inference: bool =
     changed (its outputs separated)."""
     import warnings
 
+    from onnx import TensorProto
     from onnxconverter_common import float16
 
-    separate_outputs(model)
+    original = {node.name for node in model.graph.node}
+    floats = {o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT}
+    separated = separate_outputs(model)
+    block = set(block_list)
+    # an output's own Identity stays float32 with its producer
+    block |= {f"{name}/output" for name in separated if _producer(model, name + "__inner") in block}
+    split_shared_weights(model, block)
     with warnings.catch_warnings():  # the clamped and raised constants are reported, not warned about
         warnings.simplefilter("ignore")
         converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX,
                                                      min_positive_val=MIN_POSITIVE,
                                                      disable_shape_infer=not shape_inference,
-                                                     node_block_list=list(block_list) or None)
+                                                     node_block_list=sorted(block) or None)
     retarget_casts(converted)
+    keep_float_outputs(converted, floats)
+    drop_round_trips(converted, original | {f"{name}/output" for name in separated})
     return converted
+
+
+def keep_float_outputs(model, floats: set[str]) -> list[str]:
+    """Make the graph outputs named in ``floats`` (float32 in the float32 graph) float32 again where the converter
+    typed them float16: with ``keep_io_types=True`` it still does so for an output whose producer is kept float32
+    (blocked), writing it through its own ``Cast`` to float16. That cast now casts to float32 (a no-op on the blocked
+    producer's float32 value); any other float16 producer gets a ``Cast`` to float32 after it. In place; returns the
+    outputs changed."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    changed = []
+    for out in graph.output:
+        if out.name not in floats or out.type.tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        out.type.tensor_type.elem_type = TensorProto.FLOAT
+        producer = next((n for n in graph.node if out.name in n.output), None)
+        if producer is not None and producer.op_type == "Cast":
+            for attr in producer.attribute:
+                if attr.name == "to":
+                    attr.i = TensorProto.FLOAT
+        elif producer is not None:
+            half = out.name + "__fp16"
+            producer.output[:] = [half if o == out.name else o for o in producer.output]
+            graph.node.append(helper.make_node("Cast", [half], [out.name], to=TensorProto.FLOAT,
+                                               name=f"{out.name}/to_float32"))
+        changed.append(out.name)
+    return changed
+
+
+def split_shared_weights(model, block: set[str]) -> list[str]:
+    """Give the blocked nodes their own copy of every float initializer they share with nodes that are converted.
+    In place; returns the initializers copied.
+
+    The converter keeps an initializer float32 when a blocked node reads it, and then a converted node reading the
+    same one gets a float32 weight beside float16 activations, which ONNX Runtime refuses. onnxsim merges equal
+    constants, so every LayerNorm's weight of ones is often one initializer that all of them share."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    floats = {t.name: t for t in graph.initializer if t.data_type == TensorProto.FLOAT}
+    readers: dict[str, set[bool]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in floats:
+                readers.setdefault(name, set()).add(node.name in block)
+    shared = [name for name, kinds in readers.items() if kinds == {True, False}]
+    for name in shared:
+        copy = graph.initializer.add()
+        copy.CopyFrom(floats[name])
+        copy.name = name + "__fp32"
+        for node in graph.node:
+            if node.name in block:
+                node.input[:] = [copy.name if i == name else i for i in node.input]
+    return shared
+
+
+def _producer(model, value: str) -> str | None:
+    return next((node.name for node in model.graph.node if value in node.output), None)
+
+
+def drop_round_trips(model, original: set[str]) -> int:
+    """Remove the float16 round trips the converter leaves between float32 values: a ``Cast`` to float16 it inserted,
+    read by ``Cast`` nodes to float32 it inserted, whose readers now read the float32 value itself. In place; returns
+    the float32 casts removed.
+
+    The converter casts a kept-float32 (blocked) node's output to float16 and casts it back before the next blocked
+    node, and removes such pairs only when the float16 value has one reader (1.16 compares the ``to`` of the others
+    with 32 and 16, not with FLOAT and FLOAT16): between blocked nodes every value was still rounded to float16, so
+    no block list could keep a sensitive chain in float32. ``original`` names the graph's own nodes (a cast the model
+    itself writes is kept)."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+
+    def inserted(node, to: int) -> bool:
+        return (node.op_type == "Cast" and node.name not in original
+                and any(a.name == "to" and a.i == to for a in node.attribute))
+
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    removed = []
+    for down in [n for n in graph.node if n.op_type == "Cast"]:
+        if not inserted(down, TensorProto.FLOAT):
+            continue
+        up = next((n for n in graph.node if down.input[0] in n.output), None)
+        if up is None or not inserted(up, TensorProto.FLOAT16):
+            continue
+        source = up.input[0]
+        if down.output[0] in outputs:  # a graph output keeps its name: the cast now reads float32 (a no-op)
+            down.input[0] = source
+            continue
+        for reader in readers.get(down.output[0], []):
+            reader.input[:] = [source if i == down.output[0] else i for i in reader.input]
+        removed.append(down)
+    for node in removed:
+        graph.node.remove(node)
+    still_read = {name for node in graph.node for name in node.input} | outputs
+    for node in [n for n in graph.node if inserted(n, TensorProto.FLOAT16) and n.output[0] not in still_read]:
+        graph.node.remove(node)
+    return len(removed)
 
 
 def convert_fp16(src: str, dst: str, external: bool, block_list: Sequence[str] = ()) -> dict[str, Any]:

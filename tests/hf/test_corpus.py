@@ -69,9 +69,8 @@ DEFECTS: dict[tuple[str, str], str] = {
 #: judged with the default fp16 tolerances; its declared defects are these (and the vacuous ones above).
 PRECISION = os.environ.get("PYTEST_DEPLOY_HF_PRECISION") or None
 _AUDIO_FP16 = ("compare: float16 rounding in the convolutional feature encoder over the raw waveform reaches 2e-2 to "
-               "2.6e-2 on O(1) features, over the 1e-2 tolerance; HuBERT's verified block list keeps its first Conv "
-               "float32, and for Wav2Vec2 none passes (the converter's float16 round trips between blocked nodes "
-               "already miss)")
+               "2.6e-2 on O(1) features, over the 1e-2 tolerance; the verified block list keeps its first Conv "
+               "(and, for Wav2Vec2, the GroupNorm after it) float32")
 FP16_DEFECTS: dict[tuple[str, str], str] = {
     **{(name, "onnx"): _AUDIO_FP16 for name in ("wav2vec2", "hubert")},
     **{key: reason for key, reason in DEFECTS.items() if key[1] == "onnx"},

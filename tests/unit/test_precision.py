@@ -226,3 +226,66 @@ def test_the_block_list_search_says_when_nothing_passes_or_the_budget_ends():
     short = search_block_list(names, lambda block: False, max_attempts=3)
     assert short.nodes is None and short.stopped == "budget" and short.attempts == 3
     assert "budget" in block_list_text(short, "here")
+
+
+def shared(path) -> tuple[str, list[str]]:
+    """x[n, 8] -> MatMul -> h, read by two nodes (Relu, Mul) -> Add -> LayerNormalization -> y, a graph output the
+    next MatMul reads too -> z; both LayerNormalizations share one scale initializer, as onnxsim merges equal
+    constants."""
+    rng = np.random.default_rng(1)
+    inits = {"w": rng.standard_normal((8, 8)) * 0.5, "w2": rng.standard_normal((8, 4)) * 0.5, "scale": np.ones(8),
+             "two": np.array(2.0)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Mul", ["h", "two"], ["m"], name="mul"),
+             helper.make_node("Add", ["r", "m"], ["a"], name="add"),
+             helper.make_node("LayerNormalization", ["a", "scale"], ["y"], name="ln1", axis=-1),
+             helper.make_node("LayerNormalization", ["y", "scale"], ["y2"], name="ln2", axis=-1),
+             helper.make_node("MatMul", ["y2", "w2"], ["z"], name="mm2")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 4])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path, False), \
+        [n.name for n in nodes]
+
+
+def run_all(model, feed: dict) -> list:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def test_every_node_blocked_computes_the_float32_graph_exactly(tmp_path):
+    """onnxconverter-common 1.16 left float16 round trips between blocked nodes where the value has several readers,
+    and typed an output float16 when its producer is blocked (keep_io_types notwithstanding): no block list could
+    keep a chain float32. Every node blocked is now the float32 graph itself, outputs float32."""
+    from pytest_deploy.backends.precision import convert_model
+
+    path, names = shared(tmp_path / "shared.onnx")
+    feed = {"x": np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)}
+    expected = run_all(onnx.load(path), feed)
+    converted = convert_model(onnx.load(path), names)
+    onnx.checker.check_model(converted, full_check=True)
+    got = run_all(emulate_fp16(converted), feed)
+    assert [g.dtype for g in got] == [np.float32, np.float32]
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(e, g)
+
+
+@pytest.mark.parametrize("blocked", [["ln1"], ["mm", "relu", "ln2"], ["mul", "add", "mm2"]])
+def test_a_partial_block_list_gives_a_graph_onnx_runtime_runs(tmp_path, blocked):
+    """The converter kept an initializer float32 when a blocked node reads it, so a converted node reading the same
+    one got a float32 weight and the graph failed onnx.checker ("Scale has inconsistent type"): the blocked nodes
+    now get their own copy."""
+    from pytest_deploy.backends.precision import convert_model
+
+    path, _ = shared(tmp_path / "shared.onnx")
+    feed = {"x": np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)}
+    converted = convert_model(onnx.load(path), blocked)
+    onnx.checker.check_model(converted, full_check=True)
+    expected = run_all(onnx.load(path), feed)
+    for e, g in zip(expected, run_all(emulate_fp16(converted), feed)):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, e, atol=5e-2, rtol=5e-2)
