@@ -193,7 +193,8 @@ def convert_model(model, block_list: Sequence[str] = (), shape_inference: bool =
     block = set(block_list)
     # an output's own Identity stays float32 with its producer
     block |= {f"{name}/output" for name in separated if _producer(model, name + "__inner") in block}
-    split_shared_weights(model, block)
+    # the converter keeps its default op block list (Range, Resize, Min, Max, TopK, ...) float32 too
+    split_shared_weights(model, block | {n.name for n in model.graph.node if n.op_type in float16.DEFAULT_OP_BLOCK_LIST})
     with warnings.catch_warnings():  # the clamped and raised constants are reported, not warned about
         warnings.simplefilter("ignore")
         converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX,

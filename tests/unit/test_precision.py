@@ -289,3 +289,19 @@ def test_a_partial_block_list_gives_a_graph_onnx_runtime_runs(tmp_path, blocked)
     for e, g in zip(expected, run_all(emulate_fp16(converted), feed)):
         assert g.dtype == np.float32
         np.testing.assert_allclose(g, e, atol=5e-2, rtol=5e-2)
+
+
+def test_a_weight_shared_with_an_op_the_converter_always_keeps_float32_converts(tmp_path):
+    """Max is on the converter's default op block list: a constant it shares with an Add stayed float32 for the
+    converted Add as well, and the graph failed onnx.checker."""
+    from pytest_deploy.backends.precision import convert_model
+
+    nodes = [helper.make_node("Max", ["x", "c"], ["m"], name="max"), helper.make_node("Add", ["m", "c"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "max", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+                              [numpy_helper.from_array(np.full(4, 0.25, np.float32), "c")])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "max.onnx", False)
+    converted = convert_model(onnx.load(path), [])
+    onnx.checker.check_model(converted, full_check=True)
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(run_all(converted, {"x": x})[0], np.maximum(x, 0.25) + 0.25, atol=1e-3)
