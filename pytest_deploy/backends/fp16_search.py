@@ -32,7 +32,6 @@ class BlockSearch:
     attempts: int
     seconds: float
     stopped: str | None = None
-    tried: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -49,7 +48,6 @@ def search_block_list(node_names: Sequence[str], attempt: Callable[[list[str]], 
 
     def run(block: list[str]) -> bool:
         out.attempts += 1
-        out.tried.append(len(block))
         try:
             return attempt(block)
         except Exception as exc:  # a converted graph that cannot run: this attempt fails, the search goes on
