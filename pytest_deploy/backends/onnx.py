@@ -376,16 +376,10 @@ def _block_list(ctx, float_path: str):
 def _cpu_run(model, declared: list[str], args) -> list:
     """``model`` (in memory) run once on ONNX Runtime's CPU provider, unoptimised (the emulation's round trips
     stay): ``[("output[i]", tensor)]``."""
-    import onnxruntime as ort
+    from .precision import unoptimised_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feed = {}
-    for pos, graph_input in enumerate(session.get_inputs()):
-        name = graph_input.name
-        feed[name] = to_numpy(args[declared.index(name) if name in declared else pos])
+    session = unoptimised_session(model, ["CPUExecutionProvider"])
+    feed = graph_feed([i.name for i in session.get_inputs()], declared, args)
     return [(f"output[{i}]", from_numpy(o)) for i, o in enumerate(session.run(None, feed))]
 
 
@@ -541,8 +535,7 @@ class OrtRuntime:
 
     def feed(self, args) -> dict:
         """One example's inputs by the graph's input names, as numpy arrays."""
-        return {name: to_numpy(args[self.declared.index(name) if name in self.declared else pos])
-                for pos, name in enumerate(self.inputs)}
+        return graph_feed(self.inputs, self.declared, args)
 
     def run(self, args) -> list:
         feed = self.feed(args)
@@ -565,6 +558,12 @@ class OrtRuntime:
     def close(self) -> None:
         """Drop the session and what it holds (on CUDA, its device memory)."""
         self.session = None
+
+
+def graph_feed(inputs: list[str], declared: list[str], args) -> dict:
+    """An example's ``args`` (in the spec's order, named ``declared``) by the graph's input names (``inputs``), as
+    numpy arrays: by name where the export kept the spec's names, else by position."""
+    return {name: to_numpy(args[declared.index(name) if name in declared else pos]) for pos, name in enumerate(inputs)}
 
 
 def explain_runtime_error(exc: BaseException, path: str) -> str:

@@ -433,12 +433,22 @@ def nonfinite_outputs(expected: list[tuple[str, Any]], got: list[tuple[str, Any]
     return paths
 
 
+def unoptimised_session(model, providers: list):
+    """An ONNX Runtime session on ``model`` (in memory) with its graph optimisations off, so the float16 emulation's
+    round trips and every marked intermediate output stay as written; errors reach the user through the caller."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+
+
 def locate_overflow(model, feed: Mapping[str, Any], providers: list) -> dict[str, Any] | None:
     """The first node (in graph order) whose float output holds inf or NaN while all its float inputs are finite,
     run with every intermediate value as a graph output; None when no node does."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -449,10 +459,7 @@ def locate_overflow(model, feed: Mapping[str, Any], providers: list) -> dict[str
             if name and name not in known:
                 graph.output.append(onnx.ValueInfoProto(name=name))
                 known.add(name)
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=providers)
+    session = unoptimised_session(probe, providers)
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(None, dict(feed))))
     values.update(feed)
