@@ -123,15 +123,17 @@ class OnnxBackend(Backend):
             ctx.run_examples(run, reference=reference)
         except StageError as failure:
             err = failure
+            # eager's outputs on the failing example, once for every fp16 explanation below
+            failing = _failing_reference(ctx) if err.stage == "compare" and precision == "fp16" else None
             if err.stage == "compare" and precision == "fp16":
-                why = _explain_reduced(ctx, raw, shipped)
+                why = _explain_reduced(ctx, raw, shipped, failing)
                 if why:
                     err = StageError(err.stage, f"{err.message}\n{why}", comparison=err.comparison)
             elif err.stage == "compare" and precision == "int8":
                 err = _explain_int8(ctx, err, shipped, run_raw)
             errors = err.comparison.errors if err.comparison is not None else []
             if (err.stage == "compare" and errors and all(e.path.startswith(SIMPLIFIED) for e in errors)
-                    and (precision != "fp16" or _simplify_changed_float32(ctx, shipped))):
+                    and (precision != "fp16" or _simplify_changed_float32(ctx, shipped, failing))):
                 raise StageError(
                     "simplify",
                     "onnxsim changed the outputs: the raw ONNX graph matches eager PyTorch, the simplified one "
@@ -267,20 +269,37 @@ def _explain_int8(ctx, err: StageError, float_path: str, run_path: str) -> Stage
     return StageError(err.stage, f"{err.message}\n{why}", comparison=err.comparison)
 
 
-def _explain_reduced(ctx, session, float_path: str) -> str:
+def _failing_reference(ctx):
+    """Eager PyTorch's tensor outputs on the example that failed (:class:`~pytest_deploy.compare.Leaves`); None when
+    no example failed or eager cannot run it again (noted)."""
+    from ..compare import Leaves, flatten
+
+    example = ctx.failed_example
+    if example is None:
+        return None
+    try:
+        return Leaves([(p, v) for p, v in flatten(ctx.eager(example.args)) if is_tensor(v)])
+    except Exception as exc:  # the explanations are extra: never hide the comparison's own failure
+        ctx.note("precision_reference_error", first_line(exc))
+        return None
+
+
+def _explain_reduced(ctx, session, float_path: str, expected) -> str:
     """Why a float16 graph's outputs differ, where the graph says: an overflow to inf or NaN (the first node and its
     module), and the float32 block list that makes the failing example pass (:mod:`.fp16_search`, verified); the
     constants the converter clamped to 65504 or raised to 1e-7 only where that list keeps their readers float32 (an
     attention mask's fill value is clamped, and a random weight of 1e-8 raised, harmlessly; all are in the
-    details). Empty when nothing is known."""
+    details). ``expected``: :func:`_failing_reference`. Empty when nothing is known."""
     from .fp16_search import block_list_text
     from .precision import clamped_text, raised_text
 
     raised = ctx.result.details.get("precision_raised") or []
     clamped = ctx.result.details.get("precision_clamped") or []
-    overflow = _explain_range(ctx, session)
+    if expected is None:
+        return ""
+    overflow = _explain_range(ctx, session, expected)
     lines = [overflow] if overflow else []
-    block = _block_list(ctx, float_path)
+    block = _block_list(ctx, float_path, expected)
     if block is None:
         return "\n".join(lines)
     kept = set(block.nodes or ())
@@ -295,18 +314,14 @@ def _explain_reduced(ctx, session, float_path: str) -> str:
     return "\n".join(lines)
 
 
-def _explain_range(ctx, session) -> str:
+def _explain_range(ctx, session, expected) -> str:
     """The overflow part of :func:`_explain_reduced`: which outputs hold inf or NaN, and the first node whose output
     overflows; empty when none does."""
-    from ..compare import flatten
     from .precision import nonfinite_outputs, overflow_text
 
     clamped = ctx.result.details.get("precision_clamped") or []
     example = ctx.failed_example
-    if example is None:
-        return ""
     try:
-        expected = [(p, v) for p, v in flatten(ctx.eager(example.args)) if is_tensor(v)]
         paths = nonfinite_outputs(expected, session.run(example.args))
         if not paths:
             return ""
@@ -329,26 +344,23 @@ def _locate_overflow(session, args: tuple) -> dict | None:
     return session.locate_overflow(args)
 
 
-def _block_list(ctx, float_path: str):
+def _block_list(ctx, float_path: str, expected):
     """The float32 block list that makes the failing example pass (:func:`.fp16_search.search_block_list`), each
     attempt the graph at ``float_path`` converted with it and run as a CPU check runs it (the emulation graph,
-    ONNX Runtime's CPU provider, in this process); recorded in ``details.precision_block_list``. None when the search
-    cannot run (no failing example, a graph over 2 GB)."""
+    ONNX Runtime's CPU provider, in this process), judged against ``expected`` (:func:`_failing_reference`);
+    recorded in ``details.precision_block_list``. None when the search cannot run (a graph over 2 GB)."""
     import onnx
 
-    from ..compare import Leaves, compare_outputs, flatten
+    from ..compare import Leaves, compare_outputs
     from .fp16_search import SUBGRAPH_OPS, search_block_list
     from .precision import convert_model, emulate_fp16
 
     example = ctx.failed_example
-    if example is None:
-        return None
     try:
         model = onnx.load(float_path)
         if model.ByteSize() > _PROTO_LIMIT:
             ctx.note("precision_block_list", "not searched: the graph is over 2 GB")
             return None
-        expected = Leaves([(p, v) for p, v in flatten(ctx.eager(example.args)) if is_tensor(v)])
         runner = getattr(ctx, "example_runner", None)
         keep = runner.masks_for(example, expected) if runner is not None else None
         names = [n.name for n in model.graph.node if n.op_type not in SUBGRAPH_OPS]
@@ -383,20 +395,20 @@ def _cpu_run(model, declared: list[str], args) -> list:
     return [(f"output[{i}]", from_numpy(o)) for i, o in enumerate(session.run(None, feed))]
 
 
-def _simplify_changed_float32(ctx, float_path: str) -> bool:
+def _simplify_changed_float32(ctx, float_path: str, expected) -> bool:
     """At fp16, when only the simplified graph's outputs fail: whether onnxsim changed the float32 graph's numbers
-    (the simplified float32 graph, run on the failing example, misses eager by more than the fp32 tolerance). When
-    it does not, the raw and simplified float16 graphs only round at different points, and onnxsim is not to
-    blame. True (blame onnxsim, as at fp32) when it cannot be told."""
+    (the simplified float32 graph, run on the failing example, misses ``expected``, eager's outputs there
+    (:func:`_failing_reference`), by more than the fp32 tolerance). When it does not, the raw and simplified float16
+    graphs only round at different points, and onnxsim is not to blame. True (blame onnxsim, as at fp32) when it
+    cannot be told."""
     import onnx
 
-    from ..compare import Leaves, compare_outputs, flatten, resolve_tolerance
+    from ..compare import Leaves, compare_outputs, resolve_tolerance
 
     example = ctx.failed_example
-    if example is None or not float_path.endswith(".sim.onnx"):
+    if expected is None or not float_path.endswith(".sim.onnx"):
         return True
     try:
-        expected = Leaves([(p, v) for p, v in flatten(ctx.eager(example.args)) if is_tensor(v)])
         got = Leaves(_cpu_run(onnx.load(float_path), input_names(ctx.space, len(ctx.space.specs)), example.args))
         changed = not compare_outputs(expected, got, resolve_tolerance("onnx")).ok
     except Exception as exc:

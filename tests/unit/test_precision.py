@@ -162,7 +162,8 @@ class _Space:
 
 
 class _Ctx:
-    """What _simplify_changed_float32 reads of a check: the failing example, eager PyTorch on it, the inputs' names."""
+    """What _failing_reference and _simplify_changed_float32 read of a check: the failing example, eager PyTorch on it, the
+    inputs' names."""
 
     def __init__(self, weights: dict):
         import torch
@@ -185,16 +186,17 @@ class _Ctx:
 def test_onnxsim_is_blamed_at_fp16_only_when_its_float32_graph_changed(tmp_path):
     """At fp16 the raw and simplified graphs round at different points; only a simplified float32 graph that itself
     misses eager blames onnxsim."""
-    from pytest_deploy.backends.onnx import _simplify_changed_float32
+    from pytest_deploy.backends.onnx import _failing_reference, _simplify_changed_float32
 
     path = mlp(tmp_path / "model.sim.onnx", external=False)
     model = onnx.load(path)
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     ctx = _Ctx(weights)
-    assert _simplify_changed_float32(ctx, path) is False
+    assert _simplify_changed_float32(ctx, path, _failing_reference(ctx)) is False
     assert ctx.notes["precision_simplify_float32"] == "unchanged"
     weights["b1"] = weights["b1"] + 0.5  # the float32 graph no longer computes what eager computes
-    assert _simplify_changed_float32(_Ctx(weights), path) is True
+    ctx = _Ctx(weights)
+    assert _simplify_changed_float32(ctx, path, _failing_reference(ctx)) is True
 
 
 def test_the_block_list_search_returns_a_list_that_passed_and_only_the_nodes_needed():
