@@ -216,12 +216,13 @@ def keep_float_outputs(model, floats: set[str]) -> list[str]:
     from onnx import TensorProto, helper
 
     graph = model.graph
+    producers = {name: node for node in graph.node for name in node.output}
     changed = []
     for out in graph.output:
         if out.name not in floats or out.type.tensor_type.elem_type != TensorProto.FLOAT16:
             continue
         out.type.tensor_type.elem_type = TensorProto.FLOAT
-        producer = next((n for n in graph.node if out.name in n.output), None)
+        producer = producers.get(out.name)
         if producer is not None and producer.op_type == "Cast":
             for attr in producer.attribute:
                 if attr.name == "to":
@@ -289,11 +290,12 @@ def drop_round_trips(model, original: set[str]) -> int:
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
+    producers = {name: node for node in graph.node for name in node.output}
     removed = []
     for down in [n for n in graph.node if n.op_type == "Cast"]:
         if not inserted(down, TensorProto.FLOAT):
             continue
-        up = next((n for n in graph.node if down.input[0] in n.output), None)
+        up = producers.get(down.input[0])
         if up is None or not inserted(up, TensorProto.FLOAT16):
             continue
         source = up.input[0]
